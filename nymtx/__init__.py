@@ -1,0 +1,3 @@
+"""nymtx: a Nym-style mixnet on Twisted."""
+
+__version__ = "0.5.0"

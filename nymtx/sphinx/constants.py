@@ -1,0 +1,25 @@
+"""nym's Sphinx geometry: 1372-byte packets, 5 hops at most, 975 bytes of message."""
+
+GROUP_ELEMENT_SIZE = 32
+MAC_SIZE = 16
+ADDRESS_SIZE = 32
+IDENTIFIER_SIZE = 16
+DELAY_SIZE = 8
+VERSION_SIZE = 3
+FLAG_SIZE = 1
+MAX_HOPS = 5
+
+# flag || version || address || delay || next MAC: one hop's slot in the routing block.
+ROUTING_SLOT_SIZE = FLAG_SIZE + VERSION_SIZE + ADDRESS_SIZE + DELAY_SIZE + MAC_SIZE  # 60
+ROUTING_INFO_SIZE = ROUTING_SLOT_SIZE * MAX_HOPS  # 300
+HEADER_SIZE = GROUP_ELEMENT_SIZE + MAC_SIZE + ROUTING_INFO_SIZE  # 348
+PAYLOAD_SIZE = 1024
+PACKET_SIZE = HEADER_SIZE + PAYLOAD_SIZE  # 1372
+
+# 16 zero bytes || destination || message || 0x01 || zero padding
+PAYLOAD_TAG_SIZE = 16
+MAX_MESSAGE_SIZE = PAYLOAD_SIZE - PAYLOAD_TAG_SIZE - ADDRESS_SIZE - 1  # 975
+
+VERSION = b"\x00\x05\x00"
+FLAG_FORWARD = 0x01
+FLAG_FINAL = 0x02
