@@ -1,0 +1,247 @@
+"""Outgoing mix links: one persistent TCP connection per next hop.
+
+Client→mixnode, mixnode→mixnode and mixnode→gateway traffic all leaves
+through here. A link connects when it first has something to send, keeps
+its connection, and reconnects with exponential backoff while it has
+packets queued. Each peer has a bounded queue: on overflow the oldest
+packet goes (it is the one most likely to be late anyway) and is counted.
+
+Packets sent in one reactor turn to one peer leave in one
+``transport.write``; and a peer that reads slower than we write pauses us
+(we are a streaming producer of its transport), so the only memory a slow
+or dead peer can cost is its bounded queue.
+"""
+
+import collections
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+#: Seconds a connection attempt may take before it counts as failed.
+CONNECT_TIMEOUT = 10
+
+
+def tcp_endpoint(reactor, address):
+    """The client endpoint for a node address (the default endpoint factory)."""
+    if address.ip.version == 6:
+        return TCP6ClientEndpoint(reactor, address.host, address.port,
+                                  timeout=CONNECT_TIMEOUT)
+    return TCP4ClientEndpoint(reactor, address.host, address.port,
+                              timeout=CONNECT_TIMEOUT)
+
+
+@implementer(IPushProducer)
+class _LinkProtocol(Protocol):
+    """The connected end of one link; the link owns the logic."""
+
+    def __init__(self, link):
+        self.link = link
+        self.paused = False
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self.link._connected(self)
+
+    def dataReceived(self, data):
+        # Mix links carry packets one way; whatever the peer says is ignored.
+        pass
+
+    def connectionLost(self, reason):
+        self.link._lost(self, reason)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.link._flush()
+
+    def stopProducing(self):
+        self.paused = True
+
+
+class _LinkFactory(Factory):
+    def __init__(self, link):
+        self.link = link
+
+    def buildProtocol(self, addr):
+        return _LinkProtocol(self.link)
+
+
+@attrs.define(eq=False)
+class _Link:
+    """One peer: its queue, its connection, its reconnect timer."""
+
+    links: "PacketLinks"
+    address: object
+    key: str
+    queue: collections.deque
+    protocol: object = None
+    connecting: object = None      # the endpoint's Deferred while connecting
+    retry: object = None           # the DelayedCall of the next attempt
+    flush_call: object = None      # the DelayedCall that writes this turn's packets
+    backoff: float = 0.0
+    not_before: float = 0.0        # no new attempt before this time, even on demand
+    closed: object = None          # Deferred fired when the connection is gone
+
+    def send(self, packet):
+        queue = self.queue
+        if len(queue) == queue.maxlen:
+            self.links.dropped += 1
+        queue.append(packet)
+        protocol = self.protocol
+        if protocol is not None:
+            if self.flush_call is None and not protocol.paused:
+                self.flush_call = self.links._reactor.callLater(0, self._flush)
+        elif self.connecting is None and self.retry is None:
+            wait = self.not_before - self.links._reactor.seconds()
+            if wait > 0:
+                self.retry = self.links._reactor.callLater(wait, self._connect)
+            else:
+                self._connect()
+
+    def _flush(self):
+        self.flush_call = None
+        protocol = self.protocol
+        queue = self.queue
+        if protocol is None or protocol.paused or not queue:
+            return
+        n = len(queue)
+        data = b"".join(queue)
+        queue.clear()
+        protocol.transport.write(data)
+        sent = self.links.sent
+        sent[self.key] = sent.get(self.key, 0) + n
+
+    def _connect(self):
+        self.retry = None
+        links = self.links
+        d = links._endpoint_for(links._reactor, self.address).connect(_LinkFactory(self))
+        self.connecting = d
+
+        def failed(f):
+            if self.connecting is d:
+                self.connecting = None
+                links.log.info("mix link to {peer} failed: {why}", peer=self.key,
+                               why=f.getErrorMessage())
+                self._schedule_retry()
+        d.addCallbacks(lambda _: None, failed)
+
+    def _schedule_retry(self):
+        links = self.links
+        if links._stopping:
+            return
+        if self.backoff == 0:
+            delay = links.initial_backoff
+        else:
+            delay = min(self.backoff * 2, links.maximum_backoff)
+        self.backoff = delay
+        if self.queue:
+            self.retry = links._reactor.callLater(delay, self._connect)
+        else:
+            # Connect on demand: a peer nobody sends to is not hammered, and
+            # one that keeps dropping us is not redialled faster than backoff.
+            self.not_before = links._reactor.seconds() + delay
+
+    def _connected(self, protocol):
+        self.connecting = None
+        if self.links._stopping:
+            protocol.transport.loseConnection()
+            return
+        self.protocol = protocol
+        self.backoff = 0.0
+        self.closed = Deferred()
+        self.links.log.debug("mix link to {peer} is up", peer=self.key)
+        self._flush()
+
+    def _lost(self, protocol, reason):
+        if self.protocol is protocol:
+            self.protocol = None
+            if self.flush_call is not None:
+                self.flush_call.cancel()
+                self.flush_call = None
+            self.links.log.info("mix link to {peer} closed: {why}", peer=self.key,
+                                why=reason.getErrorMessage())
+            closed, self.closed = self.closed, None
+            # A link that was up starts its backoff afresh.
+            self.backoff = 0.0
+            self._schedule_retry()
+            if closed is not None:
+                closed.callback(None)
+
+    def stop(self):
+        for call in (self.retry, self.flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self.retry = self.flush_call = None
+        if self.connecting is not None:
+            d, self.connecting = self.connecting, None
+            d.cancel()
+        self.queue.clear()
+        if self.protocol is not None:
+            closed = self.closed
+            self.protocol.transport.loseConnection()
+            return closed
+        return succeed(None)
+
+
+class PacketLinks:
+    """Persistent, bounded, reconnecting packet links to every next hop.
+
+    ``send`` never blocks and never raises for a peer being down: the packet
+    waits in that peer's queue until the link is up (or is pushed out by
+    newer packets). ``sent`` counts packets written per ``str(address)``;
+    ``dropped`` counts packets pushed out of a full queue. Both are plain
+    counters that the owner may read and reset.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, queue_size=1024, initial_backoff=0.1,
+                 maximum_backoff=30.0, endpoint_for=tcp_endpoint):
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if not 0 < initial_backoff <= maximum_backoff:
+            raise ValueError(
+                "backoffs must satisfy 0 < initial_backoff <= maximum_backoff,"
+                f" not {initial_backoff} and {maximum_backoff}")
+        self._reactor = reactor
+        self.queue_size = queue_size
+        self.initial_backoff = initial_backoff
+        self.maximum_backoff = maximum_backoff
+        self._endpoint_for = endpoint_for
+        self._links = {}
+        self._stopping = False
+        self.sent = {}
+        self.dropped = 0
+
+    def send(self, address, packet):
+        """Queue *packet* for *address*; connect if need be."""
+        link = self._links.get(address)
+        if link is None:
+            if self._stopping:
+                return
+            link = self._links[address] = _Link(
+                self, address, str(address),
+                collections.deque(maxlen=self.queue_size))
+        link.send(packet)
+
+    def queued(self, address):
+        """How many packets wait for *address* (0 for an unknown peer)."""
+        link = self._links.get(address)
+        return len(link.queue) if link is not None else 0
+
+    def connected(self, address):
+        link = self._links.get(address)
+        return link is not None and link.protocol is not None
+
+    def stop(self):
+        """Close every link; the Deferred fires once every connection is gone."""
+        self._stopping = True
+        links, self._links = list(self._links.values()), {}
+        return DeferredList([link.stop() for link in links]).addCallback(lambda _: None)
