@@ -77,7 +77,12 @@ def mac(key, data):
 
 def stream(key, length):
     """AES-128-CTR keystream from a zero IV."""
-    return Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor().update(bytes(length))
+    return stream_xor(key, bytes(length))
+
+
+def stream_xor(key, data):
+    """*data* XOR the AES-128-CTR keystream from a zero IV, in one C call."""
+    return Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor().update(data)
 
 
 def xor(a, b):

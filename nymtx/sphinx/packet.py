@@ -13,7 +13,7 @@ from .constants import (
     ROUTING_SLOT_SIZE, VERSION)
 from .crypto import (
     HopKeys, lioness_decrypt, lioness_encrypt, mac, replay_tag, stream,
-    x25519, xor)
+    stream_xor, x25519, xor)
 from .errors import (
     HeaderMacError, MessageTooLongError, PacketSizeError, PayloadError,
     ReplayError, RouteError, RoutingError, SphinxError)
@@ -139,7 +139,7 @@ def process_packet(private_key, packet, replay_cache=None):
     # After the MAC: only a well-formed packet can take a place in the cache.
     if replay_cache is not None and not replay_cache.insert(replay_tag(shared)):
         raise ReplayError("replayed packet: this shared secret was seen before")
-    routing = xor(beta + _ZERO_SLOT, stream(keys.stream_key, _STREAM_SIZE))
+    routing = stream_xor(keys.stream_key, beta + _ZERO_SLOT)
     if routing[1:4] != VERSION:
         raise RoutingError(f"unsupported packet version {routing[1:4].hex()}")
     flag = routing[0]
