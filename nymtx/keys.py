@@ -7,6 +7,7 @@ created readable by its owner only (mode 0600) and never rewritten in place.
 import base64
 import binascii
 import os
+import re
 
 import attrs
 import base58
@@ -15,6 +16,12 @@ from nacl.bindings import crypto_scalarmult_base
 KEY_SIZE = 32
 PRIVATE_KEY_FILE = "private_sphinx.key"
 PUBLIC_KEY_FILE = "public_sphinx.key"
+# base64url or base64 with optional padding: b64decode without validation
+# would silently skip any other character and accept garbage as a key.
+_BASE64 = re.compile(r"[A-Za-z0-9_\-+/]+={0,2}")
+# Both text forms of 32 bytes are at most 44 characters; base58 decoding is
+# quadratic, so longer text is refused before decoding.
+_MAX_KEY_TEXT = 64
 
 
 class KeyFormatError(ValueError):
@@ -32,6 +39,9 @@ def decode_key(text):
     text = text.strip()
     if not text:
         raise KeyFormatError("the key is empty")
+    if len(text) > _MAX_KEY_TEXT:
+        raise KeyFormatError(
+            f"key {text[:60]!r}... is {len(text)} characters long; a key is at most 44")
     try:
         raw = base58.b58decode(text)
         if len(raw) == KEY_SIZE:
@@ -39,12 +49,15 @@ def decode_key(text):
     except ValueError:
         pass
     # base64url keys in the seed's topology carry '=' padding and '-'/'_'.
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        if len(raw) == KEY_SIZE:
-            return raw
-    except (binascii.Error, ValueError):
-        pass
+    if _BASE64.fullmatch(text):
+        try:
+            raw = base64.b64decode(
+                text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4),
+                validate=True)
+            if len(raw) == KEY_SIZE:
+                return raw
+        except (binascii.Error, ValueError):
+            pass
     raise KeyFormatError(
         f"key {text[:60]!r} is neither base58 nor base64url of {KEY_SIZE} bytes")
 
@@ -81,30 +94,52 @@ class KeyPair:
     @classmethod
     def load(cls, directory, private_name=PRIVATE_KEY_FILE, public_name=PUBLIC_KEY_FILE):
         private_path = os.path.join(directory, private_name)
+        text = _read_key_text(private_path, "private")
         try:
-            with open(private_path) as f:
-                text = f.read()
-        except OSError as e:
-            raise KeyFormatError(f"cannot read private key file {private_path}: {e.strerror}")
-        try:
-            pair = cls.from_private(base58.b58decode(text.strip()))
+            raw = base58.b58decode(text)
         except ValueError:
             raise KeyFormatError(f"private key file {private_path} does not hold a base58 key")
+        if len(raw) != KEY_SIZE:
+            raise KeyFormatError(
+                f"private key file {private_path} holds {len(raw)} bytes, not {KEY_SIZE}")
+        pair = cls.from_private(raw)
         public_path = os.path.join(directory, public_name)
         if os.path.exists(public_path):
-            with open(public_path) as f:
-                stored = f.read().strip()
+            stored = _read_key_text(public_path, "public")
             if stored != pair.public_text:
                 raise KeyFormatError(
                     f"public key file {public_path} does not match the private key")
         return pair
 
 
+def _read_key_text(path, which):
+    # Read bytes, not text: a binary or non-ASCII file must be a
+    # KeyFormatError, not a UnicodeDecodeError from the locale's codec.
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError as e:
+        raise KeyFormatError(f"cannot read {which} key file {path}: {e.strerror}")
+    try:
+        text = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise KeyFormatError(f"{which} key file {path} is not base58 text")
+    if not text:
+        raise KeyFormatError(f"{which} key file {path} is empty")
+    return text
+
+
 def _write_new(path, text, mode):
     # Write beside, then rename: a crash never leaves half a key file, and the
     # mode is set before any key byte is written.
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover from a crash keeps its old mode under O_TRUNC; start afresh
+    # so that O_CREAT's mode applies.
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, text.encode("ascii"))
         os.fsync(fd)
