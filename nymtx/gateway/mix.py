@@ -1,0 +1,132 @@
+"""The gateway's mix side: the last Sphinx hop, its delay, then the mailbox.
+
+Packets arrive framed as on every mix link (``nymtx.wire``). The gateway
+removes the last layer, holds the packet for the delay its sender chose for
+this hop (every hop delays, the last one too, so the arrival time at the
+gateway says less about the sending time) and stores the message for its
+destination if that client is registered here. Everything else is dropped
+and counted by reason.
+"""
+
+import collections
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from nymtx import sphinx
+from nymtx.sphinx.errors import ReplayError, SphinxError
+from nymtx.wire import PacketReceiver
+
+#: Drop reasons besides the store's own.
+REPLAY = "replay"
+MALFORMED = "malformed"
+FORWARD_HOP = "forward_hop"
+DELAY_TOO_LONG = "delay_too_long"
+OVERLOADED = "overloaded"
+STORE_FAILURE = "store_failure"
+
+
+@attrs.define(eq=False)
+class FinalHopHandler:
+    """Turns packets into stored messages on *store*, after their delay on *clock*."""
+
+    log = Logger()
+
+    clock: object
+    private_key: bytes
+    store: object
+    replay_cache: object = attrs.field(factory=lambda: sphinx.ReplayCache())
+    #: a sender may choose any delay; beyond this the gateway will not hold it
+    max_delay: float = 60.0
+    #: packets held at once; more would let a flood grow memory without bound
+    max_held: int = 100_000
+
+    received: int = attrs.field(default=0, init=False)
+    dropped: collections.Counter = attrs.field(factory=collections.Counter, init=False)
+    _held: dict = attrs.field(factory=dict, init=False)
+    _next: int = attrs.field(default=0, init=False)
+
+    def packet_received(self, packet):
+        self.received += 1
+        try:
+            hop = sphinx.process_packet(self.private_key, packet, self.replay_cache)
+        except SphinxError as e:
+            reason = REPLAY if isinstance(e, ReplayError) else MALFORMED
+            self.dropped[reason] += 1
+            self.log.debug("dropped a packet: {why}", why=str(e))
+            return
+        if not isinstance(hop, sphinx.FinalHop):
+            self.dropped[FORWARD_HOP] += 1
+            return
+        delay = hop.delay_ns / 1e9
+        if delay > self.max_delay:
+            self.dropped[DELAY_TOO_LONG] += 1
+            return
+        if len(self._held) >= self.max_held:
+            self.dropped[OVERLOADED] += 1
+            return
+        key = self._next
+        self._next += 1
+        self._held[key] = (self.clock.callLater(delay, self._release, key), hop)
+
+    def _release(self, key):
+        _, hop = self._held.pop(key)
+        self.deliver(hop)
+
+    def deliver(self, hop):
+        try:
+            reason = self.store.add(hop.destination, hop.message)
+        except Exception:
+            self.log.failure("storing a message failed")
+            reason = STORE_FAILURE
+        if reason is not None:
+            self.dropped[reason] += 1
+
+    @property
+    def held(self):
+        return len(self._held)
+
+    def release_all(self):
+        """Store every held packet now: at shutdown, early beats lost."""
+        held, self._held = self._held, {}
+        for call, hop in held.values():
+            call.cancel()
+            self.deliver(hop)
+
+
+class MixProtocol(PacketReceiver):
+    def __init__(self, handler, connections):
+        super().__init__()
+        self.handler = handler
+        self.connections = connections
+        self.closed = Deferred()
+
+    def connectionMade(self):
+        self.connections.add(self)
+
+    def connectionLost(self, reason):
+        self.connections.discard(self)
+        self.closed.callback(None)
+
+    def packetReceived(self, packet):
+        self.handler.packet_received(packet)
+
+
+class MixListenerFactory(Factory):
+    """Builds a :class:`MixProtocol` per incoming mix link."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.connections = set()
+
+    def buildProtocol(self, addr):
+        return MixProtocol(self.handler, self.connections)
+
+    def close_all(self):
+        """Close every mix link; fires once all are closed."""
+        waits = [p.closed for p in self.connections]
+        for p in list(self.connections):
+            p.transport.abortConnection()
+        return gatherResults(waits)

@@ -1,0 +1,165 @@
+"""The gateway as one Twisted service: mix listener, client listener, store, presence."""
+
+import os
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+import nymtx
+from nymtx.addressing import NodeAddress
+from nymtx.gateway.mix import FinalHopHandler, MixListenerFactory
+from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.store import MailboxStore
+from nymtx.keys import encode_key
+
+DATABASE_NAME = "gateway.sqlite"
+
+
+class GatewayService(MultiService):
+    """A complete gateway.
+
+    ``data_dir`` holds the sqlite database (``:memory:`` is not offered: the
+    point of a gateway is that its mail survives it). ``whenListening()``
+    fires with ``(mix_port, client_port)`` once both listeners are bound, or
+    fails naming the listener that could not bind.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, keys, data_dir, mix_endpoint, client_endpoint,
+                 announce_host, directory_url=None, *, quota_messages=1000,
+                 quota_bytes=1_000_000, commit_interval=0.005, commit_batch=512,
+                 max_pull=200, max_delay=60.0, presence_interval=1.5,
+                 version=None, treq=None, randbytes=os.urandom):
+        super().__init__()
+        self.reactor = reactor
+        self.keys = keys
+        self.data_dir = str(data_dir)
+        self.mix_endpoint = mix_endpoint
+        self.client_endpoint = client_endpoint
+        _host_port(announce_host, 1)  # a bad announce host fails here, not at each beat
+        self.announce_host = announce_host
+        self.directory_url = directory_url
+        self.version = version or getattr(nymtx, "__version__", "0.5.0")
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.store = MailboxStore.open(
+            reactor, os.path.join(self.data_dir, DATABASE_NAME),
+            quota_messages=quota_messages, quota_bytes=quota_bytes,
+            commit_interval=commit_interval, commit_batch=commit_batch)
+        self.handler = FinalHopHandler(reactor, keys.private_key, self.store,
+                                       max_delay=max_delay)
+        self.mix_factory = MixListenerFactory(self.handler)
+        self.client_factory = ClientServerFactory(
+            self.store, keys, randbytes=randbytes, max_pull=max_pull)
+        self.mix_port = self.client_port = None
+        self._ports = []
+        self._listening = None
+        self._outcome = None
+        self._listen_waiters = []
+        self.directory = self.heartbeat = None
+        if directory_url:
+            from nymtx.directory.client import DirectoryClient, Heartbeat
+            kwargs = {} if treq is None else {"treq": treq}
+            self.directory = DirectoryClient(directory_url, reactor=reactor, **kwargs)
+            # started once bound: before that there is no port to announce
+            self.heartbeat = Heartbeat(reactor, presence_interval, self.announce,
+                                       "gateway presence")
+
+    # ---- listening ------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._listening = Deferred.fromCoroutine(self._listen())
+        self._listening.addBoth(self._settle)
+
+    async def _listen(self):
+        results = await DeferredList([
+            serverFromString(self.reactor, self.mix_endpoint).listen(self.mix_factory),
+            serverFromString(self.reactor, self.client_endpoint).listen(self.client_factory),
+        ], consumeErrors=True)
+        problems = []
+        for (ok, value), name, spec in zip(
+                results, ("mix", "client"), (self.mix_endpoint, self.client_endpoint)):
+            if ok:
+                self._ports.append(value)
+            else:
+                problems.append(f"{name} listener {spec}: {value.getErrorMessage()}")
+        if problems:
+            await gatherResults([maybeDeferred(p.stopListening) for p in self._ports])
+            self._ports = []
+            raise RuntimeError("; ".join(problems))
+        self.mix_port = self._ports[0].getHost().port
+        self.client_port = self._ports[1].getHost().port
+        self.log.info("gateway {key} listening: mix port {mix}, client port {client}",
+                      key=self.keys.public_text, mix=self.mix_port, client=self.client_port)
+        return (self.mix_port, self.client_port)
+
+    def _settle(self, result):
+        self._outcome = result
+        if isinstance(result, Failure):
+            self.log.error("gateway could not start: {why}", why=result.getErrorMessage())
+        elif self.heartbeat is not None and self.running:
+            self.heartbeat.startService()
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for d in waiters:
+            self._relay(d)
+
+    def _relay(self, d):
+        if isinstance(self._outcome, Failure):
+            d.errback(self._outcome)
+        else:
+            d.callback(self._outcome)
+
+    def whenListening(self):
+        """Fires with (mix_port, client_port), or fails if a listener cannot bind."""
+        d = Deferred()
+        if self._outcome is not None:
+            self._relay(d)
+        else:
+            self._listen_waiters.append(d)
+        return d
+
+    # ---- presence -------------------------------------------------------
+
+    def presence(self):
+        """The presence document announced to the directory."""
+        if self.mix_port is None:
+            raise RuntimeError("the gateway is not listening yet")
+        mix = _host_port(self.announce_host, self.mix_port)
+        return {
+            "host": mix,
+            "mixnetListener": mix,
+            "clientListener": _host_port(self.announce_host, self.client_port),
+            "pubKey": self.keys.public_text,
+            "registeredClients": [{"pubKey": encode_key(k)}
+                                  for k in self.store.registered_clients()],
+            "version": self.version,
+        }
+
+    def announce(self):
+        return self.directory.announce_gateway(self.presence())
+
+    # ---- stopping -------------------------------------------------------
+
+    def stopService(self):
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        await maybeDeferred(super().stopService)
+        if self._listening is not None and not self._listening.called:
+            await self._listening
+        if self.heartbeat is not None and self.heartbeat.running:
+            await maybeDeferred(self.heartbeat.stopService)
+        await gatherResults([maybeDeferred(p.stopListening) for p in self._ports])
+        self._ports = []
+        await gatherResults([self.mix_factory.close_all(), self.client_factory.close_all()])
+        self.handler.release_all()
+        self.store.close()
+        self.log.info("gateway stopped; {n} messages committed this run", n=self.store.stored)
+
+
+def _host_port(host, port):
+    return str(NodeAddress.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))

@@ -1,0 +1,220 @@
+"""The gateway's durable state: the client ledger and the mailboxes.
+
+One sqlite file (WAL mode) holds both. Incoming messages are buffered and
+committed in batches, every ``commit_interval`` seconds on the injected
+clock or every ``commit_batch`` messages, whichever comes first: one commit
+per message would cap throughput at the disk's commit rate. A message counts
+as stored only once its batch is committed. Registrations and
+acknowledgements are committed at once, since a client acts on the answer.
+"""
+
+import hmac
+import sqlite3
+from importlib import resources
+
+import attrs
+from twisted.logger import Logger
+
+from nymtx.gateway.frames import token_hash
+
+SCHEMA_VERSION = 1
+
+#: Drop reasons returned by :meth:`MailboxStore.add`.
+UNREGISTERED = "unregistered"
+OVER_MESSAGE_QUOTA = "over_message_quota"
+OVER_BYTE_QUOTA = "over_byte_quota"
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message says which file and why."""
+
+
+def _schema(name):
+    return resources.files("nymtx.gateway").joinpath("schema", name).read_text("utf-8")
+
+
+def open_database(path):
+    """A connection to *path* (or ``:memory:``) at the current schema version."""
+    try:
+        db = sqlite3.connect(str(path), isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        # WAL with synchronous=NORMAL survives a process crash; only a power
+        # loss can take back the last commits, which is what batching accepts.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        tables = {row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if "version" not in tables:
+            if tables:
+                raise StoreError(f"{path} is not a gateway database (no version table)")
+            db.executescript("BEGIN;" + _schema(f"v{SCHEMA_VERSION}.sql") + "COMMIT;")
+        row = db.execute("SELECT version FROM version").fetchone()
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open gateway database {path}: {e}") from e
+    if row is None or row[0] != SCHEMA_VERSION:
+        raise StoreError(
+            f"gateway database {path} has schema version {row and row[0]},"
+            f" this gateway knows version {SCHEMA_VERSION}")
+    return db
+
+
+@attrs.define(eq=False)
+class MailboxStore:
+    """Ledger and per-client mailboxes with quotas, on one sqlite connection."""
+
+    log = Logger()
+
+    clock: object
+    db: sqlite3.Connection
+    quota_messages: int = 1000
+    quota_bytes: int = 1_000_000
+    commit_interval: float = 0.005
+    commit_batch: int = 512
+
+    #: messages committed since this store was opened
+    stored: int = attrs.field(default=0, init=False)
+    _pending: list = attrs.field(factory=list, init=False)
+    _timer: object = attrs.field(default=None, init=False)
+    _usage: dict = attrs.field(factory=dict, init=False)     # key -> [count, bytes]
+    _registered: set = attrs.field(factory=set, init=False)
+
+    @classmethod
+    def open(cls, clock, path, **kwargs):
+        store = cls(clock, open_database(path), **kwargs)
+        store._load()
+        return store
+
+    def _load(self):
+        self._registered = {bytes(k) for (k,) in self.db.execute(
+            "SELECT client_key FROM clients")}
+        for key, count, size in self.db.execute(
+                "SELECT client_key, COUNT(*), SUM(LENGTH(body)) FROM messages"
+                " GROUP BY client_key"):
+            self._usage[bytes(key)] = [count, size or 0]
+
+    # ---- ledger -------------------------------------------------------
+
+    def register(self, client_key, token):
+        """Record *token* (only its hash) for *client_key*, replacing any older one."""
+        self.db.execute(
+            "INSERT INTO clients (client_key, token_hash, registered_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (client_key) DO UPDATE SET token_hash=excluded.token_hash,"
+            " registered_at=excluded.registered_at",
+            (bytes(client_key), token_hash(token), self.clock.seconds()))
+        self._registered.add(bytes(client_key))
+
+    def check_token(self, client_key, token):
+        """Whether *token* is the current token of *client_key* (constant time)."""
+        row = self.db.execute("SELECT token_hash FROM clients WHERE client_key=?",
+                              (bytes(client_key),)).fetchone()
+        if row is None:
+            return False
+        return hmac.compare_digest(bytes(row[0]), token_hash(token))
+
+    def is_registered(self, client_key):
+        return bytes(client_key) in self._registered
+
+    def registered_clients(self):
+        return sorted(self._registered)
+
+    # ---- mailboxes ----------------------------------------------------
+
+    def add(self, client_key, message):
+        """Queue *message* for *client_key*: None if queued, else the drop reason."""
+        client_key = bytes(client_key)
+        if client_key not in self._registered:
+            return UNREGISTERED
+        usage = self._usage.setdefault(client_key, [0, 0])
+        if usage[0] + 1 > self.quota_messages:
+            return OVER_MESSAGE_QUOTA
+        if usage[1] + len(message) > self.quota_bytes:
+            return OVER_BYTE_QUOTA
+        usage[0] += 1
+        usage[1] += len(message)
+        self._pending.append((client_key, bytes(message), self.clock.seconds()))
+        if len(self._pending) >= self.commit_batch:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(self.commit_interval, self._timed_flush)
+        return None
+
+    def _timed_flush(self):
+        self._timer = None
+        try:
+            self.flush()
+        except StoreError:
+            self.log.failure("committing buffered messages failed")
+
+    def flush(self):
+        """Commit every buffered message; return how many."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO messages (client_key, body, received_at) VALUES (?, ?, ?)",
+                batch)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            for key, body, _ in batch:
+                usage = self._usage[key]
+                usage[0] -= 1
+                usage[1] -= len(body)
+            raise StoreError(f"cannot store {len(batch)} messages: {e}") from e
+        self.stored += len(batch)
+        return len(batch)
+
+    @property
+    def pending(self):
+        return len(self._pending)
+
+    def pull(self, client_key, limit):
+        """Up to *limit* committed messages of *client_key*, oldest first, as (id, bytes)."""
+        return [(ident, bytes(body)) for ident, body in self.db.execute(
+            "SELECT id, body FROM messages WHERE client_key=? ORDER BY id LIMIT ?",
+            (bytes(client_key), int(limit)))]
+
+    def ack(self, client_key, ids):
+        """Delete those of *ids* that belong to *client_key*; return how many."""
+        client_key = bytes(client_key)
+        ids = list(dict.fromkeys(int(i) for i in ids if 0 <= i < 1 << 63))
+        if not ids:
+            return 0
+        count = size = 0
+        self.db.execute("BEGIN")
+        try:
+            # sqlite limits bound variables per statement, hence the chunks
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for (length,) in self.db.execute(
+                        f"DELETE FROM messages WHERE client_key=? AND id IN ({marks})"
+                        " RETURNING LENGTH(body)", [client_key, *chunk]):
+                    count += 1
+                    size += length
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.db.execute("ROLLBACK")
+            raise StoreError(f"cannot delete acknowledged messages: {e}") from e
+        if count:
+            usage = self._usage[client_key]
+            usage[0] -= count
+            usage[1] -= size
+        return count
+
+    def usage(self, client_key):
+        """(messages, bytes) held for *client_key*, buffered ones included."""
+        return tuple(self._usage.get(bytes(client_key), (0, 0)))
+
+    def close(self):
+        """Commit what is buffered and close the database."""
+        try:
+            self.flush()
+        finally:
+            self.db.close()
