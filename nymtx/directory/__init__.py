@@ -1,0 +1,1 @@
+"""The directory: where nodes announce themselves and clients read the topology."""

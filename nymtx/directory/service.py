@@ -1,0 +1,93 @@
+"""The directory as a service: its web site on one listening endpoint.
+
+Like ``strports.service`` it binds in ``privilegedStartService``, so that
+twistd fails at start-up when the port is taken; unlike it, a failure to
+listen is kept and reported through ``whenListening()``, which is how
+``nymtx.runner.run_service`` turns it into one line and exit code 1.
+"""
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+
+class ListenError(Exception):
+    """The directory could not listen on its endpoint; the message says where and why."""
+
+
+class DirectoryService(Service):
+    """Serve *site* on *endpoint* (described by *description* in messages).
+
+    ``registry`` is the directory's state, for whoever embeds the service.
+    """
+
+    log = Logger()
+
+    def __init__(self, endpoint, site, description, registry=None):
+        self.endpoint = endpoint
+        self.site = site
+        self.description = description
+        self.registry = registry
+        self.port = None
+        self._failure = None
+        self._listening = None
+        self._waiters = []
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._listen()
+        if self._failure is not None:
+            self._failure.raiseException()
+
+    def startService(self):
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def whenListening(self):
+        """Deferred firing with the listening port, or failing with ListenError."""
+        if self.port is not None:
+            return succeed(self.port)
+        if self._failure is not None:
+            return fail(self._failure)
+        d = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        self._listening = None
+        self._failure = None
+        if port is None:
+            return succeed(None)
+        self.log.info("directory stops listening on {address}", address=port.getHost())
+        return port.stopListening()
+
+    def _listen(self):
+        self._failure = None
+        self._listening = self.endpoint.listen(self.site)
+        self._listening.addCallbacks(self._listened, self._not_listened)
+
+    def _listened(self, port):
+        self.port = port
+        self.log.info("directory listening on {address}", address=port.getHost())
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(port)
+
+    def _not_listened(self, failure):
+        error = failure.value
+        if isinstance(error, CannotListenError) and error.socketError is not None:
+            why = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        else:
+            why = failure.getErrorMessage() or failure.type.__name__
+        try:
+            raise ListenError(f"the directory cannot listen on {self.description}: {why}")
+        except ListenError:
+            from twisted.python.failure import Failure
+            self._failure = Failure()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(self._failure)
