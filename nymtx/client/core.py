@@ -1,0 +1,372 @@
+"""The client core: topology, the two Poisson streams, and the fetch loop.
+
+Real messages wait in a queue until the sending stream fires; only then is
+the route drawn from the current topology and the packet built, so a
+message queued while the network changes still takes a live route. When no
+route can be built the message stays queued (the log says why) instead of
+being dropped, which is what nym v0.5 did.
+"""
+
+import collections
+import random
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from nymtx.addressing import AddressError, NodeAddress, decode_client_address, \
+    encode_client_address
+from nymtx.client.cover import LoopCover
+from nymtx.keys import KeyFormatError, decode_key, encode_key
+from nymtx.poisson import PoissonLoop
+from nymtx.sphinx import MAX_MESSAGE_SIZE, SphinxError, build_packet, sample_delays
+from nymtx.topology import TopologyError
+
+#: Loop cover and real messages alike carry a zero SURB identifier, as in nym v0.5.
+IDENTIFIER = bytes(16)
+
+
+class SendError(ValueError):
+    """A message that cannot be sent: too long, or to an unknown recipient."""
+
+
+class ClientStopped(Exception):
+    """The client stopped before the message left."""
+
+
+def parse_recipient(text):
+    """``CLIENT`` or ``CLIENT@GATEWAY`` (base58 both) → (client_key, gateway_key | None)."""
+    if not isinstance(text, str):
+        raise SendError(
+            f"recipient_address must be a base58 string, not {type(text).__name__}")
+    client_text, at, gateway_text = text.partition("@")
+    try:
+        client_key = decode_client_address(client_text)
+    except AddressError as e:
+        raise SendError(f"invalid recipient_address: {e}")
+    if not at:
+        return client_key, None
+    try:
+        gateway_key = decode_key(gateway_text)
+    except KeyFormatError as e:
+        raise SendError(f"invalid gateway in recipient_address: {e}")
+    return client_key, gateway_key
+
+
+def check_message(message):
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    if not isinstance(message, (bytes, bytearray, memoryview)):
+        raise SendError(f"a message is bytes or text, not {type(message).__name__}")
+    message = bytes(message)
+    if len(message) > MAX_MESSAGE_SIZE:
+        raise SendError(f"message too long. Sent {len(message)} bytes,"
+                        f" but the maximum is {MAX_MESSAGE_SIZE}")
+    return message
+
+
+@attrs.define(eq=False)
+class _Outgoing:
+    recipient: bytes
+    gateway_key: object
+    message: bytes
+    sent: Deferred
+
+
+@attrs.define(eq=False)
+class _Periodic:
+    """Runs ``action`` now and every ``interval`` s after it finishes, never overlapping."""
+
+    clock: object
+    interval: float
+    action: object
+    _call: object = None
+    _running: bool = False
+    _busy: object = None
+
+    def start(self):
+        """Start; the Deferred fires when the first run has finished."""
+        self._running = True
+        self._run()
+        return self._after_busy()
+
+    def _after_busy(self):
+        if self._busy is None:
+            return succeed(None)
+        d = Deferred()
+        self._busy.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def _run(self):
+        self._call = None
+        self._busy = maybeDeferred(self.action)
+        self._busy.addErrback(lambda f: None)  # the action logs its own failures
+        self._busy.addBoth(self._done)
+
+    def _done(self, _):
+        self._busy = None
+        if self._running:
+            self._call = self.clock.callLater(self.interval, self._run)
+
+    def stop(self):
+        self._running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        # Wait for an action in flight: stopping must not cut a store/ack in two.
+        return self._after_busy()
+
+
+@attrs.define(eq=False)
+class ClientCore:
+    """One client's traffic; its collaborators are passed in (see docs/internals.md)."""
+
+    log = Logger()
+
+    reactor: object
+    config: object          # nymtx.client.config.ClientConfig
+    keys: object            # nymtx.keys.KeyPair
+    directory: object       # .get_topology() -> Deferred[Topology]
+    links: object           # .send(NodeAddress, packet)
+    gateway_link: object    # .pull() / .ack(ids) -> Deferred; .start() / .stop(); or None
+    inbox: object           # nymtx.client.inbox.Inbox
+    # (GatewayInfo) -> link: the gateway's client listener is known only from
+    # the topology, so without a link one is made when the topology lists it.
+    connect_gateway: object = None
+    rng: random.Random = attrs.field(factory=random.SystemRandom)
+    topology: object = None
+    sent_real: int = 0
+    sent_cover: int = 0
+    skipped_cover: int = 0
+    _queue: collections.deque = attrs.field(factory=collections.deque)
+    _listeners: list = attrs.field(factory=list)
+    _cover: LoopCover = attrs.field(init=False)
+    _sending: PoissonLoop = attrs.field(init=False)
+    _looping: PoissonLoop = attrs.field(init=False)
+    _refresh: _Periodic = attrs.field(init=False)
+    _fetching: _Periodic = attrs.field(init=False)
+    _blocked: object = None
+    _directory_down: bool = False
+    _gateway_down: bool = False
+    running: bool = False
+
+    def __attrs_post_init__(self):
+        c = self.config
+        self._cover = LoopCover(self.keys.private_key)
+        self._sending = PoissonLoop(self._sending_tick, c.message_sending_average_delay / 1000,
+                                    self.reactor, self.rng)
+        self._looping = PoissonLoop(self._cover_tick, c.loop_cover_traffic_average_delay / 1000,
+                                    self.reactor, self.rng)
+        self._refresh = _Periodic(self.reactor, c.topology_refresh_rate / 1000,
+                                  self.refresh_topology)
+        self._fetching = _Periodic(self.reactor, c.fetch_message_delay / 1000,
+                                   self.fetch_from_gateway)
+
+    @property
+    def address(self):
+        return encode_client_address(self.keys.public_key)
+
+    @property
+    def queued(self):
+        return len(self._queue)
+
+    # -- life cycle -----------------------------------------------------------
+
+    def start(self):
+        """Start every loop; the Deferred fires after the first topology fetch."""
+        self.running = True
+        if self.gateway_link is not None:
+            self.gateway_link.start()
+        first = self._refresh.start()
+        self._sending.start()
+        self._looping.start()
+        self._fetching.start()
+        return first
+
+    def stop(self):
+        """Stop every loop; fail the Deferreds of messages that never left."""
+        self.running = False
+        self._sending.stop()
+        self._looping.stop()
+        waits = [self._refresh.stop(), self._fetching.stop()]
+        queue, self._queue = self._queue, collections.deque()
+        for item in queue:
+            item.sent.errback(ClientStopped("the client stopped before the message was sent"))
+        d = Deferred.fromCoroutine(self._wait(waits))
+        d.addCallback(lambda _: self.gateway_link.stop() if self.gateway_link else None)
+        return d
+
+    @staticmethod
+    async def _wait(deferreds):
+        for d in deferreds:
+            await d
+
+    # -- topology -------------------------------------------------------------
+
+    def refresh_topology(self):
+        d = self.directory.get_topology()
+        d.addCallbacks(self._got_topology, self._no_topology)
+        return d
+
+    def _got_topology(self, topology):
+        if self._directory_down or self.topology is None:
+            self.log.info("topology: {mixnodes} mixnodes, {gateways} gateways",
+                          mixnodes=len(topology.mixnodes), gateways=len(topology.gateways))
+        self._directory_down = False
+        self.topology = topology
+        if self.gateway_link is None and self.connect_gateway is not None and self.running:
+            gateway = topology.gateway_by_key(self.config.gateway_key or b"")
+            if gateway is None:
+                self.log.warn("my gateway {key} is not in the topology",
+                              key=self.config.provider_id)
+            else:
+                self.gateway_link = self.connect_gateway(gateway)
+                self.gateway_link.start()
+
+    def _no_topology(self, failure):
+        if not self._directory_down:
+            self.log.warn("cannot fetch the topology ({why}); keeping the last one",
+                          why=failure.getErrorMessage())
+        self._directory_down = True
+
+    def clients(self):
+        """Every client registered at any gateway, base58."""
+        if self.topology is None:
+            return []
+        return [encode_client_address(key) for key in self.topology.clients()]
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, recipient, message):
+        """Queue *message* for the sending stream.
+
+        Raises SendError at once for a bad message or recipient; returns a
+        Deferred that fires when the packet is handed to the first mixnode's
+        link (or fails with ClientStopped).
+        """
+        message = check_message(message)
+        client_key, gateway_key = parse_recipient(recipient)
+        if self.topology is not None:
+            if gateway_key is None and self.topology.gateway_for(client_key) is None:
+                raise SendError(
+                    f"unknown recipient {recipient}: no gateway in the topology lists it"
+                    " (give it as CLIENT@GATEWAY)")
+            if gateway_key is not None and self.topology.gateway_by_key(gateway_key) is None:
+                raise SendError(
+                    f"unknown gateway {encode_key(gateway_key)} in {recipient}:"
+                    " it is not in the topology")
+        item = _Outgoing(client_key, gateway_key, message, Deferred())
+        self._queue.append(item)
+        return item.sent
+
+    def _sending_tick(self):
+        if not self._send_real():
+            self._send_cover()
+
+    def _cover_tick(self):
+        self._send_cover()
+
+    def _send_real(self):
+        if not self._queue:
+            return False
+        if self.topology is None:
+            return self._blocked_by("no topology yet")
+        for item in self._queue:
+            if item.gateway_key is not None:
+                gateway = self.topology.gateway_by_key(item.gateway_key)
+            else:
+                gateway = self.topology.gateway_for(item.recipient)
+            if gateway is not None:
+                break
+        else:
+            return self._blocked_by("no recipient of a queued message is in the topology")
+        try:
+            self._send_packet(gateway, item.recipient, item.message)
+        except (TopologyError, SphinxError, AddressError) as e:
+            return self._blocked_by(f"no route: {e}")
+        self._queue.remove(item)
+        self._blocked = None
+        self.sent_real += 1
+        item.sent.callback(None)
+        return True
+
+    def _blocked_by(self, why):
+        # Log a reason when it changes, not on every tick of the stream.
+        if why != self._blocked:
+            self.log.warn("{n} real message(s) stay queued: {why}", n=len(self._queue), why=why)
+            self._blocked = why
+        return False
+
+    def _send_cover(self):
+        gateway = None
+        if self.topology is not None and self.config.gateway_key is not None:
+            gateway = self.topology.gateway_by_key(self.config.gateway_key)
+        if gateway is None:
+            self.skipped_cover += 1
+            return
+        try:
+            self._send_packet(gateway, self.keys.public_key, self._cover.make())
+        except (TopologyError, SphinxError, AddressError) as e:
+            self.log.debug("loop cover skipped: {why}", why=str(e))
+            self.skipped_cover += 1
+            return
+        self.sent_cover += 1
+
+    def _send_packet(self, gateway, destination, message):
+        route = self.topology.route(gateway, self.rng)
+        delays = sample_delays(len(route), self.config.average_packet_delay / 1000, self.rng)
+        packet = build_packet(route, destination, IDENTIFIER, message, delays)
+        self.links.send(NodeAddress.from_bytes(route[0].address), packet)
+
+    # -- receiving ------------------------------------------------------------
+
+    def on_message(self, callback):
+        """Push mode: *callback(body: bytes)* for each message, which then
+        leaves the inbox (``fetch`` will not return it)."""
+        self._listeners.append(callback)
+        self._deliver()
+
+    def fetch(self):
+        """Remove and return every stored message, oldest first."""
+        return self.inbox.take_all()
+
+    def fetch_from_gateway(self):
+        if self.gateway_link is None:
+            return None
+        d = self.gateway_link.pull()
+        d.addCallbacks(self._pulled, self._pull_failed)
+        return d
+
+    def _pulled(self, pulled):
+        if self._gateway_down:
+            self.log.info("gateway reachable again")
+        self._gateway_down = False
+        if not pulled:
+            return None
+        real = [(i, body) for i, body in pulled if not self._cover.is_own_cover(body)]
+        # Commit first: the gateway deletes what we ack, so an ack before the
+        # commit could lose a message in a crash.
+        stored = self.inbox.store(real)
+        ids = [i for i, _ in pulled]
+        self.log.debug("stored {n} message(s), {c} loop cover discarded",
+                       n=len(stored), c=len(pulled) - len(real))
+        self._deliver()
+        d = self.gateway_link.ack(ids)
+        d.addCallback(lambda _: self.inbox.acked(ids))
+        d.addErrback(self._pull_failed)
+        return d
+
+    def _pull_failed(self, failure):
+        if not self._gateway_down:
+            self.log.warn("cannot fetch from the gateway: {why}", why=failure.getErrorMessage())
+        self._gateway_down = True
+
+    def _deliver(self):
+        if not self._listeners:
+            return
+        for body in self.inbox.take_all():
+            for callback in list(self._listeners):
+                try:
+                    callback(body)
+                except Exception:
+                    self.log.failure("message callback {cb!r} failed", cb=callback)

@@ -1,0 +1,205 @@
+"""The client for Twisted programs: ``MixnetClient`` and ``init_client``.
+
+::
+
+    config = await init_client(reactor, root, "Alice", "http://127.0.0.1:8080")
+    client = MixnetClient(reactor, config)
+    await client.start()
+    await client.send(bob_address, b"hello")
+    client.on_message(print)
+    await client.stop()
+"""
+
+import random
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
+    is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
+from nymtx.client.core import ClientCore, SendError
+from nymtx.client.inbox import Inbox
+from nymtx.keys import KeyFormatError, KeyPair, decode_key, encode_key
+
+
+class InitError(Exception):
+    """Initialisation failed (no gateway, registration refused, …); says why."""
+
+
+def _default_directory(url):
+    from nymtx.directory.client import DirectoryClient
+    return DirectoryClient(url)
+
+
+def _default_links(reactor):
+    from nymtx.links import PacketLinks
+    return PacketLinks(reactor)
+
+
+def _default_gateway_link(reactor, gateway, keys, token):
+    from nymtx.gateway.link import GatewayLink
+    return GatewayLink(reactor, gateway.client_listener, keys, token, gateway.public_key)
+
+
+def _default_register(reactor, address, keys, gateway_key):
+    from nymtx.gateway.link import register
+    return register(reactor, address, keys, gateway_key)
+
+
+def init_client(reactor, root, client_id, directory_url, socket_type="none", port=0,
+                gateway=None, force=False, directory=None, register=None,
+                rng=None, **debug_ms):
+    """Create keys, register at a gateway, write config.toml.
+
+    *gateway* is a base58 gateway key; without it one is picked at random
+    among the gateways of the topology (trying each in turn). A client that
+    exists is refused unless *force*. Nothing on disk changes unless
+    registration succeeds. Returns Deferred[ClientConfig]; fails with
+    ConfigError (bad values, exists) or InitError (network).
+    """
+    try:
+        unknown = sorted(set(debug_ms) - set(DEBUG_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)};"
+                              f" allowed: {', '.join(DEBUG_DEFAULTS)}")
+        values = {name: parse_delay(v, name) for name, v in debug_ms.items()}
+        config = ClientConfig.new(
+            root, client_id, directory_server=parse_directory(directory_url),
+            socket_type=parse_socket_type(socket_type, "socket type"),
+            listening_port=parse_port(port, "port"), **values)
+        gateway_key = None
+        if gateway:
+            try:
+                gateway_key = decode_key(gateway)
+            except KeyFormatError as e:
+                raise ConfigError(f"gateway: {e}")
+        if not force and is_initialised(root, client_id):
+            raise ConfigError(
+                f"client {client_id!r} is already initialised at {config.config_path};"
+                " use --force to overwrite it (its keys and gateway registration)")
+    except ConfigError as e:
+        return fail(e)
+    directory = directory or _default_directory(config.directory_server)
+    register = register or _default_register
+    rng = rng or random.SystemRandom()
+    return Deferred.fromCoroutine(
+        _init(reactor, config, gateway_key, directory, register, rng))
+
+
+async def _init(reactor, config, gateway_key, directory, register, rng):
+    log = Logger(namespace="nymtx.client.init")
+    try:
+        topology = await directory.get_topology()
+    except Exception as e:
+        raise InitError(f"cannot fetch the topology from {config.directory_server}: {e}")
+    if gateway_key is not None:
+        chosen = topology.gateway_by_key(gateway_key)
+        if chosen is None:
+            raise InitError(f"gateway {encode_key(gateway_key)} is not in the topology")
+        candidates = [chosen]
+    else:
+        candidates = list(topology.gateways)
+        if not candidates:
+            raise InitError("the topology lists no gateway to register at")
+        rng.shuffle(candidates)
+    keys = KeyPair.generate()
+    failures = []
+    for candidate in candidates:
+        try:
+            token = await register(reactor, candidate.client_listener, keys,
+                                   candidate.public_key)
+        except Exception as e:
+            log.warn("registration at {gateway} failed: {why}",
+                     gateway=str(candidate.client_listener), why=str(e))
+            failures.append(f"{candidate.client_listener}: {e}")
+            continue
+        break
+    else:
+        raise InitError("could not register at any gateway: " + "; ".join(failures))
+    config = config.evolve(provider_id=encode_key(candidate.public_key),
+                           provider_authtoken=encode_key(token))
+    # Keys go to disk only now: a failed --force init leaves the old client whole.
+    config.save_keys(keys)
+    config.save()
+    log.info("client {id} initialised: address {address}, gateway {gateway}",
+             id=config.id, address=keys.public_text, gateway=config.provider_id)
+    return config
+
+
+@attrs.define(eq=False)
+class MixnetClient:
+    """A running client inside a Twisted program.
+
+    Collaborators default to the real ones; tests pass fakes with the same
+    methods (see docs/internals.md).
+    """
+
+    reactor: object
+    config: ClientConfig
+    directory: object = None
+    links: object = None
+    gateway_link: object = None
+    inbox: object = None
+    rng: object = None
+    core: ClientCore = attrs.field(default=None, init=False)
+    _owns_links: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self):
+        # Fail here, not at start(), on an uninitialised or unreadable client.
+        if not self.config.provider_id or not self.config.provider_authtoken:
+            raise ConfigError(
+                f"client {self.config.id!r} has no gateway: run nym-client init first")
+        keys = self.config.load_keys()
+        if self.directory is None:
+            self.directory = _default_directory(self.config.directory_server)
+        if self.links is None:
+            self.links = _default_links(self.reactor)
+            self._owns_links = True
+        if self.inbox is None:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.inbox = Inbox(self.config.inbox_path, self.reactor)
+        token = self.config.token
+        self.core = ClientCore(
+            self.reactor, self.config, keys, self.directory, self.links,
+            self.gateway_link, self.inbox, rng=self.rng or random.SystemRandom(),
+            connect_gateway=lambda gw: _default_gateway_link(self.reactor, gw, keys, token))
+
+    @property
+    def address(self):
+        """This client's base58 address."""
+        return self.core.address
+
+    @property
+    def full_address(self):
+        """``CLIENT@GATEWAY``: reachable even before the gateway's presence lists it."""
+        return f"{self.core.address}@{self.config.provider_id}"
+
+    def start(self):
+        """Start; the Deferred fires once the first topology fetch is done."""
+        return self.core.start()
+
+    def stop(self):
+        d = self.core.stop()
+        if self._owns_links:
+            d.addCallback(lambda _: self.links.stop())
+        d.addCallback(lambda _: self.inbox.close())
+        return d
+
+    def send(self, recipient, message):
+        """Deferred that fires when the packet leaves; fails with SendError."""
+        try:
+            return self.core.send(recipient, message)
+        except SendError as e:
+            return fail(e)
+
+    def fetch(self):
+        """Remove and return the messages received so far (bytes)."""
+        return self.core.fetch()
+
+    def on_message(self, callback):
+        """Call *callback(message: bytes)* for each message received from now on."""
+        self.core.on_message(callback)
+
+    def clients(self):
+        return self.core.clients()

@@ -1,0 +1,74 @@
+"""``twistd -n nym``: Options and makeService, which only assembles."""
+
+from twisted.python import usage
+
+from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
+    is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
+from nymtx.client.service import ClientLauncher
+from nymtx.keys import KeyFormatError, decode_key
+from nymtx.paths import check_id, nym_root
+
+_DELAY_FLAGS = [(name.replace("_", "-"), name) for name in DEBUG_DEFAULTS]
+
+
+class Options(usage.Options):
+    """Flags of ``nym-client run`` and ``twistd nym``; they override config.toml."""
+
+    optParameters = [
+        ["id", None, None, "Id of the client (its directory under <home>/clients/)."],
+        ["socket-type", None, None, "websocket, tcp or none (overrides config.toml)."],
+        ["port", None, None, "Port of the socket API on 127.0.0.1 (0: any free port)."],
+        ["directory", None, None, "URL of the directory server."],
+        ["home", None, None, "Config root (default $NYM_HOME or ~/.nym)."],
+        ["gateway", None, None, "Gateway key (base58) to register at, if the id is new."],
+    ] + [[flag, None, None, f"[debug] {name} in milliseconds (default {DEBUG_DEFAULTS[name]})."]
+         for flag, name in _DELAY_FLAGS]
+
+    def postOptions(self):
+        if not self["id"]:
+            raise usage.UsageError("--id is required (the client's name, e.g. --id Alice)")
+        try:
+            check_id(self["id"])
+        except ValueError as e:
+            raise usage.UsageError(f"--id: {e}")
+        try:
+            self["overrides"] = overrides_from(self)
+            if self["gateway"] is not None:
+                try:
+                    decode_key(self["gateway"])
+                except KeyFormatError as e:
+                    raise ConfigError(f"--gateway: {e}")
+            self["root"] = nym_root(self["home"])
+            # Read config.toml now so that a bad file is a usage error, not a
+            # traceback from inside twistd.
+            if is_initialised(self["root"], self["id"]):
+                ClientConfig.load(self["root"], self["id"]).evolve(**self["overrides"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def overrides_from(options):
+    """ClientConfig field values from the flags that were given."""
+    overrides = {}
+    if options["socket-type"] is not None:
+        overrides["socket_type"] = parse_socket_type(options["socket-type"], "--socket-type")
+    if options["port"] is not None:
+        overrides["listening_port"] = parse_port(options["port"], "--port")
+    if options["directory"] is not None:
+        overrides["directory_server"] = parse_directory(options["directory"], "--directory")
+    for flag, name in _DELAY_FLAGS:
+        if options[flag] is not None:
+            overrides[name] = parse_delay(options[flag], f"--{flag}")
+    return overrides
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    init_options = {}
+    if options["gateway"]:
+        init_options["gateway"] = options["gateway"]
+    debug = {name: v for name, v in options["overrides"].items() if name in DEBUG_DEFAULTS}
+    init_options.update(debug)
+    return ClientLauncher(reactor, options["root"], options["id"],
+                          overrides=options["overrides"], init_options=init_options)
