@@ -33,7 +33,8 @@ class GatewayService(MultiService):
                  announce_host, directory_url=None, *, quota_messages=1000,
                  quota_bytes=1_000_000, commit_interval=0.005, commit_batch=512,
                  max_pull=200, max_delay=60.0, presence_interval=1.5,
-                 version=None, treq=None, randbytes=os.urandom):
+                 location=None, version=None, directory=None, treq=None,
+                 randbytes=os.urandom):
         super().__init__()
         self.reactor = reactor
         self.keys = keys
@@ -59,11 +60,15 @@ class GatewayService(MultiService):
         self._listening = None
         self._outcome = None
         self._listen_waiters = []
-        self.directory = self.heartbeat = None
-        if directory_url:
-            from nymtx.directory.client import DirectoryClient, Heartbeat
+        self.location = location
+        self.heartbeat = None
+        if directory is None and directory_url:
+            from nymtx.directory.client import DirectoryClient
             kwargs = {} if treq is None else {"treq": treq}
-            self.directory = DirectoryClient(directory_url, reactor=reactor, **kwargs)
+            directory = DirectoryClient(directory_url, reactor=reactor, **kwargs)
+        self.directory = directory
+        if directory is not None:
+            from nymtx.directory.client import Heartbeat
             # started once bound: before that there is no port to announce
             self.heartbeat = Heartbeat(reactor, presence_interval, self.announce,
                                        "gateway presence")
@@ -137,6 +142,7 @@ class GatewayService(MultiService):
             "registeredClients": [{"pubKey": encode_key(k)}
                                   for k in self.store.registered_clients()],
             "version": self.version,
+            **({"location": self.location} if self.location else {}),
         }
 
     def announce(self):

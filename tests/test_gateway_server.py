@@ -1,0 +1,211 @@
+import os
+import struct
+
+from nacl.bindings import crypto_scalarmult
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from nymtx.gateway import frames as F
+from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.store import MailboxStore
+from nymtx.keys import KeyPair
+
+
+class Peer:
+    """One client connection to the protocol over a StringTransport."""
+
+    def __init__(self, factory):
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.decoder = F.FrameDecoder()
+        [self.hello] = self.read()
+
+    def read(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return [F.parse_gateway_frame(b) for b in self.decoder.feed(data)]
+
+    def send_raw(self, data):
+        self.proto.dataReceived(data)
+        return self.read()
+
+    def send(self, value):
+        return self.send_raw(F.encode(value))
+
+    def ask(self, value):
+        [reply] = self.send(value)
+        return reply
+
+    @property
+    def closed(self):
+        return self.transport.disconnecting
+
+
+class Server(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        path = os.path.join(self.mktemp())
+        self.store = MailboxStore.open(self.clock, path)
+        self.addCleanup(self.store.close)
+        self.keys = KeyPair.generate()
+        self.factory = ClientServerFactory(self.store, self.keys)
+        self.alice = KeyPair.generate()
+        self.bob = KeyPair.generate()
+
+    def proof(self, keys, peer):
+        shared = crypto_scalarmult(keys.private_key, self.keys.public_key)
+        return F.registration_proof(shared, peer.hello.nonce, keys.public_key)
+
+    def register(self, keys):
+        peer = Peer(self.factory)
+        reply = peer.ask(F.Register(keys.public_key, self.proof(keys, peer)))
+        self.assertIsInstance(reply, F.Registered)
+        return reply.token
+
+    def authenticated(self, keys, token):
+        peer = Peer(self.factory)
+        self.assertEqual(peer.ask(F.Authenticate(keys.public_key, token)), F.Authenticated())
+        return peer
+
+    def deliver(self, keys, *messages):
+        for m in messages:
+            self.assertIsNone(self.store.add(keys.public_key, m))
+        self.store.flush()
+
+    def assertError(self, reply, code, text=None):
+        self.assertIsInstance(reply, F.Error)
+        self.assertEqual(reply.code, code, reply.message)
+        if text:
+            self.assertIn(text, reply.message)
+
+    def test_hello(self):
+        peer = Peer(self.factory)
+        self.assertEqual(peer.hello.gateway_key, self.keys.public_key)
+        self.assertEqual(peer.hello.version, F.PROTOCOL_VERSION)
+        self.assertNotEqual(peer.hello.nonce, Peer(self.factory).hello.nonce)
+
+    def test_register_pull_ack(self):
+        token = self.register(self.alice)
+        self.assertEqual(len(token), 32)
+        self.deliver(self.alice, b"one", b"two", b"three")
+        peer = self.authenticated(self.alice, token)
+        reply = peer.ask(F.Pull(2))
+        self.assertEqual([m for _, m in reply.messages], [b"one", b"two"])
+        self.assertEqual(peer.ask(F.Ack(tuple(i for i, _ in reply.messages))), F.Acked(2))
+        self.assertEqual([m for _, m in peer.ask(F.Pull(10)).messages], [b"three"])
+
+    def test_unacked_delivered_again_after_disconnect(self):
+        token = self.register(self.alice)
+        self.deliver(self.alice, b"one")
+        peer = self.authenticated(self.alice, token)
+        first = peer.ask(F.Pull(10))
+        peer.proto.connectionLost(None)
+        again = self.authenticated(self.alice, token).ask(F.Pull(10))
+        self.assertEqual(first, again)
+        self.assertEqual(len(again.messages), 1)
+
+    def test_forged_proof(self):
+        peer = Peer(self.factory)
+        # Mallory signs with her own key but claims Alice's address.
+        mallory = KeyPair.generate()
+        shared = crypto_scalarmult(mallory.private_key, self.keys.public_key)
+        proof = F.registration_proof(shared, peer.hello.nonce, self.alice.public_key)
+        self.assertError(peer.ask(F.Register(self.alice.public_key, proof)),
+                         F.E_BAD_PROOF, "proof")
+        self.assertFalse(self.store.is_registered(self.alice.public_key))
+
+    def test_replayed_registration_refused(self):
+        # a proof seen on one connection is useless on another: the nonce differs
+        first = Peer(self.factory)
+        proof = self.proof(self.alice, first)
+        other = Peer(self.factory)
+        self.assertError(other.ask(F.Register(self.alice.public_key, proof)), F.E_BAD_PROOF)
+
+    def test_low_order_key(self):
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Register(b"\x00" * 32, b"\x00" * 32)), F.E_BAD_PROOF)
+
+    def test_one_registration_per_connection(self):
+        peer = Peer(self.factory)
+        proof = self.proof(self.alice, peer)
+        self.assertIsInstance(peer.ask(F.Register(self.alice.public_key, proof)), F.Registered)
+        self.assertError(peer.ask(F.Register(self.alice.public_key, proof)), F.E_ALREADY)
+
+    def test_reregistration_revokes_old_token(self):
+        old = self.register(self.alice)
+        new = self.register(self.alice)
+        self.assertNotEqual(old, new)
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Authenticate(self.alice.public_key, old)), F.E_BAD_TOKEN)
+        self.authenticated(self.alice, new)
+
+    def test_wrong_token(self):
+        self.register(self.alice)
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Authenticate(self.alice.public_key, b"x" * 32)),
+                         F.E_BAD_TOKEN, "token")
+
+    def test_unknown_address(self):
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Authenticate(self.bob.public_key, b"x" * 32)),
+                         F.E_UNKNOWN_CLIENT, "not registered")
+
+    def test_pull_before_authenticate(self):
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Pull(1)), F.E_NOT_AUTHENTICATED)
+        self.assertError(peer.ask(F.Ack((1,))), F.E_NOT_AUTHENTICATED)
+
+    def test_cannot_touch_another_clients_mail(self):
+        alice_token = self.register(self.alice)
+        bob_token = self.register(self.bob)
+        self.deliver(self.alice, b"secret")
+        [(ident, _)] = self.authenticated(self.alice, alice_token).ask(F.Pull(10)).messages
+        bob = self.authenticated(self.bob, bob_token)
+        self.assertEqual(bob.ask(F.Pull(10)).messages, ())
+        self.assertEqual(bob.ask(F.Ack((ident,))), F.Acked(0))
+        self.assertEqual(len(self.store.pull(self.alice.public_key, 10)), 1)
+        # Bob's token does not open Alice's mailbox either
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Authenticate(self.alice.public_key, bob_token)),
+                         F.E_BAD_TOKEN)
+
+    def test_truncated_frame(self):
+        peer = Peer(self.factory)
+        body = bytes([F.AUTHENTICATE]) + b"x" * 10
+        [reply] = peer.send_raw(F.frame(body))
+        self.assertError(reply, F.E_MALFORMED, "authenticate frame is 11 bytes")
+        self.assertFalse(peer.closed)
+
+    def test_unknown_frame(self):
+        peer = Peer(self.factory)
+        [reply] = peer.send_raw(F.frame(b"\x77"))
+        self.assertError(reply, F.E_UNKNOWN_TYPE, "0x77")
+
+    def test_oversized_frame_closes(self):
+        peer = Peer(self.factory)
+        [reply] = peer.send_raw(struct.pack(">I", F.MAX_FRAME_SIZE + 1))
+        self.assertError(reply, F.E_TOO_LARGE, str(F.MAX_FRAME_SIZE))
+        self.assertTrue(peer.closed)
+
+    def test_repeated_errors_close(self):
+        peer = Peer(self.factory)
+        replies = peer.send_raw(F.frame(b"\x77") * 10)
+        self.assertEqual(len(replies), self.factory.max_errors)
+        self.assertIn("closing", replies[-1].message)
+        self.assertTrue(peer.closed)
+        self.assertEqual(self.factory.errors["unknown-type"], self.factory.max_errors)
+
+    def test_pull_capped(self):
+        factory = ClientServerFactory(self.store, self.keys, max_pull=3)
+        self.factory = factory
+        token = self.register(self.alice)
+        self.deliver(self.alice, *[b"m"] * 5)
+        self.assertEqual(len(self.authenticated(self.alice, token).ask(F.Pull(100)).messages), 3)
+
+    def test_garbage_after_auth_keeps_connection_until_limit(self):
+        token = self.register(self.alice)
+        peer = self.authenticated(self.alice, token)
+        self.assertError(peer.ask(F.Authenticate(self.alice.public_key, token)), F.E_ALREADY)
+        self.assertEqual(peer.ask(F.Pull(1)), F.Messages(()))
