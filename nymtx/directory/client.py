@@ -48,6 +48,7 @@ class DirectoryClient:
     treq: object = _treq
     timeout: float = DEFAULT_TIMEOUT
     reactor: object = None
+    max_response_size: int = MAX_RESPONSE_SIZE
 
     log = Logger()
 
@@ -101,10 +102,10 @@ class DirectoryClient:
             kwargs["headers"] = {b"Content-Type": [b"application/json"]}
         try:
             response = await self.treq.request(method, url, **kwargs)
-            content = await _read(response)
+            content = await _read(response, self.max_response_size)
         except _TooLarge:
             raise DirectoryError(
-                f"{method} {url}: the answer exceeds {MAX_RESPONSE_SIZE} bytes")
+                f"{method} {url}: the answer exceeds {self.max_response_size} bytes")
         except Exception as e:
             raise DirectoryError(
                 f"directory at {self.base_url} is unreachable ({method} {path}): "
@@ -119,13 +120,13 @@ class DirectoryClient:
                 f"{method} {url} answered {response.code} with a body that is not JSON")
 
 
-async def _read(response):
+async def _read(response, limit):
     chunks = []
     size = [0]
 
     def collect(data):
         size[0] += len(data)
-        if size[0] > MAX_RESPONSE_SIZE:
+        if size[0] > limit:
             raise _TooLarge()
         chunks.append(data)
     try:
