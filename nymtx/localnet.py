@@ -1,0 +1,440 @@
+"""A whole mixnet on 127.0.0.1: a directory, 3 layers of mixnodes, gateways.
+
+``nym-localnet`` runs it in this process (the default) or one OS process per
+node (``--processes``); the end-to-end tests and the quick start embed
+``LocalNetwork`` directly. Node keys and gateway mailboxes are kept under
+``<home>/localnet/<node>/``, so a restarted network keeps its identities and
+its clients' registrations.
+"""
+
+import json
+import os
+import sys
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from nymtx.directory.client import DirectoryClient
+from nymtx.directory.registry import Registry
+from nymtx.directory.resource import make_site
+from nymtx.directory.service import DirectoryService
+from nymtx.gateway.service import GatewayService
+from nymtx.keys import KeyFormatError, KeyPair
+from nymtx.mixnode.service import MixnodeService
+from nymtx.paths import nym_root
+from nymtx.topology import LAYERS
+
+HOST = "127.0.0.1"
+
+
+class LocalNetError(Exception):
+    """The local network could not start; the message says which node and why."""
+
+
+@attrs.frozen
+class Timing:
+    """How fast the nodes talk to the directory (seconds)."""
+
+    presence_interval: float = 1.5
+    metrics_interval: float = 1.0
+    expiry: float = 10.0
+
+
+@attrs.frozen
+class NodePlan:
+    """One node of the network: its name, kind, layer and ports (0 = any)."""
+
+    name: str
+    kind: str  # "directory", "mixnode" or "gateway"
+    port: int
+    layer: int = 0
+    client_port: int = 0
+
+
+def plan(mixnodes_per_layer=1, gateways=1, base_port=8080):
+    """Every node, with ports counted up from *base_port* (all 0 if it is 0)."""
+    if mixnodes_per_layer < 1:
+        raise LocalNetError("--mixnodes-per-layer must be at least 1")
+    if gateways < 1:
+        raise LocalNetError("--gateways must be at least 1")
+    ports = iter(range(base_port, base_port + 10_000)) if base_port else None
+
+    def port():
+        return next(ports) if ports else 0
+
+    nodes = [NodePlan("directory", "directory", port())]
+    for layer in range(1, LAYERS + 1):
+        for i in range(1, mixnodes_per_layer + 1):
+            nodes.append(NodePlan(f"mix-{layer}-{i}", "mixnode", port(), layer=layer))
+    for j in range(1, gateways + 1):
+        nodes.append(NodePlan(f"gateway-{j}", "gateway", port(), client_port=port()))
+    last = max(max(n.port, n.client_port) for n in nodes)
+    if last > 65535:
+        raise LocalNetError(f"--base-port {base_port} leaves no room: the last port would be {last}")
+    return nodes
+
+
+def node_keys(home, name):
+    """The node's key pair, made on first use and kept under *home*."""
+    directory = os.path.join(home, "localnet", name)
+    try:
+        return KeyPair.load(directory)
+    except KeyFormatError:
+        if os.path.exists(os.path.join(directory, "private_sphinx.key")):
+            raise
+    keys = KeyPair.generate()
+    keys.save(directory)
+    return keys
+
+
+def _endpoint(reactor, port):
+    return TCP4ServerEndpoint(reactor, port, interface=HOST)
+
+
+def _strport(port):
+    return f"tcp:{port}:interface={HOST}"
+
+
+class LocalNetwork(MultiService):
+    """The nodes of *plan* in this process.
+
+    ``whenReady()`` fires with the directory's URL once the directory lists
+    every mixnode and gateway; it fails with LocalNetError if a node cannot
+    listen. ``stop_node(name)`` / ``start_node(name)`` stop and restart one
+    node, for tests of failures.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, home, nodes, timing=Timing(), only=None):
+        super().__init__()
+        self.reactor = reactor
+        self.home = str(home)
+        self.nodes = {n.name: n for n in nodes}
+        self.timing = timing
+        self.only = only
+        self.node_services = {}
+        self.directory_url = None
+        self.registry = None
+        directory = self.nodes["directory"]
+        if directory.port:
+            self.directory_url = f"http://{HOST}:{directory.port}"
+        self._outcome = None
+        self._waiters = []
+
+    # ---- building -------------------------------------------------------
+
+    def _make(self, node):
+        if node.kind == "directory":
+            self.registry = Registry(self.reactor, expiry=self.timing.expiry)
+            return DirectoryService(_endpoint(self.reactor, node.port),
+                                    make_site(self.registry), f"{HOST}:{node.port}",
+                                    registry=self.registry)
+        keys = node_keys(self.home, node.name)
+        if node.kind == "mixnode":
+            return MixnodeService(
+                self.reactor, keys, node.layer, _strport(node.port), HOST,
+                self.directory_url, presence_interval=self.timing.presence_interval,
+                metrics_interval=self.timing.metrics_interval)
+        return GatewayService(
+            self.reactor, keys, os.path.join(self.home, "localnet", node.name, "data"),
+            _strport(node.port), _strport(node.client_port), HOST, self.directory_url,
+            presence_interval=self.timing.presence_interval)
+
+    async def _start_node(self, node):
+        service = self._make(node)
+        service.setName(node.name)
+        service.setServiceParent(self)
+        self.node_services[node.name] = service
+        try:
+            bound = await service.whenListening()
+        except Exception as e:
+            raise LocalNetError(f"{node.name} could not listen: {_why(e)}")
+        if node.kind == "directory":
+            port = bound.getHost().port
+            self.directory_url = f"http://{HOST}:{port}"
+        return bound
+
+    # ---- running --------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._outcome = None
+        ready = defer.Deferred.fromCoroutine(self._start_all())
+        ready.addErrback(self._failed)
+        ready.addBoth(self._settle)
+
+    def _failed(self, failure):
+        self.log.error("local network failed: {why}", why=failure.getErrorMessage())
+        return failure
+
+    async def _start_all(self):
+        nodes = [n for n in self.nodes.values() if self.only in (None, n.name)]
+        # The directory first: the other nodes announce themselves to its URL,
+        # and with port 0 that URL is known only once it listens.
+        directory = [n for n in nodes if n.kind == "directory"]
+        for node in directory:
+            await self._start_node(node)
+        results = await defer.DeferredList(
+            [defer.Deferred.fromCoroutine(self._start_node(n))
+             for n in nodes if n.kind != "directory"], consumeErrors=True)
+        problems = [value.getErrorMessage() for ok, value in results if not ok]
+        if problems:
+            raise LocalNetError("; ".join(problems))
+        if self.only is None:
+            await self.wait_for_topology()
+        return self.directory_url
+
+    def whenReady(self):
+        """Fires with the directory URL once the topology is complete."""
+        d = defer.Deferred()
+        if self._outcome is not None:
+            self._relay(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _settle(self, result):
+        self._outcome = result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._relay(d)
+
+    def _relay(self, d):
+        if isinstance(self._outcome, Failure):
+            d.errback(self._outcome)
+        else:
+            d.callback(self._outcome)
+
+    async def wait_for_topology(self, timeout=30.0, poll=0.1):
+        """The topology once every running node of the plan is in it."""
+        directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        deadline = self.reactor.seconds() + timeout
+        want_mix = {self.node_services[n].keys.public_key for n in self.node_services
+                    if self.nodes[n].kind == "mixnode" and self.node_services[n].running}
+        want_gw = {self.node_services[n].keys.public_key for n in self.node_services
+                   if self.nodes[n].kind == "gateway" and self.node_services[n].running}
+        while True:
+            try:
+                topology = await directory.get_topology()
+            except Exception as e:
+                topology, why = None, _why(e)
+            else:
+                have_mix = {m.public_key for m in topology.mixnodes}
+                have_gw = {g.public_key for g in topology.gateways}
+                if want_mix <= have_mix and want_gw <= have_gw:
+                    return topology
+                why = (f"{len(want_mix - have_mix)} mixnodes and "
+                       f"{len(want_gw - have_gw)} gateways not announced yet")
+            if self.reactor.seconds() > deadline:
+                raise LocalNetError(f"the topology is still incomplete after {timeout:.0f} s: {why}")
+            await deferLater(self.reactor, poll, lambda: None)
+
+    async def stop_node(self, name):
+        service = self.node_services.pop(name)
+        await defer.maybeDeferred(service.disownServiceParent)
+        return service
+
+    async def start_node(self, name):
+        return await self._start_node(self.nodes[name])
+
+
+def _why(error):
+    if hasattr(error, "getErrorMessage"):
+        return error.getErrorMessage()
+    return str(error) or type(error).__name__
+
+
+def describe(topology, directory_url):
+    """The topology as the lines nym-localnet prints."""
+    lines = [f"directory  {directory_url}   (topology: {directory_url}/api/presence/topology)"]
+    for layer in range(1, LAYERS + 1):
+        for m in sorted((m for m in topology.mixnodes if m.layer == layer), key=lambda m: m.address.port):
+            lines.append(f"layer {layer}    {m.address}  {_key(m.public_key)}")
+    for g in topology.gateways:
+        lines.append(f"gateway    {g.address} (clients at {g.client_listener})  {_key(g.public_key)}")
+    return lines
+
+
+def _key(raw):
+    from nymtx.keys import encode_key
+    return encode_key(raw)
+
+
+class Options(usage.Options):
+    synopsis = "[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR] [--processes]"
+    longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1, "
+                "waits until the topology is complete, prints it, and runs until interrupted.")
+    optFlags = [
+        ["processes", None, "run one OS process per node"],
+    ]
+    optParameters = [
+        ["mixnodes-per-layer", None, 1, "mixnodes in each of the 3 layers", int],
+        ["gateways", None, 1, "number of gateways", int],
+        ["base-port", None, 8080, "the directory's port; the nodes take the ports after it", int],
+        ["home", None, None, "where node keys and mailboxes live (default: $NYM_HOME or ~/.nym)"],
+        ["node", None, None, "(internal, with --processes) run only this node"],
+    ]
+
+    def postOptions(self):
+        if self["processes"] and self["base-port"] == 0:
+            raise usage.UsageError("--processes needs a fixed --base-port, not 0")
+        if not 0 <= self["base-port"] <= 65535:
+            raise usage.UsageError(f"--base-port must be 0 to 65535, not {self['base-port']}")
+        try:
+            self["plan"] = plan(self["mixnodes-per-layer"], self["gateways"], self["base-port"])
+        except LocalNetError as e:
+            raise usage.UsageError(str(e))
+        if self["node"] is not None and self["node"] not in {n.name for n in self["plan"]}:
+            raise usage.UsageError(f"--node {self['node']!r} is not a node of this network")
+        self["home"] = str(nym_root(self["home"]))
+
+
+def makeService(options, reactor=None):
+    """The twistd tapname ``nym-localnet``: the whole network in one process."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
+
+
+class _ChildOutput(protocol.ProcessProtocol):
+    """Passes a node process's output through, each line prefixed by its name."""
+
+    def __init__(self, name, ended):
+        self.name = name
+        self.ended = ended
+
+    def _lines(self, data, stream):
+        for line in data.decode("utf-8", "replace").splitlines():
+            stream.write(f"[{self.name}] {line}\n")
+        stream.flush()
+
+    def outReceived(self, data):
+        self._lines(data, sys.stdout)
+
+    def errReceived(self, data):
+        self._lines(data, sys.stderr)
+
+    def processEnded(self, reason):
+        self.ended.callback((self.name, reason.value.exitCode))
+
+
+class ProcessNetwork(MultiService):
+    """One OS process per node (``--processes``), each running ``--node NAME``."""
+
+    log = Logger()
+
+    def __init__(self, reactor, options):
+        super().__init__()
+        self.reactor = reactor
+        self.options = options
+        self.children = {}
+        self.ended = []
+
+    def startService(self):
+        super().startService()
+        nodes = self.options["plan"]
+        for node in nodes:
+            ended = defer.Deferred()
+            args = [sys.executable, "-m", "nymtx.localnet", "--node", node.name,
+                    "--home", self.options["home"],
+                    "--base-port", str(self.options["base-port"]),
+                    "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
+                    "--gateways", str(self.options["gateways"])]
+            self.children[node.name] = self.reactor.spawnProcess(
+                _ChildOutput(node.name, ended), sys.executable, args, env=os.environ)
+            self.ended.append(ended)
+
+    def stopService(self):
+        super().stopService()
+        for transport in self.children.values():
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass  # already gone
+        return defer.DeferredList(self.ended)
+
+
+def main(argv=None):
+    from twisted.internet import reactor
+    from nymtx.runner import start_logging
+
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        print(f"nym-localnet: {e}", file=sys.stderr)
+        print(f"usage: nym-localnet {Options.synopsis}", file=sys.stderr)
+        return 2
+    start_logging("warn")
+    outcome = {"code": 0}
+    nodes = options["plan"]
+    directory_url = f"http://{HOST}:{nodes[0].port}" if nodes[0].port else None
+
+    def fail(why):
+        print(f"nym-localnet: error: {why}", file=sys.stderr)
+        outcome["code"] = 1
+        if reactor.running:
+            reactor.stop()
+
+    async def announce(network):
+        if options["processes"]:
+            topology = await _wait_for(reactor, directory_url, nodes)
+        else:
+            await network.whenReady()
+            topology = await network.wait_for_topology()
+        url = directory_url or network.directory_url
+        print("nym-localnet: the network is up", flush=True)
+        for line in describe(topology, url):
+            print("  " + line, flush=True)
+        print(json.dumps({"directory": url}), flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    if options["node"] is not None:
+        network = makeService(options, reactor)
+
+        def start_one():
+            network.startService()
+            network.whenReady().addErrback(lambda f: fail(f.getErrorMessage()))
+        reactor.callWhenRunning(start_one)
+    else:
+        network = (ProcessNetwork(reactor, options) if options["processes"]
+                   else makeService(options, reactor))
+
+        def start():
+            network.startService()
+            d = defer.Deferred.fromCoroutine(announce(network))
+            d.addErrback(lambda f: fail(f.getErrorMessage()))
+        reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: network.stopService() if network.running else None)
+    reactor.run()
+    return outcome["code"]
+
+
+async def _wait_for(reactor, directory_url, nodes, timeout=60.0):
+    """With --processes: wait until the directory lists as many nodes as planned."""
+    directory = DirectoryClient(directory_url, reactor=reactor)
+    mixnodes = sum(1 for n in nodes if n.kind == "mixnode")
+    gateways = sum(1 for n in nodes if n.kind == "gateway")
+    deadline = reactor.seconds() + timeout
+    while True:
+        try:
+            topology = await directory.get_topology()
+            if len(topology.mixnodes) >= mixnodes and len(topology.gateways) >= gateways:
+                return topology
+        except Exception:
+            pass  # the directory process may not listen yet
+        if reactor.seconds() > deadline:
+            raise LocalNetError(f"the topology is still incomplete after {timeout:.0f} s")
+        await deferLater(reactor, 0.2, lambda: None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
