@@ -1,0 +1,390 @@
+"""The client core on task.Clock with recording fakes of its collaborators."""
+
+import random
+import statistics
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from nymtx.addressing import NodeAddress, encode_client_address
+from nymtx.client.config import ClientConfig
+from nymtx.client.core import ClientCore, ClientStopped, SendError, parse_recipient
+from nymtx.client.cover import LoopCover
+from nymtx.client.inbox import Inbox
+from nymtx.directory.client import DirectoryError
+from nymtx.keys import KeyPair, encode_key
+from nymtx.sphinx import FinalHop, ForwardHop, process_packet
+from nymtx.topology import GatewayInfo, MixNodeInfo, Topology
+
+
+class Network:
+    """Keys and a topology: one mixnode per layer, one gateway."""
+
+    def __init__(self, clients=()):
+        self.mix_keys = [KeyPair.generate() for _ in range(3)]
+        self.gateway_keys = KeyPair.generate()
+        self.mixnodes = [
+            MixNodeInfo(NodeAddress.parse(f"127.0.0.1:{2000 + i}"), k.public_key, i + 1)
+            for i, k in enumerate(self.mix_keys)]
+        self.gateway = GatewayInfo(
+            NodeAddress.parse("127.0.0.1:3000"), NodeAddress.parse("127.0.0.1:3001"),
+            self.gateway_keys.public_key, tuple(clients))
+
+    def topology(self, clients=None, mixnodes=None):
+        gateway = self.gateway
+        if clients is not None:
+            gateway = GatewayInfo(gateway.address, gateway.client_listener,
+                                  gateway.public_key, tuple(clients))
+        return Topology(self.mixnodes if mixnodes is None else mixnodes, [gateway])
+
+    def unwrap(self, packet):
+        """Process *packet* through every hop: (destination, message, delays)."""
+        delays = []
+        for keys in self.mix_keys + [self.gateway_keys]:
+            hop = process_packet(keys.private_key, packet)
+            delays.append(hop.delay_ns)
+            if isinstance(hop, FinalHop):
+                return hop.destination, hop.message, delays
+            assert isinstance(hop, ForwardHop)
+            packet = hop.packet
+        raise AssertionError("the route did not end at the gateway")
+
+
+class FakeDirectory:
+    def __init__(self, topology=None):
+        self.topology = topology
+        self.calls = 0
+
+    def get_topology(self):
+        self.calls += 1
+        if self.topology is None:
+            return fail(DirectoryError("directory unreachable"))
+        return succeed(self.topology)
+
+
+class FakeLinks:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, address, packet):
+        self.sent.append((address, packet))
+
+    def stop(self):
+        return succeed(None)
+
+
+class FakeGatewayLink:
+    """Hands out ``mail`` on pull; records every pull, ack and inbox commit."""
+
+    def __init__(self, events=None):
+        self.mail = []
+        self.events = [] if events is None else events
+        self.started = False
+        self.fail_next_ack = False
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.started = False
+        return succeed(None)
+
+    def pull(self, limit=100):
+        self.events.append(("pull",))
+        return succeed(list(self.mail[:limit]))
+
+    def ack(self, ids):
+        self.events.append(("ack", tuple(ids)))
+        if self.fail_next_ack:
+            self.fail_next_ack = False
+            return fail(Exception("connection lost"))
+        self.mail = [(i, m) for i, m in self.mail if i not in ids]
+        return succeed(None)
+
+
+class RecordingInbox(Inbox):
+    def __init__(self, events, *args):
+        super().__init__(*args)
+        self.events = events
+
+    def store(self, messages):
+        stored = super().store(messages)
+        self.events.append(("commit", tuple(i for i, _ in messages)))
+        return stored
+
+
+def run_until(clock, end):
+    """Advance to each pending call's exact time up to *end*.
+
+    Clock.advance(step) runs a call late (at the end of the step), and a
+    Poisson loop reschedules from "now", so stepping would stretch the gaps.
+    """
+    while True:
+        calls = clock.getDelayedCalls()
+        next_time = min((c.getTime() for c in calls), default=None)
+        if next_time is None or next_time > end:
+            break
+        clock.advance(max(0.0, next_time - clock.seconds()))
+    clock.advance(max(0.0, end - clock.seconds()))
+
+
+def make_core(case, topology="default", **config_values):
+    clock = Clock()
+    keys = KeyPair.generate()
+    bob = KeyPair.generate()
+    network = Network(clients=[keys.public_key, bob.public_key])
+    if topology == "default":
+        topology = network.topology()
+    values = dict(provider_id=encode_key(network.gateway_keys.public_key),
+                  provider_authtoken=encode_key(bytes(32)))
+    values.update(config_values)
+    config = ClientConfig.new(case.mktemp(), "Alice", **values)
+    events = []
+    link = FakeGatewayLink(events)
+    inbox = RecordingInbox(events, ":memory:", clock)
+    core = ClientCore(clock, config, keys, FakeDirectory(topology), FakeLinks(), link, inbox,
+                      rng=random.Random(4))
+    case.addCleanup(inbox.close)
+    return core, network, bob, clock
+
+
+class ParseRecipientTests(SynchronousTestCase):
+    def test_plain_and_at_gateway(self):
+        a, g = KeyPair.generate(), KeyPair.generate()
+        self.assertEqual(parse_recipient(a.public_text), (a.public_key, None))
+        self.assertEqual(parse_recipient(f"{a.public_text}@{g.public_text}"),
+                         (a.public_key, g.public_key))
+
+    def test_errors_name_the_problem(self):
+        for bad, fragment in [("0OIl", "not base58"), ("", "empty"),
+                              (5, "not int"), ("abc", "decodes to"),
+                              (KeyPair.generate().public_text + "@xyz", "gateway")]:
+            with self.assertRaises(SendError) as cm:
+                parse_recipient(bad)
+            self.assertIn(fragment, str(cm.exception))
+
+
+class SendingTests(SynchronousTestCase):
+    def test_message_too_long(self):
+        core, network, bob, clock = make_core(self)
+        with self.assertRaises(SendError) as cm:
+            core.send(bob.public_text, b"x" * 976)
+        self.assertEqual(str(cm.exception),
+                         "message too long. Sent 976 bytes, but the maximum is 975")
+        core.send(bob.public_text, b"x" * 975)
+        self.assertEqual(core.queued, 1)
+
+    def test_unknown_recipient(self):
+        core, network, bob, clock = make_core(self)
+        core.start()
+        stranger = KeyPair.generate().public_text
+        with self.assertRaises(SendError) as cm:
+            core.send(stranger, b"hi")
+        self.assertIn(stranger, str(cm.exception))
+        self.assertIn("unknown recipient", str(cm.exception))
+        # Given with its gateway, the same recipient is fine.
+        d = core.send(f"{stranger}@{encode_key(network.gateway.public_key)}", b"hi")
+        with self.assertRaises(SendError) as cm:
+            core.send(f"{stranger}@{KeyPair.generate().public_text}", b"hi")
+        self.assertIn("unknown gateway", str(cm.exception))
+        core.stop()
+        self.failureResultOf(d, ClientStopped)
+
+    def test_real_message_replaces_cover_in_sending_stream(self):
+        core, network, bob, clock = make_core(self)
+        core.start()
+        sent = core.send(bob.public_text, "héllo")
+        results = []
+        sent.addCallback(results.append)
+        # Advance until the first packet of any stream leaves.
+        while not core.links.sent:
+            clock.advance(0.01)
+        while core.sent_real == 0:
+            clock.advance(0.01)
+        self.assertEqual(results, [None])
+        real = [network.unwrap(p) for _, p in core.links.sent]
+        destinations = [(d, m) for d, m, _ in real]
+        self.assertIn((bob.public_key, "héllo".encode()), destinations)
+        for address, _ in core.links.sent:
+            self.assertEqual(address, network.mixnodes[0].address)
+        for _, _, delays in real:
+            self.assertEqual(len(delays), 4)
+        core.stop()
+
+    def test_cover_flows_when_idle_and_is_recognised(self):
+        core, network, bob, clock = make_core(self)
+        core.start()
+        for _ in range(200):
+            clock.advance(0.1)
+        self.assertGreater(core.sent_cover, 10)
+        self.assertEqual(core.sent_real, 0)
+        cover = LoopCover(core.keys.private_key)
+        for _, packet in core.links.sent:
+            destination, message, _ = network.unwrap(packet)
+            self.assertEqual(destination, core.keys.public_key)
+            self.assertTrue(cover.is_own_cover(message))
+            self.assertFalse(LoopCover(KeyPair.generate().private_key).is_own_cover(message))
+        core.stop()
+
+    def test_rates_match_their_means(self):
+        core, network, bob, clock = make_core(
+            self, message_sending_average_delay=500, loop_cover_traffic_average_delay=1000,
+            average_packet_delay=200)
+        core.start()
+        seconds = 2000
+        run_until(clock, seconds)
+        # Idle: both streams send cover: 2/s + 1/s on average.
+        rate = core.sent_cover / seconds
+        self.assertApproximates(rate, 3.0, 0.15)
+        delays = [d for _, p in core.links.sent[:300] for d in network.unwrap(p)[2]]
+        self.assertApproximates(statistics.mean(delays) / 1e9, 0.2, 0.02)
+        core.stop()
+
+    def test_real_messages_take_the_sending_rate(self):
+        core, network, bob, clock = make_core(self, message_sending_average_delay=500)
+        core.start()
+        for i in range(300):
+            core.send(bob.public_text, b"m%d" % i)
+        times, covers = [], []
+
+        def left(_):
+            times.append(clock.seconds())
+            covers.append(core.sent_cover)
+        for item in list(core._queue):
+            item.sent.addCallback(left)
+        run_until(clock, 250)
+        self.assertEqual(core.queued, 0)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        # While real messages wait, no cover goes out of the sending stream:
+        # only the loop cover stream's (mean gap 1 s) does.
+        self.assertApproximates(statistics.mean(gaps), 0.5, 0.05)
+        self.assertApproximates(covers[-1] / times[-1], 1.0, 0.2)
+        core.stop()
+
+    def test_no_topology_keeps_real_messages_queued(self):
+        core, network, bob, clock = make_core(self, topology=None)
+        logged = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        core.start()
+        core.send(bob.public_text, b"wait for me")
+        clock.advance(30)
+        self.assertEqual(core.queued, 1)
+        self.assertEqual(core.links.sent, [])
+        self.assertGreater(core.skipped_cover, 0)
+        self.assertTrue(any("stay queued" in e.get("log_format", "") for e in logged))
+        # The directory comes back: the message leaves with the next tick.
+        core.directory.topology = network.topology(clients=[bob.public_key])
+        clock.advance(core.config.topology_refresh_rate / 1000)
+        for _ in range(100):
+            clock.advance(0.1)
+        self.assertEqual(core.queued, 0)
+        self.assertEqual(core.sent_real, 1)
+        core.stop()
+
+    def test_empty_layer_keeps_messages_queued(self):
+        core, network, bob, clock = make_core(self)
+        core.topology = None
+        core.directory.topology = network.topology(
+            clients=[bob.public_key, core.keys.public_key], mixnodes=network.mixnodes[:2])
+        core.start()
+        d = core.send(bob.public_text, b"x")
+        clock.advance(20)
+        self.assertEqual((core.queued, core.sent_real, core.sent_cover), (1, 0, 0))
+        self.failureResultOf(core.stop() and d, ClientStopped)
+
+    def test_stop_fails_queued_messages(self):
+        core, network, bob, clock = make_core(self)
+        core.start()
+        d = core.send(bob.public_text, b"x")
+        core.stop()
+        self.failureResultOf(d, ClientStopped)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class TopologyTests(SynchronousTestCase):
+    def test_refresh_keeps_last_good(self):
+        core, network, bob, clock = make_core(self)
+        core.start()
+        good = core.topology
+        self.assertIsNotNone(good)
+        core.directory.topology = None
+        clock.advance(10)
+        self.assertEqual(core.directory.calls, 2)
+        self.assertIs(core.topology, good)
+        newer = network.topology(clients=[bob.public_key])
+        core.directory.topology = newer
+        clock.advance(10)
+        self.assertIs(core.topology, newer)
+        self.assertEqual(core.clients(), [bob.public_text])
+        core.stop()
+
+
+class FetchTests(SynchronousTestCase):
+    def test_store_commits_before_ack_and_discards_cover(self):
+        core, network, bob, clock = make_core(self)
+        cover = LoopCover(core.keys.private_key).make()
+        core.gateway_link.mail = [(1, b"one"), (2, cover), (3, b"three")]
+        core.start()
+        self.assertEqual(core.gateway_link.events,
+                         [("pull",), ("commit", (1, 3)), ("ack", (1, 2, 3))])
+        self.assertEqual(core.fetch(), [b"one", b"three"])
+        self.assertEqual(core.fetch(), [])
+        core.stop()
+
+    def test_lost_ack_does_not_duplicate(self):
+        core, network, bob, clock = make_core(self)
+        core.gateway_link.mail = [(7, b"seven")]
+        core.gateway_link.fail_next_ack = True
+        core.start()
+        clock.advance(1)
+        self.assertEqual(core.fetch(), [b"seven"])
+        self.assertEqual(core.inbox.unacked(), [])
+        self.assertEqual(core.gateway_link.mail, [])
+        core.stop()
+
+    def test_imitated_cover_is_kept(self):
+        core, network, bob, clock = make_core(self)
+        fake = LoopCover(KeyPair.generate().private_key).make()
+        core.gateway_link.mail = [(1, fake)]
+        core.start()
+        self.assertEqual(core.fetch(), [fake])
+        core.stop()
+
+    def test_on_message_pushes(self):
+        core, network, bob, clock = make_core(self)
+        got = []
+        core.on_message(got.append)
+        core.gateway_link.mail = [(1, b"a")]
+        core.start()
+        core.gateway_link.mail = [(2, b"b")]
+        clock.advance(1)
+        self.assertEqual(got, [b"a", b"b"])
+        self.assertEqual(core.fetch(), [])
+        core.stop()
+
+    def test_fetch_loop_survives_gateway_errors(self):
+        core, network, bob, clock = make_core(self)
+        calls = []
+
+        def broken(limit=100):
+            calls.append(1)
+            return fail(Exception("down"))
+        core.gateway_link.pull = broken
+        core.start()
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(len(calls), 3)
+        core.stop()
+
+    def test_stop_waits_for_a_pull_in_flight(self):
+        core, network, bob, clock = make_core(self)
+        pending = Deferred()
+        core.gateway_link.pull = lambda limit=100: pending
+        core.start()
+        stopped = core.stop()
+        self.assertNoResult(stopped)
+        pending.callback([])
+        self.successResultOf(stopped)
