@@ -102,7 +102,10 @@ class Topology:
                 raise TopologyError(
                     f"public key {encode_key(node.public_key)} appears twice")
             seen.add(node.public_key)
-        object.__setattr__(self, "_layers", {k: tuple(v) for k, v in layers.items()})
+        object.__setattr__(self, "_layers", {
+            layer: tuple(Hop(address=node.address.to_bytes(), public_key=node.public_key)
+                         for node in nodes)
+            for layer, nodes in layers.items()})
 
     @classmethod
     def from_json(cls, data):
@@ -197,8 +200,7 @@ class Topology:
             candidates = self._layers[layer]
             if not candidates:
                 raise TopologyError(f"layer {layer} has no mixnodes")
-            node = rng.choice(candidates)
-            hops.append(Hop(address=node.address.to_bytes(), public_key=node.public_key))
+            hops.append(rng.choice(candidates))
         hops.append(Hop(address=gateway.address.to_bytes(), public_key=gateway.public_key))
         return hops
 
