@@ -151,12 +151,13 @@ def _reasons(error):
 
 def _describe(error):
     from twisted.internet.defer import CancelledError
-    if isinstance(error, CancelledError):
-        return "no answer in time"
     reasons = getattr(error, "reasons", None)
     if reasons:
         inner = reasons[0]
         error = getattr(inner, "value", inner)
+    if isinstance(error, CancelledError):
+        # treq cancels a request when its timeout expires
+        return "no answer in time"
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
