@@ -1,0 +1,162 @@
+"""The packet path of a mixnode: unwrap one layer, hold, forward.
+
+This is the protocol-level logic only: no listener, no directory, no files.
+``MixnodeService`` (service.py) wires it to a listening endpoint and to
+the directory; tests wire it to a Clock and fake links.
+"""
+
+import itertools
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from nymtx.addressing import AddressError, NodeAddress
+from nymtx.sphinx import ForwardHop, SphinxError, process_packet
+from nymtx.wire import PacketReceiver
+
+#: Drop reasons that are not a SphinxError subclass name.
+FINAL_HOP = "final_hop_at_mixnode"
+BAD_NEXT_ADDRESS = "bad_next_address"
+TOO_MANY_IN_FLIGHT = "too_many_in_flight"
+DELAY_TOO_LONG = "delay_too_long"
+QUEUE_OVERFLOW = "queue_overflow"
+
+# Next hops are few (the next layer's nodes); decoding an address costs more
+# than looking it up, but a flood of distinct addresses must not grow memory.
+_ADDRESS_CACHE_SIZE = 4096
+
+
+@attrs.define(eq=False)
+class Mixnode:
+    """Processes packets with *private_key* and forwards them through *links*.
+
+    Counters (``received``, ``dropped`` by reason, and the links' ``sent``)
+    accumulate until ``take_metrics`` reads and resets them.
+    """
+
+    log = Logger()
+
+    clock: object
+    private_key: bytes = attrs.field(repr=False)
+    links: object
+    replay_cache: object
+    max_in_flight: int = 32768
+    max_delay: float = 300.0
+    received: int = 0
+    dropped: dict = attrs.Factory(dict)
+    _held: dict = attrs.Factory(dict)
+    _tokens: object = attrs.Factory(itertools.count)
+    _addresses: dict = attrs.Factory(dict)
+    _reported_overflow: int = 0
+
+    @property
+    def in_flight(self):
+        """Packets held for their delay right now."""
+        return len(self._held)
+
+    def handle_packet(self, packet):
+        self.received += 1
+        try:
+            hop = process_packet(self.private_key, packet, self.replay_cache)
+        except SphinxError as e:
+            self._drop(type(e).__name__)
+            return
+        if type(hop) is not ForwardHop:
+            self._drop(FINAL_HOP)
+            return
+        raw = hop.next_address
+        address = self._addresses.get(raw)
+        if address is None:
+            try:
+                address = NodeAddress.from_bytes(raw)
+            except AddressError:
+                self._drop(BAD_NEXT_ADDRESS)
+                return
+            if len(self._addresses) >= _ADDRESS_CACHE_SIZE:
+                self._addresses.clear()
+            self._addresses[raw] = address
+        delay = hop.delay_ns / 1e9
+        if delay == 0:
+            self.links.send(address, hop.packet)
+            return
+        if delay > self.max_delay:
+            self._drop(DELAY_TOO_LONG)
+            return
+        held = self._held
+        if len(held) >= self.max_in_flight:
+            self._drop(TOO_MANY_IN_FLIGHT)
+            return
+        token = next(self._tokens)
+        held[token] = self.clock.callLater(delay, self._release, token, address, hop.packet)
+
+    def _release(self, token, address, packet):
+        del self._held[token]
+        self.links.send(address, packet)
+
+    def _drop(self, reason):
+        dropped = self.dropped
+        dropped[reason] = dropped.get(reason, 0) + 1
+
+    def take_metrics(self):
+        """``{"received", "sent", "dropped"}`` since the last call; resets them.
+
+        ``sent`` is per next hop (``"ip:port"``), as nym reports it;
+        ``dropped`` is per reason, queue overflows in the links included.
+        """
+        overflow = self.links.dropped - self._reported_overflow
+        self._reported_overflow = self.links.dropped
+        dropped, self.dropped = self.dropped, {}
+        if overflow:
+            dropped[QUEUE_OVERFLOW] = dropped.get(QUEUE_OVERFLOW, 0) + overflow
+        sent = dict(self.links.sent)
+        self.links.sent.clear()
+        received, self.received = self.received, 0
+        return {"received": received, "sent": sent, "dropped": dropped}
+
+    def stop(self):
+        """Forget the packets still held (they would have nowhere to go)."""
+        held, self._held = self._held, {}
+        for call in held.values():
+            if call.active():
+                call.cancel()
+        return len(held)
+
+
+class MixnodeProtocol(PacketReceiver):
+    """One incoming connection: every packet goes to the node."""
+
+    def packetReceived(self, packet):
+        self.factory.node.handle_packet(packet)
+
+    def connectionMade(self):
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason):
+        self.factory.connections.discard(self)
+        waiters, self.factory.waiters = self.factory.waiters, []
+        if not self.factory.connections:
+            for d in waiters:
+                d.callback(None)
+        else:
+            self.factory.waiters = waiters
+
+
+class MixnodeFactory(Factory):
+    protocol = MixnodeProtocol
+
+    def __init__(self, node):
+        self.node = node
+        self.connections = set()
+        self.waiters = []
+
+    def close_all(self):
+        """Close every incoming connection; fires once all are gone."""
+        if not self.connections:
+            return succeed(None)
+        d = Deferred()
+        self.waiters.append(d)
+        for protocol in list(self.connections):
+            protocol.transport.loseConnection()
+        return d

@@ -1,0 +1,151 @@
+"""A whole mixnode as one Twisted service, built from values, not files.
+
+The tap and the CLI build it from config.toml; the local network and the
+tests build it directly. It listens, mixes, and (given a directory) says
+it is alive every ``presence_interval`` and reports its counters every
+``metrics_interval``.
+"""
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+import nymtx
+from nymtx.addressing import NodeAddress
+from nymtx.links import PacketLinks
+from nymtx.mixnode.node import Mixnode, MixnodeFactory
+from nymtx.sphinx import ReplayCache
+
+DEFAULT_PORT = 1789
+
+
+class MixnodeError(Exception):
+    """The mixnode cannot start; the message says why."""
+
+
+class MixnodeService(MultiService):
+    """Listens on *listen_endpoint* and mixes with *keys*.
+
+    ``whenListening()`` fires with the IListeningPort once bound (or fails
+    with MixnodeError, e.g. when the port is in use); ``port`` holds it.
+    The announced address is ``announce_host:announce_port``, the port
+    defaulting to the bound one. With neither *directory_url* nor
+    *directory* (a DirectoryClient or a fake of one) it announces nothing.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, keys, layer, listen_endpoint, announce_host,
+                 directory_url=None, *, announce_port=None, directory=None,
+                 presence_interval=1.5, metrics_interval=1.0,
+                 replay_cache_size=1 << 20, max_in_flight=32768, max_delay=300.0,
+                 queue_size=1024, initial_backoff=0.1, maximum_backoff=30.0,
+                 location="unknown", version=None):
+        super().__init__()
+        self.reactor = reactor
+        self.keys = keys
+        self.layer = layer
+        self.listen_endpoint = listen_endpoint
+        self.announce_host = announce_host
+        self.announce_port = announce_port
+        self.location = location
+        self.version = version or nymtx.__version__
+        self.presence_interval = presence_interval
+        self.metrics_interval = metrics_interval
+        if directory is None and directory_url:
+            from nymtx.directory.client import DirectoryClient
+            directory = DirectoryClient(directory_url)
+        self.directory = directory
+        self.links = PacketLinks(reactor, queue_size=queue_size,
+                                 initial_backoff=initial_backoff,
+                                 maximum_backoff=maximum_backoff)
+        self.node = Mixnode(reactor, keys.private_key, self.links,
+                            ReplayCache(replay_cache_size),
+                            max_in_flight=max_in_flight, max_delay=max_delay)
+        self.factory = MixnodeFactory(self.node)
+        self.port = None
+        self.announce_address = None
+        self._listening = None
+        self._waiters = []
+
+    def whenListening(self):
+        if self.port is not None:
+            return succeed(self.port)
+        if isinstance(self._listening, BaseException):
+            return fail(self._listening)
+        d = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def startService(self):
+        # Children (the heartbeats) start once the port is known, not here.
+        self.running = 1
+        try:
+            endpoint = serverFromString(self.reactor, self.listen_endpoint)
+        except (ValueError, TypeError, KeyError) as e:
+            self._listened(MixnodeError(
+                f"listening endpoint {self.listen_endpoint!r} is not valid: {e}"))
+            return
+        d = endpoint.listen(self.factory)
+        d.addCallbacks(self._listened, lambda f: self._listened(MixnodeError(
+            f"could not listen on {self.listen_endpoint!r}: {f.getErrorMessage()}")))
+
+    def _listened(self, result):
+        waiters, self._waiters = self._waiters, []
+        if isinstance(result, BaseException):
+            self._listening = result
+            self.log.critical("{why}", why=str(result))
+            for d in waiters:
+                d.errback(result)
+            return
+        if not self.running:
+            # Stopped while binding: give the port straight back.
+            result.stopListening()
+            return
+        self.port = result
+        bound = result.getHost().port
+        self.announce_address = NodeAddress.parse(
+            _join(self.announce_host, self.announce_port or bound))
+        self.log.info(
+            "mixnode layer {layer} listening on {port}, announced as {address},"
+            " key {key}", layer=self.layer, port=bound,
+            address=str(self.announce_address), key=self.keys.public_text)
+        if self.directory is not None:
+            from nymtx.directory.client import Heartbeat
+            Heartbeat(self.reactor, self.presence_interval, self.announce,
+                      "presence announcement").setServiceParent(self)
+            Heartbeat(self.reactor, self.metrics_interval, self.report_metrics,
+                      "metrics report").setServiceParent(self)
+        for d in waiters:
+            d.callback(result)
+
+    def presence(self):
+        return {"host": str(self.announce_address), "pubKey": self.keys.public_text,
+                "layer": self.layer, "version": self.version,
+                "location": self.location}
+
+    def announce(self):
+        return self.directory.announce_mixnode(self.presence())
+
+    def report_metrics(self):
+        metrics = self.node.take_metrics()
+        metrics["pubKey"] = self.keys.public_text
+        return self.directory.report_metrics(metrics)
+
+    def stopService(self):
+        """Stops announcing, listening and mixing; fires once every socket is closed."""
+        stopped = [super().stopService()]
+        if self.port is not None:
+            stopped.append(self.port.stopListening())
+            self.port = None
+        stopped.append(self.factory.close_all())
+        dropped = self.node.stop()
+        if dropped:
+            self.log.info("stopped with {n} packets still held; they are dropped", n=dropped)
+        stopped.append(self.links.stop())
+        return DeferredList(stopped).addCallback(lambda _: None)
+
+
+def _join(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

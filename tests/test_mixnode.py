@@ -1,0 +1,275 @@
+"""The mixnode: its packet path on a Clock, and three real nodes on loopback."""
+
+import random
+
+from hypothesis import given, strategies as st
+from twisted.internet import defer, reactor as global_reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nymtx.addressing import NodeAddress
+from nymtx.keys import KeyPair
+from nymtx.links import PacketLinks
+from nymtx.mixnode.node import Mixnode, MixnodeFactory
+from nymtx.mixnode.service import MixnodeError, MixnodeService
+from nymtx.sphinx import (
+    PACKET_SIZE, FinalHop, Hop, ReplayCache, build_packet, process_packet)
+from nymtx.wire import PacketReceiver
+
+KEYS = [KeyPair.from_private(bytes([i + 1]) * 32) for i in range(4)]
+ADDRS = [NodeAddress.parse(f"127.0.0.{i + 1}:{1789 + i}") for i in range(4)]
+DEST = bytes(range(32))
+IDENT = bytes(16)
+
+
+def route(n=4):
+    return [Hop(ADDRS[i].to_bytes(), KEYS[i].public_key) for i in range(n)]
+
+
+def make_packet(message=b"hello", delays=None, hops=None, seed=0):
+    hops = hops or route()
+    rng = random.Random(seed)
+    return build_packet(hops, DEST, IDENT, message,
+                        delays if delays is not None else [0] * len(hops),
+                        randbytes=rng.randbytes)
+
+
+class FakeLinks:
+    def __init__(self):
+        self.packets = []
+        self.sent = {}
+        self.dropped = 0
+
+    def send(self, address, packet):
+        self.packets.append((address, packet))
+        self.sent[str(address)] = self.sent.get(str(address), 0) + 1
+
+
+class NodeTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.links = FakeLinks()
+        self.node = Mixnode(self.clock, KEYS[0].private_key, self.links,
+                            ReplayCache(1000), max_in_flight=3, max_delay=10.0)
+
+    def test_forwards_after_its_delay_and_not_before(self):
+        packet = make_packet(delays=[250_000_000, 0, 0, 0])
+        self.node.handle_packet(packet)
+        self.assertEqual(self.links.packets, [])
+        self.assertEqual(self.node.in_flight, 1)
+        self.clock.advance(0.249)
+        self.assertEqual(self.links.packets, [])
+        self.clock.advance(0.001)
+        [(address, forwarded)] = self.links.packets
+        self.assertEqual(address, ADDRS[1])
+        self.assertEqual(forwarded, process_packet(KEYS[0].private_key, packet).packet)
+        self.assertEqual(self.node.in_flight, 0)
+        # The next hop can unwrap what was forwarded.
+        hop = process_packet(KEYS[1].private_key, forwarded)
+        self.assertEqual(hop.next_address, ADDRS[2].to_bytes())
+
+    def test_zero_delay_forwards_at_once(self):
+        self.node.handle_packet(make_packet())
+        self.assertEqual(len(self.links.packets), 1)
+
+    def test_replay_is_dropped(self):
+        packet = make_packet()
+        self.node.handle_packet(packet)
+        self.node.handle_packet(packet)
+        self.assertEqual(len(self.links.packets), 1)
+        self.assertEqual(self.node.dropped, {"ReplayError": 1})
+
+    def test_tampered_header_is_dropped(self):
+        packet = bytearray(make_packet())
+        packet[100] ^= 1
+        self.node.handle_packet(bytes(packet))
+        self.assertEqual(self.node.dropped, {"HeaderMacError": 1})
+        self.assertEqual(self.links.packets, [])
+
+    def test_final_hop_at_mixnode_is_dropped(self):
+        self.node.handle_packet(make_packet(hops=route(1)))
+        self.assertEqual(self.node.dropped, {"final_hop_at_mixnode": 1})
+
+    def test_bad_next_address_is_dropped(self):
+        hops = [route()[0], Hop(b"\x09" + bytes(31), KEYS[1].public_key)]
+        self.node.handle_packet(make_packet(hops=hops))
+        self.assertEqual(self.node.dropped, {"bad_next_address": 1})
+
+    def test_held_packets_are_bounded(self):
+        for seed in range(5):
+            self.node.handle_packet(make_packet(delays=[10**9, 0, 0, 0], seed=seed))
+        self.assertEqual(self.node.in_flight, 3)
+        self.assertEqual(self.node.dropped, {"too_many_in_flight": 2})
+        self.clock.advance(1)
+        self.assertEqual(len(self.links.packets), 3)
+        self.assertEqual(self.node.in_flight, 0)
+
+    def test_delay_over_maximum_is_dropped(self):
+        self.node.handle_packet(make_packet(delays=[11 * 10**9, 0, 0, 0]))
+        self.assertEqual(self.node.dropped, {"delay_too_long": 1})
+        self.assertEqual(self.node.in_flight, 0)
+
+    def test_metrics_are_taken_and_reset(self):
+        self.node.handle_packet(make_packet(seed=1))
+        self.node.handle_packet(make_packet(seed=2))
+        self.node.handle_packet(b"\x00" * PACKET_SIZE)
+        self.links.dropped = 4
+        self.assertEqual(self.node.take_metrics(), {
+            "received": 3, "sent": {"127.0.0.2:1790": 2},
+            "dropped": {"InvalidGroupElementError": 1, "queue_overflow": 4}})
+        self.assertEqual(self.node.take_metrics(),
+                         {"received": 0, "sent": {}, "dropped": {}})
+        self.links.dropped = 5
+        self.assertEqual(self.node.take_metrics()["dropped"], {"queue_overflow": 1})
+
+    def test_stop_cancels_held_packets(self):
+        self.node.handle_packet(make_packet(delays=[10**9, 0, 0, 0]))
+        self.assertEqual(self.node.stop(), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.node.in_flight, 0)
+
+
+class ProtocolTests(SynchronousTestCase):
+    def connect(self):
+        self.links = FakeLinks()
+        self.node = Mixnode(Clock(), KEYS[0].private_key, self.links, ReplayCache(1000))
+        protocol = MixnodeFactory(self.node).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_garbage_is_counted_and_the_connection_stays_up(self):
+        protocol, transport = self.connect()
+        garbage = random.Random(5).randbytes(PACKET_SIZE * 2)
+        good = make_packet()
+        data = garbage + good
+        # Split across reads at awkward places.
+        for start in range(0, len(data), 1000):
+            protocol.dataReceived(data[start:start + 1000])
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.node.received, 3)
+        self.assertEqual(sum(self.node.dropped.values()), 2)
+        self.assertEqual(len(self.links.packets), 1)
+
+    @given(st.binary(max_size=PACKET_SIZE * 3), st.integers(1, 2000))
+    def test_any_bytes_never_break_the_node(self, data, step):
+        protocol, transport = self.connect()
+        for start in range(0, len(data), step):
+            protocol.dataReceived(data[start:start + step])
+        whole = len(data) // PACKET_SIZE
+        self.assertEqual(self.node.received, whole)
+        self.assertEqual(sum(self.node.dropped.values()) + len(self.links.packets), whole)
+        self.assertFalse(transport.disconnecting)
+
+
+class FinalSink(PacketReceiver):
+    """Stands in for the gateway: unwraps the final hop with its own key."""
+
+    def packetReceived(self, packet):
+        self.factory.arrived.append(process_packet(self.factory.key, packet))
+        if self.factory.waiter is not None:
+            self.factory.waiter.callback(None)
+            self.factory.waiter = None
+
+    def connectionMade(self):
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason):
+        self.factory.connections.discard(self)
+
+
+class FinalSinkFactory(Factory):
+    protocol = FinalSink
+
+    def __init__(self, key):
+        self.key = key
+        self.arrived = []
+        self.connections = set()
+        self.waiter = None
+
+
+class LoopbackTests(TestCase):
+    """Three real mixnodes on 127.0.0.1 and a sink standing in for the gateway."""
+
+    @defer.inlineCallbacks
+    def test_packet_crosses_three_mixnodes(self):
+        sink = FinalSinkFactory(KEYS[3].private_key)
+        # Cleanups run last-in first-out: this one waits for the nodes' links
+        # to the sink, so it goes in before the nodes' own stops.
+        self.addCleanup(self.wait_closed, sink)
+        nodes = []
+        ports = []
+        for i in range(3):
+            service = MixnodeService(global_reactor, KEYS[i], i + 1,
+                                     "tcp:0:interface=127.0.0.1", "127.0.0.1",
+                                     replay_cache_size=100, initial_backoff=0.05)
+            service.startService()
+            self.addCleanup(service.stopService)
+            port = yield service.whenListening()
+            ports.append(port.getHost().port)
+            nodes.append(service)
+        listener = yield serverFromString(
+            global_reactor, "tcp:0:interface=127.0.0.1").listen(sink)
+        self.addCleanup(listener.stopListening)
+        ports.append(listener.getHost().port)
+        self.assertEqual(str(nodes[0].announce_address), f"127.0.0.1:{ports[0]}")
+
+        hops = [Hop(NodeAddress.parse(f"127.0.0.1:{p}").to_bytes(), k.public_key)
+                for p, k in zip(ports, KEYS)]
+        message = b"across the mixnet"
+        packet = build_packet(hops, DEST, IDENT, message,
+                              [10_000_000, 20_000_000, 0, 5_000_000])
+        sender = PacketLinks(global_reactor)
+        self.addCleanup(sender.stop)
+        sink.waiter = defer.Deferred()
+        sender.send(NodeAddress.parse(f"127.0.0.1:{ports[0]}"), packet)
+        yield sink.waiter.addTimeout(10, global_reactor)
+        [hop] = sink.arrived
+        self.assertIsInstance(hop, FinalHop)
+        self.assertEqual((hop.destination, hop.message, hop.delay_ns),
+                         (DEST, message, 5_000_000))
+        for i, node in enumerate(nodes):
+            metrics = node.node.take_metrics()
+            self.assertEqual(metrics["received"], 1)
+            self.assertEqual(metrics["sent"], {f"127.0.0.1:{ports[i + 1]}": 1})
+
+        # A replay into the first node goes no further.
+        sender.send(NodeAddress.parse(f"127.0.0.1:{ports[0]}"), packet)
+        while nodes[0].node.received == 0:
+            yield deferLater(global_reactor, 0.01, lambda: None)
+        self.assertEqual(nodes[0].node.dropped, {"ReplayError": 1})
+        yield deferLater(global_reactor, 0.05, lambda: None)
+        self.assertEqual(len(sink.arrived), 1)
+
+    @defer.inlineCallbacks
+    def wait_closed(self, factory):
+        while factory.connections:
+            yield deferLater(global_reactor, 0.01, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_port_in_use_is_a_clear_error(self):
+        first = MixnodeService(global_reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
+                               "127.0.0.1")
+        first.startService()
+        self.addCleanup(first.stopService)
+        port = (yield first.whenListening()).getHost().port
+        second = MixnodeService(global_reactor, KEYS[1], 1,
+                                f"tcp:{port}:interface=127.0.0.1", "127.0.0.1")
+        second.startService()
+        self.addCleanup(second.stopService)
+        with self.assertRaises(MixnodeError) as e:
+            yield second.whenListening()
+        self.assertIn(f"could not listen on 'tcp:{port}:interface=127.0.0.1'",
+                      str(e.exception))
+        self.assertIn("in use", str(e.exception))
+        self.flushLoggedErrors()
+
+    def test_bad_endpoint_is_a_clear_error(self):
+        service = MixnodeService(global_reactor, KEYS[0], 1, "tcp:notaport", "127.0.0.1")
+        service.startService()
+        f = self.failureResultOf(service.whenListening(), MixnodeError)
+        self.assertIn("'tcp:notaport' is not valid", f.getErrorMessage())
+        return service.stopService()
