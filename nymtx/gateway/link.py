@@ -93,10 +93,12 @@ class _LinkProtocol(Protocol):
 
     def connectionLost(self, reason):
         self._lost = True
-        error = getattr(self, "error", None) or GatewayLinkError(
+        self.error = getattr(self, "error", None) or GatewayLinkError(
             f"connection to gateway {self.address} lost: {reason.getErrorMessage()}")
-        self._fail_all(error)
+        # closed first: the link forgets this connection before any caller
+        # whose request failed can ask it for another one
         self.closed.callback(None)
+        self._fail_all(self.error)
 
 
 def _endpoint(reactor, address):

@@ -117,6 +117,8 @@ class MixProtocol(PacketReceiver):
 class MixListenerFactory(Factory):
     """Builds a :class:`MixProtocol` per incoming mix link."""
 
+    noisy = False
+
     def __init__(self, handler):
         self.handler = handler
         self.connections = set()

@@ -134,6 +134,8 @@ class ClientProtocol(Protocol):
 class ClientServerFactory(Factory):
     """Builds a :class:`ClientProtocol` per client connection."""
 
+    noisy = False
+
     log = Logger()
 
     def __init__(self, store, keys, randbytes=os.urandom, max_errors=5,

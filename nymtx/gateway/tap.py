@@ -1,0 +1,48 @@
+"""``twistd nym-gateway``: options, and a GatewayService assembled from config.toml."""
+
+from twisted.python import usage
+
+from nymtx.gateway import config as C
+from nymtx.gateway.service import GatewayService
+from nymtx.keys import KeyFormatError, KeyPair
+
+
+class Options(usage.Options):
+    synopsis = "--id ID [--home DIR]"
+    longdesc = ("A nymtx gateway: the final hop of the mixnet, which stores each "
+                "registered client's mail until the client pulls it. Initialise it "
+                "first with `nym-gateway init --id ID`.")
+
+    optParameters = [
+        ["id", None, None, "The gateway's id (its directory under <home>/gateways/)."],
+        ["home", None, None, "The config root (default $NYM_HOME or ~/.nym)."],
+    ]
+
+    def postOptions(self):
+        if not self["id"]:
+            raise usage.UsageError("--id is required")
+        try:
+            self["config"] = C.load(self["id"], self["home"])
+        except (C.ConfigError, ValueError) as e:
+            raise usage.UsageError(str(e))
+        data = C.data_dir(self["id"], self["home"])
+        try:
+            self["keys"] = KeyPair.load(data)
+        except KeyFormatError as e:
+            raise usage.UsageError(f"gateway {self['id']!r}: {e}")
+        self["data_dir"] = data
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options["config"]
+    return GatewayService(
+        reactor, options["keys"], options["data_dir"],
+        config.mix_endpoint(), config.client_endpoint(), config.announce_host,
+        config.directory or None,
+        quota_messages=config.quota_messages, quota_bytes=config.quota_bytes,
+        commit_interval=config.commit_interval_ms / 1000, commit_batch=config.commit_batch,
+        max_pull=config.message_retrieval_limit,
+        presence_interval=config.presence_sending_delay_ms / 1000,
+        location=config.location)

@@ -1,0 +1,120 @@
+import io
+import os
+from contextlib import redirect_stderr, redirect_stdout
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from nymtx.gateway import cli, config as C, tap
+from nymtx.gateway.service import GatewayService
+from nymtx.keys import KeyPair
+
+
+class Config(SynchronousTestCase):
+    def test_round_trip(self):
+        config = C.validate(id="G1", mix_port=1, clients_port=2, announce_host="::1",
+                            directory="", location='a "quoted" place')
+        self.assertEqual(C.parse(config.to_toml()), config)
+
+    def test_template_is_commented(self):
+        text = C.GatewayConfig(id="G1").to_toml()
+        self.assertGreater(text.count("\n#"), 10)
+
+    def test_endpoints(self):
+        config = C.validate(id="G", listening_host="::1", mix_port=5)
+        self.assertEqual(config.mix_endpoint(), "tcp:5:interface=\\:\\:1")
+
+    def assertConfigError(self, text, *words):
+        e = self.assertRaises(C.ConfigError, C.parse, text, "f.toml")
+        for w in ("f.toml",) + words:
+            self.assertIn(w, str(e))
+
+    def test_bad_values(self):
+        base = C.GatewayConfig(id="G1").to_toml()
+        self.assertConfigError(base.replace("port = 1789", "port = 70000"),
+                               "mixnet_endpoint.port", "70000")
+        self.assertConfigError(base.replace("port = 1789", 'port = "x"'), "mixnet_endpoint.port")
+        self.assertConfigError(base.replace("quota_messages = 1000", "quota_messages = -1"),
+                               "storage.quota_messages")
+        self.assertConfigError(base.replace('announce_address = "127.0.0.1"',
+                                            'announce_address = "example.org"'),
+                               "announce_address")
+        self.assertConfigError(base.replace('id = "G1"', 'id = "../x"'), "gateway.id")
+        self.assertConfigError(base + "\n[extra]\nkey = 1\n", "unknown key extra.key")
+        self.assertConfigError("this is = = not toml", "not valid TOML")
+        self.assertConfigError("[gateway]\nlocation = 'x'\n", "gateway.id is missing")
+        self.assertConfigError('gateway = 3\n', "must be a [section]")
+        self.assertConfigError(base.replace("presence_directory_server = \"http",
+                                            "presence_directory_server = \"ftp"),
+                               "presence_directory_server")
+
+
+class CommandLine(SynchronousTestCase):
+    def setUp(self):
+        self.home = self.mktemp()
+
+    def run_cli(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = cli.main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
+    def test_init_then_tap(self):
+        code, out, err = self.run_cli("init", "--id", "G1", "--home", self.home,
+                                      "--mix-port", "0", "--clients-port", "0",
+                                      "--host", "127.0.0.1", "--directory", "")
+        self.assertEqual((code, err), (0, ""))
+        keys = KeyPair.load(C.data_dir("G1", self.home))
+        self.assertIn(keys.public_text, out)
+        options = tap.Options()
+        options.parseOptions(["--id", "G1", "--home", self.home])
+        service = tap.makeService(options)
+        self.addCleanup(service.store.close)
+        self.assertIsInstance(service, GatewayService)
+        self.assertEqual(service.mix_endpoint, "tcp:0:interface=127.0.0.1")
+        self.assertEqual(service.announce_host, "127.0.0.1")
+        self.assertIsNone(service.directory)
+        self.assertTrue(os.path.isdir(C.data_dir("G1", self.home)))
+
+    def test_init_twice_refused(self):
+        self.run_cli("init", "--id", "G1", "--home", self.home)
+        code, _, err = self.run_cli("init", "--id", "G1", "--home", self.home)
+        self.assertEqual(code, 1)
+        self.assertIn("already initialised", err)
+
+    def test_bad_flags(self):
+        for argv, words in [
+                (["init", "--id", "G1", "--mix-port", "x"], ["--mix-port", "'x'"]),
+                (["init", "--id", "G1", "--mix-port", "99999"], ["--mix-port", "99999"]),
+                (["init", "--id", "G1", "--host", "nowhere"], ["--host", "nowhere"]),
+                (["init", "--id", "G1", "--directory", "ftp://x"], ["--directory"]),
+                (["init", "--id", "../G1"], ["invalid id"]),
+                (["init"], ["--id"]),
+                (["frobnicate"], ["frobnicate"])]:
+            code, out, err = self.run_cli(*argv, "--home", self.home)
+            self.assertEqual(code, 1, argv)
+            for w in words:
+                self.assertIn(w, err, argv)
+
+    def test_run_uninitialised(self):
+        code, _, err = self.run_cli("run", "--id", "G9", "--home", self.home)
+        self.assertEqual(code, 1)
+        self.assertIn("nym-gateway init --id G9", err)
+
+    def test_tap_requires_id(self):
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, [])
+
+    def test_tap_bad_config(self):
+        self.run_cli("init", "--id", "G1", "--home", self.home)
+        path = C.config_path("G1", self.home)
+        path.write_text(path.read_text().replace("port = 1789", "port = -5"))
+        e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                              ["--id", "G1", "--home", self.home])
+        self.assertIn("mixnet_endpoint.port", str(e))
+
+    def test_tap_missing_key(self):
+        self.run_cli("init", "--id", "G1", "--home", self.home)
+        os.remove(os.path.join(C.data_dir("G1", self.home), "private_sphinx.key"))
+        e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                              ["--id", "G1", "--home", self.home])
+        self.assertIn("private key", str(e))

@@ -1,0 +1,230 @@
+"""The gateway on real loopback sockets, driven through the client link."""
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from nymtx import sphinx
+from nymtx.addressing import NodeAddress
+from nymtx.gateway.link import GatewayLink, GatewayLinkError, register
+from nymtx.gateway.service import GatewayService
+from nymtx.keys import KeyPair
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+
+
+def sleep(seconds):
+    d = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+class RecordingDirectory:
+    def __init__(self):
+        self.gateways = []
+
+    def announce_gateway(self, presence):
+        self.gateways.append(presence)
+        d = Deferred()
+        d.callback(None)
+        return d
+
+
+class Sender(Protocol):
+    """Writes packets on a mix link, as a mixnode would."""
+
+    def connectionMade(self):
+        self.closed = Deferred()
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+class GatewayEndToEnd(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.keys = KeyPair.generate()
+        self.data_dir = self.mktemp()
+        self.alice = KeyPair.generate()
+
+    @inlineCallbacks
+    def start(self, **kw):
+        kw.setdefault("commit_interval", 0.001)
+        service = GatewayService(reactor, self.keys, self.data_dir, LOCAL, LOCAL,
+                                 "127.0.0.1", **kw)
+        service.startService()
+        yield service.whenListening()
+        self.addCleanup(self.stop, service)
+        return service
+
+    def stop(self, service):
+        if service.running:
+            return service.stopService()
+
+    def address(self, service, which="client"):
+        port = service.client_port if which == "client" else service.mix_port
+        return NodeAddress.parse(f"127.0.0.1:{port}")
+
+    @inlineCallbacks
+    def link(self, service, keys, token):
+        link = GatewayLink(reactor, self.address(service), keys, token,
+                           gateway_key=self.keys.public_key)
+        link.start()
+        self.addCleanup(link.stop)
+        yield link.when_ready()
+        return link
+
+    def packet(self, service, message, route=None):
+        gateway_hop = sphinx.Hop(self.address(service, "mix").to_bytes(), self.keys.public_key)
+        route = (route or []) + [gateway_hop]
+        return sphinx.build_packet(route, self.alice.public_key, b"\x00" * 16, message,
+                                   [1_000_000] * len(route))
+
+    @inlineCallbacks
+    def send_packets(self, address, packets):
+        proto = yield connectProtocol(HostnameEndpoint(reactor, address.host, address.port),
+                                      Sender())
+        proto.transport.write(b"".join(packets))
+        proto.transport.loseConnection()
+        yield proto.closed
+
+    @inlineCallbacks
+    def wait_stored(self, service, count):
+        for _ in range(400):
+            if service.store.stored >= count:
+                return
+            yield sleep(0.005)
+        self.fail(f"only {service.store.stored} of {count} messages stored")
+
+    @inlineCallbacks
+    def test_one_hop_register_pull_ack(self):
+        service = yield self.start()
+        token = yield register(reactor, self.address(service), self.alice,
+                               gateway_key=self.keys.public_key)
+        self.assertTrue(service.store.is_registered(self.alice.public_key))
+        yield self.send_packets(self.address(service, "mix"),
+                                [self.packet(service, b"m%d" % i) for i in range(3)])
+        yield self.wait_stored(service, 3)
+        link = yield self.link(service, self.alice, token)
+        got = yield link.pull()
+        self.assertEqual([m for _, m in got], [b"m0", b"m1", b"m2"])
+        again = yield link.pull()
+        self.assertEqual(again, got)  # not acknowledged: delivered again
+        deleted = yield link.ack([i for i, _ in got])
+        self.assertEqual(deleted, 3)
+        self.assertEqual((yield link.pull()), [])
+
+    @inlineCallbacks
+    def test_survives_restart(self):
+        service = yield self.start()
+        token = yield register(reactor, self.address(service), self.alice)
+        yield self.send_packets(self.address(service, "mix"), [self.packet(service, b"kept")])
+        yield self.wait_stored(service, 1)
+        link = yield self.link(service, self.alice, token)
+        [(ident, _)] = yield link.pull()   # pulled, never acknowledged
+        yield link.stop()
+        yield service.stopService()
+        again = yield self.start()
+        self.assertTrue(again.store.is_registered(self.alice.public_key))
+        self.assertEqual(again.presence()["registeredClients"],
+                         [{"pubKey": self.alice.public_text}])
+        link = yield self.link(again, self.alice, token)
+        self.assertEqual((yield link.pull()), [(ident, b"kept")])
+
+    @inlineCallbacks
+    def test_wrong_token_refused(self):
+        service = yield self.start()
+        yield register(reactor, self.address(service), self.alice)
+        link = GatewayLink(reactor, self.address(service), self.alice, b"x" * 32,
+                           initial_backoff=5)
+        link.start()
+        self.addCleanup(link.stop)
+        while link.last_error is None:
+            yield sleep(0.005)
+        self.assertIn("bad-token", str(link.last_error))
+        e = yield self.assertFailure(link.pull(), GatewayLinkError)
+        self.assertIn("not connected", str(e))
+        self.assertIn("token", str(e))
+
+    @inlineCallbacks
+    def test_wrong_gateway_key(self):
+        service = yield self.start()
+        d = register(reactor, self.address(service), self.alice,
+                     gateway_key=KeyPair.generate().public_key)
+        e = yield self.assertFailure(d, GatewayLinkError)
+        self.assertIn("public key", str(e))
+        self.assertFalse(service.store.is_registered(self.alice.public_key))
+
+    @inlineCallbacks
+    def test_register_refused_connection(self):
+        service = yield self.start()
+        address = self.address(service)
+        yield service.stopService()
+        e = yield self.assertFailure(register(reactor, address, self.alice), GatewayLinkError)
+        self.assertIn("cannot connect", str(e))
+
+    @inlineCallbacks
+    def test_link_reconnects(self):
+        service = yield self.start()
+        token = yield register(reactor, self.address(service), self.alice)
+        link = yield self.link(service, self.alice, token)
+        yield service.client_factory.close_all()
+        yield self.assertFailure(link.pull(), GatewayLinkError)
+        yield link.when_ready()
+        self.assertEqual((yield link.pull()), [])
+
+    @inlineCallbacks
+    def test_port_in_use(self):
+        service = yield self.start()
+        other = GatewayService(reactor, KeyPair.generate(), self.mktemp(),
+                               f"tcp:{service.mix_port}:interface=127.0.0.1", LOCAL,
+                               "127.0.0.1")
+        other.startService()
+        e = yield self.assertFailure(other.whenListening(), RuntimeError)
+        self.assertIn("mix listener", str(e))
+        self.assertIn(str(service.mix_port), str(e))
+        yield other.stopService()
+
+    @inlineCallbacks
+    def test_presence(self):
+        directory = RecordingDirectory()
+        service = yield self.start(directory=directory, location="lab")
+        yield register(reactor, self.address(service), self.alice)
+        while len(directory.gateways) < 1:
+            yield sleep(0.005)
+        first = directory.gateways[0]
+        self.assertEqual(first["host"], f"127.0.0.1:{service.mix_port}")
+        self.assertEqual(first["mixnetListener"], first["host"])
+        self.assertEqual(first["clientListener"], f"127.0.0.1:{service.client_port}")
+        self.assertEqual(first["pubKey"], self.keys.public_text)
+        self.assertEqual(first["location"], "lab")
+        self.assertIn("version", first)
+        self.assertEqual(service.presence()["registeredClients"],
+                         [{"pubKey": self.alice.public_text}])
+
+    @inlineCallbacks
+    def test_through_three_mixnodes(self):
+        from nymtx.mixnode.service import MixnodeService
+        service = yield self.start()
+        token = yield register(reactor, self.address(service), self.alice)
+        hops = []
+        for layer in (1, 2, 3):
+            keys = KeyPair.generate()
+            node = MixnodeService(reactor, keys, layer, LOCAL, "127.0.0.1")
+            node.startService()
+            self.addCleanup(node.stopService)
+            port = yield node.whenListening()
+            hops.append(sphinx.Hop(
+                NodeAddress.parse(f"127.0.0.1:{port.getHost().port}").to_bytes(),
+                keys.public_key))
+        messages = [b"through the mixnet %d" % i for i in range(5)]
+        packets = [self.packet(service, m, route=list(hops)) for m in messages]
+        first = NodeAddress.from_bytes(hops[0].address)
+        yield self.send_packets(first, packets)
+        yield self.wait_stored(service, len(messages))
+        link = yield self.link(service, self.alice, token)
+        got = yield link.pull()
+        self.assertEqual(sorted(m for _, m in got), sorted(messages))
