@@ -1,0 +1,274 @@
+"""config.toml, flags, init, the twistd plugin, the inbox file, and one run over real sockets."""
+
+import json
+import os
+import stat
+
+from hypothesis import given, strategies as st
+from twisted.application.service import IServiceMaker
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.protocols.basic import LineReceiver
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from nymtx.client import tap
+from nymtx.client.cli import main as cli_main
+from nymtx.client.config import ClientConfig, ConfigError, DEBUG_DEFAULTS
+from nymtx.client.embed import InitError, init_client
+from nymtx.client.inbox import Inbox, InboxError
+from nymtx.client.service import ClientLauncher
+from nymtx.keys import KeyPair, encode_key
+
+from tests.test_client_core import FakeDirectory, FakeGatewayLink, FakeLinks, Network
+
+
+class ConfigFileTests(SynchronousTestCase):
+    def test_round_trip(self):
+        config = ClientConfig.new(
+            self.mktemp(), "Alice", directory_server="http://10.0.0.1:8080",
+            provider_id=KeyPair.generate().public_text, provider_authtoken=encode_key(b"t" * 32),
+            socket_type="TCP", listening_port=1234, average_packet_delay=5,
+            fetch_message_delay=7)
+        config.save()
+        self.assertEqual(stat.S_IMODE(os.stat(config.config_path).st_mode), 0o600)
+        self.assertEqual(ClientConfig.load(config.root, "Alice"), config)
+        text = config.config_path.read_text()
+        for section in ("[client]", "[socket]", "[debug]"):
+            self.assertIn(section, text)
+        self.assertIn("# allowed values are 'TCP', 'WebSocket' or 'None'", text)
+
+    def test_defaults(self):
+        config = ClientConfig.new(self.mktemp(), "Alice")
+        for name, value in DEBUG_DEFAULTS.items():
+            self.assertEqual(getattr(config, name), value)
+        self.assertEqual((config.socket_type, config.listening_port), ("WebSocket", 9001))
+
+    def test_errors_name_the_key(self):
+        base = ClientConfig.new(self.mktemp(), "Alice").to_toml()
+        cases = [
+            (base.replace("[debug]", "[debug]\nspeed = 3"), "unknown key(s) in [debug]: speed"),
+            (base + "\n[extra]\n", "unknown section(s) extra"),
+            (base.replace('socket_type = "WebSocket"', 'socket_type = "UDP"'),
+             "socket_type 'UDP' is not allowed"),
+            (base.replace("listening_port = 9001", "listening_port = 70000"),
+             "listening_port 70000 is out of range"),
+            (base.replace("fetch_message_delay = 1000", "fetch_message_delay = -1"),
+             "fetch_message_delay must be a positive"),
+            (base.replace("fetch_message_delay = 1000", 'fetch_message_delay = "soon"'),
+             "fetch_message_delay must be a whole number"),
+            (base.replace('provider_id = ""', 'provider_id = "zz"'), "provider_id"),
+            (base.replace('directory_server = "http://127.0.0.1:8080"',
+                          'directory_server = "ftp://x"'), "directory_server"),
+            ("[client\n", "not valid TOML"),
+        ]
+        for text, fragment in cases:
+            with self.assertRaises(ConfigError) as cm:
+                ClientConfig.from_toml(text)
+            self.assertIn(fragment, str(cm.exception))
+
+    def test_socket_type_spellings(self):
+        root = self.mktemp()
+        base = ClientConfig.new(root, "Alice").to_toml()
+        for spelling, canonical in [("ws", "WebSocket"), ("websocket", "WebSocket"),
+                                    ("TCP", "TCP"), ("none", "None")]:
+            text = base.replace('socket_type = "WebSocket"', f'socket_type = "{spelling}"')
+            self.assertEqual(ClientConfig.from_toml(text).socket_type, canonical)
+
+    @given(st.text(max_size=300))
+    def test_any_text_is_a_config_or_a_config_error(self, text):
+        try:
+            ClientConfig.from_toml(text)
+        except ConfigError:
+            pass
+
+
+class FlagTests(SynchronousTestCase):
+    def parse(self, *argv):
+        options = tap.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_flags_override_the_file(self):
+        root = self.mktemp()
+        ClientConfig.new(root, "Alice", provider_id=KeyPair.generate().public_text).save()
+        options = self.parse("--id", "Alice", "--home", root, "--socket-type", "tcp",
+                             "--port", "0", "--fetch-message-delay", "20")
+        self.assertEqual(options["overrides"], {"socket_type": "TCP", "listening_port": 0,
+                                                "fetch_message_delay": 20})
+        config = ClientConfig.load(root, "Alice").evolve(**options["overrides"])
+        self.assertEqual((config.socket_type, config.listening_port, config.fetch_message_delay,
+                          config.topology_refresh_rate), ("TCP", 0, 20, 10000))
+
+    def test_bad_flags(self):
+        for argv, fragment in [([], "--id is required"),
+                               (["--id", "../x"], "invalid id"),
+                               (["--id", "A", "--port", "x"], "--port must be a whole number"),
+                               (["--id", "A", "--socket-type", "udp"], "--socket-type 'udp'"),
+                               (["--id", "A", "--average-packet-delay", "0"],
+                                "--average-packet-delay must be a positive"),
+                               (["--id", "A", "--directory", "nope"], "--directory 'nope'"),
+                               (["--id", "A", "--gateway", "!!"], "--gateway")]:
+            with self.assertRaises(usage.UsageError) as cm:
+                self.parse(*argv)
+            self.assertIn(fragment, str(cm.exception))
+
+    def test_bad_config_file_is_a_usage_error(self):
+        root = self.mktemp()
+        config = ClientConfig.new(root, "Alice")
+        config.save()
+        text = config.config_path.read_text().replace("[debug]", "[debug]\nbogus = 1")
+        config.config_path.write_text(text)
+        with self.assertRaises(usage.UsageError) as cm:
+            self.parse("--id", "Alice", "--home", root)
+        self.assertIn("bogus", str(cm.exception))
+
+    def test_cli_bad_flag_exits_2(self):
+        import io
+        import sys
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(cli_main(["run", "--id", "A", "--port", "-4"]), 2)
+        self.assertIn("--port -4 is out of range", err.getvalue())
+        self.assertNotIn("Traceback", err.getvalue())
+        self.assertEqual(cli_main(["fly"]), 2)
+
+    def test_plugins(self):
+        found = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        for name in ("nym", "nym-mixnode", "nym-gateway", "nym-directory", "nym-localnet"):
+            self.assertIn(name, found)
+            verifyObject(IPlugin, found[name])
+        # The other tapnames' modules belong to other parts; this one is ours.
+        verifyObject(IServiceMaker, found["nym"])
+        self.assertIs(found["nym"].options, tap.Options)
+
+
+def fake_register(log, token=b"k" * 32, refuse=()):
+    def register(reactor, address, keys, gateway_key):
+        log.append((str(address), gateway_key))
+        if gateway_key in refuse:
+            return fail(Exception("refused"))
+        return succeed(token)
+    return register
+
+
+class InitTests(SynchronousTestCase):
+    def test_init_writes_keys_and_config(self):
+        root = self.mktemp()
+        network = Network()
+        calls = []
+        config = self.successResultOf(init_client(
+            Clock(), root, "Alice", "http://127.0.0.1:8080", socket_type="ws", port=9100,
+            directory=FakeDirectory(network.topology()), register=fake_register(calls),
+            fetch_message_delay=50))
+        self.assertEqual(calls, [("127.0.0.1:3001", network.gateway_keys.public_key)])
+        self.assertEqual(config.provider_id, network.gateway_keys.public_text)
+        self.assertEqual(config.token, b"k" * 32)
+        self.assertEqual(ClientConfig.load(root, "Alice"), config)
+        self.assertEqual((config.socket_type, config.listening_port, config.fetch_message_delay),
+                         ("WebSocket", 9100, 50))
+        keys = config.load_keys()
+        self.assertEqual(len(keys.public_key), 32)
+        # A second init refuses, and --force with a failing gateway changes nothing.
+        f = self.failureResultOf(init_client(
+            Clock(), root, "Alice", "http://127.0.0.1:8080",
+            directory=FakeDirectory(network.topology()), register=fake_register([])), ConfigError)
+        self.assertIn("already initialised", str(f.value))
+        self.failureResultOf(init_client(
+            Clock(), root, "Alice", "http://127.0.0.1:8080", force=True,
+            directory=FakeDirectory(network.topology()),
+            register=fake_register([], refuse=[network.gateway_keys.public_key])), InitError)
+        self.assertEqual(ClientConfig.load(root, "Alice"), config)
+        self.assertEqual(config.load_keys(), keys)
+
+    def test_init_errors(self):
+        network = Network()
+        f = self.failureResultOf(init_client(
+            Clock(), self.mktemp(), "Alice", "http://x", directory=FakeDirectory(None),
+            register=fake_register([])), InitError)
+        self.assertIn("cannot fetch the topology", str(f.value))
+        f = self.failureResultOf(init_client(
+            Clock(), self.mktemp(), "Alice", "http://x", gateway=KeyPair.generate().public_text,
+            directory=FakeDirectory(network.topology()), register=fake_register([])), InitError)
+        self.assertIn("not in the topology", str(f.value))
+        f = self.failureResultOf(init_client(
+            Clock(), self.mktemp(), "Alice", "http://x", socket_type="carrier-pigeon"), ConfigError)
+        self.assertIn("socket type", str(f.value))
+
+
+class InboxFileTests(SynchronousTestCase):
+    def test_messages_survive_reopening(self):
+        path = os.path.join(self.mktemp() + ".sqlite")
+        inbox = Inbox(path, Clock())
+        inbox.store([(1, b"one"), (None, b"two")])
+        inbox.close()
+        inbox = Inbox(path, Clock())
+        self.assertEqual(inbox.unacked(), [1])
+        self.assertEqual(inbox.store([(1, b"one again")]), [])
+        self.assertEqual(inbox.take_all(), [b"one", b"two"])
+        inbox.close()
+        inbox = Inbox(path, Clock())
+        self.assertEqual(len(inbox), 0)
+        inbox.close()
+
+    def test_not_an_inbox(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"this is not sqlite" * 100)
+        with self.assertRaises(InboxError):
+            Inbox(path, Clock())
+
+
+class LineClient(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self):
+        self.lines = []
+        self.waiting = []
+        self.closed = Deferred()
+
+    def lineReceived(self, line):
+        self.lines.append(json.loads(line))
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def ask(self, obj):
+        d = Deferred()
+        self.waiting.append(d)
+        self.sendLine(json.dumps(obj).encode())
+        return d
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+class RealSocketTests(TestCase):
+    async def test_launcher_initialises_then_serves_tcp(self):
+        root = self.mktemp()
+        network = Network()
+        directory = FakeDirectory(network.topology())
+        calls = []
+        launcher = ClientLauncher(
+            reactor, root, "Carol",
+            overrides={"socket_type": "TCP", "listening_port": 0, "fetch_message_delay": 20},
+            init_options={"directory_url": "http://127.0.0.1:1", "directory": directory,
+                          "register": fake_register(calls)},
+            directory=directory, links=FakeLinks(), gateway_link=FakeGatewayLink())
+        launcher.startService()
+        port = await launcher.whenListening()
+        self.assertIsInstance(port, int)
+        self.assertEqual(len(calls), 1)
+        client = LineClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        await client.ask({"type": "ownDetails"})
+        config = ClientConfig.load(root, "Carol")
+        self.assertEqual(client.lines[-1],
+                         {"type": "ownDetails", "address": config.load_keys().public_text})
+        client.transport.loseConnection()
+        await client.closed
+        await launcher.stopService()
