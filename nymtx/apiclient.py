@@ -1,0 +1,119 @@
+"""A small client of a nym client's websocket API, for scripts and tests.
+
+    python -m nymtx.apiclient ws://127.0.0.1:9001/mix '{"type": "ownDetails"}'
+
+sends each JSON request given and prints each response on its own line.
+In Python::
+
+    api = await connect_api(reactor, "ws://127.0.0.1:9001/mix")
+    details = await api.request({"type": "ownDetails"})
+    await api.close()
+"""
+
+import json
+import sys
+from collections import deque
+from urllib.parse import urlparse
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+
+
+class ApiError(Exception):
+    """The connection failed or closed before an answer came."""
+
+
+class _ApiProtocol(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        waiters = self.factory.waiting
+        if waiters:
+            waiters.popleft().callback(json.loads(payload.decode("utf-8")))
+
+    def onClose(self, wasClean, code, reason):
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ApiError(f"websocket refused: {reason or code}"))
+        waiters, self.factory.waiting = self.factory.waiting, deque()
+        for d in waiters:
+            d.errback(ApiError(f"the websocket closed before the answer came: {reason or code}"))
+        self.factory.closed.callback(None)
+
+
+class ApiConnection:
+    """One websocket to a nym client; answers come back in request order."""
+
+    def __init__(self, protocol, factory):
+        self.protocol = protocol
+        self._factory = factory
+
+    def request(self, message):
+        """Send *message* (a dict, or raw text) and return Deferred[dict]."""
+        d = Deferred()
+        self._factory.waiting.append(d)
+        text = message if isinstance(message, str) else json.dumps(message)
+        self.protocol.sendMessage(text.encode("utf-8"))
+        return d
+
+    def send_binary(self, data):
+        """A binary frame, which the API answers with an error."""
+        d = Deferred()
+        self._factory.waiting.append(d)
+        self.protocol.sendMessage(data, isBinary=True)
+        return d
+
+    def close(self):
+        """Deferred that fires once the connection is closed."""
+        if not self._factory.closed.called:
+            self.protocol.sendClose()
+        return self._factory.closed
+
+
+async def connect_api(reactor, url):
+    """An ApiConnection to the websocket at *url* (``ws://host:port/mix``)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "ws" or not parsed.hostname or not parsed.port:
+        raise ApiError(f"{url!r} is not a ws://host:port/path URL")
+    factory = WebSocketClientFactory(url)
+    factory.protocol = _ApiProtocol
+    factory.opened = Deferred()
+    factory.closed = Deferred()
+    factory.waiting = deque()
+    endpoint = HostnameEndpoint(reactor, parsed.hostname, parsed.port)
+    try:
+        await endpoint.connect(factory)
+    except Exception as e:
+        raise ApiError(f"cannot connect to {url}: {e}")
+    protocol = await factory.opened
+    return ApiConnection(protocol, factory)
+
+
+def main(argv=None):
+    from twisted.internet import task
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print("usage: python -m nymtx.apiclient ws://127.0.0.1:9001/mix 'JSON' ['JSON' …]",
+              file=sys.stderr)
+        return 2
+
+    async def run(reactor):
+        api = await connect_api(reactor, argv[0])
+        for text in argv[1:]:
+            print(json.dumps(await api.request(text)))
+        await api.close()
+
+    def go(reactor):
+        return Deferred.fromCoroutine(run(reactor))
+
+    try:
+        task.react(go)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

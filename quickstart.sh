@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up .venv, installs nymtx into it, and runs the quick start: a local
+# mixnet on 127.0.0.1, the clients Alice (ws 9001) and Bob (ws 9002), and a
+# message from Alice to Bob. Needs only python3. Ctrl-C stops everything.
+set -eu
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q .
+exec .venv/bin/python -m nymtx.quickstart "$@"
