@@ -1,0 +1,149 @@
+"""The nym-directory tap and command, and the directory on real sockets."""
+
+import io
+import os
+import sys
+
+import treq
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.protocols.policies import WrappingFactory
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from nymtx.directory import cli, tap
+from nymtx.directory.client import DirectoryClient
+from nymtx.directory.registry import Registry
+from nymtx.directory.resource import make_site
+from nymtx.directory.service import DirectoryService, ListenError
+from nymtx.keys import KeyPair
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+
+
+def parse(*argv):
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(options["port"], "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(options["expiry"], 10.0)
+
+    def test_a_bare_port_number_means_localhost(self):
+        self.assertEqual(parse("--port", "9080")["port"], "tcp:9080:interface=127.0.0.1")
+
+    def test_a_bad_endpoint_is_refused_clearly(self):
+        for bad in ("bogus:1", "tcp:notaport", "tcp:1:nonsense=3"):
+            e = self.assertRaises(usage.UsageError, parse, "--port", bad)
+            self.assertIn("--port", str(e))
+            self.assertIn(repr(bad), str(e))
+
+    def test_a_bad_expiry_is_refused_clearly(self):
+        for bad in ("soon", "0", "-3", "inf", "nan"):
+            e = self.assertRaises(usage.UsageError, parse, "--expiry", bad)
+            self.assertIn("--expiry", str(e))
+
+    def test_make_service(self):
+        service = tap.makeService(parse("--port", LOCAL, "--expiry", "3.5"))
+        self.assertTrue(IService.providedBy(service))
+        self.assertIsInstance(service, DirectoryService)
+        self.assertEqual(service.registry.expiry, 3.5)
+        self.assertEqual(service.description, LOCAL)
+
+    def test_cli_refuses_a_bad_endpoint_without_a_traceback(self):
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(cli.main(["--port", "bogus:1"]), 1)
+        self.assertIn("nym-directory: error: --port: 'bogus:1'", err.getvalue())
+        self.assertNotIn("Traceback", err.getvalue())
+
+
+class RealSocketTests(TestCase):
+    """The directory on 127.0.0.1 with the real treq."""
+
+    @inlineCallbacks
+    def start(self, description=LOCAL):
+        registry = Registry(reactor)
+        wrapper = WrappingFactory(make_site(registry))
+        service = DirectoryService(serverFromString(reactor, description), wrapper,
+                                   description, registry)
+        service.startService()
+        self.addCleanup(self.stop, service, wrapper)
+        port = yield service.whenListening()
+        return service, port
+
+    @inlineCallbacks
+    def stop(self, service, wrapper):
+        yield service.stopService()
+        # Wait until the server side of every connection is closed too.
+        for _ in range(200):
+            if not wrapper.protocols:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(wrapper.protocols, {})
+
+    def http(self):
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+    @inlineCallbacks
+    def test_announce_and_read_over_tcp(self):
+        service, port = yield self.start()
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        client = DirectoryClient(url, self.http())
+        key = KeyPair.generate()
+        yield client.announce_mixnode({"host": "127.0.0.1:1789", "pubKey": key.public_text,
+                                       "layer": 1, "version": "0.5.0"})
+        topology = yield client.get_topology()
+        self.assertEqual([m.public_key for m in topology.mixnodes], [key.public_key])
+        response = yield self.http().get(url + "/")
+        page = yield response.text()
+        self.assertIn(key.public_text, page)
+
+    @inlineCallbacks
+    def test_an_oversized_body_over_tcp_is_413(self):
+        service, port = yield self.start()
+        url = f"http://127.0.0.1:{port.getHost().port}/api/presence/mixnodes"
+        response = yield self.http().post(url, data=b"{" + b" " * (1024 * 1024) + b"}")
+        self.assertEqual(response.code, 413)
+        body = yield response.json()
+        self.assertIn("limit", body["error"])
+
+    @inlineCallbacks
+    def test_a_port_in_use_is_a_clear_error(self):
+        _, port = yield self.start()
+        taken = f"tcp:{port.getHost().port}:interface=127.0.0.1"
+        second = DirectoryService(serverFromString(reactor, taken),
+                                  make_site(Registry(reactor)), taken)
+        second.startService()
+        f = yield self.assertFailure(second.whenListening(), ListenError)
+        self.assertIn(f"cannot listen on {taken}", str(f))
+        self.assertIn("in use", str(f))
+        yield second.stopService()
+        # twistd binds in privilegedStartService and must fail there.
+        third = DirectoryService(serverFromString(reactor, taken),
+                                 make_site(Registry(reactor)), taken)
+        self.assertRaises(ListenError, third.privilegedStartService)
+
+    @inlineCallbacks
+    def test_nym_directory_on_a_port_in_use_exits_1_with_one_line(self):
+        _, port = yield self.start()
+        taken = f"tcp:{port.getHost().port}:interface=127.0.0.1"
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "nymtx.directory.cli", "--port", taken],
+            env=os.environ)
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"error: could not start: the directory cannot listen on " +
+                      taken.encode(), err)
+        self.assertNotIn(b"Traceback", err)
