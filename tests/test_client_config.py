@@ -259,8 +259,15 @@ class RealSocketTests(TestCase):
             init_options={"directory_url": "http://127.0.0.1:1", "directory": directory,
                           "register": fake_register(calls)},
             directory=directory, links=FakeLinks(), gateway_link=FakeGatewayLink())
+        from twisted.logger import formatEvent, globalLogPublisher
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         launcher.startService()
         port = await launcher.whenListening()
+        text = [formatEvent(e) for e in logged]
+        self.assertIn("client Carol was never initialised: initialising it now", text)
+        self.assertIn(f"Starting TCP listener at 127.0.0.1:{port}", text)
         self.assertIsInstance(port, int)
         self.assertEqual(len(calls), 1)
         client = LineClient()

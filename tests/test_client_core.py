@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nymtx.addressing import NodeAddress, encode_client_address
+from nymtx.addressing import NodeAddress
 from nymtx.client.config import ClientConfig
 from nymtx.client.core import ClientCore, ClientStopped, SendError, parse_recipient
 from nymtx.client.cover import LoopCover
