@@ -66,6 +66,8 @@ class _LinkProtocol(Protocol):
 
 
 class _LinkFactory(Factory):
+    noisy = False
+
     def __init__(self, link):
         self.link = link
 

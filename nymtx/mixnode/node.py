@@ -145,6 +145,7 @@ class MixnodeProtocol(PacketReceiver):
 
 class MixnodeFactory(Factory):
     protocol = MixnodeProtocol
+    noisy = False
 
     def __init__(self, node):
         self.node = node

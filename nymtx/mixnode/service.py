@@ -7,7 +7,7 @@ it is alive every ``presence_interval`` and reports its counters every
 """
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -137,7 +137,7 @@ class MixnodeService(MultiService):
         """Stops announcing, listening and mixing; fires once every socket is closed."""
         stopped = [super().stopService()]
         if self.port is not None:
-            stopped.append(self.port.stopListening())
+            stopped.append(maybeDeferred(self.port.stopListening))
             self.port = None
         stopped.append(self.factory.close_all())
         dropped = self.node.stop()

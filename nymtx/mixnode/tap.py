@@ -1,0 +1,50 @@
+"""twistd plugin ``nym-mixnode``: run an initialised mixnode from its config.toml."""
+
+from twisted.python import usage
+
+from nymtx.mixnode.config import ConfigError, load_config
+from nymtx.mixnode.service import MixnodeService
+
+
+class Options(usage.Options):
+    synopsis = "--id ID [--home DIR]"
+    longdesc = ("Run the mixnode ID, set up earlier with 'nym-mixnode init'"
+                " (its files are under <home>/mixnodes/ID/).")
+    optParameters = [
+        ["id", None, None, "The id given to 'nym-mixnode init'."],
+        ["home", None, None, "The config root (default: $NYM_HOME or ~/.nym)."],
+    ]
+
+    def postOptions(self):
+        if not self["id"]:
+            raise usage.UsageError("--id is required: the id given to 'nym-mixnode init'")
+        # Reading the config here turns every problem in it into a usage
+        # error with its message, rather than a traceback from makeService.
+        try:
+            self.config = load_config(self["id"], self["home"])
+            self.keys = self.config.load_keys()
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def service_from_config(config, keys, reactor):
+    debug = config.debug
+    return MixnodeService(
+        reactor, keys, config.layer, config.listen_endpoint,
+        config.announce_address.host, debug["presence_directory_server"] or None,
+        announce_port=config.announce_address.port,
+        presence_interval=debug["presence_sending_delay"] / 1000,
+        metrics_interval=debug["metrics_sending_delay"] / 1000,
+        replay_cache_size=debug["replay_cache_size"],
+        max_in_flight=debug["maximum_packets_in_flight"],
+        max_delay=debug["maximum_packet_delay"] / 1000,
+        queue_size=debug["packet_queue_size"],
+        initial_backoff=debug["packet_forwarding_initial_backoff"] / 1000,
+        maximum_backoff=debug["packet_forwarding_maximum_backoff"] / 1000,
+        location=config.location)
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    return service_from_config(options.config, options.keys, reactor)

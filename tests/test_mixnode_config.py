@@ -1,0 +1,198 @@
+"""Mixnode config.toml, init/run commands, and the directory heartbeats."""
+
+import io
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+
+from hypothesis import given, strategies as st
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from nymtx.keys import KeyPair
+from nymtx.mixnode import cli, tap
+from nymtx.mixnode.config import (
+    ConfigError, config_path, init_mixnode, load_config, parse_config)
+from nymtx.mixnode.service import MixnodeService
+
+
+def run_cli(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+class ConfigTests(SynchronousTestCase):
+    def setUp(self):
+        self.home = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, self.home)
+
+    def test_init_then_run_round_trip(self):
+        code, out, err = run_cli("init", "--id", "M1", "--layer", "2", "--home", self.home,
+                                 "--port", "1800", "--announce-host", "10.0.0.5",
+                                 "--directory", "http://127.0.0.1:9999/")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("public key:", out)
+        config = load_config("M1", self.home)
+        self.assertEqual((config.layer, str(config.listening_address),
+                          str(config.announce_address)),
+                         (2, "127.0.0.1:1800", "10.0.0.5:1800"))
+        self.assertEqual(config.debug["presence_directory_server"], "http://127.0.0.1:9999")
+        keys = config.load_keys()
+        self.assertIn(keys.public_text, out)
+
+        options = tap.Options()
+        options.parseOptions(["--id", "M1", "--home", self.home])
+        service = tap.makeService(options, Clock())
+        self.assertIsInstance(service, MixnodeService)
+        self.assertEqual(service.listen_endpoint, "tcp:1800:interface=127.0.0.1")
+        self.assertEqual(service.layer, 2)
+        self.assertEqual(service.keys, keys)
+        self.assertEqual(service.presence_interval, 1.5)
+
+    def test_init_refuses_existing_id_unless_forced_and_keeps_keys(self):
+        self.assertEqual(run_cli("init", "--id", "M1", "--layer", "1", "--home", self.home)[0], 0)
+        before = load_config("M1", self.home).load_keys()
+        code, out, err = run_cli("init", "--id", "M1", "--layer", "3", "--home", self.home)
+        self.assertEqual(code, 1)
+        self.assertIn("already exists", err)
+        self.assertIn("--force", err)
+        self.assertEqual(load_config("M1", self.home).layer, 1)
+        code, _, _ = run_cli("init", "--id", "M1", "--layer", "3", "--home", self.home, "--force")
+        self.assertEqual(code, 0)
+        self.assertEqual(load_config("M1", self.home).layer, 3)
+        self.assertEqual(load_config("M1", self.home).load_keys(), before)
+
+    def test_bad_flags_name_the_flag(self):
+        cases = [
+            (["init", "--layer", "1"], "--id is required"),
+            (["init", "--id", "M1"], "--layer is required"),
+            (["init", "--id", "M1", "--layer", "4"], "--layer must be one of 1, 2, 3"),
+            (["init", "--id", "M1", "--layer", "1", "--port", "70000"], "--port must be"),
+            (["init", "--id", "M1", "--layer", "1", "--announce-port", "x"],
+             "--announce-port must be"),
+            (["init", "--id", "M1", "--layer", "1", "--host", "example.org"],
+             "'example.org' is not an IPv4 or IPv6 address"),
+            (["init", "--id", "M1", "--layer", "1", "--host", "0.0.0.0"],
+             "needs --announce-host"),
+            (["init", "--id", "../x", "--layer", "1"], "--id: invalid id"),
+            (["init", "--id", "M1", "--layer", "1", "--directory", "ftp://x"],
+             "must be an http:// or https:// URL"),
+            (["run", "--id", "Nobody"], "run 'nym-mixnode init --id Nobody"),
+            (["run"], "--id is required"),
+            (["frobnicate"], "frobnicate"),
+            ([], "say 'init' or 'run'"),
+        ]
+        for argv, expected in cases:
+            code, out, err = run_cli(*argv, "--home", self.home) if argv and argv[0] in (
+                "init", "run") else run_cli(*argv)
+            self.assertEqual(code, 1, argv)
+            self.assertIn(expected, err, argv)
+
+    def write_config(self, text):
+        path = config_path("M1", self.home)
+        path.write_text(text)
+
+    def test_bad_config_values_name_the_key(self):
+        run_cli("init", "--id", "M1", "--layer", "1", "--home", self.home)
+        good = config_path("M1", self.home).read_text()
+        cases = [
+            (good.replace("layer = 1", "layer = 7"), "[mixnode] layer: layer must be one of"),
+            (good.replace("layer = 1", 'layer = "1"'), "[mixnode] layer"),
+            (good.replace("presence_sending_delay = 1500", "presence_sending_delay = -1"),
+             "[debug] presence_sending_delay must be an integer of at least 1"),
+            (good.replace("replay_cache_size = 1048576", "replay_cache_size = 1.5"),
+             "[debug] replay_cache_size must be an integer"),
+            (good + "\nbogus = 1\n", "unknown key [debug] 'bogus'"),
+            (good.replace('listening_address = "127.0.0.1:1789"',
+                          'listening_address = "localhost:1789"'),
+             "[mixnode] listening_address"),
+            (good.replace("id = ", "# id = "), "[mixnode] id is missing"),
+            ("[mixnode\n", "is not valid TOML"),
+            (good.replace("packet_forwarding_initial_backoff = 100",
+                          "packet_forwarding_initial_backoff = 99999999"),
+             "cannot exceed packet_forwarding_maximum_backoff"),
+        ]
+        for text, expected in cases:
+            self.write_config(text)
+            with self.assertRaises(ConfigError) as e:
+                load_config("M1", self.home)
+            self.assertIn(expected, str(e.exception))
+            with self.assertRaises(usage.UsageError) as e:
+                tap.Options().parseOptions(["--id", "M1", "--home", self.home])
+            self.assertIn(expected, str(e.exception))
+
+    def test_corrupt_key_file_is_a_clear_error(self):
+        run_cli("init", "--id", "M1", "--layer", "1", "--home", self.home)
+        private = load_config("M1", self.home).private_sphinx_key_file
+        with open(private, "w") as f:
+            f.write("not a key!\n")
+        code, _, err = run_cli("run", "--id", "M1", "--home", self.home)
+        self.assertEqual(code, 1)
+        self.assertIn("does not hold a base58 key", err)
+
+    @given(st.text(max_size=300))
+    def test_any_text_is_a_config_error_or_a_config(self, text):
+        try:
+            parse_config(text)
+        except ConfigError:
+            pass
+
+    def test_init_api_refuses_bad_layer(self):
+        with self.assertRaises(ConfigError):
+            init_mixnode("M1", 0, root=self.home)
+
+
+class FakeDirectory:
+    def __init__(self):
+        self.presence = []
+        self.metrics = []
+        self.up = True
+
+    def announce_mixnode(self, presence):
+        self.presence.append(presence)
+        return succeed(None) if self.up else fail(ConnectionError("directory down"))
+
+    def report_metrics(self, metrics):
+        self.metrics.append(metrics)
+        return succeed(None) if self.up else fail(ConnectionError("directory down"))
+
+
+class HeartbeatTests(SynchronousTestCase):
+    def test_announces_and_reports_on_the_clock(self):
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        keys = KeyPair.from_private(b"\x07" * 32)
+        directory = FakeDirectory()
+        service = MixnodeService(reactor, keys, 2, "tcp:0:interface=127.0.0.1", "10.1.2.3",
+                                 directory=directory, announce_port=1789)
+        service.startService()
+        # MemoryReactor binds synchronously and gives port 0 back.
+        self.successResultOf(service.whenListening())
+        self.assertEqual(directory.presence, [{
+            "host": "10.1.2.3:1789", "pubKey": keys.public_text, "layer": 2,
+            "version": "0.5.0", "location": "unknown"}])
+        self.assertEqual(directory.metrics, [{
+            "pubKey": keys.public_text, "received": 0, "sent": {}, "dropped": {}}])
+        service.node.handle_packet(b"\x00" * 1372)
+        reactor.advance(1.0)
+        self.assertEqual(directory.metrics[-1]["received"], 1)
+        self.assertEqual(directory.metrics[-1]["dropped"], {"InvalidGroupElementError": 1})
+        self.assertEqual(len(directory.presence), 1)
+        reactor.advance(0.5)
+        self.assertEqual(len(directory.presence), 2)
+        # The directory going down does not stop the beats or the mixing.
+        directory.up = False
+        reactor.advance(1.5)
+        reactor.advance(1.5)
+        self.assertEqual(len(directory.presence), 4)
+        self.assertEqual(directory.metrics[-1]["received"], 0)
+        service.node.handle_packet(b"\x00" * 1372)
+        self.assertEqual(service.node.received, 1)
+        self.flushLoggedErrors()
+        service.stopService()
+        count = len(directory.presence)
+        reactor.advance(10)
+        self.assertEqual(len(directory.presence), count)
