@@ -286,7 +286,7 @@ class MalformedPresenceTests(DirectoryTestCase):
 
     @given(data=st.data(), drop=st.booleans())
     def test_malformed_mixnode_fields_never_change_the_topology(self, data, drop):
-        not_text = (st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers()
+        not_text = (st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers()
                     | st.lists(st.integers(), max_size=3)
                     | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
         field, bad = data.draw(st.sampled_from([
@@ -295,7 +295,7 @@ class MalformedPresenceTests(DirectoryTestCase):
             ("host", not_text.filter(lambda v: v is not None)
              | st.text(max_size=40).map(lambda t: t.replace(":", ""))),
             ("layer", st.integers().filter(lambda n: n not in (1, 2, 3))
-             | st.text(max_size=3) | st.floats(allow_nan=False) | st.booleans()),
+             | st.text(max_size=3) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()),
             ("version", not_text.filter(lambda v: v is not None)
              | st.text(min_size=65, max_size=80) | st.just("  ")
              | st.text(max_size=5).map(lambda t: t + "\x00")),
@@ -420,6 +420,7 @@ class MetricsTests(DirectoryTestCase):
         self.json_call("POST", "/api/metrics/mixes", self.metric(a, 1))
         self.clock.advance(1)
         self.json_call("POST", "/api/metrics/mixes", self.metric(b, 2))
+        self.clock.advance(1)
         self.json_call("POST", "/api/metrics/mixes", self.metric(a, 3))
         _, data = self.json_call("GET", "/api/metrics/mixes")
         self.assertEqual([(m["pubKey"], m["received"]) for m in data], [(b, 2), (a, 3)])
