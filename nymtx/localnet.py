@@ -159,6 +159,12 @@ class LocalNetwork(MultiService):
         if node.kind == "directory":
             port = bound.getHost().port
             self.directory_url = f"http://{HOST}:{port}"
+            self.nodes[node.name] = attrs.evolve(node, port=port)
+        elif node.kind == "gateway":
+            # A restarted node comes back on the same ports, as a real one would.
+            self.nodes[node.name] = attrs.evolve(node, port=bound[0], client_port=bound[1])
+        else:
+            self.nodes[node.name] = attrs.evolve(node, port=bound.getHost().port)
         return bound
 
     # ---- running --------------------------------------------------------
@@ -236,7 +242,20 @@ class LocalNetwork(MultiService):
                 raise LocalNetError(f"the topology is still incomplete after {timeout:.0f} s: {why}")
             await deferLater(self.reactor, poll, lambda: None)
 
+    async def wait_for_clients(self, client_keys, timeout=30.0, poll=0.1):
+        """The topology once the gateways list every key in *client_keys*."""
+        directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            topology = await directory.get_topology()
+            if set(client_keys) <= set(topology.clients()):
+                return topology
+            if self.reactor.seconds() > deadline:
+                raise LocalNetError(f"clients not in the topology after {timeout:.0f} s")
+            await deferLater(self.reactor, poll, lambda: None)
+
     async def stop_node(self, name):
+        """Stop one node; ``start_node(name)`` brings it back on the same ports."""
         service = self.node_services.pop(name)
         await defer.maybeDeferred(service.disownServiceParent)
         return service

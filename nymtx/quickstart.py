@@ -18,25 +18,12 @@ from twisted.internet.task import deferLater
 from nymtx.apiclient import connect_api
 from nymtx.client import ClientConfig, ClientService, init_client
 from nymtx.client.config import is_initialised
-from nymtx.directory.client import DirectoryClient
 from nymtx.localnet import LocalNetwork, LocalNetError, describe, plan
 from nymtx.runner import start_logging
 
 
 def say(text=""):
     print(text, flush=True)
-
-
-async def wait_until_listed(reactor, directory_url, addresses, timeout=30.0):
-    """Until every client in *addresses* is registered in the topology."""
-    directory = DirectoryClient(directory_url, reactor=reactor)
-    deadline = reactor.seconds() + timeout
-    while reactor.seconds() < deadline:
-        topology = await directory.get_topology()
-        if set(addresses) <= set(topology.clients()):
-            return topology
-        await deferLater(reactor, 0.25, lambda: None)
-    raise LocalNetError("the clients did not appear in the topology in time")
 
 
 async def start_client(reactor, root, name, directory_url, port):
@@ -67,7 +54,7 @@ async def demo(reactor, args):
     for name, port in (("Alice", args.alice_port), ("Bob", args.bob_port)):
         configs[name] = await start_client(reactor, args.home, name, directory_url, port)
     keys = {name: c.load_keys().public_key for name, c in configs.items()}
-    await wait_until_listed(reactor, directory_url, keys.values())
+    await network.wait_for_clients(keys.values())
 
     services = {}
     for name, config in configs.items():
