@@ -1,6 +1,7 @@
 import os
 import struct
 
+from hypothesis import given, strategies as st
 from nacl.bindings import crypto_scalarmult
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -209,3 +210,34 @@ class Server(SynchronousTestCase):
         peer = self.authenticated(self.alice, token)
         self.assertError(peer.ask(F.Authenticate(self.alice.public_key, token)), F.E_ALREADY)
         self.assertEqual(peer.ask(F.Pull(1)), F.Messages(()))
+
+
+class ServerFuzz(SynchronousTestCase):
+    """Whatever a client sends, the gateway answers or closes, and never raises."""
+
+    def setUp(self):
+        self.store = MailboxStore.open(Clock(), self.mktemp())
+        self.addCleanup(self.store.close)
+        self.factory = ClientServerFactory(self.store, KeyPair.generate())
+        self.victim = KeyPair.generate()
+        self.store.register(self.victim.public_key, b"t" * 32)
+        self.store.add(self.victim.public_key, b"private")
+        self.store.flush()
+
+    @given(st.lists(st.one_of(
+        st.binary(max_size=80),
+        st.builds(lambda b: F.frame(b), st.binary(max_size=80)),
+        st.builds(lambda t, b: F.frame(bytes([t]) + b),
+                  st.sampled_from([1, 2, 3, 4]), st.binary(max_size=70))), max_size=12))
+    def test_any_bytes(self, chunks):
+        peer = Peer(self.factory)
+        for chunk in chunks:
+            if peer.closed:
+                break
+            for reply in peer.send_raw(chunk):
+                self.assertIsInstance(reply, (F.Error, F.Registered, F.Messages, F.Acked,
+                                              F.Authenticated))
+                if isinstance(reply, F.Messages):
+                    self.fail("a pull without the victim's token returned messages")
+        self.assertLessEqual(peer.proto.errors, self.factory.max_errors)
+        self.assertEqual(len(self.store.pull(self.victim.public_key, 10)), 1)

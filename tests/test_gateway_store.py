@@ -177,3 +177,20 @@ class Store(SynchronousTestCase):
         self.store.db.execute("UPDATE version SET version=99")
         e = self.assertRaises(StoreError, MailboxStore.open, self.clock, self.path)
         self.assertIn("99", str(e))
+
+
+class Failures(SynchronousTestCase):
+    def test_commit_failure_is_counted_not_raised_from_timer(self):
+        clock = Clock()
+        store = MailboxStore.open(clock, self.mktemp())
+        store.register(ALICE, b"t" * 32)
+        store.add(ALICE, b"m")
+        # a database that refuses writes, as a full disk would
+        store.db.execute("PRAGMA query_only=ON")
+        clock.advance(1)
+        self.assertEqual((store.stored, store.lost, store.pending), (0, 1, 0))
+        self.assertEqual(store.usage(ALICE), (0, 0))
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+        store.db.execute("PRAGMA query_only=OFF")
+        store.add(ALICE, b"m2")
+        store.close()

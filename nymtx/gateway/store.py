@@ -73,6 +73,8 @@ class MailboxStore:
 
     #: messages committed since this store was opened
     stored: int = attrs.field(default=0, init=False)
+    #: buffered messages whose commit failed (disk full, I/O error): dropped
+    lost: int = attrs.field(default=0, init=False)
     _pending: list = attrs.field(factory=list, init=False)
     _timer: object = attrs.field(default=None, init=False)
     _usage: dict = attrs.field(factory=dict, init=False)     # key -> [count, bytes]
@@ -166,6 +168,7 @@ class MailboxStore:
                 usage = self._usage[key]
                 usage[0] -= 1
                 usage[1] -= len(body)
+            self.lost += len(batch)
             raise StoreError(f"cannot store {len(batch)} messages: {e}") from e
         self.stored += len(batch)
         return len(batch)
