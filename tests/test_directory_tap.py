@@ -9,9 +9,7 @@ from twisted.application.service import IService
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -74,28 +72,29 @@ class RealSocketTests(TestCase):
     @inlineCallbacks
     def start(self, description=LOCAL):
         registry = Registry(reactor)
-        wrapper = WrappingFactory(make_site(registry))
-        service = DirectoryService(serverFromString(reactor, description), wrapper,
-                                   description, registry)
+        service = DirectoryService(serverFromString(reactor, description),
+                                   make_site(registry), description, registry)
         service.startService()
-        self.addCleanup(self.stop, service, wrapper)
+        self.addCleanup(service.stopService)
         port = yield service.whenListening()
         return service, port
 
-    @inlineCallbacks
-    def stop(self, service, wrapper):
-        yield service.stopService()
-        # Wait until the server side of every connection is closed too.
-        for _ in range(200):
-            if not wrapper.protocols:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(wrapper.protocols, {})
-
-    def http(self):
-        pool = HTTPConnectionPool(reactor, persistent=False)
+    def http(self, persistent=False):
+        pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.addCleanup(pool.closeCachedConnections)
         return treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+    @inlineCallbacks
+    def test_stopping_closes_persistent_connections(self):
+        service, port = yield self.start()
+        url = f"http://127.0.0.1:{port.getHost().port}/api/healthcheck"
+        http = self.http(persistent=True)
+        for _ in range(2):
+            response = yield http.get(url)
+            yield response.content()
+        self.assertEqual(len(service._factory.protocols), 1)
+        yield service.stopService()
+        self.assertEqual(service._factory.protocols, {})
 
     @inlineCallbacks
     def test_announce_and_read_over_tcp(self):
@@ -147,3 +146,15 @@ class RealSocketTests(TestCase):
         self.assertIn(b"error: could not start: the directory cannot listen on " +
                       taken.encode(), err)
         self.assertNotIn(b"Traceback", err)
+
+    @inlineCallbacks
+    def test_the_default_client_keeps_and_closes_its_own_pool(self):
+        service, port = yield self.start()
+        client = DirectoryClient(f"http://127.0.0.1:{port.getHost().port}")
+        self.addCleanup(client.close)
+        yield client.get_metrics()
+        yield client.get_metrics()
+        self.assertEqual(len(service._factory.protocols), 1)
+        yield client.close()
+        yield service.stopService()
+        self.assertEqual(service._factory.protocols, {})

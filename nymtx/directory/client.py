@@ -10,7 +10,8 @@ import json
 
 import attrs
 import treq as _treq
-from twisted.internet.defer import Deferred
+import treq.client  # noqa: F401  (treq.client.HTTPClient for the own pool)
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from nymtx.directory.heartbeat import Heartbeat
@@ -50,7 +51,32 @@ class DirectoryClient:
     reactor: object = None
     max_response_size: int = MAX_RESPONSE_SIZE
 
+    _pool: object = attrs.field(default=None, init=False, repr=False)
+
     log = Logger()
+
+    def close(self):
+        """Close the persistent connections this client opened itself.
+
+        Only when it was made with the default ``treq``: then it keeps its
+        own connection pool, so that a node that stops leaves no socket
+        behind. A treq passed in is its owner's to close.
+        """
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.closeCachedConnections()
+
+    def _http(self):
+        if self.treq is not _treq:
+            return self.treq
+        if self._pool is None:
+            from twisted.web.client import Agent, HTTPConnectionPool
+            reactor = self.reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self.treq = _treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+        return self.treq
 
     def get_topology(self):
         """Deferred[Topology] of the nodes the directory knows now."""
@@ -101,7 +127,7 @@ class DirectoryClient:
             kwargs["data"] = json.dumps(body).encode("utf-8")
             kwargs["headers"] = {b"Content-Type": [b"application/json"]}
         try:
-            response = await self.treq.request(method, url, **kwargs)
+            response = await self._http().request(method, url, **kwargs)
             content = await _read(response, self.max_response_size)
         except _TooLarge:
             raise DirectoryError(

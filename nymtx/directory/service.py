@@ -7,9 +7,33 @@ listen is kept and reported through ``whenListening()``, which is how
 """
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+
+
+class _Tracking(WrappingFactory):
+    """Knows every open connection, so that stopping can close them all."""
+
+    def __init__(self, wrapped):
+        super().__init__(wrapped)
+        self._closed = {}
+
+    def unregisterProtocol(self, p):
+        super().unregisterProtocol(p)
+        for d in self._closed.pop(p, []):
+            d.callback(None)
+
+    def close_all(self):
+        """Deferred firing once every connection open now is closed."""
+        waits = []
+        for p in list(self.protocols):
+            d = Deferred()
+            self._closed.setdefault(p, []).append(d)
+            waits.append(d)
+            p.transport.loseConnection()
+        return DeferredList(waits)
 
 
 class ListenError(Exception):
@@ -27,6 +51,7 @@ class DirectoryService(Service):
     def __init__(self, endpoint, site, description, registry=None):
         self.endpoint = endpoint
         self.site = site
+        self._factory = _Tracking(site)
         self.description = description
         self.registry = registry
         self.port = None
@@ -56,18 +81,22 @@ class DirectoryService(Service):
         return d
 
     def stopService(self):
+        """Stop listening and close every open connection (persistent HTTP
+        connections would otherwise outlive the service by a minute)."""
         super().stopService()
         port, self.port = self.port, None
         self._listening = None
         self._failure = None
         if port is None:
-            return succeed(None)
+            return self._factory.close_all()
         self.log.info("directory stops listening on {address}", address=port.getHost())
-        return port.stopListening()
+        d = port.stopListening()
+        d.addCallback(lambda _: self._factory.close_all())
+        return d
 
     def _listen(self):
         self._failure = None
-        self._listening = self.endpoint.listen(self.site)
+        self._listening = self.endpoint.listen(self._factory)
         self._listening.addCallbacks(self._listened, self._not_listened)
 
     def _listened(self, port):
