@@ -228,3 +228,37 @@ class GatewayEndToEnd(TestCase):
         link = yield self.link(service, self.alice, token)
         got = yield link.pull()
         self.assertEqual(sorted(m for _, m in got), sorted(messages))
+
+
+class WithDirectory(TestCase):
+    timeout = 20
+
+    @inlineCallbacks
+    def test_announces_to_a_real_directory_and_stops_cleanly(self):
+        from nymtx.directory import tap as directory_tap
+        from nymtx.directory.client import DirectoryClient
+        options = directory_tap.Options()
+        options.parseOptions(["--port", LOCAL])
+        directory = directory_tap.makeService(options, reactor)
+        directory.startService()
+        port = yield directory.whenListening()
+        self.addCleanup(directory.stopService)
+        url = f"http://127.0.0.1:{port.getHost().port}"
+        keys, alice = KeyPair.generate(), KeyPair.generate()
+        service = GatewayService(reactor, keys, self.mktemp(), LOCAL, LOCAL, "127.0.0.1",
+                                 url, presence_interval=0.05)
+        service.startService()
+        _, client_port = yield service.whenListening()
+        yield register(reactor, NodeAddress.parse(f"127.0.0.1:{client_port}"), alice)
+        reader = DirectoryClient(url, reactor=reactor, treq=service.directory.treq)
+        for _ in range(200):
+            topology = yield reader.get_topology()
+            gateway = topology.gateway_by_key(keys.public_key)
+            if gateway is not None and alice.public_key in gateway.registered_clients:
+                break
+            yield sleep(0.02)
+        else:
+            self.fail("the gateway and its client never appeared in the topology")
+        self.assertEqual(gateway.client_listener.port, client_port)
+        self.assertEqual(topology.gateway_for(alice.public_key), gateway)
+        yield service.stopService()

@@ -62,10 +62,17 @@ class GatewayService(MultiService):
         self._listen_waiters = []
         self.location = location
         self.heartbeat = None
+        self._pool = None
         if directory is None and directory_url:
             from nymtx.directory.client import DirectoryClient
-            kwargs = {} if treq is None else {"treq": treq}
-            directory = DirectoryClient(directory_url, reactor=reactor, **kwargs)
+            if treq is None:
+                # our own pool, so that stopping closes our keep-alive
+                # connections instead of leaving them to the global one
+                from treq.client import HTTPClient
+                from twisted.web.client import Agent, HTTPConnectionPool
+                self._pool = HTTPConnectionPool(reactor)
+                treq = HTTPClient(Agent(reactor, pool=self._pool))
+            directory = DirectoryClient(directory_url, treq=treq, reactor=reactor)
         self.directory = directory
         if directory is not None:
             from nymtx.directory.client import Heartbeat
@@ -159,6 +166,8 @@ class GatewayService(MultiService):
             await self._listening
         if self.heartbeat is not None and self.heartbeat.running:
             await maybeDeferred(self.heartbeat.stopService)
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
         await gatherResults([maybeDeferred(p.stopListening) for p in self._ports])
         self._ports = []
         await gatherResults([self.mix_factory.close_all(), self.client_factory.close_all()])
