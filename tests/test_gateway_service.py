@@ -189,6 +189,20 @@ class GatewayEndToEnd(TestCase):
         yield other.stopService()
 
     @inlineCallbacks
+    def test_bad_endpoint(self):
+        other = GatewayService(reactor, KeyPair.generate(), self.mktemp(), "nonsense:1",
+                               LOCAL, "127.0.0.1")
+        other.startService()
+        e = yield self.assertFailure(other.whenListening(), RuntimeError)
+        self.assertIn("mix listener nonsense:1", str(e))
+        yield other.stopService()
+
+    def test_bad_announce_host(self):
+        e = self.assertRaises(ValueError, GatewayService, reactor, self.keys, self.mktemp(),
+                              LOCAL, LOCAL, "gateway.example")
+        self.assertIn("gateway.example", str(e))
+
+    @inlineCallbacks
     def test_presence(self):
         directory = RecordingDirectory()
         service = yield self.start(directory=directory, location="lab")

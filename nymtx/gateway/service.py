@@ -3,7 +3,7 @@
 import os
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -88,10 +88,15 @@ class GatewayService(MultiService):
         self._listening.addBoth(self._settle)
 
     async def _listen(self):
-        results = await DeferredList([
-            serverFromString(self.reactor, self.mix_endpoint).listen(self.mix_factory),
-            serverFromString(self.reactor, self.client_endpoint).listen(self.client_factory),
-        ], consumeErrors=True)
+        attempts = []
+        for name, spec, factory in (("mix", self.mix_endpoint, self.mix_factory),
+                                    ("client", self.client_endpoint, self.client_factory)):
+            try:
+                attempts.append(serverFromString(self.reactor, spec).listen(factory))
+            except (ValueError, TypeError, KeyError) as e:
+                attempts.append(fail(RuntimeError(
+                    f"not a server endpoint ({e}); e.g. tcp:1789:interface=0.0.0.0")))
+        results = await DeferredList(attempts, consumeErrors=True)
         problems = []
         for (ok, value), name, spec in zip(
                 results, ("mix", "client"), (self.mix_endpoint, self.client_endpoint)):
