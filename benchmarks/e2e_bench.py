@@ -19,6 +19,7 @@
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -57,6 +58,8 @@ async def overhead(reactor, home, count, gap):
         store = gateway_service.store
         client_key = os.urandom(32)
         store.register(client_key, os.urandom(32))
+        # one mailbox receives every packet: lift its quota (1000 by default)
+        store.quota_messages = count + 10
         gateway = topology.gateways[0]
         rng = random.Random(1)
         packets, routes = [], []
@@ -106,12 +109,25 @@ async def overhead(reactor, home, count, gap):
             await sleep(reactor, 0.05)
         await links.stop()
         store_class.flush = original_flush
-        return {"overhead_median_ms": statistics.median(latencies),
+        drops = {name: dict(service.node.dropped if name.startswith("mix")
+                            else service.handler.dropped)
+                 for name, service in net.node_services.items() if name != "directory"}
+        drops = {name: d for name, d in drops.items() if d}
+        return {"drops": drops, "overhead_median_ms": statistics.median(latencies),
                 "overhead_p99_ms": percentile(latencies, 99),
                 "overhead_floor_ms": floor_ms,
                 "packets": count, "lost": len(sent_at)}
     finally:
         await net.stopService()
+
+
+def median_interval(values):
+    """A distribution-free 95% interval for the median (binomial order statistics)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = 1.96 * math.sqrt(n) / 2
+    return (ordered[max(0, int(math.floor(n / 2 - half)))],
+            ordered[min(n - 1, int(math.ceil(n / 2 + half)))])
 
 
 def model_median(samples=200_000, rng=random.Random(3)):
@@ -152,8 +168,12 @@ async def model_check(reactor, home, messages):
         deadline = reactor.seconds() + 15
         while sent_at and reactor.seconds() < deadline:
             await sleep(reactor, 0.1)
-        return {"model_median_s": model_median(),
+        model = model_median()
+        low, high = median_interval(latencies)
+        return {"model_median_s": model,
                 "measured_median_s": statistics.median(latencies),
+                "measured_median_ci95_s": [low, high],
+                "model_within_ci95": low <= model <= high,
                 "messages": messages, "messages_lost": len(sent_at)}
     finally:
         for c in clients:
@@ -164,15 +184,19 @@ async def model_check(reactor, home, messages):
 def report(result, as_json):
     if as_json:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                          for k, v in result.items()}))
+                          for k, v in result.items()}, default=str))
         return
-    print(f"overhead over {result['packets']} packets (zero delays, lost {result['lost']}): "
+    print(f"overhead over {result['packets']} packets (zero delays, lost {result['lost']}, "
+          f"drops {result['drops'] or 'none'}): "
           f"median {result['overhead_median_ms']:.2f} ms, p99 {result['overhead_p99_ms']:.2f} ms; "
           f"floor (4 Sphinx layers' CPU) {result['overhead_floor_ms']:.2f} ms")
     if "model_median_s" in result:
         print(f"default delays, {result['messages']} messages (lost {result['messages_lost']}): "
               f"median {result['measured_median_s']:.2f} s, model {result['model_median_s']:.2f} s, "
-              f"ratio {result['measured_median_s'] / result['model_median_s']:.2f}")
+              f"ratio {result['measured_median_s'] / result['model_median_s']:.2f}; the model "
+              f"{'lies' if result['model_within_ci95'] else 'does NOT lie'} within the measured "
+              f"median's 95% interval {result['measured_median_ci95_s'][0]:.2f}–"
+              f"{result['measured_median_ci95_s'][1]:.2f} s")
 
 
 def main(argv=None):

@@ -221,6 +221,12 @@ class LocalNetwork(MultiService):
     async def wait_for_topology(self, timeout=30.0, poll=0.1):
         """The topology once every running node of the plan is in it."""
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        try:
+            return await self._wait_for_topology(directory, timeout, poll)
+        finally:
+            await directory.close()
+
+    async def _wait_for_topology(self, directory, timeout, poll):
         deadline = self.reactor.seconds() + timeout
         want_mix = {self.node_services[n].keys.public_key for n in self.node_services
                     if self.nodes[n].kind == "mixnode" and self.node_services[n].running}
@@ -246,13 +252,16 @@ class LocalNetwork(MultiService):
         """The topology once the gateways list every key in *client_keys*."""
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
         deadline = self.reactor.seconds() + timeout
-        while True:
-            topology = await directory.get_topology()
-            if set(client_keys) <= set(topology.clients()):
-                return topology
-            if self.reactor.seconds() > deadline:
-                raise LocalNetError(f"clients not in the topology after {timeout:.0f} s")
-            await deferLater(self.reactor, poll, lambda: None)
+        try:
+            while True:
+                topology = await directory.get_topology()
+                if set(client_keys) <= set(topology.clients()):
+                    return topology
+                if self.reactor.seconds() > deadline:
+                    raise LocalNetError(f"clients not in the topology after {timeout:.0f} s")
+                await deferLater(self.reactor, poll, lambda: None)
+        finally:
+            await directory.close()
 
     async def stop_node(self, name):
         """Stop one node; ``start_node(name)`` brings it back on the same ports."""
@@ -440,6 +449,13 @@ def main(argv=None):
 async def _wait_for(reactor, directory_url, nodes, timeout=60.0):
     """With --processes: wait until the directory lists as many nodes as planned."""
     directory = DirectoryClient(directory_url, reactor=reactor)
+    try:
+        return await _poll_topology(reactor, directory, nodes, timeout)
+    finally:
+        await directory.close()
+
+
+async def _poll_topology(reactor, directory, nodes, timeout):
     mixnodes = sum(1 for n in nodes if n.kind == "mixnode")
     gateways = sum(1 for n in nodes if n.kind == "gateway")
     deadline = reactor.seconds() + timeout

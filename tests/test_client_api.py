@@ -109,6 +109,12 @@ class DispatcherTests(SynchronousTestCase):
         self.assertError(self.api.handle_bytes(b"\xff{}"), "not UTF-8")
         self.assertEqual(self.core.sent, [])
 
+    def test_get_clients_without_topology(self):
+        def no_topology():
+            raise SendError("the network topology is not known yet")
+        self.core.clients = no_topology
+        self.assertError(self.ask('{"type":"getClients"}'), "topology is not known yet")
+
     def test_internal_error_is_an_error_response(self):
         self.core.clients = lambda: 1 / 0
         self.assertError(self.ask('{"type":"getClients"}'), "internal error")

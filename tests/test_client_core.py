@@ -305,6 +305,15 @@ class SendingTests(SynchronousTestCase):
 
 
 class TopologyTests(SynchronousTestCase):
+    def test_clients_before_any_topology_is_an_error(self):
+        core, network, bob, clock = make_core(self)
+        core.directory.topology = None
+        core.start()
+        self.assertIsNone(core.topology)
+        e = self.assertRaises(SendError, core.clients)
+        self.assertIn("topology is not known yet", str(e))
+        core.stop()
+
     def test_refresh_keeps_last_good(self):
         core, network, bob, clock = make_core(self)
         core.start()

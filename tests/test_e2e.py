@@ -65,6 +65,11 @@ class Network:
         api = await connect_api(reactor, f"ws://127.0.0.1:{port}/mix")
         self.case.addCleanup(api.close)
         self.clients[config.id] = (service, api)
+        # Ready once it has a topology: until then getClients is an error.
+        for _ in range(100):
+            if (await api.request({"type": "getClients"}))["type"] == "getClients":
+                break
+            await sleep(0.05)
         return api
 
 

@@ -67,7 +67,7 @@ class FinalHop(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_delay_too_long_dropped(self):
-        self.handler.packet_received(self.packet(delay_ns=int(61e9)))
+        self.handler.packet_received(self.packet(delay_ns=int((self.handler.max_delay + 1) * 1e9)))
         self.assertEqual(self.handler.dropped, {mix.DELAY_TOO_LONG: 1})
 
     def test_over_quota_dropped(self):

@@ -40,17 +40,29 @@ class Store(SynchronousTestCase):
         self.assertEqual(self.store.pending, 0)
 
     def test_batched_commit_on_clock(self):
+        store = self.open(commit_interval=0.005)
+        store.register(ALICE, b"t" * 32)
+        for i in range(3):
+            self.assertIsNone(store.add(ALICE, b"m%d" % i))
+        self.assertEqual(self.committed(ALICE), 0)
+        self.assertEqual(store.stored, 0)
+        self.clock.advance(store.commit_interval / 2)
+        self.assertEqual(self.committed(ALICE), 0)
+        self.clock.advance(store.commit_interval)
+        self.assertEqual(self.committed(ALICE), 3)
+        self.assertEqual(store.stored, 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_default_commits_at_the_end_of_the_turn(self):
+        self.assertEqual(self.store.commit_interval, 0)
         self.store.register(ALICE, b"t" * 32)
         for i in range(3):
-            self.assertIsNone(self.store.add(ALICE, b"m%d" % i))
+            self.store.add(ALICE, b"m%d" % i)
+        # same turn: buffered, not yet stored
         self.assertEqual(self.committed(ALICE), 0)
-        self.assertEqual(self.store.stored, 0)
-        self.clock.advance(self.store.commit_interval / 2)
-        self.assertEqual(self.committed(ALICE), 0)
-        self.clock.advance(self.store.commit_interval)
+        self.clock.advance(0)
         self.assertEqual(self.committed(ALICE), 3)
         self.assertEqual(self.store.stored, 3)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_batched_commit_on_count(self):
         store = self.open(commit_batch=4)

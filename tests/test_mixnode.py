@@ -130,6 +130,9 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(self.node.stop(), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.node.in_flight, 0)
+        # bytes that still arrive while the connections close schedule nothing
+        self.node.handle_packet(make_packet(seed=3, delays=[10**9, 0, 0, 0]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class ProtocolTests(SynchronousTestCase):

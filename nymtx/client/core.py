@@ -230,9 +230,14 @@ class ClientCore:
         self._directory_down = True
 
     def clients(self):
-        """Every client registered at any gateway, base58."""
+        """Every client registered at any gateway, base58.
+
+        Before the first topology arrives this is an error, not an empty
+        list: "nobody is registered" would be a wrong answer.
+        """
         if self.topology is None:
-            return []
+            raise SendError("the network topology is not known yet: the directory at "
+                            f"{self.config.directory_server} has not answered")
         return [encode_client_address(key) for key in self.topology.clients()]
 
     # -- sending --------------------------------------------------------------

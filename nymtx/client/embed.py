@@ -80,11 +80,16 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
                 " use --force to overwrite it (its keys and gateway registration)")
     except ConfigError as e:
         return fail(e)
+    owned = directory is None
     directory = directory or _default_directory(config.directory_server)
     register = register or _default_register
     rng = rng or random.SystemRandom()
-    return Deferred.fromCoroutine(
+    d = Deferred.fromCoroutine(
         _init(reactor, config, gateway_key, directory, register, rng))
+    if owned:
+        # a closed pool leaves no idle connection behind the init
+        d.addBoth(lambda result: directory.close().addBoth(lambda _: result))
+    return d
 
 
 async def _init(reactor, config, gateway_key, directory, register, rng):
@@ -144,6 +149,7 @@ class MixnetClient:
     rng: object = None
     core: ClientCore = attrs.field(default=None, init=False)
     _owns_links: bool = attrs.field(default=False, init=False)
+    _owns_directory: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self):
         # Fail here, not at start(), on an uninitialised or unreadable client.
@@ -153,6 +159,7 @@ class MixnetClient:
         keys = self.config.load_keys()
         if self.directory is None:
             self.directory = _default_directory(self.config.directory_server)
+            self._owns_directory = True
         if self.links is None:
             self.links = _default_links(self.reactor)
             self._owns_links = True
@@ -183,6 +190,8 @@ class MixnetClient:
         d = self.core.stop()
         if self._owns_links:
             d.addCallback(lambda _: self.links.stop())
+        if self._owns_directory:
+            d.addCallback(lambda _: self.directory.close())
         d.addCallback(lambda _: self.inbox.close())
         return d
 

@@ -42,6 +42,12 @@ def _positive(value, name, kind=int):
     return value
 
 
+def _non_negative(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}: {value!r} must be a whole number, 0 or more")
+    return value
+
+
 def _url(value, name):
     if value == "":
         return ""
@@ -67,7 +73,7 @@ class GatewayConfig:
     location: str = "unknown"
     quota_messages: int = 1000
     quota_bytes: int = 1_000_000
-    commit_interval_ms: int = 5
+    commit_interval_ms: int = 0
     commit_batch: int = 512
     message_retrieval_limit: int = 100
     presence_sending_delay_ms: int = 1500
@@ -125,8 +131,9 @@ port = {clients_port}
 # client pulls and acknowledges its mail.
 quota_messages = {quota_messages}
 quota_bytes = {quota_bytes}
-# Incoming messages are committed in batches: every commit_interval_ms
-# milliseconds or every commit_batch messages, whichever comes first.
+# Incoming messages are committed in batches: commit_interval_ms after the
+# first (0: at the end of the event-loop turn that brought it) or every
+# commit_batch messages, whichever comes first.
 commit_interval_ms = {commit_interval_ms}
 commit_batch = {commit_batch}
 # The most messages one pull returns.
@@ -149,7 +156,7 @@ _KEYS = {
     ("clients_endpoint", "port"): ("clients_port", _port),
     ("storage", "quota_messages"): ("quota_messages", _positive),
     ("storage", "quota_bytes"): ("quota_bytes", _positive),
-    ("storage", "commit_interval_ms"): ("commit_interval_ms", _positive),
+    ("storage", "commit_interval_ms"): ("commit_interval_ms", _non_negative),
     ("storage", "commit_batch"): ("commit_batch", _positive),
     ("storage", "message_retrieval_limit"): ("message_retrieval_limit", _positive),
     ("debug", "presence_directory_server"): ("directory", _url),

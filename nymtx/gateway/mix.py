@@ -39,7 +39,7 @@ class FinalHopHandler:
     store: object
     replay_cache: object = attrs.field(factory=lambda: sphinx.ReplayCache())
     #: a sender may choose any delay; beyond this the gateway will not hold it
-    max_delay: float = 60.0
+    max_delay: float = 300.0
     #: packets held at once; more would let a flood grow memory without bound
     max_held: int = 100_000
 

@@ -31,8 +31,8 @@ class GatewayService(MultiService):
 
     def __init__(self, reactor, keys, data_dir, mix_endpoint, client_endpoint,
                  announce_host, directory_url=None, *, quota_messages=1000,
-                 quota_bytes=1_000_000, commit_interval=0.005, commit_batch=512,
-                 max_pull=200, max_delay=60.0, presence_interval=1.5,
+                 quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
+                 max_pull=200, max_delay=300.0, presence_interval=1.5,
                  location=None, version=None, directory=None, treq=None,
                  randbytes=os.urandom):
         super().__init__()

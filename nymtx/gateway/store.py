@@ -1,9 +1,12 @@
 """The gateway's durable state: the client ledger and the mailboxes.
 
 One sqlite file (WAL mode) holds both. Incoming messages are buffered and
-committed in batches, every ``commit_interval`` seconds on the injected
-clock or every ``commit_batch`` messages, whichever comes first: one commit
-per message would cap throughput at the disk's commit rate. A message counts
+committed in batches, ``commit_interval`` seconds after the first one on the
+injected clock or every ``commit_batch`` messages, whichever comes first: one
+commit per message would cap throughput at the disk's commit rate. The
+default interval is 0: the commit runs at the end of the reactor turn in
+which the first message came, so an idle gateway adds no wait, and a busy
+one still commits everything a turn brought in one transaction. A message counts
 as stored only once its batch is committed. Registrations and
 acknowledgements are committed at once, since a client acts on the answer.
 """
@@ -68,7 +71,7 @@ class MailboxStore:
     db: sqlite3.Connection
     quota_messages: int = 1000
     quota_bytes: int = 1_000_000
-    commit_interval: float = 0.005
+    commit_interval: float = 0.0
     commit_batch: int = 512
 
     #: messages committed since this store was opened

@@ -50,6 +50,7 @@ class Mixnode:
     _tokens: object = attrs.Factory(itertools.count)
     _addresses: dict = attrs.Factory(dict)
     _reported_overflow: int = 0
+    _stopped: bool = False
 
     @property
     def in_flight(self):
@@ -57,6 +58,9 @@ class Mixnode:
         return len(self._held)
 
     def handle_packet(self, packet):
+        if self._stopped:
+            # bytes still arriving while the connections close: nowhere to go
+            return
         self.received += 1
         try:
             hop = process_packet(self.private_key, packet, self.replay_cache)
@@ -117,6 +121,7 @@ class Mixnode:
 
     def stop(self):
         """Forget the packets still held (they would have nowhere to go)."""
+        self._stopped = True
         held, self._held = self._held, {}
         for call in held.values():
             if call.active():

@@ -53,9 +53,10 @@ class MixnodeService(MultiService):
         self.version = version or nymtx.__version__
         self.presence_interval = presence_interval
         self.metrics_interval = metrics_interval
-        if directory is None and directory_url:
+        self._owns_directory = directory is None and bool(directory_url)
+        if self._owns_directory:
             from nymtx.directory.client import DirectoryClient
-            directory = DirectoryClient(directory_url)
+            directory = DirectoryClient(directory_url, reactor=reactor)
         self.directory = directory
         self.links = PacketLinks(reactor, queue_size=queue_size,
                                  initial_backoff=initial_backoff,
@@ -144,6 +145,9 @@ class MixnodeService(MultiService):
         if dropped:
             self.log.info("stopped with {n} packets still held; they are dropped", n=dropped)
         stopped.append(self.links.stop())
+        if self._owns_directory:
+            # after the heartbeats stopped (super() above): no request is in flight
+            stopped.append(self.directory.close())
         return DeferredList(stopped).addCallback(lambda _: None)
 
 
