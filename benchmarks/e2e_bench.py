@@ -31,7 +31,7 @@ from twisted.internet import defer, task
 from twisted.internet.task import deferLater
 
 from nymtx.addressing import NodeAddress
-from nymtx.client import ClientConfig, MixnetClient, init_client
+from nymtx.client import MixnetClient, init_client
 from nymtx.links import PacketLinks
 from nymtx.localnet import LocalNetwork, Timing, plan
 from nymtx.sphinx import build_packet, process_packet
