@@ -18,7 +18,6 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from nymtx.directory.client import DirectoryClient
 from nymtx.directory.registry import Registry
@@ -27,6 +26,7 @@ from nymtx.directory.service import DirectoryService
 from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyFormatError, KeyPair
 from nymtx.mixnode.service import MixnodeService
+from nymtx.observer import OneShot
 from nymtx.paths import nym_root
 from nymtx.topology import LAYERS
 
@@ -125,8 +125,7 @@ class LocalNetwork(MultiService):
         directory = self.nodes["directory"]
         if directory.port:
             self.directory_url = f"http://{HOST}:{directory.port}"
-        self._outcome = None
-        self._waiters = []
+        self._ready = OneShot()
 
     # ---- building -------------------------------------------------------
 
@@ -171,10 +170,10 @@ class LocalNetwork(MultiService):
 
     def startService(self):
         super().startService()
-        self._outcome = None
+        self._ready = OneShot()
         ready = defer.Deferred.fromCoroutine(self._start_all())
         ready.addErrback(self._failed)
-        ready.addBoth(self._settle)
+        ready.addBoth(self._ready.fire)
 
     def _failed(self, failure):
         self.log.error("local network failed: {why}", why=failure.getErrorMessage())
@@ -199,24 +198,7 @@ class LocalNetwork(MultiService):
 
     def whenReady(self):
         """Fires with the directory URL once the topology is complete."""
-        d = defer.Deferred()
-        if self._outcome is not None:
-            self._relay(d)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def _settle(self, result):
-        self._outcome = result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._relay(d)
-
-    def _relay(self, d):
-        if isinstance(self._outcome, Failure):
-            d.errback(self._outcome)
-        else:
-            d.callback(self._outcome)
+        return self._ready.when_fired()
 
     async def wait_for_topology(self, timeout=30.0, poll=0.1):
         """The topology once every running node of the plan is in it."""
