@@ -193,7 +193,10 @@ class LocalNetwork(MultiService):
         if problems:
             raise LocalNetError("; ".join(problems))
         if self.only is None:
-            await self.wait_for_topology()
+            topology = await self.wait_for_topology()
+            # under twistd nobody reads whenReady(): the log is the announcement
+            for line in describe(topology, self.directory_url):
+                self.log.info("local network ready: {line}", line=line)
         return self.directory_url
 
     def whenReady(self):
