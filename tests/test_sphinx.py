@@ -1,5 +1,6 @@
 """Sphinx: round trips, tampering, replay, vectors, and fuzzing of process."""
 
+import array
 import json
 import os
 import random
@@ -7,12 +8,13 @@ import random
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, strategies as st
+from nacl.bindings import crypto_scalarmult_base
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.addressing import NodeAddress
 from nymtx.keys import KeyPair
 from nymtx.sphinx import (
-    HEADER_SIZE, MAX_MESSAGE_SIZE, PACKET_SIZE, FinalHop, ForwardHop, Hop,
+    HEADER_SIZE, MAX_MESSAGE_SIZE, PACKET_SIZE, PAYLOAD_SIZE, FinalHop, ForwardHop, Hop,
     ReplayCache, SphinxError, build_packet, process_packet, sample_delays)
 from nymtx.sphinx import crypto, errors
 
@@ -157,6 +159,95 @@ class TamperTests(SynchronousTestCase):
             self.assertRaises(errors.PacketSizeError, process_packet,
                               self.keys[0].private_key, bytes(size))
         self.assertRaises(errors.PacketSizeError, process_packet, self.keys[0].private_key, None)
+
+
+class ErrorPathTests(SynchronousTestCase):
+    """Every SphinxError process_packet can raise, each from a packet made to hit it.
+
+    Routing and payload errors sit behind a valid MAC, so random bytes never
+    reach them: craft() builds a one-hop packet whose routing block and
+    payload plaintexts are chosen here, then encrypts and MACs them as a
+    sender would (docs/sphinx.md, Building).
+    """
+
+    def setUp(self):
+        self.key = KeyPair.generate()
+
+    def craft(self, routing, payload):
+        secret = os.urandom(32)
+        alpha = crypto_scalarmult_base(secret)
+        keys = crypto.HopKeys(crypto.x25519(secret, self.key.public_key))
+        beta = crypto.stream_xor(keys.stream_key, routing)
+        return (alpha + crypto.mac(keys.mac_key, beta) + beta
+                + crypto.lioness_encrypt(keys.payload_key, payload))
+
+    def final_slot(self, dest, flag=b"\x02", version=b"\x00\x05\x00"):
+        return (flag + version + dest + bytes(16) + (5).to_bytes(8, "big")).ljust(300, b"\x00")
+
+    def payload(self, dest, message=b"hi", tag=bytes(16), end=b"\x01"):
+        return (tag + dest + message + end).ljust(PAYLOAD_SIZE, b"\x00")
+
+    def check(self, error, packet, text):
+        e = self.assertRaises(error, process_packet, self.key.private_key, packet)
+        self.assertIn(text, str(e))
+
+    def test_crafted_packet_processes(self):
+        dest = os.urandom(32)
+        out = process_packet(self.key.private_key,
+                             self.craft(self.final_slot(dest), self.payload(dest)))
+        self.assertEqual((out.destination, out.message, out.delay_ns), (dest, b"hi", 5))
+
+    def test_bad_version(self):
+        dest = os.urandom(32)
+        self.check(errors.RoutingError,
+                   self.craft(self.final_slot(dest, version=b"\x00\x04\x00"), self.payload(dest)),
+                   "version 000400")
+
+    def test_unknown_flag(self):
+        dest = os.urandom(32)
+        for flag in (b"\x00", b"\x03", b"\xff"):
+            self.check(errors.RoutingError,
+                       self.craft(self.final_slot(dest, flag=flag), self.payload(dest)),
+                       f"flag {flag[0]}")
+
+    def test_payload_tag_not_zero(self):
+        dest = os.urandom(32)
+        self.check(errors.PayloadError,
+                   self.craft(self.final_slot(dest), self.payload(dest, tag=b"\x01" * 16)),
+                   "integrity")
+
+    def test_payload_destination_differs(self):
+        dest = os.urandom(32)
+        self.check(errors.PayloadError,
+                   self.craft(self.final_slot(dest), self.payload(os.urandom(32))),
+                   "destination")
+
+    def test_payload_padding_malformed(self):
+        dest = os.urandom(32)
+        for end in (b"", b"\x02"):
+            self.check(errors.PayloadError,
+                       self.craft(self.final_slot(dest), self.payload(dest, b"", end=end)),
+                       "padding")
+
+    def test_small_order_group_element(self):
+        # All-zero and other small-order points give an all-zero X25519 result.
+        for alpha in (bytes(32), b"\x01" + bytes(31), b"\xe0\xeb\x7a\x7c\x3b\x41\xb8\xae"
+                      b"\x16\x56\xe3\xfa\xf1\x9f\xc4\x6a\xda\x09\x8d\xeb\x9c\x32"
+                      b"\xb1\xfd\x86\x62\x05\x16\x5f\x49\xb8\x00"):
+            self.check(errors.InvalidGroupElementError, alpha + os.urandom(PACKET_SIZE - 32),
+                       "invalid group element")
+
+    def test_bad_private_key_is_a_sphinx_error(self):
+        packet = os.urandom(PACKET_SIZE)
+        for key in (None, 5, "a" * 32, bytes(31)):
+            e = self.assertRaises(SphinxError, process_packet, key, packet)
+            self.assertIn("private key is 32 bytes", str(e))
+
+    def test_packet_size_counts_bytes_not_items(self):
+        # a memoryview of 1372 four-byte items is 5488 bytes, not a packet
+        view = memoryview(array.array("I", os.urandom(PACKET_SIZE * 4)))
+        self.assertEqual(len(view), PACKET_SIZE)
+        self.check(errors.PacketSizeError, view, "not 5488")
 
 
 class ReplayTests(SynchronousTestCase):

@@ -125,11 +125,13 @@ def process_packet(private_key, packet, replay_cache=None):
     """Remove one layer: a ForwardHop or a FinalHop, or a SphinxError saying why not."""
     if not isinstance(packet, (bytes, bytearray, memoryview)):
         raise PacketSizeError(f"a packet must be bytes, not {type(packet).__name__}")
+    # bytes() first: len() of a memoryview counts items, which need not be bytes.
+    packet = bytes(packet)
     if len(packet) != PACKET_SIZE:
         raise PacketSizeError(f"a packet is {PACKET_SIZE} bytes, not {len(packet)}")
-    if len(private_key) != 32:
-        raise SphinxError(f"a private key is 32 bytes, not {len(private_key)}")
-    packet = bytes(packet)
+    if not isinstance(private_key, (bytes, bytearray)) or len(private_key) != 32:
+        got = len(private_key) if isinstance(private_key, (bytes, bytearray)) else type(private_key).__name__
+        raise SphinxError(f"a private key is 32 bytes, not {got}")
     alpha = packet[:GROUP_ELEMENT_SIZE]
     beta = packet[_BETA_START:HEADER_SIZE]
     shared = x25519(private_key, alpha)
