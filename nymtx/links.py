@@ -10,6 +10,13 @@ Packets sent in one reactor turn to one peer leave in one
 ``transport.write``; and a peer that reads slower than we write pauses us
 (we are a streaming producer of its transport), so the only memory a slow
 or dead peer can cost is its bounded queue.
+
+The number of peers is bounded too (``max_peers``): anyone can build a valid
+packet for a mixnode that names any next hop, so a flood of distinct dead
+addresses would otherwise cost a link, a queue, a retry timer and a socket
+each, for ever. Past the bound the least recently used peer is closed and
+forgotten; the packets still queued for it are counted in ``evicted``.
+Real next hops are few and busy, so they stay at the recent end.
 """
 
 import collections
@@ -198,16 +205,19 @@ class PacketLinks:
     ``send`` never blocks and never raises for a peer being down: the packet
     waits in that peer's queue until the link is up (or is pushed out by
     newer packets). ``sent`` counts packets written per ``str(address)``;
-    ``dropped`` counts packets pushed out of a full queue. Both are plain
-    counters that the owner may read and reset.
+    ``dropped`` counts packets pushed out of a full queue; ``evicted``
+    counts packets lost with a peer closed to stay within ``max_peers``.
+    All are plain counters that the owner may read and reset.
     """
 
     log = Logger()
 
     def __init__(self, reactor, queue_size=1024, initial_backoff=0.1,
-                 maximum_backoff=30.0, endpoint_for=tcp_endpoint):
+                 maximum_backoff=30.0, endpoint_for=tcp_endpoint, max_peers=1024):
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if max_peers < 1:
+            raise ValueError(f"max_peers must be at least 1, not {max_peers}")
         if not 0 < initial_backoff <= maximum_backoff:
             raise ValueError(
                 "backoffs must satisfy 0 < initial_backoff <= maximum_backoff,"
@@ -217,21 +227,40 @@ class PacketLinks:
         self.initial_backoff = initial_backoff
         self.maximum_backoff = maximum_backoff
         self._endpoint_for = endpoint_for
-        self._links = {}
+        self.max_peers = max_peers
+        # least recently used first: send() moves a peer to the end
+        self._links = collections.OrderedDict()
+        self._closing = set()  # Deferreds of evicted links still closing
         self._stopping = False
         self.sent = {}
         self.dropped = 0
+        self.evicted = 0
 
     def send(self, address, packet):
         """Queue *packet* for *address*; connect if need be."""
-        link = self._links.get(address)
+        links = self._links
+        link = links.get(address)
         if link is None:
             if self._stopping:
                 return
-            link = self._links[address] = _Link(
+            if len(links) >= self.max_peers:
+                self._evict()
+            link = links[address] = _Link(
                 self, address, str(address),
                 collections.deque(maxlen=self.queue_size))
+        else:
+            links.move_to_end(address)
         link.send(packet)
+
+    def _evict(self):
+        _, link = self._links.popitem(last=False)
+        self.evicted += len(link.queue)
+        self.log.info("mix link to {peer} closed: more than {n} peers, and it was"
+                      " the least recently used", peer=link.key, n=self.max_peers)
+        closing = link.stop()
+        if not closing.called:
+            self._closing.add(closing)
+            closing.addBoth(lambda result: self._closing.discard(closing))
 
     def queued(self, address):
         """How many packets wait for *address* (0 for an unknown peer)."""
@@ -245,5 +274,6 @@ class PacketLinks:
     def stop(self):
         """Close every link; the Deferred fires once every connection is gone."""
         self._stopping = True
-        links, self._links = list(self._links.values()), {}
-        return DeferredList([link.stop() for link in links]).addCallback(lambda _: None)
+        links, self._links = list(self._links.values()), collections.OrderedDict()
+        waits = [link.stop() for link in links] + list(self._closing)
+        return DeferredList(waits).addCallback(lambda _: None)

@@ -189,6 +189,47 @@ class MemoryLinksTests(SynchronousTestCase):
         self.successResultOf(self.links.stop())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_peers_are_bounded_least_recently_used_goes(self):
+        # Anyone can build a valid packet for a mixnode naming any next hop:
+        # a flood of distinct dead addresses must not grow links (a queue, a
+        # retry timer, a socket each) without bound.
+        links = PacketLinks(self.reactor, queue_size=4, initial_backoff=0.5,
+                            maximum_backoff=3.0, max_peers=3)
+        links.send(PEER, packet(0))
+        protocol, transport = self.connect(0)
+        for i in range(1, 50):
+            links.send(NodeAddress.parse(f"10.9.0.{i}:1789"), packet(i))
+            self.refuse()
+            links.send(PEER, packet(100 + i))  # PEER stays in use: never evicted
+            self.reactor.advance(0)  # this turn's write to PEER
+            self.assertLessEqual(len(links._links), 3)
+        self.assertTrue(links.connected(PEER))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value(), b"".join(packet(n) for n in [0] + list(range(101, 150))))
+        # each dead peer held one packet when it was pushed out
+        self.assertEqual(links.evicted, 49 - 2)  # two dead peers still fit
+        self.assertEqual(links.dropped, 0)
+        self.assertLessEqual(len(self.reactor.getDelayedCalls()), 3)
+        d = links.stop()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_evicted_connected_peer_is_closed_and_awaited_on_stop(self):
+        links = PacketLinks(self.reactor, queue_size=4, initial_backoff=0.5,
+                            maximum_backoff=3.0, max_peers=1)
+        links.send(PEER, packet(0))
+        protocol, transport = self.connect(0)
+        links.send(OTHER, packet(1))
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(links.connected(PEER))
+        self.assertEqual(links.evicted, 0)  # its queue was empty: nothing lost
+        d = links.stop()
+        self.assertNoResult(d)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_bad_arguments(self):
         with self.assertRaises(ValueError) as e:
             PacketLinks(self.reactor, queue_size=0)
@@ -196,6 +237,9 @@ class MemoryLinksTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as e:
             PacketLinks(self.reactor, initial_backoff=5, maximum_backoff=1)
         self.assertIn("initial_backoff", str(e.exception))
+        with self.assertRaises(ValueError) as e:
+            PacketLinks(self.reactor, max_peers=0)
+        self.assertIn("max_peers", str(e.exception))
 
 
 class Sink(Protocol):

@@ -42,6 +42,7 @@ class FakeLinks:
         self.packets = []
         self.sent = {}
         self.dropped = 0
+        self.evicted = 0
 
     def send(self, address, packet):
         self.packets.append((address, packet))
@@ -124,6 +125,9 @@ class NodeTests(SynchronousTestCase):
                          {"received": 0, "sent": {}, "dropped": {}})
         self.links.dropped = 5
         self.assertEqual(self.node.take_metrics()["dropped"], {"queue_overflow": 1})
+        self.links.evicted = 3
+        self.assertEqual(self.node.take_metrics()["dropped"], {"peer_evicted": 3})
+        self.assertEqual(self.node.take_metrics()["dropped"], {})
 
     def test_stop_cancels_held_packets(self):
         self.node.handle_packet(make_packet(delays=[10**9, 0, 0, 0]))

@@ -22,6 +22,7 @@ BAD_NEXT_ADDRESS = "bad_next_address"
 TOO_MANY_IN_FLIGHT = "too_many_in_flight"
 DELAY_TOO_LONG = "delay_too_long"
 QUEUE_OVERFLOW = "queue_overflow"
+PEER_EVICTED = "peer_evicted"
 
 # Next hops are few (the next layer's nodes); decoding an address costs more
 # than looking it up, but a flood of distinct addresses must not grow memory.
@@ -50,6 +51,7 @@ class Mixnode:
     _tokens: object = attrs.Factory(itertools.count)
     _addresses: dict = attrs.Factory(dict)
     _reported_overflow: int = 0
+    _reported_evicted: int = 0
     _stopped: bool = False
 
     @property
@@ -107,13 +109,18 @@ class Mixnode:
         """``{"received", "sent", "dropped"}`` since the last call; resets them.
 
         ``sent`` is per next hop (``"ip:port"``), as nym reports it;
-        ``dropped`` is per reason, queue overflows in the links included.
+        ``dropped`` is per reason, the links' queue overflows and packets
+        lost with an evicted peer included.
         """
         overflow = self.links.dropped - self._reported_overflow
         self._reported_overflow = self.links.dropped
+        evicted = self.links.evicted - self._reported_evicted
+        self._reported_evicted = self.links.evicted
         dropped, self.dropped = self.dropped, {}
         if overflow:
             dropped[QUEUE_OVERFLOW] = dropped.get(QUEUE_OVERFLOW, 0) + overflow
+        if evicted:
+            dropped[PEER_EVICTED] = evicted
         sent = dict(self.links.sent)
         self.links.sent.clear()
         received, self.received = self.received, 0
