@@ -211,6 +211,25 @@ class Server(SynchronousTestCase):
         self.assertError(peer.ask(F.Authenticate(self.alice.public_key, token)), F.E_ALREADY)
         self.assertEqual(peer.ask(F.Pull(1)), F.Messages(()))
 
+    def test_storage_failure_is_an_internal_error_frame(self):
+        # Every request that touches the database, when the database fails
+        # (here: closed under the gateway), gets error 9 and the connection
+        # stays up: no sqlite exception escapes into Twisted.
+        token = self.register(self.alice)
+        peer = self.authenticated(self.alice, token)
+        fresh = Peer(self.factory)
+        proof = self.proof(self.bob, fresh)
+        self.store.db.close()
+        self.assertError(fresh.ask(F.Register(self.bob.public_key, proof)), F.E_INTERNAL,
+                         "storage")
+        self.assertError(fresh.ask(F.Authenticate(self.alice.public_key, token)),
+                         F.E_INTERNAL, "storage")
+        self.assertError(peer.ask(F.Pull(10)), F.E_INTERNAL, "storage")
+        self.assertError(peer.ask(F.Ack((1, 2))), F.E_INTERNAL, "storage")
+        self.assertFalse(fresh.closed)
+        self.assertFalse(peer.closed)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
 
 class ServerFuzz(SynchronousTestCase):
     """Whatever a client sends, the gateway answers or closes, and never raises."""

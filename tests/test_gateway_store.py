@@ -206,3 +206,17 @@ class Failures(SynchronousTestCase):
         store.db.execute("PRAGMA query_only=OFF")
         store.add(ALICE, b"m2")
         store.close()
+
+    def test_closed_database_is_a_store_error_everywhere(self):
+        # Whatever sqlite raises reaches callers as StoreError, the one
+        # exception the gateway's protocol turns into an `internal` answer.
+        store = MailboxStore.open(Clock(), self.mktemp())
+        store.register(ALICE, b"t" * 32)
+        store.add(ALICE, b"m")
+        store.db.close()
+        self.assertRaises(StoreError, store.flush)
+        self.assertEqual((store.lost, store.usage(ALICE)), (1, (0, 0)))
+        self.assertRaises(StoreError, store.register, ALICE, b"u" * 32)
+        self.assertRaises(StoreError, store.check_token, ALICE, b"t" * 32)
+        self.assertRaises(StoreError, store.pull, ALICE, 10)
+        self.assertRaises(StoreError, store.ack, ALICE, [1])

@@ -101,17 +101,23 @@ class MailboxStore:
 
     def register(self, client_key, token):
         """Record *token* (only its hash) for *client_key*, replacing any older one."""
-        self.db.execute(
-            "INSERT INTO clients (client_key, token_hash, registered_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (client_key) DO UPDATE SET token_hash=excluded.token_hash,"
-            " registered_at=excluded.registered_at",
-            (bytes(client_key), token_hash(token), self.clock.seconds()))
+        try:
+            self.db.execute(
+                "INSERT INTO clients (client_key, token_hash, registered_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (client_key) DO UPDATE SET token_hash=excluded.token_hash,"
+                " registered_at=excluded.registered_at",
+                (bytes(client_key), token_hash(token), self.clock.seconds()))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot record a registration: {e}") from e
         self._registered.add(bytes(client_key))
 
     def check_token(self, client_key, token):
         """Whether *token* is the current token of *client_key* (constant time)."""
-        row = self.db.execute("SELECT token_hash FROM clients WHERE client_key=?",
-                              (bytes(client_key),)).fetchone()
+        try:
+            row = self.db.execute("SELECT token_hash FROM clients WHERE client_key=?",
+                                  (bytes(client_key),)).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the ledger: {e}") from e
         if row is None:
             return False
         return hmac.compare_digest(bytes(row[0]), token_hash(token))
@@ -165,8 +171,11 @@ class MailboxStore:
                 batch)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one worth reporting
             for key, body, _ in batch:
                 usage = self._usage[key]
                 usage[0] -= 1
@@ -182,9 +191,12 @@ class MailboxStore:
 
     def pull(self, client_key, limit):
         """Up to *limit* committed messages of *client_key*, oldest first, as (id, bytes)."""
-        return [(ident, bytes(body)) for ident, body in self.db.execute(
-            "SELECT id, body FROM messages WHERE client_key=? ORDER BY id LIMIT ?",
-            (bytes(client_key), int(limit)))]
+        try:
+            return [(ident, bytes(body)) for ident, body in self.db.execute(
+                "SELECT id, body FROM messages WHERE client_key=? ORDER BY id LIMIT ?",
+                (bytes(client_key), int(limit)))]
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read messages: {e}") from e
 
     def ack(self, client_key, ids):
         """Delete those of *ids* that belong to *client_key*; return how many."""
@@ -193,8 +205,8 @@ class MailboxStore:
         if not ids:
             return 0
         count = size = 0
-        self.db.execute("BEGIN")
         try:
+            self.db.execute("BEGIN")
             # sqlite limits bound variables per statement, hence the chunks
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
@@ -206,7 +218,11 @@ class MailboxStore:
                     size += length
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            self.db.execute("ROLLBACK")
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one worth reporting
             raise StoreError(f"cannot delete acknowledged messages: {e}") from e
         if count:
             usage = self._usage[client_key]
