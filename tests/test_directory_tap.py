@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -158,3 +159,19 @@ class RealSocketTests(TestCase):
         yield client.close()
         yield service.stopService()
         self.assertEqual(service._factory.protocols, {})
+
+    @inlineCallbacks
+    def test_the_default_client_does_not_log_each_connection(self):
+        # While the directory is down a node retries every second or so:
+        # Twisted's "Starting factory" lines would be two log lines a try.
+        service, port = yield self.start()
+        client = DirectoryClient(f"http://127.0.0.1:{port.getHost().port}")
+        self.addCleanup(client.close)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield client.get_metrics()
+        yield client.close()
+        yield service.stopService()
+        texts = [formatEvent(e) for e in events]
+        self.assertFalse([t for t in texts if "ClientFactory" in t], texts)

@@ -37,6 +37,10 @@ def _check_url(instance, attribute, value):
             f"directory URL {value!r} must start with http:// or https://")
 
 
+def _quiet_factory(factory):
+    return type("_QuietHTTP11ClientFactory", (factory,), {"noisy": False})
+
+
 @attrs.define
 class DirectoryClient:
     """Talks to the directory at *base_url* (``http://host:port``).
@@ -75,6 +79,10 @@ class DirectoryClient:
             if reactor is None:
                 from twisted.internet import reactor
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            # Twisted logs "Starting factory"/"Stopping factory" at info level
+            # for every new connection: two lines per retry while the
+            # directory is down, which the Heartbeat otherwise keeps quiet.
+            self._pool._factory = _quiet_factory(self._pool._factory)
             self.treq = _treq.client.HTTPClient(Agent(reactor, pool=self._pool))
         return self.treq
 
