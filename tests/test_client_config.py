@@ -67,8 +67,15 @@ class ConfigFileTests(SynchronousTestCase):
         ]
         for text, fragment in cases:
             with self.assertRaises(ConfigError) as cm:
-                ClientConfig.from_toml(text)
+                ClientConfig.from_toml(text, "/x/config.toml")
             self.assertIn(fragment, str(cm.exception))
+            # the file is named too, so a bad value is not taken for a bad flag
+            self.assertTrue(str(cm.exception).startswith("/x/config.toml"), str(cm.exception))
+
+    def test_token_not_in_repr(self):
+        token = "9XgGfNnRPtmwcAPXXiyUWBQsxHMqfF7vTGbo3RRpvse8"
+        config = ClientConfig.new(self.mktemp(), "Alice", provider_authtoken=token)
+        self.assertNotIn(token, repr(config))
 
     def test_socket_type_spellings(self):
         root = self.mktemp()
@@ -274,3 +281,17 @@ class RealSocketTests(TestCase):
         client.transport.loseConnection()
         await client.closed
         await launcher.stopService()
+
+        # Run again, now initialised, with --gateway: it cannot apply, and says so.
+        other = encode_key(KeyPair.generate().public_key)
+        again = ClientLauncher(
+            reactor, root, "Carol", overrides={"socket_type": "None"},
+            init_options={"gateway": other},
+            directory=directory, links=FakeLinks(), gateway_link=FakeGatewayLink())
+        again.startService()
+        await again.whenListening()
+        text = [formatEvent(e) for e in logged]
+        self.assertTrue(any(f"--gateway {other} is ignored" in t for t in text), text[-3:])
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(ClientConfig.load(root, "Carol").provider_id, config.provider_id)
+        await again.stopService()

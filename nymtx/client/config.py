@@ -113,7 +113,8 @@ class ClientConfig:
     private_identity_key_file: str = attrs.field(default="")
     public_identity_key_file: str = attrs.field(default="")
     provider_id: str = attrs.field(default="")
-    provider_authtoken: str = attrs.field(default="")
+    # a secret: kept out of repr, hence out of logs and tracebacks
+    provider_authtoken: str = attrs.field(default="", repr=False)
     socket_type: str = attrs.field(default="WebSocket")
     listening_port: int = attrs.field(default=DEFAULT_PORT)
     average_packet_delay: int = attrs.field(default=DEBUG_DEFAULTS["average_packet_delay"])
@@ -250,15 +251,15 @@ class ClientConfig:
         root = values.pop("nym_root_directory", None)
         if root is None:
             raise ConfigError(f"{source}: [client] nym_root_directory is missing")
-        _text(root, "nym_root_directory")
-        if "socket_type" in values:
-            values["socket_type"] = parse_socket_type(values["socket_type"])
-        if "listening_port" in values:
-            values["listening_port"] = parse_port(values["listening_port"])
-        for name in DEBUG_DEFAULTS:
-            if name in values:
-                values[name] = parse_delay(values[name], name)
         try:
+            _text(root, "nym_root_directory")
+            if "socket_type" in values:
+                values["socket_type"] = parse_socket_type(values["socket_type"])
+            if "listening_port" in values:
+                values["listening_port"] = parse_port(values["listening_port"])
+            for name in DEBUG_DEFAULTS:
+                if name in values:
+                    values[name] = parse_delay(values[name], name)
             return cls(root=root, **values)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}")

@@ -155,6 +155,13 @@ class ClientLauncher(MultiService):
     async def _launch(self):
         if is_initialised(self.root, self.client_id):
             config = ClientConfig.load(self.root, self.client_id)
+            gateway = self.init_options.get("gateway")
+            if gateway and gateway != config.provider_id:
+                # Changing gateway means a new registration: that is init's job.
+                self.log.warn(
+                    "--gateway {gateway} is ignored: client {id} is already registered at"
+                    " {current}; `nym-client init --id {id} --force --gateway KEY` moves it",
+                    gateway=gateway, id=self.client_id, current=config.provider_id)
         else:
             self.log.info("client {id} was never initialised: initialising it now",
                           id=self.client_id)
