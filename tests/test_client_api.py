@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nymtx.client.api import ApiDispatcher
 from nymtx.client.core import SendError, check_message, parse_recipient
 from nymtx.client.tcp import JsonLinesFactory
-from nymtx.client.websocket import MixWebSocketFactory, MixWebSocketProtocol, is_loopback
+from nymtx.client.websocket import MAX_FRAME, MixWebSocketFactory, MixWebSocketProtocol, \
+    is_loopback
 from nymtx.keys import KeyPair
 
 BOB = KeyPair.generate().public_text
@@ -267,6 +268,16 @@ class WebSocketTests(TestCase):
         self.assertEqual(self.core.sent, [(BOB, b"hello")])
         proto.sendClose()
         await proto.is_closed
+
+    async def test_oversized_message_gets_a_close_frame_saying_why(self):
+        # A message over 64 KiB cannot be answered (it was never buffered),
+        # so the connection ends, but with 1009 and a reason, not a bare reset.
+        proto = await self.open()
+        proto.sendMessage(b"[" * (MAX_FRAME + 1))
+        await proto.is_closed
+        # the close frame the server sent (a dropped connection has none)
+        self.assertEqual(proto.remoteCloseCode, 1009)
+        self.assertIn("exceeds payload limit", proto.remoteCloseReason)
 
 
 class WebSocketPeerTests(SynchronousTestCase):

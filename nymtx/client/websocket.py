@@ -53,8 +53,12 @@ class MixWebSocketFactory(WebSocketServerFactory):
     def __init__(self, dispatcher, reactor=None):
         super().__init__(reactor=reactor)
         self.dispatcher = dispatcher
+        # Over MAX_FRAME autobahn must end the connection (it cannot skip a
+        # message it refused to buffer); failByDrop=False makes that a close
+        # frame with code 1009 and a reason rather than a silent TCP reset.
         self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME,
-                                maxMessagePayloadSize=MAX_FRAME)
+                                maxMessagePayloadSize=MAX_FRAME,
+                                failByDrop=False)
 
 
 def websocket_site(dispatcher, reactor=None):
