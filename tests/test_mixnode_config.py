@@ -102,7 +102,14 @@ class ConfigTests(SynchronousTestCase):
             (good.replace("layer = 1", "layer = 7"), "[mixnode] layer: layer must be one of"),
             (good.replace("layer = 1", 'layer = "1"'), "[mixnode] layer"),
             (good.replace("presence_sending_delay = 1500", "presence_sending_delay = -1"),
-             "[debug] presence_sending_delay must be an integer of at least 1"),
+             "[debug] presence_sending_delay must be an integer from 1 to 86400000"),
+            # more than a C ssize_t: the node used to start, then fail on its first packet
+            (good.replace("packet_queue_size = 1024", "packet_queue_size = " + "9" * 23),
+             "[debug] packet_queue_size must be an integer from 1 to 1048576"),
+            (good.replace("maximum_packets_in_flight = 32768",
+                          "maximum_packets_in_flight = 99999999999"),
+             "[debug] maximum_packets_in_flight must be an integer from 1 to"),
+            (good.replace('id = "M1"', 'id = "M2"'), "id is 'M2', but this is mixnode 'M1'"),
             (good.replace("replay_cache_size = 1048576", "replay_cache_size = 1.5"),
              "[debug] replay_cache_size must be an integer"),
             (good + "\nbogus = 1\n", "unknown key [debug] 'bogus'"),
@@ -112,7 +119,7 @@ class ConfigTests(SynchronousTestCase):
             (good.replace("id = ", "# id = "), "[mixnode] id is missing"),
             ("[mixnode\n", "is not valid TOML"),
             (good.replace("packet_forwarding_initial_backoff = 100",
-                          "packet_forwarding_initial_backoff = 99999999"),
+                          "packet_forwarding_initial_backoff = 31000"),
              "cannot exceed packet_forwarding_maximum_backoff"),
         ]
         for text, expected in cases:

@@ -27,20 +27,26 @@ class ConfigError(ValueError):
     """A config file, flag or value that cannot be used; the message says which."""
 
 
-# [debug] keys: (default, smallest allowed, what the value is)
+# [debug] keys: (default, smallest allowed, largest allowed, what the value is).
+# The largest values are sanity bounds: a typo of a few extra digits must be
+# an error naming the key, not a node that starts and then fails (a queue
+# size beyond a C ssize_t) or grows without any practical bound.
+_DAY_MS = 86_400_000
 DEBUG = {
-    "presence_directory_server": (DEFAULT_DIRECTORY, None,
+    "presence_directory_server": (DEFAULT_DIRECTORY, None, None,
                                   "the directory URL; empty to announce nothing"),
-    "presence_sending_delay": (1500, 1, "milliseconds between presence announcements"),
-    "metrics_sending_delay": (1000, 1, "milliseconds between metrics reports"),
+    "presence_sending_delay": (1500, 1, _DAY_MS, "milliseconds between presence announcements"),
+    "metrics_sending_delay": (1000, 1, _DAY_MS, "milliseconds between metrics reports"),
     "packet_forwarding_initial_backoff": (
-        100, 1, "milliseconds before the first reconnect to a next hop"),
+        100, 1, _DAY_MS, "milliseconds before the first reconnect to a next hop"),
     "packet_forwarding_maximum_backoff": (
-        30000, 1, "the longest wait in milliseconds between reconnects"),
-    "packet_queue_size": (1024, 1, "packets queued per next hop before the oldest is dropped"),
-    "replay_cache_size": (1 << 20, 2, "packet tags remembered against replays"),
-    "maximum_packets_in_flight": (32768, 1, "packets held for their delay at once"),
-    "maximum_packet_delay": (300000, 1, "the longest delay in milliseconds a packet may ask for"),
+        30000, 1, _DAY_MS, "the longest wait in milliseconds between reconnects"),
+    "packet_queue_size": (1024, 1, 1 << 20,
+                          "packets queued per next hop before the oldest is dropped"),
+    "replay_cache_size": (1 << 20, 2, 1 << 26, "packet tags remembered against replays"),
+    "maximum_packets_in_flight": (32768, 1, 1 << 22, "packets held for their delay at once"),
+    "maximum_packet_delay": (300000, 1, _DAY_MS,
+                             "the longest delay in milliseconds a packet may ask for"),
 }
 
 _DEBUG_COMMENTS = {
@@ -212,7 +218,11 @@ def load_config(node_id, root=None):
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}")
-    return parse_config(text, str(path))
+    config = parse_config(text, str(path))
+    if config.id != node_id:
+        # a config copied from another node would announce under a wrong name
+        raise ConfigError(f"{path}: [mixnode] id is {config.id!r}, but this is mixnode {node_id!r}")
+    return config
 
 
 def parse_config(text, source="config.toml"):
@@ -252,15 +262,15 @@ def parse_config(text, source="config.toml"):
         raise ConfigError(f"{source}: debug must be a table")
     _only(raw_debug, set(DEBUG), source, "[debug] ")
     for key, value in raw_debug.items():
-        _, low, what = DEBUG[key]
+        _, low, high, what = DEBUG[key]
         if low is None:
             try:
                 debug[key] = check_directory(value)
             except ConfigError as e:
                 raise ConfigError(f"{source}: [debug] {key}: {e}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < low:
+        elif isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(
-                f"{source}: [debug] {key} must be an integer of at least {low}"
+                f"{source}: [debug] {key} must be an integer from {low} to {high}"
                 f" ({what}), not {value!r}")
         else:
             debug[key] = value
