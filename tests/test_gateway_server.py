@@ -190,6 +190,19 @@ class Server(SynchronousTestCase):
         self.assertError(reply, F.E_TOO_LARGE, str(F.MAX_FRAME_SIZE))
         self.assertTrue(peer.closed)
 
+    def test_frames_before_an_oversized_prefix_are_answered(self):
+        # One answer per request, even when a request shares a read with
+        # the oversized prefix that ends the connection.
+        token = self.register(self.alice)
+        self.deliver(self.alice, b"one")
+        peer = self.authenticated(self.alice, token)
+        replies = peer.send_raw(F.encode(F.Pull(10)) + F.encode(F.Ack((1,)))
+                                + struct.pack(">I", F.MAX_FRAME_SIZE + 1))
+        self.assertEqual([type(r) for r in replies], [F.Messages, F.Acked, F.Error])
+        self.assertEqual([m for _, m in replies[0].messages], [b"one"])
+        self.assertError(replies[2], F.E_TOO_LARGE)
+        self.assertTrue(peer.closed)
+
     def test_repeated_errors_close(self):
         peer = Peer(self.factory)
         replies = peer.send_raw(F.frame(b"\x77") * 10)

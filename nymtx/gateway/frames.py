@@ -71,9 +71,11 @@ class FrameError(ValueError):
 class FrameTooLarge(FrameError):
     """A length prefix over the maximum: the stream cannot be trusted past it."""
 
-    def __init__(self, length, maximum):
+    def __init__(self, length, maximum, bodies=()):
         super().__init__(
             E_TOO_LARGE, f"frame of {length} bytes is over the maximum of {maximum}")
+        #: the complete frames that came before it, still to be answered
+        self.bodies = list(bodies)
 
 
 # ---- values ---------------------------------------------------------------
@@ -154,7 +156,7 @@ class FrameDecoder:
         while len(buf) >= LENGTH_SIZE:
             (length,) = struct.unpack_from(">I", buf)
             if length > self.max_size:
-                raise FrameTooLarge(length, self.max_size)
+                raise FrameTooLarge(length, self.max_size, bodies)
             if len(buf) < LENGTH_SIZE + length:
                 break
             bodies.append(bytes(buf[LENGTH_SIZE:LENGTH_SIZE + length]))

@@ -45,14 +45,20 @@ class ClientProtocol(Protocol):
         self.transport.write(F.encode(value))
 
     def dataReceived(self, data):
+        too_large = None
         try:
             bodies = self.decoder.feed(data)
         except F.FrameTooLarge as e:
+            # The frames before it are answered first: one answer per request.
+            bodies, too_large = e.bodies, e
+        self._answer(bodies)
+        if too_large is not None and not self.transport.disconnecting:
             # The rest of the stream is the oversized frame's body: no resync.
-            self.factory.count_error(e.code)
-            self.send(F.Error(e.code, str(e)))
+            self.factory.count_error(too_large.code)
+            self.send(F.Error(too_large.code, str(too_large)))
             self.transport.loseConnection()
-            return
+
+    def _answer(self, bodies):
         for body in bodies:
             if self.transport.disconnecting:
                 return
