@@ -90,6 +90,7 @@ class ConfigTests(SynchronousTestCase):
                 "init", "run") else run_cli(*argv)
             self.assertEqual(code, 1, argv)
             self.assertIn(expected, err, argv)
+            self.assertNotIn("Parameter type enforcement", err, argv)
 
     def write_config(self, text):
         path = config_path("M1", self.home)

@@ -14,15 +14,17 @@ from nymtx.runner import run_service
 def _port(flag):
     def parse(text):
         if not text.isdigit() or not 0 < int(text) < 65536:
-            raise ValueError(f"{flag} must be a number from 1 to 65535, not {text!r}")
+            # UsageError, not ValueError: twisted.python.usage would prefix
+            # "Parameter type enforcement failed:" to the message
+            raise usage.UsageError(f"{flag} must be a number from 1 to 65535, not {text!r}")
         return int(text)
-    parse.coerceDoc = "1-65535"
+    parse.coerceDoc = "A port, 1-65535."
     return parse
 
 
 def _layer(text):
     if text not in {str(n) for n in LAYERS}:
-        raise ValueError(f"--layer must be one of {', '.join(map(str, LAYERS))}, not {text!r}")
+        raise usage.UsageError(f"--layer must be one of {', '.join(map(str, LAYERS))}, not {text!r}")
     return int(text)
 
 
@@ -36,7 +38,7 @@ class InitOptions(usage.Options):
         ["host", None, DEFAULT_HOST, "The IP address to listen on."],
         ["port", None, DEFAULT_PORT, "The port to listen on.", _port("--port")],
         ["announce-host", None, None, "The IP address to announce (default: --host)."],
-        ["announce-port", None, None, "The port to announce (default: --port).",
+        ["announce-port", None, None, "The port to announce (default: --port)",
          _port("--announce-port")],
         ["directory", None, DEFAULT_DIRECTORY,
          "The directory server URL ('' to announce nothing)."],
@@ -62,6 +64,12 @@ class Options(usage.Options):
         ["init", None, InitOptions, "Create keys and config.toml for a new mixnode."],
         ["run", None, RunOptions, "Run an initialised mixnode."],
     ]
+
+    def getSynopsis(self):
+        # A subcommand's --help prints this, then the subcommand and its synopsis.
+        if self.subCommand is not None:
+            return "Usage: nym-mixnode"
+        return f"Usage: nym-mixnode {self.synopsis}"
 
     def postOptions(self):
         if self.subCommand is None:
