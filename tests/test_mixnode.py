@@ -274,6 +274,40 @@ class LoopbackTests(TestCase):
         self.assertIn("in use", str(e.exception))
         self.flushLoggedErrors()
 
+    @defer.inlineCallbacks
+    def test_port_in_use_stops_twistd_at_start_up(self):
+        # twistd binds in privilegedStartService: a failure there stops it
+        # with the reason, rather than a node running without a listener.
+        first = MixnodeService(global_reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
+                               "127.0.0.1")
+        first.startService()
+        self.addCleanup(first.stopService)
+        port = (yield first.whenListening()).getHost().port
+        second = MixnodeService(global_reactor, KEYS[1], 1,
+                                f"tcp:{port}:interface=127.0.0.1", "127.0.0.1")
+        with self.assertRaises(MixnodeError) as e:
+            second.privilegedStartService()
+        self.assertIn("in use", str(e.exception))
+        self.flushLoggedErrors()
+
+    def test_twistd_start_sequence_binds_once_and_announces(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from tests.test_mixnode_config import FakeDirectory
+        reactor = MemoryReactorClock()
+        directory = FakeDirectory()
+        service = MixnodeService(reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
+                                 "127.0.0.1", directory=directory, announce_port=1789)
+        service.privilegedStartService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.assertEqual(directory.presence, [])  # not running yet
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.assertEqual(len(directory.presence), 1)
+        reactor.advance(1.5)
+        self.assertEqual(len(directory.presence), 2)
+        self.successResultOf(service.stopService())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_bad_endpoint_is_a_clear_error(self):
         service = MixnodeService(global_reactor, KEYS[0], 1, "tcp:notaport", "127.0.0.1")
         service.startService()

@@ -79,9 +79,24 @@ class MixnodeService(MultiService):
         self._waiters.append(d)
         return d
 
+    def privilegedStartService(self):
+        # twistd calls this before startService. Binding here makes a port in
+        # use stop twistd at start-up with the reason (as nym-directory does)
+        # instead of leaving a node that runs without a listener.
+        self._bind()
+        if isinstance(self._listening, BaseException):
+            raise self._listening
+
     def startService(self):
         # Children (the heartbeats) start once the port is known, not here.
         self.running = 1
+        if self._listening is None:
+            self._bind()
+        elif self.port is not None:
+            self._start_heartbeats()
+
+    def _bind(self):
+        self._listening = True
         try:
             endpoint = serverFromString(self.reactor, self.listen_endpoint)
         except (ValueError, TypeError, KeyError) as e:
@@ -100,7 +115,7 @@ class MixnodeService(MultiService):
             for d in waiters:
                 d.errback(result)
             return
-        if not self.running:
+        if self._listening is None:
             # Stopped while binding: give the port straight back.
             result.stopListening()
             return
@@ -112,14 +127,23 @@ class MixnodeService(MultiService):
             "mixnode layer {layer} listening on {port}, announced as {address},"
             " key {key}", layer=self.layer, port=bound,
             address=str(self.announce_address), key=self.keys.public_text)
-        if self.directory is not None:
+        if self.running:
+            self._start_heartbeats()
+        for d in waiters:
+            d.callback(result)
+
+    def _start_heartbeats(self):
+        if self.directory is None:
+            return
+        if not list(self):
             from nymtx.directory.client import Heartbeat
             Heartbeat(self.reactor, self.presence_interval, self.announce,
                       "presence announcement").setServiceParent(self)
             Heartbeat(self.reactor, self.metrics_interval, self.report_metrics,
                       "metrics report").setServiceParent(self)
-        for d in waiters:
-            d.callback(result)
+        for heartbeat in self:  # a restart after stopService
+            if not heartbeat.running:
+                heartbeat.startService()
 
     def presence(self):
         return {"host": str(self.announce_address), "pubKey": self.keys.public_text,
@@ -137,6 +161,7 @@ class MixnodeService(MultiService):
     def stopService(self):
         """Stops announcing, listening and mixing; fires once every socket is closed."""
         stopped = [super().stopService()]
+        self._listening = None
         if self.port is not None:
             stopped.append(maybeDeferred(self.port.stopListening))
             self.port = None
