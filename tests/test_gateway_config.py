@@ -13,7 +13,7 @@ from nymtx.keys import KeyPair
 class Config(SynchronousTestCase):
     def test_round_trip(self):
         config = C.validate(id="G1", mix_port=1, clients_port=2, announce_host="::1",
-                            directory="", location='a "quoted" place')
+                            directory="", location='a "quoted" place', max_clients=7)
         self.assertEqual(C.parse(config.to_toml()), config)
 
     def test_template_is_commented(self):

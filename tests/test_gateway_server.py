@@ -224,6 +224,20 @@ class Server(SynchronousTestCase):
         self.assertError(peer.ask(F.Authenticate(self.alice.public_key, token)), F.E_ALREADY)
         self.assertEqual(peer.ask(F.Pull(1)), F.Messages(()))
 
+    def test_full_gateway_refuses_new_clients_only(self):
+        # A registration flood must not push the presence document past the
+        # directory's body limit (the gateway would leave the topology).
+        self.store.max_clients = 2
+        self.register(self.alice)
+        self.register(self.bob)
+        carol = KeyPair.generate()
+        peer = Peer(self.factory)
+        self.assertError(peer.ask(F.Register(carol.public_key, self.proof(carol, peer))),
+                         F.E_FULL, "2 clients")
+        self.assertFalse(self.store.is_registered(carol.public_key))
+        token = self.register(self.alice)  # a registered client may renew its token
+        self.authenticated(self.alice, token)
+
     def test_storage_failure_is_an_internal_error_frame(self):
         # Every request that touches the database, when the database fails
         # (here: closed under the gateway), gets error 9 and the connection

@@ -4,7 +4,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx import sphinx
 from nymtx.addressing import NodeAddress
@@ -276,3 +276,24 @@ class WithDirectory(TestCase):
         self.assertEqual(gateway.client_listener.port, client_port)
         self.assertEqual(topology.gateway_for(alice.public_key), gateway)
         yield service.stopService()
+
+
+class PresenceSizeTests(SynchronousTestCase):
+    def test_a_full_gateway_fits_the_directorys_body_limit(self):
+        # registeredClients grows with every registration; past the
+        # directory's limit the presence is refused (413) and the gateway
+        # drops out of the topology, so max_clients must keep it under.
+        import json
+        import os
+        from twisted.internet.task import Clock
+        from nymtx.directory.presence import MAX_BODY_SIZE
+        service = GatewayService(Clock(), KeyPair.generate(), self.mktemp(), LOCAL, LOCAL,
+                                 "255.255.255.255", location="x" * 100)
+        self.addCleanup(service.store.close)
+        store = service.store
+        for _ in range(store.max_clients):
+            store.register(os.urandom(32), b"t" * 32)
+        self.assertFalse(store.has_room(os.urandom(32)))
+        service.mix_port = service.client_port = 65535
+        body = json.dumps(service.presence()).encode("utf-8")
+        self.assertLess(len(body), MAX_BODY_SIZE)

@@ -76,6 +76,7 @@ class GatewayConfig:
     commit_interval_ms: int = 0
     commit_batch: int = 512
     message_retrieval_limit: int = 100
+    max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
 
     def mix_endpoint(self):
@@ -92,6 +93,7 @@ class GatewayConfig:
             quota_messages=self.quota_messages, quota_bytes=self.quota_bytes,
             commit_interval_ms=self.commit_interval_ms, commit_batch=self.commit_batch,
             message_retrieval_limit=self.message_retrieval_limit,
+            max_clients=self.max_clients,
             directory=_q(self.directory),
             presence_sending_delay_ms=self.presence_sending_delay_ms)
 
@@ -138,6 +140,10 @@ commit_interval_ms = {commit_interval_ms}
 commit_batch = {commit_batch}
 # The most messages one pull returns.
 message_retrieval_limit = {message_retrieval_limit}
+# The most clients registered at once; further keys are refused. The
+# directory refuses a presence document over 64 KiB, which is about 1090
+# registered clients: above that this gateway would leave the topology.
+max_clients = {max_clients}
 
 [debug]
 # The directory to announce this gateway to; empty to announce nowhere.
@@ -159,6 +165,7 @@ _KEYS = {
     ("storage", "commit_interval_ms"): ("commit_interval_ms", _non_negative),
     ("storage", "commit_batch"): ("commit_batch", _positive),
     ("storage", "message_retrieval_limit"): ("message_retrieval_limit", _positive),
+    ("storage", "max_clients"): ("max_clients", _positive),
     ("debug", "presence_directory_server"): ("directory", _url),
     ("debug", "presence_sending_delay"): ("presence_sending_delay_ms", _positive),
 }

@@ -50,13 +50,14 @@ E_BAD_TOKEN = 6
 E_NOT_AUTHENTICATED = 7
 E_ALREADY = 8
 E_INTERNAL = 9
+E_FULL = 10
 
 ERROR_NAMES = {
     E_MALFORMED: "malformed", E_UNKNOWN_TYPE: "unknown-type",
     E_TOO_LARGE: "too-large", E_BAD_PROOF: "bad-proof",
     E_UNKNOWN_CLIENT: "unknown-client", E_BAD_TOKEN: "bad-token",
     E_NOT_AUTHENTICATED: "not-authenticated", E_ALREADY: "already",
-    E_INTERNAL: "internal",
+    E_INTERNAL: "internal", E_FULL: "full",
 }
 
 

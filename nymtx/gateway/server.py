@@ -107,8 +107,12 @@ class ClientProtocol(Protocol):
                 F.registration_proof(shared, nonce, request.client_key), request.proof):
             raise F.FrameError(F.E_BAD_PROOF,
                                "registration proof does not match the client key and nonce")
+        store = self.factory.store
+        if not store.has_room(request.client_key):
+            raise F.FrameError(
+                F.E_FULL, f"this gateway is full: {store.max_clients} clients are registered")
         token = self.factory.randbytes(F.TOKEN_SIZE)
-        self.factory.store.register(request.client_key, token)
+        store.register(request.client_key, token)
         self.log.info("registered client {address}",
                       address=encode_client_address(request.client_key))
         self.send(F.Registered(token))

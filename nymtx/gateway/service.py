@@ -32,6 +32,7 @@ class GatewayService(MultiService):
     def __init__(self, reactor, keys, data_dir, mix_endpoint, client_endpoint,
                  announce_host, directory_url=None, *, quota_messages=1000,
                  quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
+                 max_clients=1000,
                  max_pull=200, max_delay=300.0, presence_interval=1.5,
                  location=None, version=None, directory=None, treq=None,
                  randbytes=os.urandom):
@@ -49,7 +50,8 @@ class GatewayService(MultiService):
         self.store = MailboxStore.open(
             reactor, os.path.join(self.data_dir, DATABASE_NAME),
             quota_messages=quota_messages, quota_bytes=quota_bytes,
-            commit_interval=commit_interval, commit_batch=commit_batch)
+            commit_interval=commit_interval, commit_batch=commit_batch,
+            max_clients=max_clients)
         self.handler = FinalHopHandler(reactor, keys.private_key, self.store,
                                        max_delay=max_delay)
         self.mix_factory = MixListenerFactory(self.handler)

@@ -73,6 +73,9 @@ class MailboxStore:
     quota_bytes: int = 1_000_000
     commit_interval: float = 0.0
     commit_batch: int = 512
+    #: registered clients at most: the presence document lists them all and
+    #: the directory refuses a body over 64 KiB (about 1,090 clients)
+    max_clients: int = 1000
 
     #: messages committed since this store was opened
     stored: int = attrs.field(default=0, init=False)
@@ -121,6 +124,10 @@ class MailboxStore:
         if row is None:
             return False
         return hmac.compare_digest(bytes(row[0]), token_hash(token))
+
+    def has_room(self, client_key):
+        """Whether *client_key* may register: it already is, or the ledger is not full."""
+        return bytes(client_key) in self._registered or len(self._registered) < self.max_clients
 
     def is_registered(self, client_key):
         return bytes(client_key) in self._registered

@@ -43,6 +43,6 @@ def makeService(options, reactor=None):
         config.directory or None,
         quota_messages=config.quota_messages, quota_bytes=config.quota_bytes,
         commit_interval=config.commit_interval_ms / 1000, commit_batch=config.commit_batch,
-        max_pull=config.message_retrieval_limit,
+        max_pull=config.message_retrieval_limit, max_clients=config.max_clients,
         presence_interval=config.presence_sending_delay_ms / 1000,
         location=config.location)
