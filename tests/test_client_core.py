@@ -331,6 +331,17 @@ class TopologyTests(SynchronousTestCase):
         core.stop()
 
 
+class QueueBoundTests(SynchronousTestCase):
+    def test_send_refused_when_the_queue_is_full(self):
+        core, network, bob, clock = make_core(self)
+        core.max_queued = 3
+        for i in range(3):
+            core.send(bob.public_text, b"m%d" % i)
+        e = self.assertRaises(SendError, core.send, bob.public_text, b"one too many")
+        self.assertIn("send queue is full", str(e))
+        self.assertEqual(core.queued, 3)
+
+
 class FetchTests(SynchronousTestCase):
     def test_store_commits_before_ack_and_discards_cover(self):
         core, network, bob, clock = make_core(self)
@@ -341,6 +352,24 @@ class FetchTests(SynchronousTestCase):
                          [("pull",), ("commit", (1, 3)), ("ack", (1, 2, 3))])
         self.assertEqual(core.fetch(), [b"one", b"three"])
         self.assertEqual(core.fetch(), [])
+        core.stop()
+
+    def test_full_inbox_stops_pulling_until_the_app_fetches(self):
+        core, network, bob, clock = make_core(self)
+        core.max_inbox = 2
+        core.gateway_link.mail = [(1, b"one"), (2, b"two"), (3, b"three")]
+        core.gateway_link.pull = lambda limit=100, link=core.gateway_link: (
+            link.events.append(("pull",)), succeed(list(link.mail[:2])))[1]
+        core.start()
+        self.assertEqual(len(core.inbox), 2)
+        events = len(core.gateway_link.events)
+        clock.advance(core.config.fetch_message_delay / 1000)
+        # full: no pull, the third message waits at the gateway
+        self.assertEqual(len(core.gateway_link.events), events)
+        self.assertEqual(core.gateway_link.mail, [(3, b"three")])
+        self.assertEqual(core.fetch(), [b"one", b"two"])
+        clock.advance(core.config.fetch_message_delay / 1000)
+        self.assertEqual(core.fetch(), [b"three"])
         core.stop()
 
     def test_lost_ack_does_not_duplicate(self):

@@ -134,6 +134,12 @@ class ClientCore:
     # the topology, so without a link one is made when the topology lists it.
     connect_gateway: object = None
     rng: random.Random = attrs.field(factory=random.SystemRandom)
+    #: real messages waiting for the sending stream; past it send() refuses,
+    #: since the stream drains only one every message_sending_average_delay
+    max_queued: int = 1000
+    #: messages kept for the app; past it the fetch loop stops pulling and the
+    #: mail waits at the gateway (whose per-client quota then applies)
+    max_inbox: int = 10000
     topology: object = None
     sent_real: int = 0
     sent_cover: int = 0
@@ -148,6 +154,7 @@ class ClientCore:
     _blocked: object = None
     _directory_down: bool = False
     _gateway_down: bool = False
+    _inbox_full: bool = False
     running: bool = False
 
     def __attrs_post_init__(self):
@@ -260,6 +267,11 @@ class ClientCore:
                 raise SendError(
                     f"unknown gateway {encode_key(gateway_key)} in {recipient}:"
                     " it is not in the topology")
+        if len(self._queue) >= self.max_queued:
+            raise SendError(
+                f"the send queue is full: {len(self._queue)} messages wait for the sending"
+                f" stream, which sends one every {self.config.message_sending_average_delay}"
+                " ms on average; try again later")
         item = _Outgoing(client_key, gateway_key, message, Deferred())
         self._queue.append(item)
         return item.sent
@@ -338,6 +350,13 @@ class ClientCore:
     def fetch_from_gateway(self):
         if self.gateway_link is None:
             return None
+        if len(self.inbox) >= self.max_inbox:
+            if not self._inbox_full:
+                self.log.warn("the inbox holds {n} messages: not pulling more from the gateway"
+                              " until the application fetches some", n=len(self.inbox))
+            self._inbox_full = True
+            return None
+        self._inbox_full = False
         d = self.gateway_link.pull()
         d.addCallbacks(self._pulled, self._pull_failed)
         return d
