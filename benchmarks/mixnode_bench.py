@@ -129,7 +129,14 @@ def measure(args, node_keys, sink_keys, port_file, tmp):
 
     load = subprocess.Popen([sys.executable, __file__, "--role", "load", "--port",
                              str(node_port), "--file", packets_file])
-    conn, _ = sink.accept()
+    # If the node forwards nothing (say it drops every packet) nobody connects:
+    # say so rather than wait for ever.
+    sink.settimeout(30)
+    try:
+        conn, _ = sink.accept()
+    except socket.timeout:
+        load.kill()
+        sys.exit("the mixnode forwarded nothing within 30 s")
     conn.settimeout(2.0)
     received = 0
     first = last = None
