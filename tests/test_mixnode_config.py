@@ -204,3 +204,26 @@ class HeartbeatTests(SynchronousTestCase):
         count = len(directory.presence)
         reactor.advance(10)
         self.assertEqual(len(directory.presence), count)
+
+    def test_metrics_of_an_outage_are_reported_afterwards(self):
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        keys = KeyPair.from_private(b"\x08" * 32)
+        directory = FakeDirectory()
+        service = MixnodeService(reactor, keys, 1, "tcp:0:interface=127.0.0.1", "10.1.2.3",
+                                 directory=directory, announce_port=1789)
+        service.startService()
+        self.successResultOf(service.whenListening())
+        directory.up = False
+        service.node.handle_packet(b"\x00" * 1372)
+        reactor.advance(1.0)  # this report fails
+        self.assertEqual(directory.metrics[-1]["received"], 1)
+        service.node.handle_packet(b"\x00" * 1372)
+        directory.up = True
+        reactor.advance(1.0)
+        self.assertEqual(directory.metrics[-1]["received"], 2)
+        self.assertEqual(directory.metrics[-1]["dropped"], {"InvalidGroupElementError": 2})
+        reactor.advance(1.0)
+        self.assertEqual(directory.metrics[-1]["received"], 0)
+        self.flushLoggedErrors()
+        service.stopService()

@@ -126,6 +126,14 @@ class Mixnode:
         received, self.received = self.received, 0
         return {"received": received, "sent": sent, "dropped": dropped}
 
+    def return_metrics(self, metrics):
+        """Put back counts that could not be reported, to go with the next report."""
+        self.received += metrics["received"]
+        for target, n in metrics["sent"].items():
+            self.links.sent[target] = self.links.sent.get(target, 0) + n
+        for reason, n in metrics["dropped"].items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
     def stop(self):
         """Forget the packets still held (they would have nowhere to go)."""
         self._stopped = True

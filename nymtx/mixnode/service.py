@@ -155,8 +155,13 @@ class MixnodeService(MultiService):
 
     def report_metrics(self):
         metrics = self.node.take_metrics()
-        metrics["pubKey"] = self.keys.public_text
-        return self.directory.report_metrics(metrics)
+        d = self.directory.report_metrics(dict(metrics, pubKey=self.keys.public_text))
+
+        def not_reported(failure):
+            # the directory being down must not lose the counts of that time
+            self.node.return_metrics(metrics)
+            return failure
+        return d.addErrback(not_reported)
 
     def stopService(self):
         """Stops announcing, listening and mixing; fires once every socket is closed."""
