@@ -289,3 +289,38 @@ class WebSocketPeerTests(SynchronousTestCase):
             proto.onConnect(None)
         proto.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
         self.assertIsNone(proto.onConnect(None))
+
+
+class OriginTests(SynchronousTestCase):
+    """A page in the user's browser must not get at their client unasked."""
+
+    def test_programs_and_local_pages_are_served(self):
+        from nymtx.client.websocket import origin_allowed
+        for origin in (None, "", "http://localhost:3000", "https://127.0.0.1",
+                       "http://[::1]:8080", "file://", "HTTP://LOCALHOST"):
+            self.assertTrue(origin_allowed(origin), origin)
+
+    def test_other_pages_are_refused_unless_listed(self):
+        from nymtx.client.websocket import origin_allowed
+        for origin in ("https://evil.example", "null", "http://localhost.evil.example",
+                       "http://127.0.0.1.evil.example", "chrome-extension://abc"):
+            self.assertFalse(origin_allowed(origin), origin)
+        self.assertTrue(origin_allowed("https://chat.example", ("https://chat.example",)))
+        self.assertTrue(origin_allowed("https://chat.example/", ("https://chat.example",)))
+        self.assertFalse(origin_allowed("https://other.example", ("https://chat.example",)))
+        self.assertTrue(origin_allowed("https://any.example", ("*",)))
+
+    def test_handshake_from_a_foreign_page_is_denied(self):
+        from autobahn.websocket.types import ConnectionDeny
+        proto = MixWebSocketProtocol()
+        proto.factory = MixWebSocketFactory(ApiDispatcher(FakeCore()), None,
+                                            allowed_origins=("https://chat.example",))
+        proto.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
+
+        class Request:
+            origin = "https://evil.example"
+        with self.assertRaises(ConnectionDeny):
+            proto.onConnect(Request())
+        self.flushLoggedErrors()
+        Request.origin = "https://chat.example"
+        self.assertIsNone(proto.onConnect(Request()))

@@ -32,7 +32,7 @@ class ConfigFileTests(SynchronousTestCase):
             self.mktemp(), "Alice", directory_server="http://10.0.0.1:8080",
             provider_id=KeyPair.generate().public_text, provider_authtoken=encode_key(b"t" * 32),
             socket_type="TCP", listening_port=1234, average_packet_delay=5,
-            fetch_message_delay=7)
+            fetch_message_delay=7, allowed_origins=["https://chat.example", "http://x.example:81"])
         config.save()
         self.assertEqual(stat.S_IMODE(os.stat(config.config_path).st_mode), 0o600)
         self.assertEqual(ClientConfig.load(config.root, "Alice"), config)
@@ -64,6 +64,12 @@ class ConfigFileTests(SynchronousTestCase):
             (base.replace('directory_server = "http://127.0.0.1:8080"',
                           'directory_server = "ftp://x"'), "directory_server"),
             ("[client\n", "not valid TOML"),
+            (base.replace("allowed_origins = []", 'allowed_origins = "https://a.example"'),
+             "allowed_origins must be a list"),
+            (base.replace("allowed_origins = []", 'allowed_origins = ["https://a.example/path"]'),
+             "allowed_origins: 'https://a.example/path' is not an origin"),
+            (base.replace("allowed_origins = []", "allowed_origins = [3]"),
+             "allowed_origins: 3 is not an origin"),
         ]
         for text, fragment in cases:
             with self.assertRaises(ConfigError) as cm:

@@ -7,6 +7,7 @@ owner only.
 """
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +35,7 @@ _SOCKET_TYPES = {"websocket": "WebSocket", "ws": "WebSocket",
 _CLIENT_KEYS = ("id", "directory_server", "private_identity_key_file",
                 "public_identity_key_file", "provider_id", "provider_authtoken",
                 "nym_root_directory")
-_SOCKET_KEYS = ("socket_type", "listening_port")
+_SOCKET_KEYS = ("socket_type", "listening_port", "allowed_origins")
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,23 @@ def parse_directory(value, name="directory_server"):
     return value.rstrip("/")
 
 
+_ORIGIN = re.compile(r"\*|[a-z][a-z0-9+.-]*://[^/\s]*")
+
+
+def parse_origins(value, name="allowed_origins"):
+    """A list of web origins, e.g. ["https://app.example:8443"], or ["*"] for any."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of origins such as"
+                          ' ["https://app.example"] (or ["*"] for any page)')
+    origins = []
+    for origin in value:
+        if not isinstance(origin, str) or not _ORIGIN.fullmatch(origin.strip().lower().rstrip("/")):
+            raise ConfigError(f"{name}: {origin!r} is not an origin such as"
+                              ' "https://app.example" or "http://localhost:3000" (no path)')
+        origins.append(origin.strip().lower().rstrip("/"))
+    return tuple(origins)
+
+
 def _integer(value, name):
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be a whole number, not {value!r}")
@@ -117,6 +135,8 @@ class ClientConfig:
     provider_authtoken: str = attrs.field(default="", repr=False)
     socket_type: str = attrs.field(default="WebSocket")
     listening_port: int = attrs.field(default=DEFAULT_PORT)
+    # web pages (besides this machine's) that may use the websocket API
+    allowed_origins: tuple = attrs.field(default=(), converter=tuple)
     average_packet_delay: int = attrs.field(default=DEBUG_DEFAULTS["average_packet_delay"])
     loop_cover_traffic_average_delay: int = attrs.field(
         default=DEBUG_DEFAULTS["loop_cover_traffic_average_delay"])
@@ -146,6 +166,7 @@ class ClientConfig:
                 f"socket_type {self.socket_type!r} is not allowed:"
                 " use 'WebSocket', 'TCP' or 'None'")
         parse_port(self.listening_port)
+        parse_origins(self.allowed_origins)
         for name in DEBUG_DEFAULTS:
             parse_delay(getattr(self, name), name)
 
@@ -207,6 +228,7 @@ class ClientConfig:
             nym_root_directory=_quote(str(self.root)),
             socket_type=_quote(self.socket_type),
             listening_port=self.listening_port,
+            allowed_origins="[" + ", ".join(_quote(o) for o in self.allowed_origins) + "]",
             **{name: getattr(self, name) for name in DEBUG_DEFAULTS})
 
     def save(self, path=None):
@@ -257,6 +279,8 @@ class ClientConfig:
                 values["socket_type"] = parse_socket_type(values["socket_type"])
             if "listening_port" in values:
                 values["listening_port"] = parse_port(values["listening_port"])
+            if "allowed_origins" in values:
+                values["allowed_origins"] = parse_origins(values["allowed_origins"])
             for name in DEBUG_DEFAULTS:
                 if name in values:
                     values[name] = parse_delay(values[name], name)
@@ -335,6 +359,12 @@ socket_type = {socket_type}
 # if applicable (for the case of 'TCP' or 'WebSocket'), the port on which the
 # client will be listening for incoming requests (on 127.0.0.1 only)
 listening_port = {listening_port}
+
+# Web pages that may use the websocket API, besides those served from this
+# machine (http(s)://localhost, 127.0.0.1, [::1]) and file:// pages: any
+# page the user's browser opens could otherwise read their mail. For
+# example ["https://chat.example"]; ["*"] lets every page in.
+allowed_origins = {allowed_origins}
 
 ##### logging configuration options #####
 

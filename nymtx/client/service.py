@@ -71,7 +71,7 @@ class _ApiListener(Service):
     def startService(self):
         super().startService()
         if self.config.socket_type == "WebSocket":
-            factory = websocket_site(self.dispatcher, self.reactor)
+            factory = websocket_site(self.dispatcher, self.reactor, self.config.allowed_origins)
         else:
             factory = JsonLinesFactory(self.dispatcher)
         endpoint = serverFromString(

@@ -1,6 +1,7 @@
 """The websocket API at ``ws://127.0.0.1:PORT/mix`` (autobahn on twisted.web)."""
 
 import ipaddress
+from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -15,6 +16,35 @@ from nymtx.client.api import encode_response, error
 PATH = b"mix"
 #: Far above any valid request (975 bytes of message, escaped, plus a key).
 MAX_FRAME = 64 * 1024
+
+
+#: Pages on this machine may use the API without being listed.
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def origin_allowed(origin, allowed=()):
+    """Whether a websocket handshake with this ``Origin`` header may proceed.
+
+    Listening on loopback does not stop a web page in the user's browser
+    from connecting: the browser does it for the page, and says so in the
+    Origin header. So a handshake without Origin (a program, not a browser
+    page) is served; a page is served only if it comes from this machine
+    (http(s)://localhost, 127.0.0.1, [::1], or a file:// page such as an
+    Electron app) or its origin is in ``[socket] allowed_origins``. The
+    opaque origin ``null`` (sandboxed frames, data: URLs) is refused.
+    """
+    if not origin:  # autobahn gives "" when the header is absent
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    if "*" in allowed or origin in allowed:
+        return True
+    if origin == "file:":
+        return True
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and parts.hostname in _LOCAL_HOSTS
 
 
 def is_loopback(address):
@@ -37,6 +67,13 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
         if not is_loopback(peer):
             self.log.warn("refused websocket peer {peer}", peer=str(peer))
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "only loopback clients are served")
+        if request is not None and not origin_allowed(request.origin,
+                                                      self.factory.allowed_origins):
+            self.log.warn("refused a websocket from the web page at {origin}: add it to"
+                          " [socket] allowed_origins to let it use this client",
+                          origin=request.origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN,
+                                 f"origin {request.origin} is not allowed")
         return None
 
     def onMessage(self, payload, isBinary):
@@ -50,9 +87,10 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
 class MixWebSocketFactory(WebSocketServerFactory):
     protocol = MixWebSocketProtocol
 
-    def __init__(self, dispatcher, reactor=None):
+    def __init__(self, dispatcher, reactor=None, allowed_origins=()):
         super().__init__(reactor=reactor)
         self.dispatcher = dispatcher
+        self.allowed_origins = tuple(allowed_origins)
         # Over MAX_FRAME autobahn must end the connection (it cannot skip a
         # message it refused to buffer); failByDrop=False makes that a close
         # frame with code 1009 and a reason rather than a silent TCP reset.
@@ -61,9 +99,9 @@ class MixWebSocketFactory(WebSocketServerFactory):
                                 failByDrop=False)
 
 
-def websocket_site(dispatcher, reactor=None):
+def websocket_site(dispatcher, reactor=None, allowed_origins=()):
     """A twisted.web Site serving the API at /mix (and nothing else)."""
-    factory = MixWebSocketFactory(dispatcher, reactor)
+    factory = MixWebSocketFactory(dispatcher, reactor, allowed_origins)
     root = Resource()
     root.putChild(PATH, WebSocketResource(factory))
     site = Site(root)
