@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
@@ -26,7 +27,7 @@ def say(text=""):
     print(text, flush=True)
 
 
-async def start_client(reactor, root, name, directory_url, port):
+async def client_config(reactor, root, name, directory_url, port, say=say):
     if not is_initialised(root, name):
         say(f"Initialising {name}: keys, and registration at the gateway …")
         config = await init_client(reactor, root, name, directory_url,
@@ -34,73 +35,95 @@ async def start_client(reactor, root, name, directory_url, port):
     else:
         config = ClientConfig.load(root, name)
     # The network's directory may have moved since the client was made.
-    config = config.evolve(directory_server=directory_url, socket_type="WebSocket",
-                           listening_port=port)
-    return config
+    return config.evolve(directory_server=directory_url, socket_type="WebSocket",
+                         listening_port=port)
 
 
-async def demo(reactor, args):
-    network = LocalNetwork(reactor, args.home, plan(1, 1, args.base_port))
-    network.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", network.stopService)
-    directory_url = await network.whenReady()
-    topology = await network.wait_for_topology()
-    say("A local mixnet is up:")
-    for line in describe(topology, directory_url):
-        say("  " + line)
-    say()
+class QuickStart(MultiService):
+    """The network and the two clients; stopping it stops the clients first."""
 
-    configs = {}
-    for name, port in (("Alice", args.alice_port), ("Bob", args.bob_port)):
-        configs[name] = await start_client(reactor, args.home, name, directory_url, port)
-    keys = {name: c.load_keys().public_key for name, c in configs.items()}
-    await network.wait_for_clients(keys.values())
+    def __init__(self, reactor, args, say=say, **client_settings):
+        super().__init__()
+        self.reactor = reactor
+        self.args = args
+        self.say = say
+        self.client_settings = client_settings
+        self.network = LocalNetwork(reactor, args.home, plan(1, 1, args.base_port))
+        self.network.setServiceParent(self)
+        self.clients = {}
+        self.ports = {}
 
-    services = {}
-    for name, config in configs.items():
-        service = ClientService(reactor, config)
-        service.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-        await service.whenListening()
-        services[name] = service
-        say(f"{name} is running: websocket API at ws://127.0.0.1:{config.listening_port}/mix")
+    async def run(self):
+        """Start everything and send one message; Bob's answer to fetch."""
+        reactor, args, say = self.reactor, self.args, self.say
+        directory_url = await self.network.whenReady()
+        topology = await self.network.wait_for_topology()
+        say("A local mixnet is up:")
+        for line in describe(topology, directory_url):
+            say("  " + line)
+        say("")
 
-    alice = await connect_api(reactor, f"ws://127.0.0.1:{args.alice_port}/mix")
-    bob = await connect_api(reactor, f"ws://127.0.0.1:{args.bob_port}/mix")
-    alice_address = (await alice.request({"type": "ownDetails"}))["address"]
-    bob_address = (await bob.request({"type": "ownDetails"}))["address"]
-    say(f"Alice's address: {alice_address}")
-    say(f"Bob's address:   {bob_address}")
-    say()
+        configs = {}
+        for name, port in (("Alice", args.alice_port), ("Bob", args.bob_port)):
+            config = await client_config(reactor, args.home, name, directory_url, port, say)
+            configs[name] = config.evolve(**self.client_settings)
+        await self.network.wait_for_clients(
+            [c.load_keys().public_key for c in configs.values()])
+        for name, config in configs.items():
+            service = ClientService(reactor, config)
+            # services stop in reverse order: the clients before the network
+            service.setServiceParent(self)
+            self.clients[name] = service
+            self.ports[name] = await service.whenListening()
+            say(f"{name} is running: websocket API at ws://127.0.0.1:{self.ports[name]}/mix")
 
-    text = f"Hello Bob! Alice here, through three mixnodes and a gateway, at {time.strftime('%H:%M:%S')}."
-    say(f'Alice sends: {{"type": "send", "message": "{text}", "recipient_address": "{bob_address[:8]}…"}}')
-    answer = await alice.request({"type": "send", "message": text,
-                                  "recipient_address": bob_address})
-    say(f"Alice's client answers: {answer}")
-    sent_at = reactor.seconds()
-    say("Bob fetches every half second (the packet waits in Alice's sending stream, "
-        "at each of the four hops, and at the gateway until Bob's client pulls it) …")
-    while True:
-        answer = await bob.request({"type": "fetch"})
-        if answer.get("messages"):
+        alice = await connect_api(reactor, f"ws://127.0.0.1:{self.ports['Alice']}/mix")
+        bob = await connect_api(reactor, f"ws://127.0.0.1:{self.ports['Bob']}/mix")
+        try:
+            return await self._converse(alice, bob)
+        finally:
+            await alice.close()
+            await bob.close()
+
+    async def _converse(self, alice, bob):
+        reactor, say = self.reactor, self.say
+        alice_address = await _ready_address(reactor, alice)
+        bob_address = await _ready_address(reactor, bob)
+        self.bob_address = bob_address
+        say(f"Alice's address: {alice_address}")
+        say(f"Bob's address:   {bob_address}")
+        say("")
+        text = (f"Hello Bob! Alice here, through three mixnodes and a gateway,"
+                f" at {time.strftime('%H:%M:%S')}.")
+        say(f'Alice sends: {{"type": "send", "message": "{text}",'
+            f' "recipient_address": "{bob_address[:8]}…"}}')
+        answer = await alice.request({"type": "send", "message": text,
+                                      "recipient_address": bob_address})
+        say(f"Alice's client answers: {answer}")
+        if answer.get("type") != "send":
+            raise LocalNetError(f"Alice's client refused the message: {answer}")
+        sent_at = reactor.seconds()
+        say("Bob fetches every half second (the packet waits in Alice's sending stream, "
+            "at each of the four hops, and at the gateway until Bob's client pulls it) …")
+        received = []
+        # Bob's inbox may still hold mail from an earlier run: wait for this one.
+        while text not in received:
+            if reactor.seconds() - sent_at > 60:
+                raise LocalNetError("the message did not arrive within 60 s")
+            await deferLater(reactor, 0.5, lambda: None)
+            answer = await bob.request({"type": "fetch"})
+            received.extend(answer.get("messages", []))
+        say(f"Bob receives after {reactor.seconds() - sent_at:.1f} s: {answer}")
+        return received
+
+
+async def _ready_address(reactor, api):
+    """The client's address, once it has a topology (getClients answers)."""
+    for _ in range(200):
+        if (await api.request({"type": "getClients"}))["type"] == "getClients":
             break
-        if reactor.seconds() - sent_at > 60:
-            raise LocalNetError("the message did not arrive within 60 s")
-        await deferLater(reactor, 0.5, lambda: None)
-    say(f"Bob receives after {reactor.seconds() - sent_at:.1f} s: {answer}")
-    await alice.close()
-    await bob.close()
-
-    say()
-    say("Both clients keep running. Talk to them with any websocket client, e.g.:")
-    say(f"  .venv/bin/python -m nymtx.apiclient ws://127.0.0.1:{args.alice_port}/mix "
-        f"'{{\"type\": \"send\", \"message\": \"hi\", \"recipient_address\": \"{bob_address}\"}}'")
-    say(f"  .venv/bin/python -m nymtx.apiclient ws://127.0.0.1:{args.bob_port}/mix "
-        "'{\"type\": \"fetch\"}'")
-    say("  requests: send, fetch, getClients, ownDetails (docs/quickstart.md, docs/client.md)")
-    say(f"The directory's live page: {directory_url}/")
-    say("Press Ctrl-C to stop everything.")
+        await deferLater(reactor, 0.05, lambda: None)
+    return (await api.request({"type": "ownDetails"}))["address"]
 
 
 def main(argv=None):
@@ -117,21 +140,36 @@ def main(argv=None):
     args = parser.parse_args(argv)
     start_logging("warn")
     outcome = {"code": 0}
+    quick = QuickStart(reactor, args)
 
     def done(_):
         if args.once:
             reactor.stop()
+            return
+        a, b = quick.ports["Alice"], quick.ports["Bob"]
+        say("")
+        say("Both clients keep running. Talk to them with any websocket client, e.g.:")
+        say(f"  .venv/bin/python -m nymtx.apiclient ws://127.0.0.1:{a}/mix "
+            f"'{{\"type\": \"send\", \"message\": \"hi\", \"recipient_address\": "
+            f"\"{quick.bob_address}\"}}'")
+        say(f"  .venv/bin/python -m nymtx.apiclient ws://127.0.0.1:{b}/mix '{{\"type\": \"fetch\"}}'")
+        say("  requests: send, fetch, getClients, ownDetails (docs/quickstart.md, docs/client.md)")
+        say(f"The directory's live page: {quick.network.directory_url}/")
+        say("Press Ctrl-C to stop everything.")
 
     def failed(f):
-        say(f"quickstart: error: {f.getErrorMessage()}")
+        print(f"quickstart: error: {f.getErrorMessage()}", file=sys.stderr, flush=True)
         outcome["code"] = 1
         reactor.stop()
 
     def go():
-        d = defer.Deferred.fromCoroutine(demo(reactor, args))
+        quick.startService()
+        d = defer.Deferred.fromCoroutine(quick.run())
         d.addCallbacks(done, failed)
 
     reactor.callWhenRunning(go)
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: quick.stopService() if quick.running else None)
     reactor.run()
     return outcome["code"]
 

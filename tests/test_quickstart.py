@@ -1,0 +1,55 @@
+"""The quick start's conversation, on free ports, twice on the same home."""
+
+from argparse import Namespace
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from nymtx.quickstart import QuickStart
+
+FAST = dict(average_packet_delay=5, loop_cover_traffic_average_delay=100,
+            message_sending_average_delay=10, fetch_message_delay=50,
+            topology_refresh_rate=250)
+
+
+class QuickStartTests(TestCase):
+    timeout = 90
+
+    def test_message_arrives_even_with_old_mail_waiting(self):
+        return Deferred.fromCoroutine(self._run_twice())
+
+    async def _start(self, home, **settings):
+        args = Namespace(home=home, base_port=0, alice_port=0, bob_port=0, once=True)
+        self.said = []
+        quick = QuickStart(reactor, args, say=self.said.append, **dict(FAST, **settings))
+        quick.startService()
+        return quick
+
+    async def _run_twice(self):
+        home = self.mktemp()
+        quick = await self._start(home)
+        try:
+            received = await quick.run()
+            self.assertEqual(len(received), 1)
+            self.assertIn("Hello Bob! Alice here", received[0])
+            # Mail Bob has not fetched when the quick start stops ...
+            alice = quick.clients["Alice"].client
+            bob = quick.clients["Bob"].client
+            await alice.send(bob.address, "left over from the first run")
+            while len(bob.core.inbox) == 0:
+                await deferLater(reactor, 0.05, lambda: None)
+        finally:
+            await quick.stopService()
+        # ... is fetched first on the next run, which still waits for its own:
+        # slow hops (four of 400 ms on average) make the old mail come alone
+        # in an earlier fetch than the new message.
+        quick = await self._start(home, average_packet_delay=400)
+        try:
+            received = await quick.run()
+        finally:
+            await quick.stopService()
+        self.assertIn("left over from the first run", received)
+        self.assertTrue(any(line.startswith("Bob receives after") for line in self.said))
+        self.assertTrue(any("Hello Bob! Alice here" in m for m in received), received)
