@@ -57,13 +57,23 @@ class NodePlan:
     client_port: int = 0
 
 
+#: more would be thousands of sockets (and, with --processes, processes) on one machine
+MAX_PER_LAYER = 50
+MAX_GATEWAYS = 20
+
+
 def plan(mixnodes_per_layer=1, gateways=1, base_port=8080):
     """Every node, with ports counted up from *base_port* (all 0 if it is 0)."""
-    if mixnodes_per_layer < 1:
-        raise LocalNetError("--mixnodes-per-layer must be at least 1")
-    if gateways < 1:
-        raise LocalNetError("--gateways must be at least 1")
-    ports = iter(range(base_port, base_port + 10_000)) if base_port else None
+    if not 1 <= mixnodes_per_layer <= MAX_PER_LAYER:
+        raise LocalNetError(f"--mixnodes-per-layer must be 1 to {MAX_PER_LAYER},"
+                            f" not {mixnodes_per_layer}")
+    if not 1 <= gateways <= MAX_GATEWAYS:
+        raise LocalNetError(f"--gateways must be 1 to {MAX_GATEWAYS}, not {gateways}")
+    needed = 1 + LAYERS * mixnodes_per_layer + 2 * gateways
+    if base_port and base_port + needed - 1 > 65535:
+        raise LocalNetError(f"--base-port {base_port} leaves no room for {needed} ports:"
+                            f" the last would be {base_port + needed - 1}")
+    ports = iter(range(base_port, base_port + needed)) if base_port else None
 
     def port():
         return next(ports) if ports else 0
@@ -74,9 +84,6 @@ def plan(mixnodes_per_layer=1, gateways=1, base_port=8080):
             nodes.append(NodePlan(f"mix-{layer}-{i}", "mixnode", port(), layer=layer))
     for j in range(1, gateways + 1):
         nodes.append(NodePlan(f"gateway-{j}", "gateway", port(), client_port=port()))
-    last = max(max(n.port, n.client_port) for n in nodes)
-    if last > 65535:
-        raise LocalNetError(f"--base-port {base_port} leaves no room: the last port would be {last}")
     return nodes
 
 
@@ -149,9 +156,11 @@ class LocalNetwork(MultiService):
     async def _start_node(self, node):
         service = self._make(node)
         service.setName(node.name)
-        service.setServiceParent(self)
-        self.node_services[node.name] = service
         try:
+            # a node may bind as it starts (in privilegedStartService), and
+            # raise right here, or later through whenListening()
+            service.setServiceParent(self)
+            self.node_services[node.name] = service
             bound = await service.whenListening()
         except Exception as e:
             raise LocalNetError(f"{node.name} could not listen: {_why(e)}")
@@ -280,26 +289,55 @@ def _key(raw):
     return encode_key(raw)
 
 
+# The coercers raise UsageError, not ValueError: twisted.python.usage would
+# put "Parameter type enforcement failed:" before a ValueError's message.
+def _count(name, most):
+    def coerce(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise usage.UsageError(f"{name} must be a whole number, not {text!r}")
+        if not 1 <= value <= most:
+            raise usage.UsageError(f"{name} must be 1 to {most}, not {value}")
+        return value
+    coerce.coerceDoc = f"(1 to {most})"
+    return coerce
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--base-port must be a port number, not {text!r}")
+    if not 0 <= value <= 65535:
+        raise usage.UsageError(f"--base-port must be 0 to 65535, not {value}")
+    return value
+
+
 class Options(usage.Options):
     synopsis = "[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR] [--processes]"
     longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1, "
                 "waits until the topology is complete, prints it, and runs until interrupted.")
     optFlags = [
-        ["processes", None, "run one OS process per node"],
+        ["processes", None, "run one OS process per node (not under twistd)"],
     ]
     optParameters = [
-        ["mixnodes-per-layer", None, 1, "mixnodes in each of the 3 layers", int],
-        ["gateways", None, 1, "number of gateways", int],
-        ["base-port", None, 8080, "the directory's port; the nodes take the ports after it", int],
+        ["mixnodes-per-layer", None, 1, "mixnodes in each of the 3 layers",
+         _count("--mixnodes-per-layer", MAX_PER_LAYER)],
+        ["gateways", None, 1, "number of gateways", _count("--gateways", MAX_GATEWAYS)],
+        ["base-port", None, 8080, "the directory's port; the nodes take the ports after it"
+         " (0: any free ports, in one process only)", _port],
         ["home", None, None, "where node keys and mailboxes live (default: $NYM_HOME or ~/.nym)"],
         ["node", None, None, "(internal, with --processes) run only this node"],
     ]
 
+    def opt_help(self):
+        print(str(self))
+        raise SystemExit(0)
+
     def postOptions(self):
         if self["processes"] and self["base-port"] == 0:
             raise usage.UsageError("--processes needs a fixed --base-port, not 0")
-        if not 0 <= self["base-port"] <= 65535:
-            raise usage.UsageError(f"--base-port must be 0 to 65535, not {self['base-port']}")
         try:
             self["plan"] = plan(self["mixnodes-per-layer"], self["gateways"], self["base-port"])
         except LocalNetError as e:
@@ -307,21 +345,33 @@ class Options(usage.Options):
         if self["node"] is not None and self["node"] not in {n.name for n in self["plan"]}:
             raise usage.UsageError(f"--node {self['node']!r} is not a node of this network")
         self["home"] = str(nym_root(self["home"]))
+        place = os.path.join(self["home"], "localnet")
+        try:
+            os.makedirs(place, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"--home {self['home']}: cannot create {place}: {e.strerror}")
 
 
 def makeService(options, reactor=None):
     """The twistd tapname ``nym-localnet``: the whole network in one process."""
     if reactor is None:
         from twisted.internet import reactor
-    return LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
+    network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
+    if options["processes"]:
+        network.log.warn("--processes is for the nym-localnet command; under twistd the"
+                         " network runs in this one process")
+    # Under twistd nobody waits on whenReady(): a network that cannot start
+    # must not leave twistd running with half of it.
+    network.whenReady().addErrback(lambda f: reactor.stop() if reactor.running else None)
+    return network
 
 
 class _ChildOutput(protocol.ProcessProtocol):
     """Passes a node process's output through, each line prefixed by its name."""
 
-    def __init__(self, name, ended):
+    def __init__(self, name, network):
         self.name = name
-        self.ended = ended
+        self.network = network
 
     def _lines(self, data, stream):
         for line in data.decode("utf-8", "replace").splitlines():
@@ -335,11 +385,16 @@ class _ChildOutput(protocol.ProcessProtocol):
         self._lines(data, sys.stderr)
 
     def processEnded(self, reason):
-        self.ended.callback((self.name, reason.value.exitCode))
+        self.network.child_ended(self.name, reason.value.exitCode)
 
 
 class ProcessNetwork(MultiService):
-    """One OS process per node (``--processes``), each running ``--node NAME``."""
+    """One OS process per node (``--processes``), each running ``--node NAME``.
+
+    ``start()`` spawns the directory, waits until it answers, spawns the
+    other nodes and waits until the topology is complete; a node that exits
+    before then fails it at once, naming the node.
+    """
 
     log = Logger()
 
@@ -347,31 +402,83 @@ class ProcessNetwork(MultiService):
         super().__init__()
         self.reactor = reactor
         self.options = options
+        self.nodes = options["plan"]
+        self.directory_url = f"http://{HOST}:{self.nodes[0].port}"
         self.children = {}
-        self.ended = []
+        self.exit_codes = {}
+        self._all_ended = None
 
-    def startService(self):
-        super().startService()
-        nodes = self.options["plan"]
-        for node in nodes:
-            ended = defer.Deferred()
-            args = [sys.executable, "-m", "nymtx.localnet", "--node", node.name,
-                    "--home", self.options["home"],
-                    "--base-port", str(self.options["base-port"]),
-                    "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
-                    "--gateways", str(self.options["gateways"])]
-            self.children[node.name] = self.reactor.spawnProcess(
-                _ChildOutput(node.name, ended), sys.executable, args, env=os.environ)
-            self.ended.append(ended)
+    def _spawn(self, node):
+        args = [sys.executable, "-m", "nymtx.localnet", "--node", node.name,
+                "--home", self.options["home"],
+                "--base-port", str(self.options["base-port"]),
+                "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
+                "--gateways", str(self.options["gateways"])]
+        self.children[node.name] = self.reactor.spawnProcess(
+            _ChildOutput(node.name, self), sys.executable, args, env=os.environ)
+
+    def child_ended(self, name, code):
+        self.exit_codes[name] = code
+        self.children.pop(name, None)
+        if not self.children and self._all_ended is not None:
+            self._all_ended.callback(None)
+
+    def _check_children(self):
+        for name, code in self.exit_codes.items():
+            raise LocalNetError(f"{name} exited with code {code} before the network was up"
+                                " (its output is above)")
+
+    async def start(self):
+        directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        try:
+            self._spawn(self.nodes[0])
+            await self._until(directory, lambda topology: True, "the directory does not answer")
+            for node in self.nodes[1:]:
+                self._spawn(node)
+            mixnodes = sum(1 for n in self.nodes if n.kind == "mixnode")
+            gateways = sum(1 for n in self.nodes if n.kind == "gateway")
+            return await self._until(
+                directory, lambda t: len(t.mixnodes) >= mixnodes and len(t.gateways) >= gateways,
+                "the topology is still incomplete")
+        finally:
+            await directory.close()
+
+    async def _until(self, directory, complete, why, timeout=60.0):
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            self._check_children()
+            try:
+                topology = await directory.get_topology()
+                if complete(topology):
+                    return topology
+            except Exception:
+                pass  # the directory process may not listen yet
+            if self.reactor.seconds() > deadline:
+                raise LocalNetError(f"{why} after {timeout:.0f} s")
+            await deferLater(self.reactor, 0.1, lambda: None)
 
     def stopService(self):
         super().stopService()
-        for transport in self.children.values():
+        if not self.children:
+            return defer.succeed(None)
+        self._all_ended = defer.Deferred()
+        for transport in list(self.children.values()):
             try:
                 transport.signalProcess("TERM")
             except Exception:
                 pass  # already gone
-        return defer.DeferredList(self.ended)
+        return self._all_ended
+
+
+class _ParentWatch(protocol.Protocol):
+    """A --node child stops when its parent goes away (its stdin closes)."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def connectionLost(self, reason):
+        if self.reactor.running:
+            self.reactor.stop()
 
 
 def main(argv=None):
@@ -387,73 +494,50 @@ def main(argv=None):
         return 2
     start_logging("warn")
     outcome = {"code": 0}
-    nodes = options["plan"]
-    directory_url = f"http://{HOST}:{nodes[0].port}" if nodes[0].port else None
 
-    def fail(why):
-        print(f"nym-localnet: error: {why}", file=sys.stderr)
+    def fail(failure):
+        print(f"nym-localnet: error: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
         outcome["code"] = 1
         if reactor.running:
             reactor.stop()
 
-    async def announce(network):
-        if options["processes"]:
-            topology = await _wait_for(reactor, directory_url, nodes)
-        else:
-            await network.whenReady()
-            topology = await network.wait_for_topology()
-        url = directory_url or network.directory_url
-        print("nym-localnet: the network is up", flush=True)
-        for line in describe(topology, url):
-            print("  " + line, flush=True)
-        print(json.dumps({"directory": url}), flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-
     if options["node"] is not None:
-        network = makeService(options, reactor)
+        # A child of --processes: Ctrl-C reaches the whole process group, but
+        # only the parent acts on it (and then stops us with SIGTERM).
+        import signal
+        from twisted.internet import stdio
+        reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        stdio.StandardIO(_ParentWatch(reactor), reactor=reactor)
+        network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
 
         def start_one():
             network.startService()
-            network.whenReady().addErrback(lambda f: fail(f.getErrorMessage()))
+            network.whenReady().addErrback(fail)
         reactor.callWhenRunning(start_one)
     else:
         network = (ProcessNetwork(reactor, options) if options["processes"]
-                   else makeService(options, reactor))
+                   else LocalNetwork(reactor, options["home"], options["plan"]))
+
+        async def announce():
+            if options["processes"]:
+                topology = await network.start()
+            else:
+                await network.whenReady()
+                topology = await network.wait_for_topology()
+            print("nym-localnet: the network is up", flush=True)
+            for line in describe(topology, network.directory_url):
+                print("  " + line, flush=True)
+            print(json.dumps({"directory": network.directory_url}), flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
 
         def start():
             network.startService()
-            d = defer.Deferred.fromCoroutine(announce(network))
-            d.addErrback(lambda f: fail(f.getErrorMessage()))
+            defer.Deferred.fromCoroutine(announce()).addErrback(fail)
         reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: network.stopService() if network.running else None)
     reactor.run()
     return outcome["code"]
-
-
-async def _wait_for(reactor, directory_url, nodes, timeout=60.0):
-    """With --processes: wait until the directory lists as many nodes as planned."""
-    directory = DirectoryClient(directory_url, reactor=reactor)
-    try:
-        return await _poll_topology(reactor, directory, nodes, timeout)
-    finally:
-        await directory.close()
-
-
-async def _poll_topology(reactor, directory, nodes, timeout):
-    mixnodes = sum(1 for n in nodes if n.kind == "mixnode")
-    gateways = sum(1 for n in nodes if n.kind == "gateway")
-    deadline = reactor.seconds() + timeout
-    while True:
-        try:
-            topology = await directory.get_topology()
-            if len(topology.mixnodes) >= mixnodes and len(topology.gateways) >= gateways:
-                return topology
-        except Exception:
-            pass  # the directory process may not listen yet
-        if reactor.seconds() > deadline:
-            raise LocalNetError(f"the topology is still incomplete after {timeout:.0f} s")
-        await deferLater(reactor, 0.2, lambda: None)
 
 
 if __name__ == "__main__":

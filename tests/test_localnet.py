@@ -1,0 +1,114 @@
+"""nym-localnet: the plan of ports, its options, and failing cleanly."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nymtx.localnet import (
+    MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, LocalNetwork, Options, plan)
+
+
+def taken_port():
+    """A listening socket on a free port; the port stays taken while it lives."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s, s.getsockname()[1]
+
+
+class PlanTests(SynchronousTestCase):
+    def test_ports_count_up_from_the_base(self):
+        nodes = plan(2, 2, 8080)
+        self.assertEqual([(n.name, n.port, n.client_port) for n in nodes], [
+            ("directory", 8080, 0), ("mix-1-1", 8081, 0), ("mix-1-2", 8082, 0),
+            ("mix-2-1", 8083, 0), ("mix-2-2", 8084, 0), ("mix-3-1", 8085, 0),
+            ("mix-3-2", 8086, 0), ("gateway-1", 8087, 8088), ("gateway-2", 8089, 8090)])
+        self.assertEqual({n.layer for n in nodes if n.kind == "mixnode"}, {1, 2, 3})
+
+    def test_base_zero_means_free_ports(self):
+        self.assertEqual({(n.port, n.client_port) for n in plan(1, 1, 0)}, {(0, 0)})
+
+    def test_limits(self):
+        self.assertRaises(LocalNetError, plan, 0, 1, 8080)
+        self.assertRaises(LocalNetError, plan, MAX_PER_LAYER + 1, 1, 8080)
+        self.assertRaises(LocalNetError, plan, 1, MAX_GATEWAYS + 1, 8080)
+        e = self.assertRaises(LocalNetError, plan, 1, 1, 65532)
+        self.assertIn("65537", str(e))
+        plan(1, 1, 65530)  # exactly fits: 65530..65535
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args):
+        options = Options()
+        options.parseOptions(["--home", self.mktemp(), *args])
+        return options
+
+    def test_defaults(self):
+        options = self.parse()
+        self.assertEqual(len(options["plan"]), 1 + 3 + 1)
+        self.assertEqual(options["plan"][0].port, 8080)
+        self.assertTrue(os.path.isdir(os.path.join(options["home"], "localnet")))
+
+    def test_errors_name_the_flag_plainly(self):
+        for args, fragment in [
+                (["--base-port", "abc"], "--base-port must be a port number, not 'abc'"),
+                (["--base-port", "70000"], "--base-port must be 0 to 65535"),
+                (["--mixnodes-per-layer", "5000"], f"must be 1 to {MAX_PER_LAYER}"),
+                (["--gateways", "x"], "--gateways must be a whole number"),
+                (["--processes", "--base-port", "0"], "--processes needs a fixed --base-port"),
+                (["--node", "mix-9-9"], "--node 'mix-9-9' is not a node"),
+                (["--bogus"], "--bogus")]:
+            with self.assertRaises(usage.UsageError) as cm:
+                self.parse(*args)
+            self.assertIn(fragment, str(cm.exception))
+            self.assertNotIn("Parameter type enforcement", str(cm.exception))
+
+    def test_home_that_cannot_be_made(self):
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file, not a folder")
+        options = Options()
+        with self.assertRaises(usage.UsageError) as cm:
+            options.parseOptions(["--home", blocker])
+        self.assertIn(f"--home {blocker}", str(cm.exception))
+
+
+class PortInUseTests(TestCase):
+    timeout = 60
+
+    def test_in_process_network_names_the_node(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        # the directory gets port-1 .. the first mixnode the taken port
+        network = LocalNetwork(reactor, self.mktemp(), plan(1, 1, port - 1))
+        network.startService()
+        self.addCleanup(network.stopService)
+        d = network.whenReady()
+        return self.assertFailure(d, LocalNetError).addCallback(
+            lambda e: self.assertIn("mix-1-1 could not listen", str(e)))
+
+    def run_command(self, *args):
+        return subprocess.run([sys.executable, "-m", "nymtx.localnet", "--home", self.mktemp(),
+                               *args], capture_output=True, text=True, timeout=50)
+
+    def test_command_exits_1_with_the_reason(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        result = self.run_command("--base-port", str(port - 2))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("nym-localnet: error: mix-2-1 could not listen", result.stderr)
+        self.assertIn("Address already in use", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_processes_fail_at_once_naming_the_node(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        result = self.run_command("--processes", "--base-port", str(port - 3))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("mix-3-1 exited with code 1 before the network was up", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
