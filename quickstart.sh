@@ -4,8 +4,9 @@
 # message from Alice to Bob. Needs only python3. Ctrl-C stops everything.
 set -eu
 cd "$(dirname "$0")"
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+# A venv whose creation was interrupted has a python but no pip: make it anew.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    python3 -m venv --clear .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q .

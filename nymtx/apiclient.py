@@ -100,10 +100,14 @@ def main(argv=None):
         return 2
 
     async def run(reactor):
-        api = await connect_api(reactor, argv[0])
-        for text in argv[1:]:
-            print(json.dumps(await api.request(text)))
-        await api.close()
+        try:
+            api = await connect_api(reactor, argv[0])
+            for text in argv[1:]:
+                print(json.dumps(await api.request(text)), flush=True)
+            await api.close()
+        except ApiError as e:
+            print(f"nymtx.apiclient: {e}", file=sys.stderr)
+            raise SystemExit(1)
 
     def go(reactor):
         return Deferred.fromCoroutine(run(reactor))
