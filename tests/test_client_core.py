@@ -314,6 +314,23 @@ class TopologyTests(SynchronousTestCase):
         self.assertIn("topology is not known yet", str(e))
         core.stop()
 
+    def test_refreshes_soon_until_listed(self):
+        core, network, bob, clock = make_core(self)
+        unlisted = network.topology(clients=[bob.public_key])
+        core.directory.topology = unlisted
+        core.start()
+        self.assertEqual(core.directory.calls, 1)
+        clock.advance(1.0)  # not listed yet: again after a second, not ten
+        self.assertEqual(core.directory.calls, 2)
+        core.directory.topology = network.topology(clients=[core.keys.public_key, bob.public_key])
+        clock.advance(1.0)
+        self.assertEqual(core.directory.calls, 3)
+        clock.advance(5.0)  # listed: back to topology_refresh_rate (10 s)
+        self.assertEqual(core.directory.calls, 3)
+        clock.advance(5.0)
+        self.assertEqual(core.directory.calls, 4)
+        core.stop()
+
     def test_refresh_keeps_last_good(self):
         core, network, bob, clock = make_core(self)
         core.start()

@@ -83,6 +83,7 @@ class _Periodic:
     _call: object = None
     _running: bool = False
     _busy: object = None
+    _soon: object = None
 
     def start(self):
         """Start; the Deferred fires when the first run has finished."""
@@ -106,7 +107,15 @@ class _Periodic:
     def _done(self, _):
         self._busy = None
         if self._running:
-            self._call = self.clock.callLater(self.interval, self._run)
+            delay, self._soon = min(self.interval, self._soon or self.interval), None
+            self._call = self.clock.callLater(delay, self._run)
+
+    def soon(self, delay):
+        """Run again within *delay* seconds (or at the usual time, if sooner)."""
+        if self._call is None or not self._call.active():
+            self._soon = delay  # a run is in flight: it schedules the next one
+        elif self._call.getTime() > self.clock.seconds() + delay:
+            self._call.reset(delay)
 
     def stop(self):
         self._running = False
@@ -115,6 +124,10 @@ class _Periodic:
         self._call = None
         # Wait for an action in flight: stopping must not cut a store/ack in two.
         return self._after_busy()
+
+
+#: seconds between topology fetches while this client is not yet listed
+OWN_LISTING_RECHECK = 1.0
 
 
 @attrs.define(eq=False)
@@ -221,6 +234,11 @@ class ClientCore:
                           mixnodes=len(topology.mixnodes), gateways=len(topology.gateways))
         self._directory_down = False
         self.topology = topology
+        if self.keys.public_key not in topology.clients():
+            # Just registered: the gateway lists us at its next presence
+            # (every 1.5 s), and until the topology does, no client (this one
+            # included) can write to us without the CLIENT@GATEWAY form.
+            self._refresh.soon(OWN_LISTING_RECHECK)
         if self.gateway_link is None and self.connect_gateway is not None and self.running:
             gateway = topology.gateway_by_key(self.config.gateway_key or b"")
             if gateway is None:
