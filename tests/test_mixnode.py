@@ -307,6 +307,11 @@ class LoopbackTests(TestCase):
         self.assertEqual(len(directory.presence), 2)
         self.successResultOf(service.stopService())
         self.assertEqual(reactor.getDelayedCalls(), [])
+        # started again, it mixes again
+        service.startService()
+        service.node.handle_packet(b"\x00" * 1372)
+        self.assertEqual(service.node.received, 1)
+        self.successResultOf(service.stopService())
 
     def test_bad_endpoint_is_a_clear_error(self):
         service = MixnodeService(global_reactor, KEYS[0], 1, "tcp:notaport", "127.0.0.1")

@@ -134,6 +134,10 @@ class Mixnode:
         for reason, n in metrics["dropped"].items():
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
+    def start(self):
+        """Take packets again (after a stop)."""
+        self._stopped = False
+
     def stop(self):
         """Forget the packets still held (they would have nowhere to go)."""
         self._stopped = True

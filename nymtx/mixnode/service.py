@@ -90,6 +90,7 @@ class MixnodeService(MultiService):
     def startService(self):
         # Children (the heartbeats) start once the port is known, not here.
         self.running = 1
+        self.node.start()
         if self._listening is None:
             self._bind()
         elif self.port is not None:
