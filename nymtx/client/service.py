@@ -7,8 +7,7 @@ over config.toml, then runs a ClientService.
 """
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -17,30 +16,9 @@ from nymtx.client.config import ClientConfig, is_initialised
 from nymtx.client.embed import MixnetClient, init_client
 from nymtx.client.tcp import JsonLinesFactory
 from nymtx.client.websocket import websocket_site
+from nymtx.observer import OneShot
 
 _LISTENER_NAMES = {"WebSocket": "websocket", "TCP": "TCP"}
-
-
-class _Listening:
-    """Deferreds waiting for a result that may already be known."""
-
-    def __init__(self):
-        self._waiting = []
-        self._result = None
-
-    def wait(self):
-        if self._result is not None:
-            ok, value = self._result
-            return succeed(value) if ok else fail(value)
-        d = Deferred()
-        self._waiting.append(d)
-        return d
-
-    def fire(self, ok, value):
-        self._result = (ok, value)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            (d.callback if ok else d.errback)(value)
 
 
 class _ClientRunner(Service):
@@ -85,12 +63,12 @@ class _ApiListener(Service):
         address = port.getHost()
         self.log.info("Starting {kind} listener at {host}:{port}",
                       kind=kind, host=address.host, port=address.port)
-        self.listening.fire(True, address.port)
+        self.listening.fire(address.port)
 
     def _failed(self, failure):
         self.log.error("cannot listen on 127.0.0.1:{port}: {why}",
                        port=self.config.listening_port, why=failure.getErrorMessage())
-        self.listening.fire(False, failure)
+        self.listening.fire(failure)
 
     def stopService(self):
         super().stopService()
@@ -107,14 +85,14 @@ class ClientService(MultiService):
         self.config = config
         self.client = MixnetClient(reactor, config, **collaborators)
         self.dispatcher = ApiDispatcher(self.client.core)
-        self._listening = _Listening()
+        self._listening = OneShot()
         _ClientRunner(self.client).setServiceParent(self)
         self._listener = None
         if config.socket_type != "None":
             self._listener = _ApiListener(reactor, config, self.dispatcher, self._listening)
             self._listener.setServiceParent(self)
         else:
-            self._listening.fire(True, None)
+            self._listening.fire(None)
 
     @property
     def port(self):
@@ -126,7 +104,7 @@ class ClientService(MultiService):
 
     def whenListening(self):
         """Deferred[int | None]: the bound port; fails if it cannot listen."""
-        return self._listening.wait()
+        return self._listening.when_fired()
 
 
 class ClientLauncher(MultiService):
@@ -144,7 +122,7 @@ class ClientLauncher(MultiService):
         self.init_options = dict(init_options or {})
         self.collaborators = collaborators
         self.client_service = None
-        self._listening = _Listening()
+        self._listening = OneShot()
 
     def startService(self):
         super().startService()
@@ -181,15 +159,15 @@ class ClientLauncher(MultiService):
         service.setServiceParent(self)  # starts it, since we are running
 
     def _forward(self, result):
-        self._listening.fire(not isinstance(result, Failure), result)
+        self._listening.fire(result)
 
     def _failed(self, failure):
         self.log.error("the client could not start: {why}", why=failure.getErrorMessage())
-        self._listening.fire(False, failure)
+        self._listening.fire(failure)
 
     @property
     def port(self):
         return self.client_service.port if self.client_service else None
 
     def whenListening(self):
-        return self._listening.wait()
+        return self._listening.when_fired()

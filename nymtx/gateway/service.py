@@ -14,6 +14,7 @@ from nymtx.gateway.mix import FinalHopHandler, MixListenerFactory
 from nymtx.gateway.server import ClientServerFactory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import encode_key
+from nymtx.observer import OneShot
 
 DATABASE_NAME = "gateway.sqlite"
 
@@ -60,8 +61,7 @@ class GatewayService(MultiService):
         self.mix_port = self.client_port = None
         self._ports = []
         self._listening = None
-        self._outcome = None
-        self._listen_waiters = []
+        self._outcome = OneShot()
         self.location = location
         self.heartbeat = None
         self._pool = None
@@ -117,29 +117,15 @@ class GatewayService(MultiService):
         return (self.mix_port, self.client_port)
 
     def _settle(self, result):
-        self._outcome = result
         if isinstance(result, Failure):
             self.log.error("gateway could not start: {why}", why=result.getErrorMessage())
         elif self.heartbeat is not None and self.running:
             self.heartbeat.startService()
-        waiters, self._listen_waiters = self._listen_waiters, []
-        for d in waiters:
-            self._relay(d)
-
-    def _relay(self, d):
-        if isinstance(self._outcome, Failure):
-            d.errback(self._outcome)
-        else:
-            d.callback(self._outcome)
+        self._outcome.fire(result)
 
     def whenListening(self):
         """Fires with (mix_port, client_port), or fails if a listener cannot bind."""
-        d = Deferred()
-        if self._outcome is not None:
-            self._relay(d)
-        else:
-            self._listen_waiters.append(d)
-        return d
+        return self._outcome.when_fired()
 
     # ---- presence -------------------------------------------------------
 
