@@ -13,7 +13,8 @@ from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
 from twisted.internet.defer import (
     CancelledError, Deferred, fail, gatherResults, succeed)
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -113,13 +114,29 @@ def _proof(keys, hello):
     return F.registration_proof(shared, hello.nonce, keys.public_key)
 
 
+class _QuietFactory(Factory):
+    """connectProtocol's factory, without a log line per connection."""
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self._protocol
+
+
+def _connect(endpoint, protocol):
+    return endpoint.connect(_QuietFactory(protocol))
+
+
 def register(reactor, address, keys, gateway_key=None, timeout=10.0):
     """Register *keys* at the gateway at *address*; fires with the 32-byte token."""
 
     async def run():
         try:
-            proto = await connectProtocol(
-                _endpoint(reactor, address), _LinkProtocol(address, gateway_key))
+            proto = await _connect(_endpoint(reactor, address),
+                                   _LinkProtocol(address, gateway_key))
         except Exception as e:
             raise GatewayLinkError(f"cannot connect to gateway {address}: {e}") from e
         try:
@@ -174,9 +191,8 @@ class GatewayLink:
 
     async def _session(self):
         try:
-            proto = await connectProtocol(
-                _endpoint(self.reactor, self.address),
-                _LinkProtocol(self.address, self.gateway_key))
+            proto = await _connect(_endpoint(self.reactor, self.address),
+                                   _LinkProtocol(self.address, self.gateway_key))
         except CancelledError:
             raise
         except Exception as e:
