@@ -2,6 +2,7 @@ import io
 import os
 from contextlib import redirect_stderr, redirect_stdout
 
+from hypothesis import given, strategies as st
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,6 +16,27 @@ class Config(SynchronousTestCase):
         config = C.validate(id="G1", mix_port=1, clients_port=2, announce_host="::1",
                             directory="", location='a "quoted" place', max_clients=7)
         self.assertEqual(C.parse(config.to_toml()), config)
+
+    @given(st.text(max_size=300))
+    def test_any_text_is_a_config_or_a_config_error(self, text):
+        try:
+            C.parse(text)
+        except C.ConfigError:
+            pass
+
+    @given(st.sampled_from(["quota_messages", "commit_interval_ms", "max_clients",
+                            "presence_sending_delay", "port"]),
+           st.one_of(st.integers(), st.floats(), st.text(max_size=10), st.booleans()))
+    def test_any_value_of_a_key_is_a_config_or_a_config_error(self, key, value):
+        import re
+        import tomlkit
+        good = C.GatewayConfig(id="G1").to_toml()
+        line = f"{key} = {tomlkit.item(value).as_string()}"
+        text = re.sub(rf"^{key} = .*$", lambda _: line, good, count=1, flags=re.M)
+        try:
+            C.parse(text)
+        except C.ConfigError as e:
+            self.assertIn(key, str(e))
 
     def test_template_is_commented(self):
         text = C.GatewayConfig(id="G1").to_toml()

@@ -27,9 +27,10 @@ class InitError(Exception):
     """Initialisation failed (no gateway, registration refused, …); says why."""
 
 
-def _default_directory(url):
+def _default_directory(url, reactor):
     from nymtx.directory.client import DirectoryClient
-    return DirectoryClient(url)
+    # its reactor times requests out: tests with a Clock see no stray timers
+    return DirectoryClient(url, reactor=reactor)
 
 
 def _default_links(reactor):
@@ -81,7 +82,7 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
     except ConfigError as e:
         return fail(e)
     owned = directory is None
-    directory = directory or _default_directory(config.directory_server)
+    directory = directory or _default_directory(config.directory_server, reactor)
     register = register or _default_register
     rng = rng or random.SystemRandom()
     d = Deferred.fromCoroutine(
@@ -158,7 +159,7 @@ class MixnetClient:
                 f"client {self.config.id!r} has no gateway: run nym-client init first")
         keys = self.config.load_keys()
         if self.directory is None:
-            self.directory = _default_directory(self.config.directory_server)
+            self.directory = _default_directory(self.config.directory_server, self.reactor)
             self._owns_directory = True
         if self.links is None:
             self.links = _default_links(self.reactor)
