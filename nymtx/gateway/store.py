@@ -178,11 +178,7 @@ class MailboxStore:
                 batch)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            try:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error is the one worth reporting
+            self._rollback()
             for key, body, _ in batch:
                 usage = self._usage[key]
                 usage[0] -= 1
@@ -191,6 +187,13 @@ class MailboxStore:
             raise StoreError(f"cannot store {len(batch)} messages: {e}") from e
         self.stored += len(batch)
         return len(batch)
+
+    def _rollback(self):
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the original error is the one worth reporting
 
     @property
     def pending(self):
@@ -225,11 +228,7 @@ class MailboxStore:
                     size += length
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            try:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error is the one worth reporting
+            self._rollback()
             raise StoreError(f"cannot delete acknowledged messages: {e}") from e
         if count:
             usage = self._usage[client_key]
