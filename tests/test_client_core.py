@@ -389,6 +389,19 @@ class FetchTests(SynchronousTestCase):
         self.assertEqual(core.fetch(), [b"three"])
         core.stop()
 
+    def test_inbox_failure_is_logged_and_nothing_acked(self):
+        import sqlite3
+        core, network, bob, clock = make_core(self)
+        core.gateway_link.mail = [(1, b"one")]
+
+        def broken(messages):
+            raise sqlite3.OperationalError("database or disk is full")
+        core.inbox.store = broken
+        core.start()
+        self.assertNotIn(("ack", (1,)), core.gateway_link.events)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        core.stop()
+
     def test_lost_ack_does_not_duplicate(self):
         core, network, bob, clock = make_core(self)
         core.gateway_link.mail = [(7, b"seven")]

@@ -377,7 +377,14 @@ class ClientCore:
         self._inbox_full = False
         d = self.gateway_link.pull()
         d.addCallbacks(self._pulled, self._pull_failed)
+        d.addErrback(self._store_failed)
         return d
+
+    def _store_failed(self, failure):
+        # Nothing is lost (the ack goes only after the commit), but the
+        # application must hear why its mail stays at the gateway.
+        self.log.failure("cannot store pulled messages in the inbox; they stay at the"
+                         " gateway and are pulled again", failure)
 
     def _pulled(self, pulled):
         if self._gateway_down:
