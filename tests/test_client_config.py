@@ -208,6 +208,29 @@ class InitTests(SynchronousTestCase):
         self.assertIn("socket type", str(f.value))
 
 
+class StopTests(SynchronousTestCase):
+    def test_stop_closes_everything_even_when_the_gateway_link_fails(self):
+        from nymtx.client.embed import MixnetClient
+        network = Network()
+        config = ClientConfig.new(
+            self.mktemp(), "Alice", provider_id=network.gateway_keys.public_text,
+            provider_authtoken=encode_key(bytes(32)))
+        config.save_keys(KeyPair.generate())
+        link = FakeGatewayLink()
+        link.stop = lambda: fail(OSError("link broke"))
+        closed = []
+        inbox = Inbox(":memory:", Clock())
+        inbox.close = lambda: closed.append("inbox")
+        links = FakeLinks()
+        links.stop = lambda: closed.append("links") or succeed(None)
+        client = MixnetClient(Clock(), config, directory=FakeDirectory(network.topology()),
+                              gateway_link=link, inbox=inbox)
+        client.links, client._owns_links = links, True
+        client.start()
+        self.failureResultOf(client.stop(), OSError)
+        self.assertEqual(closed, ["links", "inbox"])
+
+
 class InboxFileTests(SynchronousTestCase):
     def test_messages_survive_reopening(self):
         path = os.path.join(self.mktemp() + ".sqlite")

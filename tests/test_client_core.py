@@ -303,6 +303,14 @@ class SendingTests(SynchronousTestCase):
         self.failureResultOf(d, ClientStopped)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_send_after_stop_fails_instead_of_waiting_for_ever(self):
+        core, network, bob, clock = make_core(self)
+        core.start()
+        core.stop()
+        d = core.send(bob.public_text, b"x")
+        self.failureResultOf(d, ClientStopped)
+        self.assertEqual(core.queued, 0)
+
 
 class TopologyTests(SynchronousTestCase):
     def test_clients_before_any_topology_is_an_error(self):

@@ -11,7 +11,7 @@ import collections
 import random
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from nymtx.addressing import AddressError, NodeAddress, decode_client_address, \
@@ -169,6 +169,9 @@ class ClientCore:
     _gateway_down: bool = False
     _inbox_full: bool = False
     running: bool = False
+    # Set by stop(): a message queued after it would wait for ever, since
+    # nothing drains the queue any more.
+    _stopped: bool = False
 
     def __attrs_post_init__(self):
         c = self.config
@@ -195,6 +198,7 @@ class ClientCore:
     def start(self):
         """Start every loop; the Deferred fires after the first topology fetch."""
         self.running = True
+        self._stopped = False
         if self.gateway_link is not None:
             self.gateway_link.start()
         first = self._refresh.start()
@@ -206,6 +210,7 @@ class ClientCore:
     def stop(self):
         """Stop every loop; fail the Deferreds of messages that never left."""
         self.running = False
+        self._stopped = True
         self._sending.stop()
         self._looping.stop()
         waits = [self._refresh.stop(), self._fetching.stop()]
@@ -272,10 +277,13 @@ class ClientCore:
 
         Raises SendError at once for a bad message or recipient; returns a
         Deferred that fires when the packet is handed to the first mixnode's
-        link (or fails with ClientStopped).
+        link, or fails with ClientStopped (the client stopped before it
+        left, or had stopped already).
         """
         message = check_message(message)
         client_key, gateway_key = parse_recipient(recipient)
+        if self._stopped:
+            return fail(ClientStopped("the client has stopped: the message was not queued"))
         if self.topology is not None:
             if gateway_key is None and self.topology.gateway_for(client_key) is None:
                 raise SendError(

@@ -13,7 +13,7 @@
 import random
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 
 from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
@@ -133,6 +133,17 @@ async def _init(reactor, config, gateway_key, directory, register, rng):
     return config
 
 
+async def _run_all(steps):
+    first = None
+    for step in steps:
+        try:
+            await maybeDeferred(step)
+        except Exception as e:
+            first = first or e
+    if first is not None:
+        raise first
+
+
 @attrs.define(eq=False)
 class MixnetClient:
     """A running client inside a Twisted program.
@@ -188,13 +199,19 @@ class MixnetClient:
         return self.core.start()
 
     def stop(self):
-        d = self.core.stop()
+        """Stop the client and close its links, directory pool and inbox.
+
+        Each is closed even if an earlier step fails (a gateway link that
+        cannot stop must not leave the inbox open); the Deferred then fails
+        with the first error.
+        """
+        steps = [self.core.stop]
         if self._owns_links:
-            d.addCallback(lambda _: self.links.stop())
+            steps.append(self.links.stop)
         if self._owns_directory:
-            d.addCallback(lambda _: self.directory.close())
-        d.addCallback(lambda _: self.inbox.close())
-        return d
+            steps.append(self.directory.close)
+        steps.append(self.inbox.close)
+        return Deferred.fromCoroutine(_run_all(steps))
 
     def send(self, recipient, message):
         """Deferred that fires when the packet leaves; fails with SendError."""
