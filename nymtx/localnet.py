@@ -179,7 +179,10 @@ class LocalNetwork(MultiService):
 
     def startService(self):
         super().startService()
-        self._ready = OneShot()
+        # A restart needs a fresh result, but waiters from before the first
+        # start (makeService's, under twistd) must keep theirs.
+        if self._ready.fired:
+            self._ready = OneShot()
         ready = defer.Deferred.fromCoroutine(self._start_all())
         ready.addErrback(self._failed)
         ready.addBoth(self._ready.fire)

@@ -92,6 +92,17 @@ class PortInUseTests(TestCase):
         return self.assertFailure(d, LocalNetError).addCallback(
             lambda e: self.assertIn("mix-1-1 could not listen", str(e)))
 
+    def test_waiter_from_before_the_start_hears_the_failure(self):
+        # makeService asks whenReady() before twistd starts the service, so
+        # that a network that cannot start stops the reactor.
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        network = LocalNetwork(reactor, self.mktemp(), plan(1, 1, port - 1))
+        d = network.whenReady()
+        network.startService()
+        self.addCleanup(network.stopService)
+        return self.assertFailure(d, LocalNetError)
+
     def run_command(self, *args):
         return subprocess.run([sys.executable, "-m", "nymtx.localnet", "--home", self.mktemp(),
                                *args], capture_output=True, text=True, timeout=50)
