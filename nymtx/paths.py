@@ -27,6 +27,9 @@ def node_dir(kind, node_id, root=None):
 
 
 def check_id(node_id):
+    if not isinstance(node_id, str):
+        # a TOML `id = 5` would otherwise fail inside the check with a TypeError
+        raise ValueError(f"invalid id {node_id!r}: an id is text, not {type(node_id).__name__}")
     if not node_id or not all(c.isalnum() or c in "-_." for c in node_id) \
             or node_id.startswith("."):
         raise ValueError(

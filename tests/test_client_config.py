@@ -70,6 +70,7 @@ class ConfigFileTests(SynchronousTestCase):
              "allowed_origins: 'https://a.example/path' is not an origin"),
             (base.replace("allowed_origins = []", "allowed_origins = [3]"),
              "allowed_origins: 3 is not an origin"),
+            (base.replace('id = "Alice"', "id = 5"), "invalid id 5: an id is text, not int"),
         ]
         for text, fragment in cases:
             with self.assertRaises(ConfigError) as cm:
@@ -245,6 +246,26 @@ class InboxFileTests(SynchronousTestCase):
         inbox = Inbox(path, Clock())
         self.assertEqual(len(inbox), 0)
         inbox.close()
+
+    def test_empty_version_table_is_an_inbox_error_and_the_file_is_let_go(self):
+        import sqlite3
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE version (version INTEGER)")
+        db.commit()
+        db.close()
+        opened = []
+        real_connect = sqlite3.connect
+
+        def connect(*args, **kwargs):
+            opened.append(real_connect(*args, **kwargs))
+            return opened[-1]
+        self.patch(sqlite3, "connect", connect)
+        with self.assertRaises(InboxError) as cm:
+            Inbox(path, Clock())
+        self.assertIn("empty version table", str(cm.exception))
+        # closed: using the connection now is a ProgrammingError
+        self.assertRaises(sqlite3.ProgrammingError, opened[0].execute, "SELECT 1")
 
     def test_not_an_inbox(self):
         path = self.mktemp()

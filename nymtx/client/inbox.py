@@ -31,12 +31,19 @@ class Inbox:
         self.path = str(path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise InboxError(f"cannot open the inbox {self.path}: {e}")
+        try:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise InboxError(f"cannot open the inbox {self.path}: {e}")
+        except BaseException as e:
+            # a file we refuse is not held open behind the error
+            self._db.close()
+            if isinstance(e, sqlite3.Error):
+                raise InboxError(f"cannot open the inbox {self.path}: {e}")
+            raise
 
     def _migrate(self):
         tables = {row[0] for row in self._db.execute(
@@ -48,7 +55,11 @@ class Inbox:
                 "BEGIN;" + _schema(SCHEMA_VERSION)
                 + f";INSERT INTO version VALUES ({SCHEMA_VERSION});COMMIT;")
             return
-        (version,) = self._db.execute("SELECT version FROM version").fetchone()
+        row = self._db.execute("SELECT version FROM version").fetchone()
+        if row is None:
+            raise InboxError(f"{self.path} has an empty version table: it is not a"
+                             " nymtx inbox, or a damaged one")
+        version = row[0]
         if version != SCHEMA_VERSION:
             raise InboxError(
                 f"{self.path} is inbox version {version}; this nymtx reads version"
