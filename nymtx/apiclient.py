@@ -16,7 +16,7 @@ from collections import deque
 from urllib.parse import urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint
 
 
@@ -30,8 +30,15 @@ class _ApiProtocol(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         waiters = self.factory.waiting
-        if waiters:
-            waiters.popleft().callback(json.loads(payload.decode("utf-8")))
+        if not waiters:
+            return
+        d = waiters.popleft()
+        try:
+            answer = json.loads(payload.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError included
+            d.errback(ApiError(f"the answer is not JSON text: {e}"))
+            return
+        d.callback(answer)
 
     def onClose(self, wasClean, code, reason):
         if not self.factory.opened.called:
@@ -51,6 +58,9 @@ class ApiConnection:
 
     def request(self, message):
         """Send *message* (a dict, or raw text) and return Deferred[dict]."""
+        if self._factory.closed.called:
+            # no answer can come on a closed websocket: waiting would be for ever
+            return fail(ApiError("the websocket is closed"))
         d = Deferred()
         self._factory.waiting.append(d)
         text = message if isinstance(message, str) else json.dumps(message)
@@ -59,6 +69,8 @@ class ApiConnection:
 
     def send_binary(self, data):
         """A binary frame, which the API answers with an error."""
+        if self._factory.closed.called:
+            return fail(ApiError("the websocket is closed"))
         d = Deferred()
         self._factory.waiting.append(d)
         self.protocol.sendMessage(data, isBinary=True)
@@ -74,14 +86,18 @@ class ApiConnection:
 async def connect_api(reactor, url):
     """An ApiConnection to the websocket at *url* (``ws://host:port/mix``)."""
     parsed = urlparse(url)
-    if parsed.scheme != "ws" or not parsed.hostname or not parsed.port:
+    try:
+        port = parsed.port  # raises for a port out of range or not a number
+    except ValueError:
+        port = None
+    if parsed.scheme != "ws" or not parsed.hostname or not port:
         raise ApiError(f"{url!r} is not a ws://host:port/path URL")
     factory = WebSocketClientFactory(url)
     factory.protocol = _ApiProtocol
     factory.opened = Deferred()
     factory.closed = Deferred()
     factory.waiting = deque()
-    endpoint = HostnameEndpoint(reactor, parsed.hostname, parsed.port)
+    endpoint = HostnameEndpoint(reactor, parsed.hostname, port)
     try:
         await endpoint.connect(factory)
     except Exception as e:

@@ -4,7 +4,38 @@ import socket
 import subprocess
 import sys
 
+from collections import deque
+
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+
+from nymtx.apiclient import ApiConnection, ApiError, _ApiProtocol
+
+
+class _Factory:
+    def __init__(self):
+        self.opened, self.closed, self.waiting = Deferred(), Deferred(), deque()
+
+
+class ConnectionTests(SynchronousTestCase):
+    def test_request_on_a_closed_websocket_fails_at_once(self):
+        factory = _Factory()
+        factory.closed.callback(None)
+        api = ApiConnection(protocol=None, factory=factory)
+        self.failureResultOf(api.request({"type": "fetch"}), ApiError)
+        self.failureResultOf(api.send_binary(b"x"), ApiError)
+        self.assertEqual(len(factory.waiting), 0)
+
+    def test_an_answer_that_is_not_json_fails_its_request(self):
+        factory = _Factory()
+        protocol = _ApiProtocol()
+        protocol.factory = factory
+        first, second = Deferred(), Deferred()
+        factory.waiting.extend([first, second])
+        protocol.onMessage(b"\xff not json", False)
+        protocol.onMessage(b'{"type": "fetch"}', False)
+        self.failureResultOf(first, ApiError)
+        self.assertEqual(self.successResultOf(second), {"type": "fetch"})
 
 
 class CommandTests(SynchronousTestCase):
@@ -23,9 +54,12 @@ class CommandTests(SynchronousTestCase):
         self.assertNotIn("Traceback", result.stderr)
 
     def test_not_a_websocket_url(self):
-        result = self.run_command("http://127.0.0.1:9001/mix", "{}")
-        self.assertEqual(result.returncode, 1)
-        self.assertIn("is not a ws://host:port/path URL", result.stderr)
+        for url in ("http://127.0.0.1:9001/mix", "ws://127.0.0.1:99999/mix",
+                    "ws://127.0.0.1:x/mix"):
+            result = self.run_command(url, "{}")
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertIn("is not a ws://host:port/path URL", result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
 
     def test_usage(self):
         result = self.run_command()
