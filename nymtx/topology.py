@@ -132,27 +132,10 @@ class Topology:
         mix_entries = _entry_list(data, _MIX_KEYS, cls.log)
         gateway_entries = _entry_list(data, _GATEWAY_KEYS, cls.log)
 
+        # one set for both lists: a key names one node, mixnode or gateway
         seen = set()
-        mixnodes = []
-        for index, entry in enumerate(mix_entries):
-            try:
-                node = _parse_mixnode(entry)
-                _check_unique(node, seen)
-            except _BadEntry as e:
-                cls.log.warn("dropping mixnode entry {index}: {reason}",
-                             index=index, reason=str(e))
-                continue
-            mixnodes.append(node)
-        gateways = []
-        for index, entry in enumerate(gateway_entries):
-            try:
-                node = _parse_gateway(entry, cls.log, index)
-                _check_unique(node, seen)
-            except _BadEntry as e:
-                cls.log.warn("dropping gateway entry {index}: {reason}",
-                             index=index, reason=str(e))
-                continue
-            gateways.append(node)
+        mixnodes = _parse_entries(mix_entries, "mixnode", _parse_mixnode, seen, cls.log)
+        gateways = _parse_entries(gateway_entries, "gateway", _parse_gateway, seen, cls.log)
         return cls(mixnodes, gateways)
 
     def to_json(self):
@@ -238,6 +221,20 @@ def _entry_list(data, names, log):
     return value
 
 
+def _parse_entries(entries, kind, parse, seen, log):
+    nodes = []
+    for index, entry in enumerate(entries):
+        try:
+            node = parse(entry, log, index)
+            _check_unique(node, seen)
+        except _BadEntry as e:
+            log.warn("dropping {kind} entry {index}: {reason}",
+                     kind=kind, index=index, reason=str(e))
+            continue
+        nodes.append(node)
+    return nodes
+
+
 def _check_unique(node, seen):
     if node.public_key in seen:
         raise _BadEntry(
@@ -282,7 +279,7 @@ def _optional_str(entry, field):
     return value
 
 
-def _parse_mixnode(entry):
+def _parse_mixnode(entry, log, index):
     if not isinstance(entry, dict):
         raise _BadEntry(f"an entry must be an object, not {_json_type(entry)}")
     address = _address(entry, "host")
