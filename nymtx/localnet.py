@@ -24,7 +24,7 @@ from nymtx.directory.registry import Registry
 from nymtx.directory.resource import make_site
 from nymtx.directory.service import DirectoryService
 from nymtx.gateway.service import GatewayService
-from nymtx.keys import KeyFormatError, KeyPair
+from nymtx.keys import KeyFormatError, KeyPair, encode_key
 from nymtx.mixnode.service import MixnodeService
 from nymtx.observer import OneShot
 from nymtx.paths import nym_root
@@ -224,39 +224,30 @@ class LocalNetwork(MultiService):
             await directory.close()
 
     async def _wait_for_topology(self, directory, timeout, poll):
-        deadline = self.reactor.seconds() + timeout
         want_mix = {self.node_services[n].keys.public_key for n in self.node_services
                     if self.nodes[n].kind == "mixnode" and self.node_services[n].running}
         want_gw = {self.node_services[n].keys.public_key for n in self.node_services
                    if self.nodes[n].kind == "gateway" and self.node_services[n].running}
-        while True:
-            try:
-                topology = await directory.get_topology()
-            except Exception as e:
-                topology, why = None, _why(e)
-            else:
-                have_mix = {m.public_key for m in topology.mixnodes}
-                have_gw = {g.public_key for g in topology.gateways}
-                if want_mix <= have_mix and want_gw <= have_gw:
-                    return topology
-                why = (f"{len(want_mix - have_mix)} mixnodes and "
-                       f"{len(want_gw - have_gw)} gateways not announced yet")
-            if self.reactor.seconds() > deadline:
-                raise LocalNetError(f"the topology is still incomplete after {timeout:.0f} s: {why}")
-            await deferLater(self.reactor, poll, lambda: None)
+
+        def missing(topology):
+            have_mix = {m.public_key for m in topology.mixnodes}
+            have_gw = {g.public_key for g in topology.gateways}
+            if want_mix <= have_mix and want_gw <= have_gw:
+                return None
+            return (f"the topology is still incomplete: {len(want_mix - have_mix)} mixnodes"
+                    f" and {len(want_gw - have_gw)} gateways not announced yet")
+        return await poll_topology(self.reactor, directory, missing, timeout, poll)
 
     async def wait_for_clients(self, client_keys, timeout=30.0, poll=0.1):
         """The topology once the gateways list every key in *client_keys*."""
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
-        deadline = self.reactor.seconds() + timeout
+        wanted = set(client_keys)
+
+        def missing(topology):
+            absent = len(wanted - set(topology.clients()))
+            return f"{absent} client(s) not in the topology" if absent else None
         try:
-            while True:
-                topology = await directory.get_topology()
-                if set(client_keys) <= set(topology.clients()):
-                    return topology
-                if self.reactor.seconds() > deadline:
-                    raise LocalNetError(f"clients not in the topology after {timeout:.0f} s")
-                await deferLater(self.reactor, poll, lambda: None)
+            return await poll_topology(self.reactor, directory, missing, timeout, poll)
         finally:
             await directory.close()
 
@@ -270,6 +261,31 @@ class LocalNetwork(MultiService):
         return await self._start_node(self.nodes[name])
 
 
+async def poll_topology(reactor, directory, missing, timeout, poll=0.1, check=None):
+    """Fetch the topology every *poll* s until ``missing(topology)`` is None.
+
+    ``missing`` says what the topology still lacks; a directory that does
+    not answer is retried too (it may not listen yet). After *timeout* s,
+    LocalNetError with the last reason. ``check()``, run before each fetch,
+    may raise to give up early.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        if check is not None:
+            check()
+        try:
+            topology = await directory.get_topology()
+        except Exception as e:
+            why = f"the directory does not answer ({_why(e)})"
+        else:
+            why = missing(topology)
+            if why is None:
+                return topology
+        if reactor.seconds() > deadline:
+            raise LocalNetError(f"{why} after {timeout:.0f} s")
+        await deferLater(reactor, poll, lambda: None)
+
+
 def _why(error):
     if hasattr(error, "getErrorMessage"):
         return error.getErrorMessage()
@@ -281,15 +297,10 @@ def describe(topology, directory_url):
     lines = [f"directory  {directory_url}   (topology: {directory_url}/api/presence/topology)"]
     for layer in range(1, LAYERS + 1):
         for m in sorted((m for m in topology.mixnodes if m.layer == layer), key=lambda m: m.address.port):
-            lines.append(f"layer {layer}    {m.address}  {_key(m.public_key)}")
+            lines.append(f"layer {layer}    {m.address}  {encode_key(m.public_key)}")
     for g in topology.gateways:
-        lines.append(f"gateway    {g.address} (clients at {g.client_listener})  {_key(g.public_key)}")
+        lines.append(f"gateway    {g.address} (clients at {g.client_listener})  {encode_key(g.public_key)}")
     return lines
-
-
-def _key(raw):
-    from nymtx.keys import encode_key
-    return encode_key(raw)
 
 
 # The coercers raise UsageError, not ValueError: twisted.python.usage would
@@ -435,30 +446,22 @@ class ProcessNetwork(MultiService):
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
         try:
             self._spawn(self.nodes[0])
-            await self._until(directory, lambda topology: True, "the directory does not answer")
+            await poll_topology(self.reactor, directory, lambda topology: None, 60.0,
+                                check=self._check_children)
             for node in self.nodes[1:]:
                 self._spawn(node)
             mixnodes = sum(1 for n in self.nodes if n.kind == "mixnode")
             gateways = sum(1 for n in self.nodes if n.kind == "gateway")
-            return await self._until(
-                directory, lambda t: len(t.mixnodes) >= mixnodes and len(t.gateways) >= gateways,
-                "the topology is still incomplete")
+
+            def missing(t):
+                if len(t.mixnodes) >= mixnodes and len(t.gateways) >= gateways:
+                    return None
+                return (f"the topology is still incomplete: {len(t.mixnodes)} of {mixnodes}"
+                        f" mixnodes, {len(t.gateways)} of {gateways} gateways")
+            return await poll_topology(self.reactor, directory, missing, 60.0,
+                                       check=self._check_children)
         finally:
             await directory.close()
-
-    async def _until(self, directory, complete, why, timeout=60.0):
-        deadline = self.reactor.seconds() + timeout
-        while True:
-            self._check_children()
-            try:
-                topology = await directory.get_topology()
-                if complete(topology):
-                    return topology
-            except Exception:
-                pass  # the directory process may not listen yet
-            if self.reactor.seconds() > deadline:
-                raise LocalNetError(f"{why} after {timeout:.0f} s")
-            await deferLater(self.reactor, 0.1, lambda: None)
 
     def stopService(self):
         super().stopService()

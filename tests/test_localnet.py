@@ -123,3 +123,56 @@ class PortInUseTests(TestCase):
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn("mix-3-1 exited with code 1 before the network was up", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+
+class PollTopologyTests(SynchronousTestCase):
+    """poll_topology on a Clock: the one polling loop behind every wait."""
+
+    def directory(self, answers):
+        from twisted.internet.defer import fail, succeed
+
+        class Directory:
+            def get_topology(self):
+                answer = answers.pop(0)
+                return fail(answer) if isinstance(answer, Exception) else succeed(answer)
+        return Directory()
+
+    def test_retries_a_silent_directory_until_complete(self):
+        from twisted.internet.task import Clock
+        from nymtx.localnet import poll_topology
+        clock = Clock()
+        answers = [OSError("refused"), "partial", "whole"]
+        d = defer_from(poll_topology(
+            clock, self.directory(answers),
+            lambda t: None if t == "whole" else "not yet", timeout=5, poll=0.1))
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d), "whole")
+
+    def test_times_out_with_the_last_reason(self):
+        from twisted.internet.task import Clock
+        from nymtx.localnet import poll_topology
+        clock = Clock()
+        answers = ["partial"] * 100
+        d = defer_from(poll_topology(
+            clock, self.directory(answers), lambda t: "2 gateways missing", timeout=1, poll=0.1))
+        for _ in range(20):
+            clock.advance(0.1)
+        f = self.failureResultOf(d, LocalNetError)
+        self.assertEqual(str(f.value), "2 gateways missing after 1 s")
+
+    def test_check_gives_up_early(self):
+        from twisted.internet.task import Clock
+        from nymtx.localnet import poll_topology
+
+        def check():
+            raise LocalNetError("mix-1-1 exited with code 1")
+        d = defer_from(poll_topology(Clock(), self.directory([]), lambda t: None, 5, check=check))
+        self.assertIn("mix-1-1 exited", str(self.failureResultOf(d, LocalNetError).value))
+
+
+def defer_from(coroutine):
+    from twisted.internet.defer import Deferred
+    return Deferred.fromCoroutine(coroutine)
