@@ -225,7 +225,9 @@ class MixnetClient:
         return self.core.fetch()
 
     def on_message(self, callback):
-        """Call *callback(message: bytes)* for each message received from now on."""
+        """Call *callback(message: bytes)* for each message: those the inbox holds
+        now, then each one as it arrives. They leave the inbox (``fetch`` will
+        not return them)."""
         self.core.on_message(callback)
 
     def clients(self):
