@@ -71,10 +71,10 @@ class RealSocketTests(TestCase):
     """The directory on 127.0.0.1 with the real treq."""
 
     @inlineCallbacks
-    def start(self, description=LOCAL):
+    def start(self, description=LOCAL, **kwargs):
         registry = Registry(reactor)
         service = DirectoryService(serverFromString(reactor, description),
-                                   make_site(registry), description, registry)
+                                   make_site(registry), description, registry, **kwargs)
         service.startService()
         self.addCleanup(service.stopService)
         port = yield service.whenListening()
@@ -84,6 +84,36 @@ class RealSocketTests(TestCase):
         pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.addCleanup(pool.closeCachedConnections)
         return treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+    @inlineCallbacks
+    def test_connections_past_the_maximum_are_closed_at_once(self):
+        from twisted.internet.defer import Deferred, gatherResults
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+        service, port = yield self.start(max_connections=2, fd_limit=lambda: 100_000)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        peers = []
+        for _ in range(3):
+            peer = Protocol()
+            peer.lost = Deferred()
+            peer.connectionLost = lambda reason, lost=peer.lost: lost.callback(None)
+            yield connectProtocol(endpoint, peer)
+            peers.append(peer)
+        yield peers[2].lost  # idle, like a slowloris: the third is refused
+        self.assertEqual(len(service._factory.protocols), 2)
+        self.assertEqual(service._factory.refused, 1)
+        for peer in peers[:2]:
+            peer.transport.loseConnection()
+        yield gatherResults([p.lost for p in peers[:2]])
+
+    def test_max_connections_option(self):
+        options = tap.Options()
+        options.parseOptions(["--max-connections", "50"])
+        self.assertEqual(options["max-connections"], 50)
+        self.assertEqual(tap.makeService(options, reactor)._factory.max_connections, 50)
+        for bad in ("0", "x", "-3"):
+            with self.assertRaises(usage.UsageError):
+                tap.Options().parseOptions(["--max-connections", bad])
 
     @inlineCallbacks
     def test_stopping_closes_persistent_connections(self):

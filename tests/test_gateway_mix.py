@@ -100,3 +100,18 @@ class FinalHop(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.handler.received, 2)
         self.assertEqual(self.store.usage(self.client.public_key)[0], 2)
+
+    def test_listener_bounds_connections_and_idle_time(self):
+        factory = MixListenerFactory(self.handler, max_connections=2, idle_timeout=300)
+        transports = []
+        for _ in range(2):
+            proto = factory.buildProtocol(None)
+            transports.append(StringTransport())
+            proto.makeConnection(transports[-1])
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(factory.refused, 1)
+        proto.dataReceived(self.packet(delay_ns=0)[:-1])  # all but one byte
+        self.clock.advance(300)
+        self.assertTrue(all(t.disconnecting for t in transports))
+        proto.connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(None))

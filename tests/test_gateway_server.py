@@ -186,9 +186,73 @@ class Server(SynchronousTestCase):
 
     def test_oversized_frame_closes(self):
         peer = Peer(self.factory)
-        [reply] = peer.send_raw(struct.pack(">I", F.MAX_FRAME_SIZE + 1))
-        self.assertError(reply, F.E_TOO_LARGE, str(F.MAX_FRAME_SIZE))
+        [reply] = peer.send_raw(struct.pack(">I", F.MAX_CLIENT_FRAME_SIZE + 1))
+        self.assertError(reply, F.E_TOO_LARGE, str(F.MAX_CLIENT_FRAME_SIZE))
         self.assertTrue(peer.closed)
+
+    def test_the_largest_client_frame_is_accepted(self):
+        peer = Peer(self.factory)
+        reply = peer.ask(F.Ack(tuple(range(F.MAX_ACK))))
+        self.assertError(reply, F.E_NOT_AUTHENTICATED, "authenticate")
+        self.assertEqual(len(F.encode(F.Ack(tuple(range(F.MAX_ACK))))),
+                         F.LENGTH_SIZE + F.MAX_CLIENT_FRAME_SIZE)
+
+    def test_a_partial_frame_pins_little_memory(self):
+        # A client frame is at most an ack of MAX_ACK ids; a prefix promising
+        # more is refused at once rather than buffered up to 256 KiB per
+        # connection while the client dribbles the body.
+        peer = Peer(self.factory)
+        [reply] = peer.send_raw(struct.pack(">I", 64 * 1024) + b"\x03")
+        self.assertError(reply, F.E_TOO_LARGE, "over the maximum")
+        self.assertTrue(peer.closed)
+
+    def test_a_client_that_does_not_read_stops_being_answered(self):
+        token = self.register(self.alice)
+        self.deliver(self.alice, b"x" * 1000)
+        peer = self.authenticated(self.alice, token)
+        self.assertIs(peer.transport.producer, peer.proto)
+        # the transport's buffer is full: it pauses its producer
+        peer.proto.pauseProducing()
+        self.assertEqual(peer.transport.producerState, "paused")
+        self.assertEqual(peer.send_raw(F.encode(F.Pull(10)) * 50), [])
+        # ...and nothing more is read while the 50 pulls wait
+        self.assertEqual(len(peer.proto._pending), 50)
+        peer.proto.resumeProducing()
+        replies = peer.read()
+        self.assertEqual(len(replies), 50)
+        self.assertEqual(replies[0].messages[0][1], b"x" * 1000)
+        self.assertEqual(peer.transport.producerState, "producing")
+
+    def test_pausing_mid_read_answers_the_rest_in_order(self):
+        token = self.register(self.alice)
+        peer = self.authenticated(self.alice, token)
+        sent = []
+        write = peer.transport.write
+
+        def write_then_pause(data):
+            write(data)
+            sent.append(data)
+            if len(sent) == 2:
+                peer.proto.pauseProducing()
+        peer.transport.write = write_then_pause
+        replies = peer.send_raw(F.encode(F.Pull(1)) * 3 + F.encode(F.Ack((7,))))
+        self.assertEqual(len(replies), 2)
+        self.assertEqual(peer.transport.producerState, "paused")
+        peer.proto.resumeProducing()
+        replies = peer.read()
+        self.assertEqual([type(r) for r in replies], [F.Messages, F.Acked])
+
+    def test_an_oversized_frame_waits_for_the_answers_before_it(self):
+        token = self.register(self.alice)
+        peer = self.authenticated(self.alice, token)
+        peer.proto.pauseProducing()
+        peer.send_raw(F.encode(F.Pull(1)) + struct.pack(">I", F.MAX_CLIENT_FRAME_SIZE + 1))
+        self.assertFalse(peer.closed)
+        peer.proto.resumeProducing()
+        replies = peer.read()
+        self.assertEqual([type(r) for r in replies], [F.Messages, F.Error])
+        self.assertTrue(peer.closed)
+        self.assertEqual(peer.transport.producerState, "paused")
 
     def test_frames_before_an_oversized_prefix_are_answered(self):
         # One answer per request, even when a request shares a read with
@@ -256,6 +320,54 @@ class Server(SynchronousTestCase):
         self.assertFalse(fresh.closed)
         self.assertFalse(peer.closed)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+
+class Limits(SynchronousTestCase):
+    """A listener's bounds: connections at once, and how long one may idle."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MailboxStore.open(self.clock, self.mktemp())
+        self.addCleanup(self.store.close)
+        self.keys = KeyPair.generate()
+
+    def factory(self, **kwargs):
+        return ClientServerFactory(self.store, self.keys, **kwargs)
+
+    def test_connections_past_the_maximum_are_refused(self):
+        factory = self.factory(max_connections=2)
+        peers = [Peer(factory), Peer(factory)]
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(factory.refused, 2)
+        peers[0].proto.connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(None))
+
+    def test_a_connection_that_never_authenticates_is_closed(self):
+        factory = self.factory(handshake_timeout=30, idle_timeout=300)
+        peer = Peer(factory)
+        self.clock.advance(29)
+        peer.send_raw(b"\x00\x00")  # a byte now and then does not keep it
+        self.assertFalse(peer.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_an_authenticated_client_gets_the_idle_timeout(self):
+        factory = self.factory(handshake_timeout=30, idle_timeout=300)
+        peer = Peer(factory)
+        alice = KeyPair.generate()
+        shared = crypto_scalarmult(alice.private_key, self.keys.public_key)
+        proof = F.registration_proof(shared, peer.hello.nonce, alice.public_key)
+        token = peer.ask(F.Register(alice.public_key, proof)).token
+        peer = Peer(factory)
+        self.assertIsInstance(peer.ask(F.Authenticate(alice.public_key, token)),
+                              F.Authenticated)
+        self.clock.advance(200)
+        self.assertIsInstance(peer.ask(F.Pull(1)), F.Messages)
+        self.clock.advance(299)
+        self.assertFalse(peer.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(peer.transport.disconnecting)
 
 
 class ServerFuzz(SynchronousTestCase):

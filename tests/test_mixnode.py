@@ -4,8 +4,8 @@ import random
 
 from hypothesis import given, strategies as st
 from twisted.internet import defer, reactor as global_reactor
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -17,7 +17,7 @@ from nymtx.mixnode.node import Mixnode, MixnodeFactory
 from nymtx.mixnode.service import MixnodeError, MixnodeService
 from nymtx.sphinx import (
     PACKET_SIZE, FinalHop, Hop, ReplayCache, build_packet, process_packet)
-from nymtx.wire import PacketReceiver
+from nymtx.wire import PacketReceiver, connection_budget, raise_fd_limit
 
 KEYS = [KeyPair.from_private(bytes([i + 1]) * 32) for i in range(4)]
 ADDRS = [NodeAddress.parse(f"127.0.0.{i + 1}:{1789 + i}") for i in range(4)]
@@ -257,6 +257,44 @@ class LoopbackTests(TestCase):
             yield deferLater(global_reactor, 0.01, lambda: None)
 
     @defer.inlineCallbacks
+    def test_connections_past_the_maximum_are_closed_at_once(self):
+        service = MixnodeService(global_reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
+                                 "127.0.0.1", max_connections=2, fd_limit=lambda: 100_000)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = (yield service.whenListening()).getHost().port
+        endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port)
+        peers = []
+        for _ in range(3):
+            peer = Protocol()
+            peer.lost = defer.Deferred()
+            peer.connectionLost = lambda reason, lost=peer.lost: lost.callback(None)
+            yield connectProtocol(endpoint, peer)
+            peers.append(peer)
+        yield peers[2].lost  # the third is closed by the node
+        self.assertEqual(len(service.factory.connections), 2)
+        self.assertEqual(service.factory.refused, 1)
+        for peer in peers[:2]:
+            peer.transport.loseConnection()
+        yield defer.gatherResults([p.lost for p in peers[:2]])
+
+    def test_the_open_files_limit_bounds_the_connections(self):
+        from twisted.internet.testing import MemoryReactorClock
+        service = MixnodeService(MemoryReactorClock(), KEYS[0], 1,
+                                 "tcp:0:interface=127.0.0.1", "127.0.0.1",
+                                 max_connections=4096, fd_limit=lambda: 1024,
+                                 announce_port=1789)
+        service.privilegedStartService()
+        # the next hops (1024 peers) would not fit: half the descriptors
+        self.assertEqual(service.factory.max_connections, 512)
+        roomy = MixnodeService(MemoryReactorClock(), KEYS[0], 1,
+                               "tcp:0:interface=127.0.0.1", "127.0.0.1",
+                               max_connections=4096, fd_limit=lambda: 65536,
+                               announce_port=1789)
+        roomy.privilegedStartService()
+        self.assertEqual(roomy.factory.max_connections, 4096)
+
+    @defer.inlineCallbacks
     def test_port_in_use_is_a_clear_error(self):
         first = MixnodeService(global_reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
                                "127.0.0.1")
@@ -319,3 +357,93 @@ class LoopbackTests(TestCase):
         f = self.failureResultOf(service.whenListening(), MixnodeError)
         self.assertIn("'tcp:notaport' is not valid", f.getErrorMessage())
         return service.stopService()
+
+
+class ListenerLimitTests(SynchronousTestCase):
+    """The packet listener's bounds: connections at once, and idle peers."""
+
+    def factory(self, **kwargs):
+        self.clock = Clock()
+        self.links = FakeLinks()
+        self.node = Mixnode(self.clock, KEYS[0].private_key, self.links, ReplayCache(1000))
+        return MixnodeFactory(self.node, **kwargs)
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_connections_past_the_maximum_are_refused(self):
+        factory = self.factory(max_connections=3)
+        opened = [self.connect(factory) for _ in range(3)]
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertEqual(factory.refused, 1)
+        opened[0][0].connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(None))
+
+    def test_a_peer_that_stops_mid_packet_is_cut_off(self):
+        factory = self.factory(idle_timeout=300)
+        protocol, transport = self.connect(factory)
+        protocol.dataReceived(make_packet()[:-1])  # 1371 bytes, then nothing
+        self.clock.advance(299)
+        protocol.dataReceived(b"")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_whole_packets_keep_a_connection(self):
+        factory = self.factory(idle_timeout=300)
+        protocol, transport = self.connect(factory)
+        for seed in range(5):
+            self.clock.advance(200)
+            protocol.dataReceived(make_packet(seed=seed))
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.node.received, 5)
+        self.clock.advance(300)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_lost_connection_leaves_no_timer(self):
+        factory = self.factory()
+        protocol, transport = self.connect(factory)
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(factory.connections, set())
+
+
+class FakeResource:
+    RLIMIT_NOFILE = 7
+    RLIM_INFINITY = -1
+
+    def __init__(self, soft, hard, refuse=False):
+        self.limits = (soft, hard)
+        self.refuse = refuse
+
+    def getrlimit(self, which):
+        return self.limits
+
+    def setrlimit(self, which, limits):
+        if self.refuse:
+            raise ValueError("not allowed")
+        self.limits = limits
+
+
+class FdLimitTests(SynchronousTestCase):
+    def test_the_soft_limit_is_raised_to_the_hard_one(self):
+        fake = FakeResource(1024, 524288)
+        self.assertEqual(raise_fd_limit(fake), 524288)
+        self.assertEqual(fake.limits, (524288, 524288))
+
+    def test_an_unlimited_hard_limit_gives_a_large_finite_one(self):
+        fake = FakeResource(1024, FakeResource.RLIM_INFINITY)
+        self.assertEqual(raise_fd_limit(fake), 1 << 20)
+
+    def test_a_refused_raise_keeps_the_soft_limit(self):
+        self.assertEqual(raise_fd_limit(FakeResource(1024, 4096, refuse=True)), 1024)
+        self.assertEqual(raise_fd_limit(FakeResource(4096, 4096)), 4096)
+
+    def test_connection_budget(self):
+        self.assertEqual(connection_budget(4096, 1024, 65536), 4096)
+        self.assertEqual(connection_budget(4096, 1024, 4096), 3008)
+        self.assertEqual(connection_budget(4096, 1024, 1024), 512)
+        self.assertEqual(connection_budget(10, 0, 1), 1)

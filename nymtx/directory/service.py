@@ -12,13 +12,43 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 
+from nymtx.wire import connection_budget, raise_fd_limit
+
+
+#: HTTP connections open at once; past it an accepted socket is closed at once.
+MAX_CONNECTIONS = 1024
+
 
 class _Tracking(WrappingFactory):
-    """Knows every open connection, so that stopping can close them all."""
+    """Knows every open connection, so that stopping can close them all.
 
-    def __init__(self, wrapped):
+    It also bounds them (``max_connections``): without a bound, idle or
+    slow connections (twisted.web closes a connection only after 60 s
+    without a byte) could use up the process's file descriptors.
+    """
+
+    log = Logger()
+
+    def __init__(self, wrapped, max_connections=MAX_CONNECTIONS):
         super().__init__(wrapped)
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self.max_connections = max_connections
+        self.refused = 0
+        self._full = False
         self._closed = {}
+
+    def buildProtocol(self, addr):
+        if len(self.protocols) >= self.max_connections:
+            self.refused += 1
+            if not self._full:
+                self._full = True
+                self.log.warn("the directory has {n} connections, its maximum: refusing"
+                              " new ones until some close", n=self.max_connections)
+            # Twisted closes the accepted socket at once
+            return None
+        self._full = False
+        return super().buildProtocol(addr)
 
     def unregisterProtocol(self, p):
         super().unregisterProtocol(p)
@@ -48,10 +78,12 @@ class DirectoryService(Service):
 
     log = Logger()
 
-    def __init__(self, endpoint, site, description, registry=None):
+    def __init__(self, endpoint, site, description, registry=None, *,
+                 max_connections=MAX_CONNECTIONS, fd_limit=raise_fd_limit):
         self.endpoint = endpoint
         self.site = site
-        self._factory = _Tracking(site)
+        self._factory = _Tracking(site, max_connections)
+        self._fd_limit = fd_limit
         self.description = description
         self.registry = registry
         self.port = None
@@ -96,6 +128,14 @@ class DirectoryService(Service):
 
     def _listen(self):
         self._failure = None
+        limit = self._fd_limit()
+        budget = connection_budget(self._factory.max_connections, 0, limit)
+        if budget < self._factory.max_connections:
+            self.log.warn(
+                "the open-files limit is {limit}: accepting {budget} connections, not the"
+                " configured {wanted} (raise the limit with ulimit -n or LimitNOFILE=)",
+                limit=limit, budget=budget, wanted=self._factory.max_connections)
+            self._factory.max_connections = budget
         self._listening = self.endpoint.listen(self._factory)
         self._listening.addCallbacks(self._listened, self._not_listened)
 

@@ -78,6 +78,11 @@ class GatewayConfig:
     message_retrieval_limit: int = 100
     max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
+    mix_max_connections: int = 1024
+    mix_idle_timeout_ms: int = 300_000
+    client_max_connections: int = 10_000
+    client_handshake_timeout_ms: int = 30_000
+    client_idle_timeout_ms: int = 300_000
 
     def mix_endpoint(self):
         return _endpoint(self.mix_port, self.listening_host)
@@ -95,7 +100,12 @@ class GatewayConfig:
             message_retrieval_limit=self.message_retrieval_limit,
             max_clients=self.max_clients,
             directory=_q(self.directory),
-            presence_sending_delay_ms=self.presence_sending_delay_ms)
+            presence_sending_delay_ms=self.presence_sending_delay_ms,
+            mix_max_connections=self.mix_max_connections,
+            mix_idle_timeout_ms=self.mix_idle_timeout_ms,
+            client_max_connections=self.client_max_connections,
+            client_handshake_timeout_ms=self.client_handshake_timeout_ms,
+            client_idle_timeout_ms=self.client_idle_timeout_ms)
 
 
 def _q(text):
@@ -123,10 +133,22 @@ port = {mix_port}
 # The IP address other nodes and clients reach this gateway at; it is
 # announced to the directory for both listeners.
 announce_address = {announce_host}
+# Mix links open at once; more are closed as soon as accepted. Both
+# listeners' maximums are lowered at start-up (with a warning) if the
+# open-files limit (ulimit -n) cannot hold them.
+max_connections = {mix_max_connections}
+# A mix link that brings no whole packet for this long is closed (ms).
+idle_timeout = {mix_idle_timeout_ms}
 
 [clients_endpoint]
 # Clients register, authenticate and pull their mail here (same address).
 port = {clients_port}
+# Client connections open at once (every client keeps one).
+max_connections = {client_max_connections}
+# Milliseconds a new connection has to register or authenticate.
+handshake_timeout = {client_handshake_timeout_ms}
+# An authenticated connection that sends nothing for this long is closed (ms).
+idle_timeout = {client_idle_timeout_ms}
 
 [storage]
 # Per-client quota: messages over it are dropped (and counted) until the
@@ -159,7 +181,12 @@ _KEYS = {
     ("mixnet_endpoint", "listening_address"): ("listening_host", _ip),
     ("mixnet_endpoint", "port"): ("mix_port", _port),
     ("mixnet_endpoint", "announce_address"): ("announce_host", _ip),
+    ("mixnet_endpoint", "max_connections"): ("mix_max_connections", _positive),
+    ("mixnet_endpoint", "idle_timeout"): ("mix_idle_timeout_ms", _positive),
     ("clients_endpoint", "port"): ("clients_port", _port),
+    ("clients_endpoint", "max_connections"): ("client_max_connections", _positive),
+    ("clients_endpoint", "handshake_timeout"): ("client_handshake_timeout_ms", _positive),
+    ("clients_endpoint", "idle_timeout"): ("client_idle_timeout_ms", _positive),
     ("storage", "quota_messages"): ("quota_messages", _positive),
     ("storage", "quota_bytes"): ("quota_bytes", _positive),
     ("storage", "commit_interval_ms"): ("commit_interval_ms", _non_negative),

@@ -23,6 +23,9 @@ MAX_PULL = 200
 MAX_ACK = 1000
 MAX_MESSAGE = 4096
 MAX_ERROR_TEXT = 1024
+#: The largest frame a client has reason to send (an ack of MAX_ACK ids); the
+#: gateway refuses longer ones rather than buffer them for every connection.
+MAX_CLIENT_FRAME_SIZE = 3 + 8 * MAX_ACK
 PROTOCOL_VERSION = 1
 
 REGISTER_CONTEXT = b"nymtx gateway register v1"

@@ -12,12 +12,11 @@ import collections
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nymtx import sphinx
 from nymtx.sphinx.errors import ReplayError, SphinxError
-from nymtx.wire import PacketReceiver
+from nymtx.wire import BoundedFactory, BoundedPacketReceiver
 
 #: Drop reasons besides the store's own.
 REPLAY = "replay"
@@ -96,35 +95,42 @@ class FinalHopHandler:
             self.deliver(hop)
 
 
-class MixProtocol(PacketReceiver):
-    def __init__(self, handler, connections):
+class MixProtocol(BoundedPacketReceiver):
+    def __init__(self, handler):
         super().__init__()
         self.handler = handler
-        self.connections = connections
         self.closed = Deferred()
 
-    def connectionMade(self):
-        self.connections.add(self)
-
     def connectionLost(self, reason):
-        self.connections.discard(self)
+        super().connectionLost(reason)
         self.closed.callback(None)
 
     def packetReceived(self, packet):
         self.handler.packet_received(packet)
 
 
-class MixListenerFactory(Factory):
+#: Incoming mix links at once. Only the last layer's mixnodes deliver here,
+#: but anyone can connect; each connection costs a descriptor.
+MAX_CONNECTIONS = 1024
+#: Seconds without a whole packet before a mix link is cut (its sender redials).
+IDLE_TIMEOUT = 300.0
+
+
+class MixListenerFactory(BoundedFactory):
     """Builds a :class:`MixProtocol` per incoming mix link."""
 
-    noisy = False
+    kind = "gateway mix listener"
 
-    def __init__(self, handler):
+    def __init__(self, handler, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
+                 clock=None):
+        super().__init__(handler.clock if clock is None else clock, max_connections,
+                         idle_timeout)
         self.handler = handler
-        self.connections = set()
 
-    def buildProtocol(self, addr):
-        return MixProtocol(self.handler, self.connections)
+    def makeProtocol(self, addr):
+        p = MixProtocol(self.handler)
+        p.factory = self
+        return p
 
     def close_all(self):
         """Close every mix link; fires once all are closed."""

@@ -13,55 +13,81 @@ import os
 from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.addressing import encode_client_address
 from nymtx.gateway import frames as F
 from nymtx.gateway.store import StoreError
+from nymtx.wire import BoundedFactory, IdleTimeout
 
 
-class ClientProtocol(Protocol):
+@implementer(IPushProducer)
+class ClientProtocol(IdleTimeout, Protocol):
+    """One client connection.
+
+    It is a streaming producer of its own transport: when the client does
+    not read its answers and the transport's buffer fills, the protocol
+    stops answering and stops reading, so the frames the client keeps
+    sending wait in its socket, not in the gateway's memory. The rest is
+    answered once the client has read enough.
+    """
+
     log = Logger()
 
     def __init__(self, factory):
         self.factory = factory
-        self.decoder = F.FrameDecoder(F.MAX_FRAME_SIZE)
+        self.decoder = F.FrameDecoder(F.MAX_CLIENT_FRAME_SIZE)
         self.nonce = None
         self.client = None
         self.errors = 0
         self.closed = Deferred()
+        self.paused = False
+        # bodies read but not answered yet, and the oversized frame after them
+        self._pending = collections.deque()
+        self._too_large = None
 
     def connectionMade(self):
-        self.factory.protocols.add(self)
+        self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)
+        self.callLater = self.factory.clock.callLater
+        # until it authenticates a connection costs the gateway and gives nothing
+        self.setTimeout(self.factory.handshake_timeout)
         self.nonce = self.factory.randbytes(F.NONCE_SIZE)
         self.send(F.Hello(F.PROTOCOL_VERSION, self.factory.keys.public_key, self.nonce))
 
     def connectionLost(self, reason):
-        self.factory.protocols.discard(self)
+        self.setTimeout(None)
+        self._pending.clear()
+        self.factory.connections.discard(self)
         self.closed.callback(None)
 
     def send(self, value):
         self.transport.write(F.encode(value))
 
     def dataReceived(self, data):
-        too_large = None
+        if self.client is not None:
+            # the handshake deadline is absolute: dribbled bytes do not extend it
+            self.resetTimeout()
         try:
             bodies = self.decoder.feed(data)
         except F.FrameTooLarge as e:
             # The frames before it are answered first: one answer per request.
-            bodies, too_large = e.bodies, e
-        self._answer(bodies)
-        if too_large is not None and not self.transport.disconnecting:
+            bodies, self._too_large = e.bodies, e
             # The rest of the stream is the oversized frame's body: no resync.
-            self.factory.count_error(too_large.code)
-            self.send(F.Error(too_large.code, str(too_large)))
-            self.transport.loseConnection()
+            self.transport.pauseProducing()
+        self._pending.extend(bodies)
+        self._answer()
 
-    def _answer(self, bodies):
-        for body in bodies:
+    def _answer(self):
+        pending = self._pending
+        while pending and not self.paused:
             if self.transport.disconnecting:
+                pending.clear()
                 return
+            body = pending.popleft()
             try:
                 self.handle(F.parse_client_frame(body))
             except F.FrameError as e:
@@ -69,6 +95,31 @@ class ClientProtocol(Protocol):
             except StoreError as e:
                 self.log.error("store failure answering a client: {why}", why=str(e))
                 self.error(F.E_INTERNAL, "the gateway cannot access its storage")
+        if pending:
+            self.transport.pauseProducing()
+            return
+        too_large = self._too_large
+        if too_large is not None and not self.transport.disconnecting:
+            self._too_large = None
+            self.factory.count_error(too_large.code)
+            self.send(F.Error(too_large.code, str(too_large)))
+            self.transport.loseConnection()
+
+    # IPushProducer, for the transport: the client is (not) reading its answers
+
+    def pauseProducing(self):
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.paused = False
+        self._answer()
+        if not self.paused and self._too_large is None and not self.transport.disconnecting:
+            self.transport.resumeProducing()
+
+    def stopProducing(self):
+        self.paused = True
+        self._pending.clear()
 
     def error(self, code, message):
         self.factory.count_error(code)
@@ -128,6 +179,7 @@ class ClientProtocol(Protocol):
         if not store.check_token(request.client_key, request.token):
             raise F.FrameError(F.E_BAD_TOKEN, "the token is not this client's current token")
         self.client = bytes(request.client_key)
+        self.setTimeout(self.factory.idle_timeout)
         self.send(F.Authenticated())
 
     def pull(self, limit):
@@ -141,24 +193,40 @@ class ClientProtocol(Protocol):
         self.send(F.Messages(tuple(messages)))
 
 
-class ClientServerFactory(Factory):
+#: Client connections at once: every client keeps one open.
+MAX_CONNECTIONS = 10_000
+#: Seconds a connection may take to authenticate (or register) from its hello.
+HANDSHAKE_TIMEOUT = 30.0
+#: Seconds without a request before an authenticated connection is cut; a
+#: client pulls every few seconds, and its link redials if it was only quiet.
+IDLE_TIMEOUT = 300.0
+
+
+class ClientServerFactory(BoundedFactory):
     """Builds a :class:`ClientProtocol` per client connection."""
 
-    noisy = False
-
-    log = Logger()
+    kind = "gateway client listener"
 
     def __init__(self, store, keys, randbytes=os.urandom, max_errors=5,
-                 max_pull=F.MAX_PULL):
+                 max_pull=F.MAX_PULL, max_connections=MAX_CONNECTIONS,
+                 handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=IDLE_TIMEOUT, clock=None):
+        super().__init__(store.clock if clock is None else clock, max_connections,
+                         idle_timeout)
+        if handshake_timeout <= 0:
+            raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
+        self.handshake_timeout = handshake_timeout
         self.store = store
         self.keys = keys
         self.randbytes = randbytes
         self.max_errors = max_errors
         self.max_pull = max_pull
-        self.protocols = set()
         self.errors = collections.Counter()
 
-    def buildProtocol(self, addr):
+    @property
+    def protocols(self):
+        return self.connections
+
+    def makeProtocol(self, addr):
         return ClientProtocol(self)
 
     def count_error(self, code):

@@ -10,11 +10,13 @@ from twisted.python.failure import Failure
 
 import nymtx
 from nymtx.addressing import NodeAddress
+from nymtx.gateway import mix, server
 from nymtx.gateway.mix import FinalHopHandler, MixListenerFactory
 from nymtx.gateway.server import ClientServerFactory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import encode_key
 from nymtx.observer import OneShot
+from nymtx.wire import connection_budget, raise_fd_limit
 
 DATABASE_NAME = "gateway.sqlite"
 
@@ -36,7 +38,11 @@ class GatewayService(MultiService):
                  max_clients=1000,
                  max_pull=200, max_delay=300.0, presence_interval=1.5,
                  location=None, version=None, directory=None, treq=None,
-                 randbytes=os.urandom):
+                 randbytes=os.urandom, mix_max_connections=mix.MAX_CONNECTIONS,
+                 mix_idle_timeout=mix.IDLE_TIMEOUT,
+                 client_max_connections=server.MAX_CONNECTIONS,
+                 client_handshake_timeout=server.HANDSHAKE_TIMEOUT,
+                 client_idle_timeout=server.IDLE_TIMEOUT, fd_limit=raise_fd_limit):
         super().__init__()
         self.reactor = reactor
         self.keys = keys
@@ -55,9 +61,13 @@ class GatewayService(MultiService):
             max_clients=max_clients)
         self.handler = FinalHopHandler(reactor, keys.private_key, self.store,
                                        max_delay=max_delay)
-        self.mix_factory = MixListenerFactory(self.handler)
+        self.mix_factory = MixListenerFactory(
+            self.handler, mix_max_connections, mix_idle_timeout)
         self.client_factory = ClientServerFactory(
-            self.store, keys, randbytes=randbytes, max_pull=max_pull)
+            self.store, keys, randbytes=randbytes, max_pull=max_pull,
+            max_connections=client_max_connections,
+            handshake_timeout=client_handshake_timeout, idle_timeout=client_idle_timeout)
+        self._fd_limit = fd_limit
         self.mix_port = self.client_port = None
         self._ports = []
         self._listening = None
@@ -89,7 +99,23 @@ class GatewayService(MultiService):
         self._listening = Deferred.fromCoroutine(self._listen())
         self._listening.addBoth(self._settle)
 
+    def _fit_fd_limit(self):
+        """Lower the listeners' maximums to what the open-files limit can hold."""
+        limit = self._fd_limit()
+        mix_f, client_f = self.mix_factory, self.client_factory
+        mix_budget = connection_budget(mix_f.max_connections, 0, limit // 4)
+        client_budget = connection_budget(client_f.max_connections, mix_budget, limit)
+        for factory, budget in ((mix_f, mix_budget), (client_f, client_budget)):
+            if budget < factory.max_connections:
+                self.log.warn(
+                    "the open-files limit is {limit}: the {kind} accepts {budget}"
+                    " connections, not the configured {wanted} (raise the limit with"
+                    " ulimit -n or LimitNOFILE=)", limit=limit, kind=factory.kind,
+                    budget=budget, wanted=factory.max_connections)
+                factory.max_connections = budget
+
     async def _listen(self):
+        self._fit_fd_limit()
         attempts = []
         for name, spec, factory in (("mix", self.mix_endpoint, self.mix_factory),
                                     ("client", self.client_endpoint, self.client_factory)):

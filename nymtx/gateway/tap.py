@@ -45,4 +45,9 @@ def makeService(options, reactor=None):
         commit_interval=config.commit_interval_ms / 1000, commit_batch=config.commit_batch,
         max_pull=config.message_retrieval_limit, max_clients=config.max_clients,
         presence_interval=config.presence_sending_delay_ms / 1000,
+        mix_max_connections=config.mix_max_connections,
+        mix_idle_timeout=config.mix_idle_timeout_ms / 1000,
+        client_max_connections=config.client_max_connections,
+        client_handshake_timeout=config.client_handshake_timeout_ms / 1000,
+        client_idle_timeout=config.client_idle_timeout_ms / 1000,
         location=config.location)

@@ -47,6 +47,10 @@ DEBUG = {
     "maximum_packets_in_flight": (32768, 1, 1 << 22, "packets held for their delay at once"),
     "maximum_packet_delay": (300000, 1, _DAY_MS,
                              "the longest delay in milliseconds a packet may ask for"),
+    "maximum_connections": (4096, 1, 1 << 20, "incoming connections at once"),
+    "connection_idle_timeout": (300000, 1000, _DAY_MS,
+                                "milliseconds without a packet before an incoming"
+                                " connection is closed"),
 }
 
 _DEBUG_COMMENTS = {
@@ -64,6 +68,11 @@ _DEBUG_COMMENTS = {
     "maximum_packets_in_flight":
         "Packets held for their delay at once; more are dropped (too_many_in_flight).",
     "maximum_packet_delay": "Packets asking for a longer delay are dropped (delay_too_long), ms.",
+    "maximum_connections":
+        "Incoming connections at once; more are closed as soon as accepted. Lowered at\n"
+        "# start-up (with a warning) if the open-files limit (ulimit -n) cannot hold them.",
+    "connection_idle_timeout":
+        "An incoming connection that brings no whole packet for this long is closed (ms).",
 }
 
 

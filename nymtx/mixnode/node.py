@@ -9,12 +9,11 @@ import itertools
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nymtx.addressing import AddressError, NodeAddress
 from nymtx.sphinx import ForwardHop, SphinxError, process_packet
-from nymtx.wire import PacketReceiver
+from nymtx.wire import BoundedFactory, BoundedPacketReceiver
 
 #: Drop reasons that are not a SphinxError subclass name.
 FINAL_HOP = "final_hop_at_mixnode"
@@ -148,17 +147,14 @@ class Mixnode:
         return len(held)
 
 
-class MixnodeProtocol(PacketReceiver):
+class MixnodeProtocol(BoundedPacketReceiver):
     """One incoming connection: every packet goes to the node."""
 
     def packetReceived(self, packet):
         self.factory.node.handle_packet(packet)
 
-    def connectionMade(self):
-        self.factory.connections.add(self)
-
     def connectionLost(self, reason):
-        self.factory.connections.discard(self)
+        super().connectionLost(reason)
         waiters, self.factory.waiters = self.factory.waiters, []
         if not self.factory.connections:
             for d in waiters:
@@ -167,13 +163,23 @@ class MixnodeProtocol(PacketReceiver):
             self.factory.waiters = waiters
 
 
-class MixnodeFactory(Factory):
-    protocol = MixnodeProtocol
-    noisy = False
+#: Incoming connections at once: clients of a layer-1 node and the previous
+#: layer's nodes. Each costs a descriptor and ~1.4 KB of partial packet.
+MAX_CONNECTIONS = 4096
+#: Seconds without a whole packet after which an incoming connection is cut:
+#: a sender's link redials on its next packet, so a quiet peer loses nothing.
+IDLE_TIMEOUT = 300.0
 
-    def __init__(self, node):
+
+class MixnodeFactory(BoundedFactory):
+    protocol = MixnodeProtocol
+    kind = "mixnode packet listener"
+
+    def __init__(self, node, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
+                 clock=None):
+        super().__init__(node.clock if clock is None else clock, max_connections,
+                         idle_timeout)
         self.node = node
-        self.connections = set()
         self.waiters = []
 
     def close_all(self):

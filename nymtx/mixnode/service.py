@@ -14,8 +14,9 @@ from twisted.logger import Logger
 import nymtx
 from nymtx.addressing import NodeAddress
 from nymtx.links import PacketLinks
-from nymtx.mixnode.node import Mixnode, MixnodeFactory
+from nymtx.mixnode.node import IDLE_TIMEOUT, MAX_CONNECTIONS, Mixnode, MixnodeFactory
 from nymtx.sphinx import ReplayCache
+from nymtx.wire import connection_budget, raise_fd_limit
 
 DEFAULT_PORT = 1789
 
@@ -41,7 +42,8 @@ class MixnodeService(MultiService):
                  presence_interval=1.5, metrics_interval=1.0,
                  replay_cache_size=1 << 20, max_in_flight=32768, max_delay=300.0,
                  queue_size=1024, initial_backoff=0.1, maximum_backoff=30.0,
-                 location="unknown", version=None):
+                 max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
+                 location="unknown", version=None, fd_limit=raise_fd_limit):
         super().__init__()
         self.reactor = reactor
         self.keys = keys
@@ -64,7 +66,8 @@ class MixnodeService(MultiService):
         self.node = Mixnode(reactor, keys.private_key, self.links,
                             ReplayCache(replay_cache_size),
                             max_in_flight=max_in_flight, max_delay=max_delay)
-        self.factory = MixnodeFactory(self.node)
+        self.factory = MixnodeFactory(self.node, max_connections, idle_timeout)
+        self._fd_limit = fd_limit
         self.port = None
         self.announce_address = None
         self._listening = None
@@ -98,6 +101,16 @@ class MixnodeService(MultiService):
 
     def _bind(self):
         self._listening = True
+        limit = self._fd_limit()
+        # every next hop is a descriptor too: the listener must leave room
+        # for them, or a flood of incoming connections stops the forwarding
+        budget = connection_budget(self.factory.max_connections, self.links.max_peers, limit)
+        if budget < self.factory.max_connections:
+            self.log.warn(
+                "the open-files limit is {limit}: accepting {budget} connections, not"
+                " the configured {wanted} (raise it with ulimit -n or LimitNOFILE=)",
+                limit=limit, budget=budget, wanted=self.factory.max_connections)
+            self.factory.max_connections = budget
         try:
             endpoint = serverFromString(self.reactor, self.listen_endpoint)
         except (ValueError, TypeError, KeyError) as e:

@@ -41,6 +41,8 @@ def service_from_config(config, keys, reactor):
         queue_size=debug["packet_queue_size"],
         initial_backoff=debug["packet_forwarding_initial_backoff"] / 1000,
         maximum_backoff=debug["packet_forwarding_maximum_backoff"] / 1000,
+        max_connections=debug["maximum_connections"],
+        idle_timeout=debug["connection_idle_timeout"] / 1000,
         location=config.location)
 
 
