@@ -95,9 +95,29 @@ class ConfigFileTests(SynchronousTestCase):
     @given(st.text(max_size=300))
     def test_any_text_is_a_config_or_a_config_error(self, text):
         try:
-            ClientConfig.from_toml(text)
+            config = ClientConfig.from_toml(text)
         except ConfigError:
-            pass
+            return
+        # whatever was accepted is written back and read as the same config
+        self.assertEqual(ClientConfig.from_toml(config.to_toml()), config)
+
+    @given(st.sampled_from([("client", k) for k in (
+               "id", "directory_server", "provider_id", "provider_authtoken",
+               "nym_root_directory")] + [("socket", k) for k in (
+               "socket_type", "listening_port", "allowed_origins")]
+               + [("debug", k) for k in DEBUG_DEFAULTS]),
+           st.one_of(st.integers(-10, 100000), st.booleans(), st.text(max_size=30),
+                     st.lists(st.text(max_size=12), max_size=3)))
+    def test_any_value_of_any_key(self, where, value):
+        import tomlkit
+        doc = tomlkit.parse(ClientConfig.new(self.mktemp(), "Alice").to_toml())
+        section, key = where
+        doc[section][key] = value
+        try:
+            config = ClientConfig.from_toml(tomlkit.dumps(doc))
+        except ConfigError:
+            return
+        self.assertEqual(ClientConfig.from_toml(config.to_toml()), config)
 
 
 class FlagTests(SynchronousTestCase):

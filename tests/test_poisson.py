@@ -201,13 +201,17 @@ class PoissonLoopTests(SynchronousTestCase):
         self.assertTrue(loop.running)
 
     def test_async_function(self):
+        # recorded after the await: three entries mean three runs to the end
         async def f():
-            self.record()
             await succeed(None)
+            self.record()
 
         loop = self.make(f=f)
         loop.start()
         run_until(self.clock, self.times, 3)
+        self.assertEqual(len(self.times), 3)
+        self.assertTrue(loop.running)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_mean_change_takes_effect_at_the_next_gap(self):
         loop = self.make(mean=0.5)
