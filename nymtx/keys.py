@@ -13,6 +13,8 @@ import attrs
 import base58
 from nacl.bindings import crypto_scalarmult_base
 
+from nymtx.paths import write_atomically
+
 KEY_SIZE = 32
 PRIVATE_KEY_FILE = "private_sphinx.key"
 PUBLIC_KEY_FILE = "public_sphinx.key"
@@ -88,8 +90,8 @@ class KeyPair:
     def save(self, directory, private_name=PRIVATE_KEY_FILE, public_name=PUBLIC_KEY_FILE):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         private_path = os.path.join(directory, private_name)
-        _write_new(private_path, encode_key(self.private_key) + "\n", 0o600)
-        _write_new(os.path.join(directory, public_name), self.public_text + "\n", 0o644)
+        write_atomically(private_path, encode_key(self.private_key) + "\n", 0o600)
+        write_atomically(os.path.join(directory, public_name), self.public_text + "\n", 0o644)
 
     @classmethod
     def load(cls, directory, private_name=PRIVATE_KEY_FILE, public_name=PUBLIC_KEY_FILE):
@@ -127,23 +129,3 @@ def _read_key_text(path, which):
     if not text:
         raise KeyFormatError(f"{which} key file {path} is empty")
     return text
-
-
-def _write_new(path, text, mode):
-    # Write beside, then rename: a crash never leaves half a key file, and the
-    # mode is set before any key byte is written.
-    tmp = path + ".tmp"
-    # A leftover from a crash keeps its old mode under O_TRUNC; start afresh
-    # so that O_CREAT's mode applies.
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

@@ -36,3 +36,27 @@ def check_id(node_id):
             f"invalid id {node_id!r}: use letters, digits, '-', '_' and '.',"
             " not starting with '.'")
     return node_id
+
+
+def write_atomically(path, text, mode):
+    """Write *text* (UTF-8) to *path* through a file beside it, then rename.
+
+    A crash never leaves half a file, and *mode* is set before any byte is
+    written (the files hold keys and tokens). A ``.tmp`` left by a crash is
+    removed first: under O_TRUNC it would keep its old mode, and if it were a
+    symlink the secret would be written wherever it points.
+    """
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:  # write() loops until all is written
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    # the umask may have taken bits from O_CREAT's mode (a public key is 0644)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -79,6 +79,24 @@ class ConfigFileTests(SynchronousTestCase):
             # the file is named too, so a bad value is not taken for a bad flag
             self.assertTrue(str(cm.exception).startswith("/x/config.toml"), str(cm.exception))
 
+    def test_save_replaces_a_leftover_tmp_file_instead_of_writing_through_it(self):
+        config = ClientConfig.new(self.mktemp(), "Alice",
+                                  provider_authtoken=encode_key(b"t" * 32))
+        config.config_path.parent.mkdir(parents=True)
+        tmp = str(config.config_path) + ".tmp"
+        # a crash left a world-readable .tmp ...
+        with open(tmp, "w") as f:
+            f.write("old")
+        os.chmod(tmp, 0o644)
+        config.save()
+        self.assertEqual(stat.S_IMODE(os.stat(config.config_path).st_mode), 0o600)
+        # ... or a symlink: the token must not go where it points
+        elsewhere = self.mktemp()
+        os.symlink(elsewhere, tmp)
+        config.save()
+        self.assertFalse(os.path.exists(elsewhere))
+        self.assertEqual(ClientConfig.load(config.root, "Alice"), config)
+
     def test_token_not_in_repr(self):
         token = "9XgGfNnRPtmwcAPXXiyUWBQsxHMqfF7vTGbo3RRpvse8"
         config = ClientConfig.new(self.mktemp(), "Alice", provider_authtoken=token)

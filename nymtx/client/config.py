@@ -6,7 +6,6 @@ The file holds the gateway auth token, so it is written readable by its
 owner only.
 """
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from nymtx.keys import KeyFormatError, KeyPair, decode_key
-from nymtx.paths import check_id, node_dir
+from nymtx.paths import check_id, node_dir, write_atomically
 
 DEFAULT_DIRECTORY = "http://127.0.0.1:8080"
 DEFAULT_PORT = 9001
@@ -235,15 +234,7 @@ class ClientConfig:
         """Write config.toml atomically, mode 0600 (it holds the auth token)."""
         path = Path(path or self.config_path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, self.to_toml().encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_atomically(path, self.to_toml(), 0o600)
 
     @classmethod
     def from_toml(cls, text, source="config.toml"):
