@@ -270,6 +270,24 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(closed, ["links", "inbox"])
 
 
+class LauncherTests(SynchronousTestCase):
+    def test_stopped_during_init_starts_no_client(self):
+        network = Network()
+        registering = Deferred()
+        launcher = ClientLauncher(
+            Clock(), self.mktemp(), "Dave", overrides={"socket_type": "None"},
+            init_options={"directory_url": "http://127.0.0.1:1",
+                          "directory": FakeDirectory(network.topology()),
+                          "register": lambda *args: registering},
+            directory=FakeDirectory(network.topology()), links=FakeLinks(),
+            gateway_link=FakeGatewayLink())
+        launcher.startService()
+        launcher.stopService()
+        registering.callback(b"k" * 32)
+        self.assertIsNone(launcher.client_service)
+        self.assertEqual(list(launcher), [])
+
+
 class InboxFileTests(SynchronousTestCase):
     def test_messages_survive_reopening(self):
         path = os.path.join(self.mktemp() + ".sqlite")
