@@ -72,6 +72,28 @@ class _LinkProtocol(Protocol):
         self.paused = True
 
 
+class LogThrottle:
+    """Lets a repeated log line through at most once per *interval* seconds.
+
+    ``allow(kind)`` returns how many times *kind* happened since the last
+    line that was let through (this time included), or 0 to stay quiet.
+    """
+
+    def __init__(self, clock, interval=60.0):
+        self.clock = clock
+        self.interval = interval
+        self._last = {}  # kind -> (time of the last line, times since)
+
+    def allow(self, kind):
+        now = self.clock.seconds()
+        last, since = self._last.get(kind, (None, 0))
+        if last is None or now - last >= self.interval:
+            self._last[kind] = (now, 0)
+            return since + 1
+        self._last[kind] = (last, since + 1)
+        return 0
+
+
 class _LinkFactory(Factory):
     noisy = False
 
@@ -136,8 +158,11 @@ class _Link:
         def failed(f):
             if self.connecting is d:
                 self.connecting = None
-                links.log.info("mix link to {peer} failed: {why}", peer=self.key,
-                               why=f.getErrorMessage())
+                count = links._quiet.allow("failed")
+                if count:
+                    links.log.info("mix link to {peer} failed: {why} ({count} failed"
+                                   " connection attempts since the last such line)",
+                                   peer=self.key, why=f.getErrorMessage(), count=count)
                 self._schedule_retry()
         d.addCallbacks(lambda _: None, failed)
 
@@ -235,6 +260,9 @@ class PacketLinks:
         self.sent = {}
         self.dropped = 0
         self.evicted = 0
+        # Anyone can make packets that name made-up next hops: each would
+        # cost a log line per failed connect and per eviction.
+        self._quiet = LogThrottle(reactor)
 
     def send(self, address, packet):
         """Queue *packet* for *address*; connect if need be."""
@@ -255,8 +283,11 @@ class PacketLinks:
     def _evict(self):
         _, link = self._links.popitem(last=False)
         self.evicted += len(link.queue)
-        self.log.info("mix link to {peer} closed: more than {n} peers, and it was"
-                      " the least recently used", peer=link.key, n=self.max_peers)
+        count = self._quiet.allow("evicted")
+        if count:
+            self.log.info("mix link to {peer} closed: more than {n} peers, and it was"
+                          " the least recently used ({count} links closed so since the"
+                          " last such line)", peer=link.key, n=self.max_peers, count=count)
         closing = link.stop()
         if not closing.called:
             self._closing.add(closing)

@@ -9,7 +9,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.addressing import NodeAddress
-from nymtx.links import PacketLinks
+from nymtx.links import LogThrottle, PacketLinks
 
 SIZE = 1372
 PEER = NodeAddress.parse("127.0.0.1:1789")
@@ -197,12 +197,13 @@ class MemoryLinksTests(SynchronousTestCase):
                             maximum_backoff=3.0, max_peers=3)
         links.send(PEER, packet(0))
         protocol, transport = self.connect(0)
-        for i in range(1, 50):
-            links.send(NodeAddress.parse(f"10.9.0.{i}:1789"), packet(i))
-            self.refuse()
-            links.send(PEER, packet(100 + i))  # PEER stays in use: never evicted
-            self.reactor.advance(0)  # this turn's write to PEER
-            self.assertLessEqual(len(links._links), 3)
+        from twisted.logger import capturedLogs
+        with capturedLogs() as events:
+            for i in range(1, 50):
+                self._flood_step(links, i)
+        # nor may it flood the log: one line of each kind (within a minute)
+        lines = [e for e in events if "mix link to" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 2, [e["log_format"] for e in lines])
         self.assertTrue(links.connected(PEER))
         self.assertFalse(transport.disconnecting)
         self.assertEqual(transport.value(), b"".join(packet(n) for n in [0] + list(range(101, 150))))
@@ -214,6 +215,13 @@ class MemoryLinksTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(d)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def _flood_step(self, links, i):
+        links.send(NodeAddress.parse(f"10.9.0.{i}:1789"), packet(i))
+        self.refuse()
+        links.send(PEER, packet(100 + i))  # PEER stays in use: never evicted
+        self.reactor.advance(0)  # this turn's write to PEER
+        self.assertLessEqual(len(links._links), 3)
 
     def test_evicted_connected_peer_is_closed_and_awaited_on_stop(self):
         links = PacketLinks(self.reactor, queue_size=4, initial_backoff=0.5,
@@ -346,3 +354,16 @@ class LoopbackLinksTests(TestCase):
 def deferLater(seconds):
     from twisted.internet.task import deferLater as later
     return later(global_reactor, seconds, lambda: None)
+
+
+class LogThrottleTests(SynchronousTestCase):
+    def test_once_per_interval_with_a_count(self):
+        from twisted.internet.task import Clock
+        clock = Clock()
+        quiet = LogThrottle(clock, interval=60)
+        self.assertEqual(quiet.allow("x"), 1)
+        self.assertEqual([quiet.allow("x") for _ in range(5)], [0] * 5)
+        self.assertEqual(quiet.allow("y"), 1)  # kinds are counted apart
+        clock.advance(60)
+        self.assertEqual(quiet.allow("x"), 6)  # the 5 held back, and this one
+        self.assertEqual(quiet.allow("x"), 0)
