@@ -375,8 +375,14 @@ def makeService(options, reactor=None):
         network.log.warn("--processes is for the nym-localnet command; under twistd the"
                          " network runs in this one process")
     # Under twistd nobody waits on whenReady(): a network that cannot start
-    # must not leave twistd running with half of it.
-    network.whenReady().addErrback(lambda f: reactor.stop() if reactor.running else None)
+    # must not leave twistd running with half of it. twistd starts services
+    # before it runs the reactor, so the failure may come before it runs.
+    def stop(failure):
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+    network.whenReady().addErrback(stop)
     return network
 
 

@@ -103,6 +103,38 @@ class PortInUseTests(TestCase):
         self.addCleanup(network.stopService)
         return self.assertFailure(d, LocalNetError)
 
+    def test_twistd_service_stops_the_reactor_when_it_cannot_start(self):
+        # twistd starts the service before reactor.run(): the failure comes
+        # while the reactor is not running yet, and must still stop it.
+        from nymtx.localnet import makeService
+
+        class NotYetRunning:
+            running = False
+
+            def __init__(self):
+                self.when_running = []
+
+            def callWhenRunning(self, f, *args):
+                self.when_running.append(f)
+
+            def stop(self):
+                raise AssertionError("stop() before the reactor runs")
+
+            def __getattr__(self, name):
+                return getattr(reactor, name)
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        fake = NotYetRunning()
+        options = Options()
+        options.parseOptions(["--home", self.mktemp(), "--base-port", str(port - 1)])
+        network = makeService(options, reactor=fake)
+        network.startService()
+        self.addCleanup(network.stopService)
+        d = network.whenReady()
+        d = self.assertFailure(d, LocalNetError)
+        d.addCallback(lambda _: self.assertEqual(fake.when_running, [fake.stop]))
+        return d
+
     def run_command(self, *args):
         return subprocess.run([sys.executable, "-m", "nymtx.localnet", "--home", self.mktemp(),
                                *args], capture_output=True, text=True, timeout=50)
