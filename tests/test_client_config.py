@@ -23,7 +23,7 @@ from nymtx.client.inbox import Inbox, InboxError
 from nymtx.client.service import ClientLauncher
 from nymtx.keys import KeyPair, encode_key
 
-from tests.test_client_core import FakeDirectory, FakeGatewayLink, FakeLinks, Network
+from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork as Network
 
 
 class ConfigFileTests(SynchronousTestCase):
