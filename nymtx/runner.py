@@ -35,6 +35,8 @@ def run_service(service, reactor=None, level="info"):
         d.addErrback(failed)
 
     def failed(f):
+        if outcome["code"]:
+            return  # startService and whenListening may both report one failure
         outcome["code"] = 1
         log.critical("could not start: {why}", why=f.getErrorMessage()
                      or f.type.__name__)

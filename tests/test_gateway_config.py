@@ -140,3 +140,18 @@ class CommandLine(SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
                               ["--id", "G1", "--home", self.home])
         self.assertIn("private key", str(e))
+
+
+class ConfigFileModeTests(SynchronousTestCase):
+    def test_config_is_owner_only_and_never_written_through_a_leftover(self):
+        import stat
+        home = self.mktemp()
+        config = C.validate(id="G1", mix_port=1, clients_port=2, announce_host="::1",
+                            directory="")
+        path = C.save(config, home)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        elsewhere = self.mktemp()
+        os.symlink(elsewhere, str(path) + ".tmp")
+        C.save(config, home)
+        self.assertFalse(os.path.exists(elsewhere))
+        self.assertEqual(C.parse(path.read_text()), config)

@@ -227,3 +227,19 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertEqual(directory.metrics[-1]["received"], 0)
         self.flushLoggedErrors()
         service.stopService()
+
+
+class ConfigFileModeTests(SynchronousTestCase):
+    def test_config_is_owner_only_and_never_written_through_a_leftover(self):
+        import os
+        import stat
+        from nymtx.mixnode.config import config_path
+        home = self.mktemp()
+        init_mixnode("M1", 1, root=home)
+        path = config_path("M1", home)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        elsewhere = self.mktemp()
+        os.symlink(elsewhere, str(path) + ".tmp")
+        init_mixnode("M1", 2, root=home, force=True)
+        self.assertFalse(os.path.exists(elsewhere))
+        self.assertIn("layer = 2", path.read_text())

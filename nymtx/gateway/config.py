@@ -12,7 +12,7 @@ import attrs
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from nymtx.paths import check_id, node_dir
+from nymtx.paths import check_id, node_dir, write_atomically
 
 DEFAULT_MIX_PORT = 1789
 DEFAULT_CLIENTS_PORT = 9000
@@ -274,7 +274,5 @@ def load(node_id, home=None):
 def save(config, home=None):
     path = config_path(config.id, home)
     os.makedirs(path.parent, mode=0o700, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(config.to_toml(), "utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, config.to_toml(), 0o600)
     return path

@@ -15,7 +15,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from nymtx.addressing import AddressError, NodeAddress
 from nymtx.keys import KeyFormatError, KeyPair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
-from nymtx.paths import node_dir, nym_root
+from nymtx.paths import node_dir, nym_root, write_atomically
 
 LAYERS = (1, 2, 3)
 DEFAULT_HOST = "127.0.0.1"
@@ -134,12 +134,7 @@ class MixnodeConfig:
         return tomlkit.dumps(doc)
 
     def save(self, path):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_toml())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, self.to_toml(), 0o600)
 
 
 def config_path(node_id, root=None):
