@@ -295,12 +295,17 @@ class LoopbackTests(TestCase):
         self.assertEqual(roomy.factory.max_connections, 4096)
 
     @defer.inlineCallbacks
-    def test_port_in_use_is_a_clear_error(self):
+    def _taken_port(self):
+        """The port of a running mixnode, which another one cannot take."""
         first = MixnodeService(global_reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
                                "127.0.0.1")
         first.startService()
         self.addCleanup(first.stopService)
-        port = (yield first.whenListening()).getHost().port
+        return (yield first.whenListening()).getHost().port
+
+    @defer.inlineCallbacks
+    def test_port_in_use_is_a_clear_error(self):
+        port = yield self._taken_port()
         second = MixnodeService(global_reactor, KEYS[1], 1,
                                 f"tcp:{port}:interface=127.0.0.1", "127.0.0.1")
         second.startService()
@@ -316,11 +321,7 @@ class LoopbackTests(TestCase):
     def test_port_in_use_stops_twistd_at_start_up(self):
         # twistd binds in privilegedStartService: a failure there stops it
         # with the reason, rather than a node running without a listener.
-        first = MixnodeService(global_reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
-                               "127.0.0.1")
-        first.startService()
-        self.addCleanup(first.stopService)
-        port = (yield first.whenListening()).getHost().port
+        port = yield self._taken_port()
         second = MixnodeService(global_reactor, KEYS[1], 1,
                                 f"tcp:{port}:interface=127.0.0.1", "127.0.0.1")
         with self.assertRaises(MixnodeError) as e:
