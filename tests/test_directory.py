@@ -396,6 +396,8 @@ class ExpiryTests(DirectoryTestCase):
 
 
 class MetricsTests(DirectoryTestCase):
+    """Metrics are published as per-node totals over whole windows, never
+    per next hop nor per second (a traffic matrix for anyone who asks)."""
 
     def metric(self, key, received=10, sent=None, **extra):
         body = {"pubKey": key, "received": received,
@@ -403,70 +405,133 @@ class MetricsTests(DirectoryTestCase):
         body.update(extra)
         return body
 
-    def test_report_and_read_back(self):
+    def to_next_window(self, *keys):
+        """Advance past the current window's end, keeping *keys* announced."""
+        window = self.registry.window
+        left = window - (self.clock.seconds() % window)
+        while left > 0:
+            step = min(left, 5.0)
+            self.clock.advance(step)
+            left -= step
+            for key in keys:
+                self.announce(mixnode_body(key=key))
+
+    def test_report_is_shown_only_once_its_window_has_ended(self):
         key = new_key()
         self.announce(mixnode_body(key=key))
         code, data = self.json_call("POST", "/api/metrics/mixes",
                                     self.metric(key, dropped={"queue full": 2}))
         self.assertEqual((code, data), (201, {"ok": True}))
+        self.assertEqual(self.json_call("GET", "/api/metrics/mixes"), (200, []))
+        window_start = int(START // 60 * 60 * NS)
+        self.to_next_window(key)
         code, data = self.json_call("GET", "/api/metrics/mixes")
-        self.assertEqual(data, [{"pubKey": key, "received": 10,
-                                 "sent": {"127.0.0.1:1790": 10},
+        self.assertEqual(data, [{"pubKey": key, "received": 10, "sent": 10,
                                  "dropped": {"queue full": 2},
-                                 "timestamp": int(START * NS)}])
+                                 "windowStart": window_start, "windowSeconds": 60.0}])
 
-    def test_latest_report_per_node(self):
+    def test_per_next_hop_counts_are_never_published(self):
+        key = new_key()
+        self.announce(mixnode_body(key=key))
+        self.json_call("POST", "/api/metrics/mixes", self.metric(
+            key, 7, sent={"10.9.9.1:1789": 4, "10.9.9.2:1789": 3}))
+        self.json_call("POST", "/api/metrics/mixes", self.metric(key, 5, sent=5))
+        self.to_next_window(key)
+        _, body = self.call("GET", "/api/metrics/mixes")
+        self.assertNotIn(b"10.9.9.", body)
+        [metric] = json.loads(body)
+        self.assertEqual((metric["received"], metric["sent"]), (12, 12))
+        self.assertNotIn(b"10.9.9.", self.call("GET", "/")[1])
+
+    def test_reports_in_one_window_are_summed(self):
         a, b = new_key(), new_key()
-        self.json_call("POST", "/api/metrics/mixes", self.metric(a, 1))
-        self.clock.advance(1)
-        self.json_call("POST", "/api/metrics/mixes", self.metric(b, 2))
-        self.clock.advance(1)
-        self.json_call("POST", "/api/metrics/mixes", self.metric(a, 3))
+        for key, n in [(a, 1), (b, 2), (a, 3)]:
+            self.announce(mixnode_body(key=key))
+            self.json_call("POST", "/api/metrics/mixes", self.metric(key, n))
+            self.clock.advance(1)
+        self.to_next_window(a, b)
         _, data = self.json_call("GET", "/api/metrics/mixes")
-        self.assertEqual([(m["pubKey"], m["received"]) for m in data], [(b, 2), (a, 3)])
-        self.assertEqual(data[0]["dropped"], {})
+        self.assertEqual(sorted((m["pubKey"], m["received"]) for m in data),
+                         sorted([(a, 4), (b, 2)]))
+
+    def test_two_readings_a_second_apart_do_not_give_the_second_back(self):
+        # A sliding window would: the difference of two readings is the
+        # last second's count. A whole window does not change between them.
+        key = new_key()
+        self.announce(mixnode_body(key=key))
+        self.json_call("POST", "/api/metrics/mixes", self.metric(key, 10))
+        self.to_next_window(key)
+        first = self.json_call("GET", "/api/metrics/mixes")
+        self.json_call("POST", "/api/metrics/mixes", self.metric(key, 99))
+        self.clock.advance(1)
+        self.announce(mixnode_body(key=key))
+        self.assertEqual(self.json_call("GET", "/api/metrics/mixes"), first)
+        self.to_next_window(key)
+        _, [metric] = self.json_call("GET", "/api/metrics/mixes")
+        self.assertEqual(metric["received"], 99)
+
+    def test_a_window_without_reports_shows_nothing(self):
+        key = new_key()
+        self.announce(mixnode_body(key=key))
+        self.json_call("POST", "/api/metrics/mixes", self.metric(key))
+        self.to_next_window(key)
+        self.json_call("POST", "/api/metrics/mixes", self.metric(key, 1))
+        self.to_next_window(key)
+        self.to_next_window(key)
+        self.assertEqual(self.json_call("GET", "/api/metrics/mixes"), (200, []))
 
     def test_metrics_of_an_expired_node_are_dropped(self):
         key = new_key()
         self.announce(mixnode_body(key=key))
-        self.clock.advance(9)
         self.json_call("POST", "/api/metrics/mixes", self.metric(key))
-        self.clock.advance(1)
+        self.clock.advance(60)
         self.assertEqual(self.topology()["MixNodes"], [])
         self.assertEqual(self.json_call("GET", "/api/metrics/mixes"), (200, []))
 
-    def test_stale_metrics_are_dropped(self):
-        self.json_call("POST", "/api/metrics/mixes", self.metric(new_key()))
-        self.clock.advance(10)
-        self.assertEqual(self.json_call("GET", "/api/metrics/mixes"), (200, []))
+    def test_drop_reasons_are_bounded_per_window(self):
+        key = new_key()
+        self.announce(mixnode_body(key=key))
+        for i in range(3):
+            self.json_call("POST", "/api/metrics/mixes", self.metric(
+                key, dropped={f"reason {i} {j}": 1 for j in range(30)}))
+        self.to_next_window(key)
+        _, [metric] = self.json_call("GET", "/api/metrics/mixes")
+        self.assertEqual(len(metric["dropped"]), 33)
+        self.assertEqual(metric["dropped"]["other"], 90 - 32)
+        self.assertEqual(sum(metric["dropped"].values()), 90)
 
     def test_bad_metrics(self):
         key = new_key()
         for body, expected in [
                 (self.metric(key, received=-1), "received: -1 is out of range"),
                 (self.metric(key, received="1"), "received: must be an integer"),
-                (self.metric(key, sent=[]), "sent: must be an object"),
+                (self.metric(key, sent=[]), "sent: must be an integer or an object"),
+                (self.metric(key, sent=-3), "sent: -3 is out of range"),
                 (self.metric(key, sent={"nowhere": 1}), "sent:"),
                 (self.metric(key, sent={"127.0.0.1:1": True}), "must be an integer"),
+                (self.metric(key, sent={"127.0.0.1:1": 2 ** 62, "127.0.0.1:2": 2 ** 62}),
+                 "sent: the total is out of range"),
                 (self.metric(key, dropped={"": 1}), "dropped: a drop reason is empty"),
                 (self.metric(key, dropped={"x": 2 ** 64}), "out of range"),
                 ({"received": 1, "sent": {}}, "pubKey: missing")]:
             code, data = self.json_call("POST", "/api/metrics/mixes", body)
             self.assertEqual(code, 400)
             self.assertIn(expected, data["error"])
+        self.to_next_window()
         self.assertEqual(self.json_call("GET", "/api/metrics/mixes"), (200, []))
 
-    def test_rates_need_two_reports(self):
+    def test_rates_are_averaged_over_the_window(self):
         key = new_key()
         self.announce(mixnode_body(key=key))
         self.json_call("POST", "/api/metrics/mixes", self.metric(key, 100))
         self.assertEqual(self.registry.rates(), {})
         self.clock.advance(0.5)
         self.json_call("POST", "/api/metrics/mixes",
-                       self.metric(key, 100, sent={"127.0.0.1:1": 30, "127.0.0.1:2": 20},
-                                   dropped={"late": 5}))
+                       self.metric(key, 500, sent={"127.0.0.1:1": 30, "127.0.0.1:2": 20},
+                                   dropped={"late": 60}))
+        self.to_next_window(key)
         self.assertEqual(self.registry.rates(),
-                         {key: {"received": 200.0, "sent": 100.0, "dropped": 10.0}})
+                         {key: {"received": 10.0, "sent": 2.5, "dropped": 1.0}})
 
 
 class CapacityTests(DirectoryTestCase):
@@ -502,21 +567,26 @@ class PageTests(DirectoryTestCase):
             self.assertIn(f"Layer {layer}", text)
 
     def test_shows_nodes_clients_last_seen_and_rates(self):
-        mix, client = new_key(), new_key()
+        mix, client, gateway = new_key(), new_key(), new_key()
         self.announce(mixnode_body(key=mix, layer=2, host="10.0.0.2:1789"))
-        self.announce(gateway_body(clients=[client]), "/api/presence/mixproviders")
+        self.announce(gateway_body(key=gateway, clients=[client]), "/api/presence/mixproviders")
         self.json_call("POST", "/api/metrics/mixes",
-                       {"pubKey": mix, "received": 5, "sent": {"10.0.0.3:1789": 5}})
+                       {"pubKey": mix, "received": 600, "sent": {"10.0.0.3:1789": 300}})
+        # the rates shown are those of the last whole minute
+        for _ in range(8):
+            self.clock.advance(5)
+            self.announce(mixnode_body(key=mix, layer=2, host="10.0.0.2:1789"))
+            self.announce(gateway_body(key=gateway, clients=[client]),
+                          "/api/presence/mixproviders")
         self.clock.advance(2.5)
-        self.json_call("POST", "/api/metrics/mixes",
-                       {"pubKey": mix, "received": 50, "sent": {"10.0.0.3:1789": 25}})
         text = self.page()
         self.assertIn(mix, text)
         self.assertIn("10.0.0.2:1789", text)
         self.assertIn(client, text)
         self.assertIn("127.0.0.1:9000", text)
         self.assertIn("2.5 s ago", text)
-        self.assertIn("<td>20.0</td><td>10.0</td><td>0.0</td>", text)
+        self.assertIn("<td>10.0</td><td>5.0</td><td>0.0</td>", text)
+        self.assertNotIn("10.0.0.3", text)
         layer2 = text.index("Layer 2")
         self.assertTrue(layer2 < text.index(mix) < text.index("Layer 3"))
 

@@ -77,8 +77,13 @@ class ClientTests(SynchronousTestCase):
         key = KeyPair.generate().public_text
         self.successResultOf(self.client.report_metrics(
             {"pubKey": key, "received": 4, "sent": {"127.0.0.1:1": 4}}))
+        # shown once the window it fell in has ended (docs/directory.md)
+        self.assertEqual(self.successResultOf(self.client.get_metrics()), [])
+        self.clock.advance(60)
+        self.successResultOf(self.client.report_metrics(
+            {"pubKey": key, "received": 1, "sent": 1}))
         [metric] = self.successResultOf(self.client.get_metrics())
-        self.assertEqual((metric["pubKey"], metric["received"]), (key, 4))
+        self.assertEqual((metric["pubKey"], metric["received"], metric["sent"]), (key, 4, 4))
 
     def test_a_refused_announce_carries_the_servers_reason(self):
         f = self.failureOf(self.client.announce_mixnode(

@@ -119,10 +119,10 @@ class NodeTests(SynchronousTestCase):
         self.node.handle_packet(b"\x00" * PACKET_SIZE)
         self.links.dropped = 4
         self.assertEqual(self.node.take_metrics(), {
-            "received": 3, "sent": {"127.0.0.2:1790": 2},
+            "received": 3, "sent": 2,
             "dropped": {"InvalidGroupElementError": 1, "queue_overflow": 4}})
         self.assertEqual(self.node.take_metrics(),
-                         {"received": 0, "sent": {}, "dropped": {}})
+                         {"received": 0, "sent": 0, "dropped": {}})
         self.links.dropped = 5
         self.assertEqual(self.node.take_metrics()["dropped"], {"queue_overflow": 1})
         self.links.evicted = 3
@@ -241,7 +241,7 @@ class LoopbackTests(TestCase):
         for i, node in enumerate(nodes):
             metrics = node.node.take_metrics()
             self.assertEqual(metrics["received"], 1)
-            self.assertEqual(metrics["sent"], {f"127.0.0.1:{ports[i + 1]}": 1})
+            self.assertEqual(metrics["sent"], 1)
 
         # A replay into the first node goes no further.
         sender.send(NodeAddress.parse(f"127.0.0.1:{ports[0]}"), packet)

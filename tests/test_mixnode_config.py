@@ -183,7 +183,7 @@ class HeartbeatTests(SynchronousTestCase):
             "host": "10.1.2.3:1789", "pubKey": keys.public_text, "layer": 2,
             "version": "0.5.0", "location": "unknown"}])
         self.assertEqual(directory.metrics, [{
-            "pubKey": keys.public_text, "received": 0, "sent": {}, "dropped": {}}])
+            "pubKey": keys.public_text, "received": 0, "sent": 0, "dropped": {}}])
         service.node.handle_packet(b"\x00" * 1372)
         reactor.advance(1.0)
         self.assertEqual(directory.metrics[-1]["received"], 1)

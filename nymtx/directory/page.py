@@ -38,7 +38,8 @@ def render(topology, rates, now_ns):
         "<h1>nymtx directory</h1>",
         f"<p>{len(mixnodes)} mixnodes, {len(gateways)} gateways, "
         f"{sum(len(g['registeredClients']) for g in gateways)} registered clients. "
-        f"This page refreshes every {REFRESH_SECONDS} s.</p>",
+        f"This page refreshes every {REFRESH_SECONDS} s. Packet rates are averages "
+        f"over the last whole minute, totals only (docs/directory.md).</p>",
     ]
     for layer in (1, 2, 3):
         nodes = [m for m in mixnodes if m["layer"] == layer]

@@ -99,12 +99,17 @@ def parse_gateway(body):
 
 
 def parse_metrics(body):
-    """A mixnode's metrics since its previous report."""
+    """A mixnode's metrics since its previous report.
+
+    ``sent`` is a total (what nymtx nodes report) or, from a seed node, an
+    object of counts per next hop; the object is folded into its total at
+    once, so the directory never holds who sent how much to whom.
+    """
     data = load_object(body)
     entry = {
         "pubKey": _key(data, "pubKey"),
         "received": _count(data.get("received"), "received"),
-        "sent": _counts(data, "sent", _sent_target),
+        "sent": _sent_total(data),
     }
     if data.get("dropped") is not None:
         entry["dropped"] = _counts(data, "dropped", _reason)
@@ -219,6 +224,18 @@ def _counts(data, field, check_name):
         if out[name] > MAX_COUNT:
             raise BodyError(f"{field}[{name!r}]", "the total is out of range")
     return out
+
+
+def _sent_total(data):
+    value = data.get("sent")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _count(value, "sent")
+    if value is not None and not isinstance(value, dict):
+        raise BodyError("sent", f"must be an integer or an object, not {_kind(value)}")
+    total = sum(_counts(data, "sent", _sent_target).values())
+    if total > MAX_COUNT:
+        raise BodyError("sent", "the total is out of range")
+    return total
 
 
 def _sent_target(field, name):

@@ -5,6 +5,12 @@ re-announce replaces the old entry. A node not heard from for ``expiry``
 seconds leaves the topology, and its metrics go with it. Expiry runs on
 every announce and every read (nym's ``killOldsters``), so no timer is
 needed and the clock is only ever read, never waited on.
+
+Metrics are published only as each node's totals over the last whole
+window of ``METRICS_WINDOW`` seconds (windows aligned to the clock, not
+sliding: two readings of a sliding window a second apart would give the
+per-second counts back by subtraction). Per-second, per-next-hop counts
+would be a traffic matrix for anyone who asks; docs/directory.md says more.
 """
 
 import attrs
@@ -15,6 +21,11 @@ DEFAULT_EXPIRY = 10.0
 #: Distinct public keys the directory keeps of each kind; anyone may
 #: announce, so memory is bounded.
 DEFAULT_CAPACITY = 10_000
+#: Seconds over which a node's reports are summed before they are shown.
+METRICS_WINDOW = 60.0
+#: Distinct drop reasons a window keeps per node; the rest count as "other".
+MAX_REASONS = 32
+OTHER_REASON = "other"
 
 
 class DirectoryFull(Exception):
@@ -31,9 +42,10 @@ class Registry:
     clock: object
     expiry: float = DEFAULT_EXPIRY
     capacity: int = DEFAULT_CAPACITY
+    window: float = METRICS_WINDOW
     _mixnodes: dict = attrs.field(factory=dict, init=False)
     _gateways: dict = attrs.field(factory=dict, init=False)
-    # pubKey -> (metric dict, nanoseconds since that node's previous report or None)
+    # pubKey -> _Tally: the window being counted and the last whole one
     _metrics: dict = attrs.field(factory=dict, init=False)
 
     log = Logger()
@@ -54,14 +66,13 @@ class Registry:
         now = self.now_ns()
         self.expire(now)
         key = entry["pubKey"]
-        previous = self._metrics.get(key)
-        if previous is None and len(self._metrics) >= self.capacity:
-            raise DirectoryFull(f"the directory holds metrics of {self.capacity} nodes")
-        metric = dict(entry, timestamp=now)
-        interval = None
-        if previous is not None and previous[0]["timestamp"] < now:
-            interval = now - previous[0]["timestamp"]
-        self._metrics[key] = (metric, interval)
+        tally = self._metrics.get(key)
+        if tally is None:
+            if len(self._metrics) >= self.capacity:
+                raise DirectoryFull(f"the directory holds metrics of {self.capacity} nodes")
+            tally = self._metrics[key] = _Tally(self._window_of(now))
+        tally.roll(self._window_of(now))
+        tally.add(entry, now)
 
     def topology(self):
         """The seed's topology JSON object, after dropping stale nodes."""
@@ -73,30 +84,40 @@ class Registry:
         return {"MixNodes": [dict(e) for e in mixnodes],
                 "MixProviderNodes": [_copy_gateway(e) for e in gateways]}
 
+    def _window_of(self, now_ns):
+        return now_ns // int(self.window * NS)
+
+    def _whole_windows(self):
+        """pubKey -> the totals of the last whole window, where there is one."""
+        now = self.now_ns()
+        self.expire(now)
+        current = self._window_of(now)
+        out = {}
+        for key, tally in self._metrics.items():
+            tally.roll(current)
+            if tally.done is not None:
+                out[key] = tally.done
+        return out
+
     def metrics(self):
-        """The latest metric of each mixnode, oldest report first."""
-        self.expire()
-        return [dict(m) for m, _ in sorted(
-            self._metrics.values(), key=lambda v: (v[0]["timestamp"], v[0]["pubKey"]))]
+        """Each mixnode's totals over the last whole window, by key.
+
+        A node shows up only once a window it reported in has ended, and
+        only with totals: received, sent, and dropped per reason.
+        """
+        width = int(self.window * NS)
+        return [{"pubKey": key, "received": done["received"], "sent": done["sent"],
+                 "dropped": dict(done["dropped"]),
+                 "windowStart": done["index"] * width, "windowSeconds": self.window}
+                for key, done in sorted(self._whole_windows().items())]
 
     def rates(self):
-        """Per mixnode key: packets per second received, sent and dropped.
-
-        A report counts the packets since the node's previous report, so a
-        rate needs two reports; until then the key is absent.
-        """
-        self.expire()
-        out = {}
-        for key, (metric, interval) in self._metrics.items():
-            if not interval:
-                continue
-            seconds = interval / NS
-            out[key] = {
-                "received": metric["received"] / seconds,
-                "sent": sum(metric["sent"].values()) / seconds,
-                "dropped": sum(metric["dropped"].values()) / seconds,
-            }
-        return out
+        """Per mixnode key: packets per second received, sent and dropped,
+        averaged over the last whole window (absent until one has ended)."""
+        return {key: {"received": done["received"] / self.window,
+                      "sent": done["sent"] / self.window,
+                      "dropped": sum(done["dropped"].values()) / self.window}
+                for key, done in self._whole_windows().items()}
 
     def expire(self, now=None):
         """Drop every node whose lastSeen is ``expiry`` seconds old or more."""
@@ -112,8 +133,10 @@ class Registry:
                 self.log.info("{kind} {key} at {host} left: not heard from for {age:.1f}s",
                               kind=kind, key=key, host=entry["host"],
                               age=(now - entry["lastSeen"]) / NS)
-        # A metric outlives neither its node nor the window: stale rates mislead.
-        for key in [k for k, (m, _) in self._metrics.items() if m["timestamp"] <= cutoff]:
+        # A tally goes with its node (above), or once it has nothing to show:
+        # no report in the last two windows.
+        quiet = now - 2 * int(self.window * NS)
+        for key in [k for k, t in self._metrics.items() if t.last_report <= quiet]:
             del self._metrics[key]
 
     def _add(self, table, kind, entry):
@@ -130,6 +153,41 @@ class Registry:
         elif old["host"] != entry["host"]:
             self.log.info("{kind} {key} moved from {old} to {host}", kind=kind, key=key,
                           old=old["host"], host=entry["host"])
+
+
+@attrs.define
+class _Tally:
+    """One node's counts in the window being counted, and the last whole one."""
+
+    index: int
+    counting: dict = attrs.field(factory=lambda: _zero())
+    done: dict | None = None
+    last_report: int = 0
+
+    def roll(self, current):
+        if current == self.index:
+            return
+        # The window just ended is shown only if it is the one before now;
+        # a node silent for a whole window has nothing current to show.
+        self.done = dict(self.counting, index=self.index) if current == self.index + 1 \
+            else None
+        self.index, self.counting = current, _zero()
+
+    def add(self, entry, now):
+        self.counting["received"] += entry["received"]
+        self.counting["sent"] += entry["sent"]
+        dropped = self.counting["dropped"]
+        for reason, n in entry["dropped"].items():
+            # anyone may post reports, each with new reason names: a
+            # window keeps a bounded number of them
+            if reason not in dropped and len(dropped) >= MAX_REASONS:
+                reason = OTHER_REASON
+            dropped[reason] = dropped.get(reason, 0) + n
+        self.last_report = now
+
+
+def _zero():
+    return {"received": 0, "sent": 0, "dropped": {}}
 
 
 def _copy_gateway(entry):

@@ -51,6 +51,7 @@ class Mixnode:
     _addresses: dict = attrs.Factory(dict)
     _reported_overflow: int = 0
     _reported_evicted: int = 0
+    _unreported_sent: int = 0
     _stopped: bool = False
 
     @property
@@ -107,9 +108,10 @@ class Mixnode:
     def take_metrics(self):
         """``{"received", "sent", "dropped"}`` since the last call; resets them.
 
-        ``sent`` is per next hop (``"ip:port"``), as nym reports it;
-        ``dropped`` is per reason, the links' queue overflows and packets
-        lost with an evicted peer included.
+        ``sent`` is a total: nym reported it per next hop, which published
+        who sends how much to whom (the links keep per-peer counts, and they
+        stay in this process). ``dropped`` is per reason, the links' queue
+        overflows and packets lost with an evicted peer included.
         """
         overflow = self.links.dropped - self._reported_overflow
         self._reported_overflow = self.links.dropped
@@ -120,16 +122,16 @@ class Mixnode:
             dropped[QUEUE_OVERFLOW] = dropped.get(QUEUE_OVERFLOW, 0) + overflow
         if evicted:
             dropped[PEER_EVICTED] = evicted
-        sent = dict(self.links.sent)
+        sent = sum(self.links.sent.values()) + self._unreported_sent
         self.links.sent.clear()
+        self._unreported_sent = 0
         received, self.received = self.received, 0
         return {"received": received, "sent": sent, "dropped": dropped}
 
     def return_metrics(self, metrics):
         """Put back counts that could not be reported, to go with the next report."""
         self.received += metrics["received"]
-        for target, n in metrics["sent"].items():
-            self.links.sent[target] = self.links.sent.get(target, 0) + n
+        self._unreported_sent += metrics["sent"]
         for reason, n in metrics["dropped"].items():
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
