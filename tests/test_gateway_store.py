@@ -176,7 +176,7 @@ class Store(SynchronousTestCase):
         db.commit()
         db.close()
         e = self.assertRaises(StoreError, MailboxStore.open, self.clock, path)
-        self.assertIn("not a gateway database", str(e))
+        self.assertIn("not a nymtx gateway database", str(e))
 
     def test_garbage_file(self):
         path = self.mktemp()
@@ -189,6 +189,118 @@ class Store(SynchronousTestCase):
         self.store.db.execute("UPDATE version SET version=99")
         e = self.assertRaises(StoreError, MailboxStore.open, self.clock, self.path)
         self.assertIn("99", str(e))
+
+
+class Upgrade(SynchronousTestCase):
+    """A store written by the previous release (schema 1) opens and is upgraded."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.path = os.path.join(self.mktemp(), "g.sqlite")
+        os.makedirs(os.path.dirname(self.path))
+
+    def write_v1(self):
+        # the exact schema the previous release shipped, with data in it
+        from importlib import resources
+        db = sqlite3.connect(self.path)
+        db.executescript(resources.files("nymtx.gateway").joinpath(
+            "schema", "v1.sql").read_text())
+        db.execute("INSERT INTO clients VALUES (?, ?, ?)",
+                   (ALICE, S.token_hash(b"t" * 32), 1234.5))
+        db.execute("INSERT INTO messages (client_key, body, received_at) VALUES (?, ?, ?)",
+                   (ALICE, b"kept", 1300.0))
+        db.commit()
+        db.close()
+
+    def test_v1_store_is_upgraded_and_nothing_is_lost(self):
+        self.write_v1()
+        store = MailboxStore.open(self.clock, self.path)
+        self.addCleanup(store.db.close)
+        self.assertEqual(store.db.execute("SELECT version FROM version").fetchall(),
+                         [(S.SCHEMA_VERSION,)])
+        self.assertTrue(store.check_token(ALICE, b"t" * 32))
+        self.assertEqual([m for _, m in store.pull(ALICE, 10)], [b"kept"])
+        self.assertEqual(store.usage(ALICE), (1, 4))
+        # a registration of the old release counts as seen when it registered
+        self.assertEqual(store.last_seen(ALICE), 1234.5)
+
+    def test_upgraded_store_reopens_unchanged(self):
+        self.write_v1()
+        MailboxStore.open(self.clock, self.path).close()
+        store = MailboxStore.open(self.clock, self.path)
+        self.addCleanup(store.db.close)
+        self.assertEqual([m for _, m in store.pull(ALICE, 10)], [b"kept"])
+
+    def test_an_upgrade_that_fails_leaves_the_old_version(self):
+        self.write_v1()
+        db = sqlite3.connect(self.path)
+        # a column the upgrade is about to add, there already: the step fails
+        db.execute("ALTER TABLE clients ADD COLUMN last_seen REAL")
+        db.commit()
+        db.close()
+        e = self.assertRaises(StoreError, MailboxStore.open, self.clock, self.path)
+        self.assertIn(self.path, str(e))
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT version FROM version").fetchall(), [(1,)])
+        self.assertEqual(db.execute("SELECT body FROM messages").fetchall(), [(b"kept",)])
+
+    def test_newer_store_is_refused_not_read(self):
+        MailboxStore.open(self.clock, self.path).close()
+        db = sqlite3.connect(self.path)
+        db.execute("UPDATE version SET version=?", (S.SCHEMA_VERSION + 1,))
+        db.commit()
+        db.close()
+        e = self.assertRaises(StoreError, MailboxStore.open, self.clock, self.path)
+        self.assertIn("written by a newer nymtx", str(e))
+        self.assertIn(f"up to {S.SCHEMA_VERSION}", str(e))
+
+    def test_empty_or_doubled_version_table_is_refused(self):
+        for rows in ([], [(2,), (2,)], [("two",)]):
+            path = self.mktemp()
+            db = sqlite3.connect(path)
+            db.execute("CREATE TABLE version (version)")
+            db.executemany("INSERT INTO version VALUES (?)", rows)
+            db.commit()
+            db.close()
+            e = self.assertRaises(StoreError, MailboxStore.open, self.clock, path)
+            self.assertIn("damaged version table", str(e))
+
+
+class Expiry(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MailboxStore.open(self.clock, ":memory:")
+        self.addCleanup(self.store.db.close)
+
+    def test_idle_registrations_expire_with_their_mail_and_free_their_place(self):
+        store = MailboxStore.open(self.clock, ":memory:", max_clients=2)
+        self.addCleanup(store.db.close)
+        store.register(ALICE, b"t" * 32)
+        store.register(BOB, b"u" * 32)
+        store.add(ALICE, b"for alice")
+        store.flush()
+        self.assertFalse(store.has_room(b"c" * 32))
+        self.clock.advance(50)
+        store.touch(BOB)
+        self.clock.advance(50)
+        self.assertEqual(store.expire_idle(100), [ALICE])
+        self.assertEqual(store.registered_clients(), [BOB])
+        self.assertEqual(store.pull(ALICE, 10), [])
+        self.assertEqual(store.usage(ALICE), (0, 0))
+        self.assertTrue(store.has_room(b"c" * 32))
+        self.assertEqual(store.expire_idle(100), [])
+        self.clock.advance(50)
+        self.assertEqual(store.expire_idle(100), [BOB])
+
+    def test_buffered_mail_of_a_live_client_survives_expiry(self):
+        self.store.register(ALICE, b"t" * 32)
+        self.store.register(BOB, b"u" * 32)
+        self.clock.advance(10)
+        self.store.touch(BOB)
+        self.store.add(BOB, b"pending")
+        self.store.expire_idle(5)
+        self.assertEqual([m for _, m in self.store.pull(BOB, 10)], [b"pending"])
 
 
 class Failures(SynchronousTestCase):

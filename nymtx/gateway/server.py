@@ -179,6 +179,8 @@ class ClientProtocol(IdleTimeout, Protocol):
         if not store.check_token(request.client_key, request.token):
             raise F.FrameError(F.E_BAD_TOKEN, "the token is not this client's current token")
         self.client = bytes(request.client_key)
+        # a registration in use does not expire (MailboxStore.expire_idle)
+        store.touch(self.client)
         self.setTimeout(self.factory.idle_timeout)
         self.send(F.Authenticated())
 

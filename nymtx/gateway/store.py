@@ -13,14 +13,14 @@ acknowledgements are committed at once, since a client acts on the answer.
 
 import hmac
 import sqlite3
-from importlib import resources
 
 import attrs
 from twisted.logger import Logger
 
 from nymtx.gateway.frames import token_hash
+from nymtx.schema import SchemaError, open_versioned
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Drop reasons returned by :meth:`MailboxStore.add`.
 UNREGISTERED = "unregistered"
@@ -32,12 +32,10 @@ class StoreError(Exception):
     """The database cannot be opened or used; the message says which file and why."""
 
 
-def _schema(name):
-    return resources.files("nymtx.gateway").joinpath("schema", name).read_text("utf-8")
-
-
 def open_database(path):
-    """A connection to *path* (or ``:memory:``) at the current schema version."""
+    """A connection to *path* (or ``:memory:``) at the current schema version;
+    an older store is upgraded in place (nymtx.schema)."""
+    db = None
     try:
         db = sqlite3.connect(str(path), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
@@ -45,19 +43,13 @@ def open_database(path):
         # loss can take back the last commits, which is what batching accepts.
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
-        tables = {row[0] for row in db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-        if "version" not in tables:
-            if tables:
-                raise StoreError(f"{path} is not a gateway database (no version table)")
-            db.executescript("BEGIN;" + _schema(f"v{SCHEMA_VERSION}.sql") + "COMMIT;")
-        row = db.execute("SELECT version FROM version").fetchone()
-    except sqlite3.Error as e:
+        open_versioned(db, path, "nymtx.gateway", "gateway database", SCHEMA_VERSION)
+    except (sqlite3.Error, SchemaError) as e:
+        if db is not None:
+            db.close()
+        if isinstance(e, SchemaError):
+            raise StoreError(str(e)) from e
         raise StoreError(f"cannot open gateway database {path}: {e}") from e
-    if row is None or row[0] != SCHEMA_VERSION:
-        raise StoreError(
-            f"gateway database {path} has schema version {row and row[0]},"
-            f" this gateway knows version {SCHEMA_VERSION}")
     return db
 
 
@@ -104,12 +96,14 @@ class MailboxStore:
 
     def register(self, client_key, token):
         """Record *token* (only its hash) for *client_key*, replacing any older one."""
+        now = self.clock.seconds()
         try:
             self.db.execute(
-                "INSERT INTO clients (client_key, token_hash, registered_at) VALUES (?, ?, ?)"
+                "INSERT INTO clients (client_key, token_hash, registered_at, last_seen)"
+                " VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (client_key) DO UPDATE SET token_hash=excluded.token_hash,"
-                " registered_at=excluded.registered_at",
-                (bytes(client_key), token_hash(token), self.clock.seconds()))
+                " registered_at=excluded.registered_at, last_seen=excluded.last_seen",
+                (bytes(client_key), token_hash(token), now, now))
         except sqlite3.Error as e:
             raise StoreError(f"cannot record a registration: {e}") from e
         self._registered.add(bytes(client_key))
@@ -124,6 +118,49 @@ class MailboxStore:
         if row is None:
             return False
         return hmac.compare_digest(bytes(row[0]), token_hash(token))
+
+    def touch(self, client_key):
+        """Record that *client_key* was seen now (it authenticated)."""
+        try:
+            self.db.execute("UPDATE clients SET last_seen=? WHERE client_key=?",
+                            (self.clock.seconds(), bytes(client_key)))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot record a session: {e}") from e
+
+    def last_seen(self, client_key):
+        """Reactor seconds when *client_key* last registered or authenticated, or None."""
+        row = self.db.execute("SELECT last_seen FROM clients WHERE client_key=?",
+                              (bytes(client_key),)).fetchone()
+        return None if row is None else row[0]
+
+    def expire_idle(self, idle):
+        """Remove every client not seen for *idle* seconds, with its mail.
+
+        Returns the keys removed. A registration nobody uses would otherwise
+        hold one of the ledger's ``max_clients`` places for ever.
+        """
+        cutoff = self.clock.seconds() - idle
+        self.flush()
+        try:
+            self.db.execute("BEGIN")
+            keys = [bytes(k) for (k,) in self.db.execute(
+                "SELECT client_key FROM clients WHERE last_seen <= ?", (cutoff,))]
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM messages WHERE client_key IN ({marks})", chunk)
+                self.db.execute(f"DELETE FROM clients WHERE client_key IN ({marks})", chunk)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise StoreError(f"cannot expire idle registrations: {e}") from e
+        for key in keys:
+            self._registered.discard(key)
+            self._usage.pop(key, None)
+        if keys:
+            self.log.info("{n} registration(s) expired: not seen for {idle:.0f} s",
+                          n=len(keys), idle=idle)
+        return keys
 
     def has_room(self, client_key):
         """Whether *client_key* may register: it already is, or the ledger is not full."""
