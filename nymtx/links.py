@@ -29,6 +29,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nymtx.interfaces import IPacketLinks
+
 #: Seconds a connection attempt may take before it counts as failed.
 CONNECT_TIMEOUT = 10
 
@@ -224,6 +226,7 @@ class _Link:
         return succeed(None)
 
 
+@implementer(IPacketLinks)
 class PacketLinks:
     """Persistent, bounded, reconnecting packet links to every next hop.
 

@@ -194,25 +194,16 @@ class FlagTests(SynchronousTestCase):
         self.assertIs(found["nym"].options, tap.Options)
 
 
-def fake_register(log, token=b"k" * 32, refuse=()):
-    def register(reactor, address, keys, gateway_key):
-        log.append((str(address), gateway_key))
-        if gateway_key in refuse:
-            return fail(Exception("refused"))
-        return succeed(token)
-    return register
-
-
 class InitTests(SynchronousTestCase):
     def test_init_writes_keys_and_config(self):
         root = self.mktemp()
         network = Network()
-        calls = []
         config = self.successResultOf(init_client(
             Clock(), root, "Alice", "http://127.0.0.1:8080", socket_type="ws", port=9100,
-            directory=FakeDirectory(network.topology()), register=fake_register(calls),
+            directory=FakeDirectory(network.topology()), register=network.register,
             fetch_message_delay=50))
-        self.assertEqual(calls, [("127.0.0.1:3001", network.gateway_keys.public_key)])
+        self.assertEqual([(str(a), g) for a, g, _ in network.registrations],
+                         [("127.0.0.1:3001", network.gateway_keys.public_key)])
         self.assertEqual(config.provider_id, network.gateway_keys.public_text)
         self.assertEqual(config.token, b"k" * 32)
         self.assertEqual(ClientConfig.load(root, "Alice"), config)
@@ -223,12 +214,13 @@ class InitTests(SynchronousTestCase):
         # A second init refuses, and --force with a failing gateway changes nothing.
         f = self.failureResultOf(init_client(
             Clock(), root, "Alice", "http://127.0.0.1:8080",
-            directory=FakeDirectory(network.topology()), register=fake_register([])), ConfigError)
+            directory=FakeDirectory(network.topology()), register=network.register), ConfigError)
         self.assertIn("already initialised", str(f.value))
+        network.refuse_registrations = True
         self.failureResultOf(init_client(
             Clock(), root, "Alice", "http://127.0.0.1:8080", force=True,
             directory=FakeDirectory(network.topology()),
-            register=fake_register([], refuse=[network.gateway_keys.public_key])), InitError)
+            register=network.register), InitError)
         self.assertEqual(ClientConfig.load(root, "Alice"), config)
         self.assertEqual(config.load_keys(), keys)
 
@@ -236,11 +228,11 @@ class InitTests(SynchronousTestCase):
         network = Network()
         f = self.failureResultOf(init_client(
             Clock(), self.mktemp(), "Alice", "http://x", directory=FakeDirectory(None),
-            register=fake_register([])), InitError)
+            register=network.register), InitError)
         self.assertIn("cannot fetch the topology", str(f.value))
         f = self.failureResultOf(init_client(
             Clock(), self.mktemp(), "Alice", "http://x", gateway=KeyPair.generate().public_text,
-            directory=FakeDirectory(network.topology()), register=fake_register([])), InitError)
+            directory=FakeDirectory(network.topology()), register=network.register), InitError)
         self.assertIn("not in the topology", str(f.value))
         f = self.failureResultOf(init_client(
             Clock(), self.mktemp(), "Alice", "http://x", socket_type="carrier-pigeon"), ConfigError)
@@ -360,12 +352,11 @@ class RealSocketTests(TestCase):
         root = self.mktemp()
         network = Network()
         directory = FakeDirectory(network.topology())
-        calls = []
         launcher = ClientLauncher(
             reactor, root, "Carol",
             overrides={"socket_type": "TCP", "listening_port": 0, "fetch_message_delay": 20},
             init_options={"directory_url": "http://127.0.0.1:1", "directory": directory,
-                          "register": fake_register(calls)},
+                          "register": network.register},
             directory=directory, links=FakeLinks(), gateway_link=FakeGatewayLink())
         from twisted.logger import formatEvent, globalLogPublisher
         logged = []
@@ -377,7 +368,7 @@ class RealSocketTests(TestCase):
         self.assertIn("client Carol was never initialised: initialising it now", text)
         self.assertIn(f"Starting TCP listener at 127.0.0.1:{port}", text)
         self.assertIsInstance(port, int)
-        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(network.registrations), 1)
         client = LineClient()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         await client.ask({"type": "ownDetails"})
@@ -398,6 +389,6 @@ class RealSocketTests(TestCase):
         await again.whenListening()
         text = [formatEvent(e) for e in logged]
         self.assertTrue(any(f"--gateway {other} is ignored" in t for t in text), text[-3:])
-        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(network.registrations), 1)
         self.assertEqual(ClientConfig.load(root, "Carol").provider_id, config.provider_id)
         await again.stopService()

@@ -110,15 +110,15 @@ class SendingTests(SynchronousTestCase):
         results = []
         sent.addCallback(results.append)
         # Advance until the first packet of any stream leaves.
-        while not core.links.sent:
+        while not core.links.packets:
             clock.advance(0.01)
         while core.sent_real == 0:
             clock.advance(0.01)
         self.assertEqual(results, [None])
-        real = [network.unwrap(p) for _, p in core.links.sent]
+        real = [network.unwrap(p) for _, p in core.links.packets]
         destinations = [(d, m) for d, m, _ in real]
         self.assertIn((bob.public_key, "héllo".encode()), destinations)
-        for address, _ in core.links.sent:
+        for address, _ in core.links.packets:
             self.assertEqual(address, network.mixnodes[0].address)
         for _, _, delays in real:
             self.assertEqual(len(delays), 4)
@@ -132,7 +132,7 @@ class SendingTests(SynchronousTestCase):
         self.assertGreater(core.sent_cover, 10)
         self.assertEqual(core.sent_real, 0)
         cover = LoopCover(core.keys.private_key)
-        for _, packet in core.links.sent:
+        for _, packet in core.links.packets:
             destination, message, _ = network.unwrap(packet)
             self.assertEqual(destination, core.keys.public_key)
             self.assertTrue(cover.is_own_cover(message))
@@ -149,7 +149,7 @@ class SendingTests(SynchronousTestCase):
         # Idle: both streams send cover: 2/s + 1/s on average.
         rate = core.sent_cover / seconds
         self.assertApproximates(rate, 3.0, 0.15)
-        delays = [d for _, p in core.links.sent[:300] for d in network.unwrap(p)[2]]
+        delays = [d for _, p in core.links.packets[:300] for d in network.unwrap(p)[2]]
         self.assertApproximates(statistics.mean(delays) / 1e9, 0.2, 0.02)
         core.stop()
 
@@ -185,7 +185,7 @@ class SendingTests(SynchronousTestCase):
         run_until(clock, 30)
         self.assertGreater(core.skipped_cover, 10)  # many ticks of the stream went by
         self.assertEqual(core.queued, 1)
-        self.assertEqual(core.links.sent, [])
+        self.assertEqual(core.links.packets, [])
         self.assertGreater(core.skipped_cover, 0)
         # said once, not on each of the ~60 ticks of the stream in 30 s
         self.assertEqual(len([e for e in logged if "stay queued" in e.get("log_format", "")]), 1)

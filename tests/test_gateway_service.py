@@ -11,6 +11,7 @@ from nymtx.addressing import NodeAddress
 from nymtx.gateway.link import GatewayLink, GatewayLinkError, register
 from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyPair
+from nymtx.testing import FakeDirectory
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
@@ -19,17 +20,6 @@ def sleep(seconds):
     d = Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
-
-
-class RecordingDirectory:
-    def __init__(self):
-        self.gateways = []
-
-    def announce_gateway(self, presence):
-        self.gateways.append(presence)
-        d = Deferred()
-        d.callback(None)
-        return d
 
 
 class Sender(Protocol):
@@ -204,12 +194,12 @@ class GatewayEndToEnd(TestCase):
 
     @inlineCallbacks
     def test_presence(self):
-        directory = RecordingDirectory()
+        directory = FakeDirectory()
         service = yield self.start(directory=directory, location="lab")
         yield register(reactor, self.address(service), self.alice)
-        while len(directory.gateways) < 1:
+        while len(directory.announced_gateways) < 1:
             yield sleep(0.005)
-        first = directory.gateways[0]
+        first = directory.announced_gateways[0]
         self.assertEqual(first["host"], f"127.0.0.1:{service.mix_port}")
         self.assertEqual(first["mixnetListener"], first["host"])
         self.assertEqual(first["clientListener"], f"127.0.0.1:{service.client_port}")

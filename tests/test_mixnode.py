@@ -17,6 +17,7 @@ from nymtx.mixnode.node import Mixnode, MixnodeFactory
 from nymtx.mixnode.service import MixnodeError, MixnodeService
 from nymtx.sphinx import (
     PACKET_SIZE, FinalHop, Hop, ReplayCache, build_packet, process_packet)
+from nymtx.testing import FakeDirectory, FakeLinks
 from nymtx.wire import PacketReceiver, connection_budget, raise_fd_limit
 
 KEYS = [KeyPair.from_private(bytes([i + 1]) * 32) for i in range(4)]
@@ -35,18 +36,6 @@ def make_packet(message=b"hello", delays=None, hops=None, seed=0):
     return build_packet(hops, DEST, IDENT, message,
                         delays if delays is not None else [0] * len(hops),
                         randbytes=rng.randbytes)
-
-
-class FakeLinks:
-    def __init__(self):
-        self.packets = []
-        self.sent = {}
-        self.dropped = 0
-        self.evicted = 0
-
-    def send(self, address, packet):
-        self.packets.append((address, packet))
-        self.sent[str(address)] = self.sent.get(str(address), 0) + 1
 
 
 class NodeTests(SynchronousTestCase):
@@ -331,19 +320,18 @@ class LoopbackTests(TestCase):
 
     def test_twistd_start_sequence_binds_once_and_announces(self):
         from twisted.internet.testing import MemoryReactorClock
-        from tests.test_mixnode_config import FakeDirectory
         reactor = MemoryReactorClock()
         directory = FakeDirectory()
         service = MixnodeService(reactor, KEYS[0], 1, "tcp:0:interface=127.0.0.1",
                                  "127.0.0.1", directory=directory, announce_port=1789)
         service.privilegedStartService()
         self.assertEqual(len(reactor.tcpServers), 1)
-        self.assertEqual(directory.presence, [])  # not running yet
+        self.assertEqual(directory.announced_mixnodes, [])  # not running yet
         service.startService()
         self.assertEqual(len(reactor.tcpServers), 1)
-        self.assertEqual(len(directory.presence), 1)
+        self.assertEqual(len(directory.announced_mixnodes), 1)
         reactor.advance(1.5)
-        self.assertEqual(len(directory.presence), 2)
+        self.assertEqual(len(directory.announced_mixnodes), 2)
         self.successResultOf(service.stopService())
         self.assertEqual(reactor.getDelayedCalls(), [])
         # started again, it mixes again

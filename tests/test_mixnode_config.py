@@ -5,7 +5,6 @@ import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 
 from hypothesis import given, strategies as st
-from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,6 +14,7 @@ from nymtx.mixnode import cli, tap
 from nymtx.mixnode.config import (
     ConfigError, config_path, init_mixnode, load_config, parse_config)
 from nymtx.mixnode.service import MixnodeService
+from nymtx.testing import FakeDirectory
 
 
 def run_cli(*argv):
@@ -153,21 +153,6 @@ class ConfigTests(SynchronousTestCase):
             init_mixnode("M1", 0, root=self.home)
 
 
-class FakeDirectory:
-    def __init__(self):
-        self.presence = []
-        self.metrics = []
-        self.up = True
-
-    def announce_mixnode(self, presence):
-        self.presence.append(presence)
-        return succeed(None) if self.up else fail(ConnectionError("directory down"))
-
-    def report_metrics(self, metrics):
-        self.metrics.append(metrics)
-        return succeed(None) if self.up else fail(ConnectionError("directory down"))
-
-
 class HeartbeatTests(SynchronousTestCase):
     def test_announces_and_reports_on_the_clock(self):
         from twisted.internet.testing import MemoryReactorClock
@@ -179,7 +164,7 @@ class HeartbeatTests(SynchronousTestCase):
         service.startService()
         # MemoryReactor binds synchronously and gives port 0 back.
         self.successResultOf(service.whenListening())
-        self.assertEqual(directory.presence, [{
+        self.assertEqual(directory.announced_mixnodes, [{
             "host": "10.1.2.3:1789", "pubKey": keys.public_text, "layer": 2,
             "version": "0.5.0", "location": "unknown"}])
         self.assertEqual(directory.metrics, [{
@@ -188,22 +173,22 @@ class HeartbeatTests(SynchronousTestCase):
         reactor.advance(1.0)
         self.assertEqual(directory.metrics[-1]["received"], 1)
         self.assertEqual(directory.metrics[-1]["dropped"], {"InvalidGroupElementError": 1})
-        self.assertEqual(len(directory.presence), 1)
+        self.assertEqual(len(directory.announced_mixnodes), 1)
         reactor.advance(0.5)
-        self.assertEqual(len(directory.presence), 2)
+        self.assertEqual(len(directory.announced_mixnodes), 2)
         # The directory going down does not stop the beats or the mixing.
         directory.up = False
         reactor.advance(1.5)
         reactor.advance(1.5)
-        self.assertEqual(len(directory.presence), 4)
+        self.assertEqual(len(directory.announced_mixnodes), 4)
         self.assertEqual(directory.metrics[-1]["received"], 0)
         service.node.handle_packet(b"\x00" * 1372)
         self.assertEqual(service.node.received, 1)
         self.flushLoggedErrors()
         service.stopService()
-        count = len(directory.presence)
+        count = len(directory.announced_mixnodes)
         reactor.advance(10)
-        self.assertEqual(len(directory.presence), count)
+        self.assertEqual(len(directory.announced_mixnodes), count)
 
     def test_metrics_of_an_outage_are_reported_afterwards(self):
         from twisted.internet.testing import MemoryReactorClock

@@ -28,7 +28,7 @@ class FakesTests(SynchronousTestCase):
             clock.advance(0.05)
         self.successResultOf(sent)
         # every packet went to the first mixnode, and one of them is ours
-        unwrapped = [network.unwrap(packet) for _, packet in links.sent]
+        unwrapped = [network.unwrap(packet) for _, packet in links.packets]
         self.assertIn((keys.public_key, b"hello"), [(d, m) for d, m, _ in unwrapped])
         self.assertTrue(gateway.started)
         self.successResultOf(client.stop())

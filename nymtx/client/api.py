@@ -9,8 +9,10 @@ import json
 
 import attrs
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.client.core import SendError
+from nymtx.interfaces import IApiDispatcher
 
 REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails")
 
@@ -28,6 +30,7 @@ class _BadRequest(Exception):
     pass
 
 
+@implementer(IApiDispatcher)
 @attrs.define(eq=False)
 class ApiDispatcher:
     """Turns one request into one response, against a ClientCore-like object.

@@ -13,10 +13,12 @@ import random
 import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.addressing import AddressError, NodeAddress, decode_client_address, \
     encode_client_address
 from nymtx.client.cover import LoopCover
+from nymtx.interfaces import IClientCore
 from nymtx.keys import KeyFormatError, decode_key, encode_key
 from nymtx.poisson import PoissonLoop
 from nymtx.sphinx import MAX_MESSAGE_SIZE, SphinxError, build_packet, sample_delays
@@ -130,6 +132,7 @@ class _Periodic:
 OWN_LISTING_RECHECK = 1.0
 
 
+@implementer(IClientCore)
 @attrs.define(eq=False)
 class ClientCore:
     """One client's traffic; its collaborators are passed in (see docs/internals.md)."""

@@ -15,11 +15,13 @@ import random
 import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
 from nymtx.client.core import ClientCore, SendError
 from nymtx.client.inbox import Inbox
+from nymtx.interfaces import IMixnetClient
 from nymtx.keys import KeyFormatError, KeyPair, decode_key, encode_key
 
 
@@ -144,6 +146,7 @@ async def _run_all(steps):
         raise first
 
 
+@implementer(IMixnetClient)
 @attrs.define(eq=False)
 class MixnetClient:
     """A running client inside a Twisted program.

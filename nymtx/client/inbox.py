@@ -10,6 +10,9 @@ import sqlite3
 from importlib import resources
 
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from nymtx.interfaces import IInbox
 
 SCHEMA_VERSION = 1
 
@@ -22,6 +25,7 @@ def _schema(version):
     return resources.files("nymtx.client").joinpath(f"schema/v{version}.sql").read_text()
 
 
+@implementer(IInbox)
 class Inbox:
     log = Logger()
 

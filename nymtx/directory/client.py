@@ -13,8 +13,10 @@ import treq as _treq
 import treq.client  # noqa: F401  (treq.client.HTTPClient for the own pool)
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.directory.heartbeat import Heartbeat
+from nymtx.interfaces import IDirectoryClient
 
 __all__ = ["DirectoryClient", "DirectoryError", "Heartbeat"]
 
@@ -41,6 +43,7 @@ def _quiet_factory(factory):
     return type("_QuietHTTP11ClientFactory", (factory,), {"noisy": False})
 
 
+@implementer(IDirectoryClient)
 @attrs.define
 class DirectoryClient:
     """Talks to the directory at *base_url* (``http://host:port``).

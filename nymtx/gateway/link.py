@@ -17,8 +17,10 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.gateway import frames as F
+from nymtx.interfaces import IGatewayLink
 
 
 class GatewayLinkError(Exception):
@@ -153,6 +155,7 @@ def register(reactor, address, keys, gateway_key=None, timeout=10.0):
     return d
 
 
+@implementer(IGatewayLink)
 class GatewayLink:
     """One authenticated connection to a gateway, kept open while started."""
 

@@ -16,8 +16,10 @@ import sqlite3
 
 import attrs
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nymtx.gateway.frames import token_hash
+from nymtx.interfaces import IMailboxStore
 from nymtx.schema import SchemaError, open_versioned
 
 SCHEMA_VERSION = 2
@@ -53,6 +55,7 @@ def open_database(path):
     return db
 
 
+@implementer(IMailboxStore)
 @attrs.define(eq=False)
 class MailboxStore:
     """Ledger and per-client mailboxes with quotas, on one sqlite connection."""
