@@ -9,18 +9,21 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from nymtx.client.api import ApiDispatcher
 from nymtx.client.core import SendError, check_message, parse_recipient
 from nymtx.client.tcp import JsonLinesFactory
 from nymtx.client.websocket import MAX_FRAME, MixWebSocketFactory, MixWebSocketProtocol, \
     is_loopback
+from nymtx.interfaces import IClientCore
 from nymtx.keys import KeyPair
 
 BOB = KeyPair.generate().public_text
 STRANGER = KeyPair.generate().public_text
 
 
+@implementer(IClientCore)
 class FakeCore:
     """What the dispatcher needs of a ClientCore, recording what it was asked."""
 

@@ -6,16 +6,21 @@ import statistics
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from nymtx.client.config import ClientConfig
 from nymtx.client.core import ClientCore, ClientStopped, SendError, parse_recipient
 from nymtx.client.cover import LoopCover
 from nymtx.client.inbox import Inbox
+from nymtx.interfaces import IInbox
 from nymtx.keys import KeyPair, encode_key
 from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork as Network
 
 
+@implementer(IInbox)
 class RecordingInbox(Inbox):
+    """The real inbox, adding its commits to a shared list of events."""
+
     def __init__(self, events, *args):
         super().__init__(*args)
         self.events = events

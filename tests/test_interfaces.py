@@ -1,0 +1,135 @@
+"""Every real collaborator and every fake of it provide the same interface.
+
+``verifyObject`` checks that each method and attribute the interface names
+exists with a compatible signature, so a fake that drifts from the real
+class (as FakeLinks.sent once did: a list where PacketLinks has a dict)
+fails here instead of making a test pass against the wrong shape.
+"""
+
+import ast
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import providedBy
+from zope.interface.verify import verifyClass, verifyObject
+
+from nymtx import interfaces, testing
+from nymtx.addressing import NodeAddress
+from nymtx.client import MixnetClient
+from nymtx.client.api import ApiDispatcher
+from nymtx.client.core import ClientCore
+from nymtx.client.inbox import Inbox
+from nymtx.directory.client import DirectoryClient
+from nymtx.gateway.link import GatewayLink
+from nymtx.gateway.store import MailboxStore
+from nymtx.interfaces import (IApiDispatcher, IClientCore, IDirectoryClient, IGatewayLink,
+                              IInbox, IMailboxStore, IMixnetClient, IPacketLinks)
+from nymtx.keys import KeyPair
+from nymtx.links import PacketLinks
+from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork
+from tests.test_client_api import FakeCore
+from tests.test_client_core import RecordingInbox
+
+TESTS = Path(__file__).parent
+
+#: fakes in tests/ that stand for no nymtx collaborator, and why
+NOT_COLLABORATORS = {
+    # stands for the standard library's resource module (raise_fd_limit's argument)
+    "FakeResource",
+}
+
+
+class InterfaceTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.network = FakeNetwork()
+        self.config, _ = self.network.client_config(self.mktemp(), "Alice")
+
+    def client(self):
+        client = MixnetClient(self.clock, self.config, directory=FakeDirectory(self.network.topology),
+                              links=FakeLinks(), gateway_link=FakeGatewayLink())
+        self.addCleanup(client.inbox.close)
+        return client
+
+    def inbox(self, cls=Inbox, *args):
+        inbox = cls(*args, ":memory:", self.clock)
+        self.addCleanup(inbox.close)
+        return inbox
+
+    def store(self):
+        store = MailboxStore.open(self.clock, self.mktemp())
+        self.addCleanup(store.close)
+        return store
+
+    def pairs(self):
+        """(interface, real object, [fakes]) for every swappable collaborator."""
+        client = self.client()
+        address = NodeAddress.parse("127.0.0.1:1")
+        return [
+            (IPacketLinks, PacketLinks(self.clock), [FakeLinks()]),
+            (IDirectoryClient, DirectoryClient("http://127.0.0.1:1", reactor=self.clock),
+             [FakeDirectory()]),
+            (IGatewayLink, GatewayLink(self.clock, address, KeyPair.generate(), b"t" * 32),
+             [FakeGatewayLink()]),
+            (IMailboxStore, self.store(), []),
+            (IInbox, self.inbox(), [self.inbox(RecordingInbox, [])]),
+            (IClientCore, client.core, [FakeCore()]),
+            (IApiDispatcher, ApiDispatcher(client.core), []),
+            (IMixnetClient, client, []),
+        ]
+
+    def test_every_real_class_and_every_fake_provides_its_interface(self):
+        for interface, real, fakes in self.pairs():
+            for obj in [real] + fakes:
+                with self.subTest(interface=interface.__name__, obj=type(obj).__name__):
+                    self.assertTrue(interface.providedBy(obj),
+                                    f"{type(obj).__name__} does not declare {interface.__name__}")
+                    verifyObject(interface, obj)
+                    verifyClass(interface, type(obj))
+
+    def test_every_interface_has_its_real_class_here(self):
+        covered = {interface for interface, _, _ in self.pairs()}
+        declared = {value for value in vars(interfaces).values()
+                    if isinstance(value, type(IInbox)) and value is not interfaces.Interface}
+        self.assertEqual(declared, covered)
+
+    def test_the_real_classes_are_the_documented_ones(self):
+        for interface, cls in [(IPacketLinks, PacketLinks), (IDirectoryClient, DirectoryClient),
+                               (IGatewayLink, GatewayLink), (IMailboxStore, MailboxStore),
+                               (IInbox, Inbox), (IClientCore, ClientCore),
+                               (IApiDispatcher, ApiDispatcher), (IMixnetClient, MixnetClient)]:
+            self.assertTrue(interface.implementedBy(cls), cls.__name__)
+
+    def test_every_fake_in_nymtx_testing_provides_an_interface(self):
+        for name in testing.__all__:
+            cls = getattr(testing, name)
+            if name.startswith("Fake") and name not in ("FakeNetwork", "FakeRegistrationError"):
+                self.assertTrue(list(providedBy(cls.__new__(cls))), name)
+
+    def test_no_other_fake_of_a_collaborator_lives_in_tests(self):
+        """A new fake in tests/ must be verified here (or be the one in nymtx.testing)."""
+        verified = {type(f).__name__ for _, _, fakes in self.pairs() for f in fakes}
+        found = set()
+        for path in TESTS.glob("test_*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef) and node.name.lstrip("_").startswith(
+                        ("Fake", "Stub", "Recording", "Dummy")) \
+                        and not node.name.endswith("Tests"):
+                    found.add(node.name)
+        self.assertEqual(found - NOT_COLLABORATORS,
+                         verified - set(testing.__all__))
+
+    def test_a_drifted_fake_fails_verification(self):
+        # the check can fail: the old FakeLinks had no queued() or connected()
+        class OldFakeLinks:
+            def __init__(self):
+                self.sent = []
+
+            def send(self, address, packet):
+                self.sent.append((address, packet))
+
+            def stop(self):
+                pass
+        from zope.interface.exceptions import Invalid
+        self.assertRaises(Invalid, verifyObject, IPacketLinks, OldFakeLinks(), tentative=True)
