@@ -32,3 +32,56 @@ class FakesTests(SynchronousTestCase):
         self.assertIn((keys.public_key, b"hello"), [(d, m) for d, m, _ in unwrapped])
         self.assertTrue(gateway.started)
         self.successResultOf(client.stop())
+
+
+class FakeBehaviourTests(SynchronousTestCase):
+    """Each fake answers as the real class does (shapes and failures)."""
+
+    def test_directory_follows_the_network_and_fails_as_the_real_one(self):
+        from nymtx.directory.client import DirectoryError
+        network = FakeNetwork()
+        directory = FakeDirectory(network.topology)
+        self.assertEqual(self.successResultOf(directory.get_topology()).clients(), [])
+        bob = network.add_client()
+        self.assertEqual(self.successResultOf(directory.get_topology()).clients(),
+                         [bob.public_key])
+        self.assertEqual(directory.calls, 2)
+        directory.up = False
+        self.failureResultOf(directory.announce_mixnode({"host": "x"}), DirectoryError)
+        self.failureResultOf(directory.get_topology(), DirectoryError)
+        self.assertEqual(directory.announced_mixnodes, [{"host": "x"}])   # recorded anyway
+        self.failureResultOf(FakeDirectory(None).get_topology(), DirectoryError)
+
+    def test_links_count_per_address_as_packet_links_do(self):
+        from nymtx.addressing import NodeAddress
+        links = FakeLinks()
+        a, b = NodeAddress.parse("127.0.0.1:1"), NodeAddress.parse("127.0.0.1:2")
+        links.send(a, b"1")
+        links.send(a, b"2")
+        links.send(b, b"3")
+        self.assertEqual(links.sent, {"127.0.0.1:1": 2, "127.0.0.1:2": 1})
+        self.assertEqual(links.packets, [(a, b"1"), (a, b"2"), (b, b"3")])
+        self.assertEqual((links.queued(a), links.connected(a)), (0, True))
+        self.assertFalse(links.connected(NodeAddress.parse("127.0.0.1:3")))
+
+    def test_gateway_link_acks_say_how_many_were_deleted(self):
+        link = FakeGatewayLink()
+        link.mail = [(1, b"a"), (2, b"b")]
+        self.assertEqual(self.successResultOf(link.pull(limit=1)), [(1, b"a")])
+        self.assertEqual(self.successResultOf(link.ack([1, 7])), 1)
+        self.assertEqual(link.mail, [(2, b"b")])
+        self.assertEqual(link.events, [("pull",), ("ack", (1, 7))])
+
+    def test_register_lists_the_client_or_refuses(self):
+        from nymtx.testing import FakeRegistrationError
+        network = FakeNetwork()
+        keys = KeyPair.generate()
+        gateway = network.gateway
+        token = self.successResultOf(network.register(
+            Clock(), gateway.client_listener, keys, gateway.public_key))
+        self.assertEqual(len(token), 32)
+        self.assertEqual(network.topology().gateway_for(keys.public_key), network.gateway)
+        network.refuse_registrations = True
+        self.failureResultOf(network.register(Clock(), gateway.client_listener,
+                                              KeyPair.generate()), FakeRegistrationError)
+        self.assertEqual(len(network.registrations), 2)
