@@ -1,0 +1,5 @@
+import sys
+
+from nymtx.localnet.tap import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The process runner: ``nym-localnet --processes``, one OS process per node.
+
+Each child is ``python -m nymtx.localnet --node NAME`` with the parent's
+flags: it runs the one node of the same plan in a LocalNetwork, and stops
+when its parent goes away.
+"""
+
+import os
+import sys
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from nymtx.directory.client import DirectoryClient
+from nymtx.localnet.model import HOST, LocalNetError, count, poll_topology
+
+
+class _ChildOutput(protocol.ProcessProtocol):
+    """Passes a node process's output through, each line prefixed by its name."""
+
+    def __init__(self, name, network):
+        self.name = name
+        self.network = network
+
+    def _lines(self, data, stream):
+        for line in data.decode("utf-8", "replace").splitlines():
+            stream.write(f"[{self.name}] {line}\n")
+        stream.flush()
+
+    def outReceived(self, data):
+        self._lines(data, sys.stdout)
+
+    def errReceived(self, data):
+        self._lines(data, sys.stderr)
+
+    def processEnded(self, reason):
+        self.network.child_ended(self.name, reason.value.exitCode)
+
+
+class ProcessNetwork(MultiService):
+    """One OS process per node (``--processes``), each running ``--node NAME``.
+
+    ``start()`` spawns the directory, waits until it answers, spawns the
+    other nodes and waits until the topology is complete; a node that exits
+    before then fails it at once, naming the node.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, options):
+        super().__init__()
+        self.reactor = reactor
+        self.options = options
+        self.nodes = options["plan"]
+        self.directory_url = f"http://{HOST}:{self.nodes[0].port}"
+        self.children = {}
+        self.exit_codes = {}
+        self._all_ended = None
+
+    def _spawn(self, node):
+        args = [sys.executable, "-m", "nymtx.localnet", "--node", node.name,
+                "--home", self.options["home"],
+                "--base-port", str(self.options["base-port"]),
+                "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
+                "--gateways", str(self.options["gateways"])]
+        self.children[node.name] = self.reactor.spawnProcess(
+            _ChildOutput(node.name, self), sys.executable, args, env=os.environ)
+
+    def child_ended(self, name, code):
+        self.exit_codes[name] = code
+        self.children.pop(name, None)
+        if not self.children and self._all_ended is not None:
+            self._all_ended.callback(None)
+
+    def _check_children(self):
+        for name, code in self.exit_codes.items():
+            raise LocalNetError(f"{name} exited with code {code} before the network was up"
+                                " (its output is above)")
+
+    async def start(self):
+        directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        try:
+            self._spawn(self.nodes[0])
+            await poll_topology(self.reactor, directory, lambda topology: None, 60.0,
+                                check=self._check_children)
+            for node in self.nodes[1:]:
+                self._spawn(node)
+            mixnodes = sum(1 for n in self.nodes if n.kind == "mixnode")
+            gateways = sum(1 for n in self.nodes if n.kind == "gateway")
+
+            def missing(t):
+                if len(t.mixnodes) >= mixnodes and len(t.gateways) >= gateways:
+                    return None
+                return (f"the topology is still incomplete: {len(t.mixnodes)} of"
+                        f" {count(mixnodes, 'mixnode')}, {len(t.gateways)} of"
+                        f" {count(gateways, 'gateway')}")
+            return await poll_topology(self.reactor, directory, missing, 60.0,
+                                       check=self._check_children)
+        finally:
+            await directory.close()
+
+    def stopService(self):
+        super().stopService()
+        if not self.children:
+            return defer.succeed(None)
+        self._all_ended = defer.Deferred()
+        for transport in list(self.children.values()):
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass  # already gone
+        return self._all_ended
+
+
+class ParentWatch(protocol.Protocol):
+    """A --node child stops when its parent goes away (its stdin closes)."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def connectionLost(self, reason):
+        if self.reactor.running:
+            self.reactor.stop()
