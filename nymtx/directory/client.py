@@ -15,10 +15,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nymtx.directory.heartbeat import Heartbeat
 from nymtx.interfaces import IDirectoryClient
 
-__all__ = ["DirectoryClient", "DirectoryError", "Heartbeat"]
+__all__ = ["DirectoryClient", "DirectoryError"]
 
 DEFAULT_TIMEOUT = 5.0
 #: A larger answer is refused; a topology of thousands of nodes fits easily.

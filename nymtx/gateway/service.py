@@ -87,7 +87,7 @@ class GatewayService(MultiService):
             directory = DirectoryClient(directory_url, treq=treq, reactor=reactor)
         self.directory = directory
         if directory is not None:
-            from nymtx.directory.client import Heartbeat
+            from nymtx.heartbeat import Heartbeat
             # started once bound: before that there is no port to announce
             self.heartbeat = Heartbeat(reactor, presence_interval, self.announce,
                                        "gateway presence")

@@ -150,7 +150,7 @@ class MixnodeService(MultiService):
         if self.directory is None:
             return
         if not list(self):
-            from nymtx.directory.client import Heartbeat
+            from nymtx.heartbeat import Heartbeat
             Heartbeat(self.reactor, self.presence_interval, self.announce,
                       "presence announcement").setServiceParent(self)
             Heartbeat(self.reactor, self.metrics_interval, self.report_metrics,
