@@ -6,11 +6,17 @@ import subprocess
 import sys
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.localnet import (
     MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, LocalNetwork, Options, plan)
+
+
+#: the twistd command, as its console script runs it
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run;"
+          " sys.argv[0] = 'twistd'; sys.exit(run())"]
 
 
 def taken_port():
@@ -127,12 +133,15 @@ class PortInUseTests(TestCase):
         fake = NotYetRunning()
         options = Options()
         options.parseOptions(["--home", self.mktemp(), "--base-port", str(port - 1)])
-        network = makeService(options, reactor=fake)
+        statuses = []
+        network = makeService(options, reactor=fake, exit_with=statuses.append)
         network.startService()
         self.addCleanup(network.stopService)
         d = network.whenReady()
         d = self.assertFailure(d, LocalNetError)
         d.addCallback(lambda _: self.assertEqual(fake.when_running, [fake.stop]))
+        # twistd itself would exit 0 after the reactor stops
+        d.addCallback(lambda _: self.assertEqual(statuses, [1]))
         return d
 
     def run_command(self, *args):
@@ -148,6 +157,16 @@ class PortInUseTests(TestCase):
         self.assertIn("Address already in use", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 
+    def test_twistd_exits_1_when_the_network_cannot_start(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "nym-localnet", "--home", self.mktemp(),
+             "--base-port", str(port - 1)], capture_output=True, text=True, timeout=50)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("local network failed: mix-1-1 could not listen", result.stdout)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+
     def test_processes_fail_at_once_naming_the_node(self):
         sock, port = taken_port()
         self.addCleanup(sock.close)
@@ -155,6 +174,44 @@ class PortInUseTests(TestCase):
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn("mix-3-1 exited with code 1 before the network was up", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+
+class TwistdLogTests(TestCase):
+    timeout = 60
+
+    def test_the_log_shows_info_and_above(self):
+        # A running network announces itself twice a second per node at
+        # debug ("POST /api/presence/mixnodes 201"): under twistd that was the log.
+        from twisted.internet import defer, protocol
+
+        class Output(protocol.ProcessProtocol):
+            def __init__(self):
+                self.text = ""
+                self.ready = defer.Deferred()
+                self.ended = defer.Deferred()
+
+            def outReceived(self, data):
+                self.text += data.decode()
+                if "local network ready: gateway" in self.text and not self.ready.called:
+                    self.ready.callback(None)
+
+            def processEnded(self, reason):
+                self.ended.callback(None)
+        out = Output()
+        process = reactor.spawnProcess(
+            out, sys.executable, [*TWISTD, "-n", "--pidfile=", "nym-localnet", "--home",
+                                  self.mktemp(), "--base-port", "0"], env=os.environ)
+        d = out.ready
+        # the heartbeats of every node, more than once
+        d.addCallback(lambda _: deferLater(reactor, 2.5, lambda: None))
+        d.addCallback(lambda _: process.signalProcess("TERM"))
+        d.addCallback(lambda _: out.ended)
+
+        def check(_):
+            self.assertIn("local network ready: layer 3", out.text)
+            self.assertNotIn("#debug]", out.text)
+            self.assertNotIn("POST /api/presence", out.text)
+        return d.addCallback(check)
 
 
 class PollTopologyTests(SynchronousTestCase):
@@ -203,6 +260,32 @@ class PollTopologyTests(SynchronousTestCase):
             raise LocalNetError("mix-1-1 exited with code 1")
         d = defer_from(poll_topology(Clock(), self.directory([]), lambda t: None, 5, check=check))
         self.assertIn("mix-1-1 exited", str(self.failureResultOf(d, LocalNetError).value))
+
+
+class WordingTests(SynchronousTestCase):
+    def test_an_incomplete_topology_counts_in_words(self):
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+        from nymtx.keys import KeyPair
+        from nymtx.topology import Topology
+
+        class Running:
+            running = True
+
+            def __init__(self):
+                self.keys = KeyPair.generate()
+
+        class Empty:
+            def get_topology(self):
+                return succeed(Topology([], []))
+        clock = Clock()
+        network = LocalNetwork(clock, self.mktemp(), plan(1, 1, 0))
+        network.node_services = {n: Running() for n in ("mix-1-1", "mix-2-1", "gateway-1")}
+        d = defer_from(network._wait_for_topology(Empty(), timeout=1, poll=0.5))
+        clock.pump([0.5] * 4)
+        self.assertEqual(str(self.failureResultOf(d, LocalNetError).value),
+                         "the topology is still incomplete: 2 mixnodes and 1 gateway"
+                         " not announced yet after 1 s")
 
 
 def defer_from(coroutine):

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+import txaio
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -58,7 +58,10 @@ def is_loopback(address):
 
 
 class MixWebSocketProtocol(WebSocketServerProtocol):
-    log = Logger()
+    # autobahn logs through self.log at debug (its options, the raw headers,
+    # a ConnectionDone traceback on every close): a txaio logger drops those
+    # unless txaio's level is debug, a twisted Logger would publish them all
+    log = txaio.make_logger()
 
     def onConnect(self, request):
         # The listener binds 127.0.0.1 already; this also covers a listener

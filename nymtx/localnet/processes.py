@@ -64,6 +64,8 @@ class ProcessNetwork(MultiService):
                 "--base-port", str(self.options["base-port"]),
                 "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
                 "--gateways", str(self.options["gateways"])]
+        if self.options.get("log-level"):
+            args += ["--log-level", self.options["log-level"]]
         self.children[node.name] = self.reactor.spawnProcess(
             _ChildOutput(node.name, self), sys.executable, args, env=os.environ)
 

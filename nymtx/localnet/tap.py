@@ -7,9 +7,11 @@ import sys
 from twisted.internet import defer
 from twisted.python import usage
 
+from nymtx.exitstatus import exit_with
 from nymtx.localnet.model import MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, describe, plan
 from nymtx.localnet.network import LocalNetwork
 from nymtx.localnet.processes import ProcessNetwork, ParentWatch
+from nymtx.logfilter import LEVELS
 from nymtx.paths import nym_root
 
 
@@ -26,6 +28,12 @@ def _count(name, most):
         return value
     coerce.coerceDoc = f"(1 to {most})"
     return coerce
+
+
+def _level(text):
+    if text not in LEVELS:
+        raise usage.UsageError(f"--log-level must be one of {', '.join(LEVELS)}, not {text!r}")
+    return text
 
 
 def _port(text):
@@ -52,6 +60,8 @@ class Options(usage.Options):
         ["base-port", None, 8080, "the directory's port; the nodes take the ports after it"
          " (0: any free ports, in one process only)", _port],
         ["home", None, None, "where node keys and mailboxes live (default: $NYM_HOME or ~/.nym)"],
+        ["log-level", None, None, "debug, info, warn, error or critical (default: info"
+         " under twistd, warn for nym-localnet, which prints the network itself)", _level],
         ["node", None, None, "(internal, with --processes) run only this node"],
     ]
 
@@ -76,8 +86,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--home {self['home']}: cannot create {place}: {e.strerror}")
 
 
-def makeService(options, reactor=None):
-    """The twistd tapname ``nym-localnet``: the whole network in one process."""
+def makeService(options, reactor=None, exit_with=exit_with):
+    """The twistd tapname ``nym-localnet``: the whole network in one process.
+
+    If the network cannot start, the reactor stops and ``exit_with(1)``
+    makes twistd's exit status 1 (tests pass their own *exit_with*).
+    """
     if reactor is None:
         from twisted.internet import reactor
     network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
@@ -88,6 +102,7 @@ def makeService(options, reactor=None):
     # must not leave twistd running with half of it. twistd starts services
     # before it runs the reactor, so the failure may come before it runs.
     def stop(failure):
+        exit_with(1)
         if reactor.running:
             reactor.stop()
         else:
@@ -107,7 +122,7 @@ def main(argv=None):
         print(f"nym-localnet: {e}", file=sys.stderr)
         print(f"usage: nym-localnet {Options.synopsis}", file=sys.stderr)
         return 2
-    start_logging("warn")
+    start_logging(options["log-level"] or "warn")
     outcome = {"code": 0}
 
     def fail(failure):

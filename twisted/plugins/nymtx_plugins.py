@@ -2,18 +2,32 @@
 # imported only when twistd runs that plugin.
 from twisted.application.service import ServiceMaker
 
-nym = ServiceMaker(
+
+class _NymServiceMaker(ServiceMaker):
+    """twistd's way in: the log shows info and above unless --log-level says otherwise.
+
+    Here, not in the tap modules: twistd begins logging right after this
+    returns, and tests call the taps' makeService without twistd.
+    """
+
+    def makeService(self, options):
+        from nymtx.logfilter import filter_log
+        filter_log(options.get("log-level") or "info")
+        return super().makeService(options)
+
+
+nym = _NymServiceMaker(
     "nymtx client", "nymtx.client.tap",
     "A mixnet client with a websocket or TCP API", "nym")
-nymMixnode = ServiceMaker(
+nymMixnode = _NymServiceMaker(
     "nymtx mixnode", "nymtx.mixnode.tap",
     "A mixnode: delays and forwards Sphinx packets", "nym-mixnode")
-nymGateway = ServiceMaker(
+nymGateway = _NymServiceMaker(
     "nymtx gateway", "nymtx.gateway.tap",
     "A store-and-forward gateway for mixnet clients", "nym-gateway")
-nymDirectory = ServiceMaker(
+nymDirectory = _NymServiceMaker(
     "nymtx directory", "nymtx.directory.tap",
     "The directory: node presence and topology", "nym-directory")
-nymLocalnet = ServiceMaker(
+nymLocalnet = _NymServiceMaker(
     "nymtx localnet", "nymtx.localnet",
     "A whole mixnet on 127.0.0.1", "nym-localnet")
