@@ -268,6 +268,31 @@ class WithDirectory(TestCase):
         yield service.stopService()
 
 
+    @inlineCallbacks
+    def test_a_directory_that_is_down_costs_no_log_line_a_retry(self):
+        # Twisted logs "Starting factory" and "Stopping factory" at info for
+        # every connection of a pool that is not quiet: two lines each retry.
+        import socket
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]
+        s.close()  # nobody listens there now: every announce is refused
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = GatewayService(reactor, KeyPair.generate(), self.mktemp(), LOCAL, LOCAL,
+                                 "127.0.0.1", f"http://127.0.0.1:{down}",
+                                 presence_interval=0.05)
+        service.startService()
+        yield service.whenListening()
+        yield sleep(1.0)
+        yield service.stopService()
+        self.assertGreaterEqual(service.heartbeat.runs, 3)
+        texts = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+        self.assertFalse([t for t in texts if "ClientFactory" in t], texts)
+
+
 class PresenceSizeTests(SynchronousTestCase):
     def test_a_full_gateway_fits_the_directorys_body_limit(self):
         # registeredClients grows with every registration; past the

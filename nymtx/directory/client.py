@@ -38,8 +38,17 @@ def _check_url(instance, attribute, value):
             f"directory URL {value!r} must start with http:// or https://")
 
 
-def _quiet_factory(factory):
-    return type("_QuietHTTP11ClientFactory", (factory,), {"noisy": False})
+def quiet_pool(reactor):
+    """A persistent HTTPConnectionPool whose connections are not logged.
+
+    Twisted logs "Starting factory"/"Stopping factory" at info level for
+    every new connection: two lines per retry while the directory is down,
+    which the Heartbeat otherwise keeps quiet.
+    """
+    from twisted.web.client import HTTPConnectionPool
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = type("_QuietHTTP11ClientFactory", (pool._factory,), {"noisy": False})
+    return pool
 
 
 @implementer(IDirectoryClient)
@@ -76,15 +85,11 @@ class DirectoryClient:
         if self.treq is not _treq:
             return self.treq
         if self._pool is None:
-            from twisted.web.client import Agent, HTTPConnectionPool
+            from twisted.web.client import Agent
             reactor = self.reactor
             if reactor is None:
                 from twisted.internet import reactor
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            # Twisted logs "Starting factory"/"Stopping factory" at info level
-            # for every new connection: two lines per retry while the
-            # directory is down, which the Heartbeat otherwise keeps quiet.
-            self._pool._factory = _quiet_factory(self._pool._factory)
+            self._pool = quiet_pool(reactor)
             self.treq = _treq.client.HTTPClient(Agent(reactor, pool=self._pool))
         return self.treq
 

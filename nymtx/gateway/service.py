@@ -76,13 +76,13 @@ class GatewayService(MultiService):
         self.heartbeat = None
         self._pool = None
         if directory is None and directory_url:
-            from nymtx.directory.client import DirectoryClient
+            from nymtx.directory.client import DirectoryClient, quiet_pool
             if treq is None:
                 # our own pool, so that stopping closes our keep-alive
                 # connections instead of leaving them to the global one
                 from treq.client import HTTPClient
-                from twisted.web.client import Agent, HTTPConnectionPool
-                self._pool = HTTPConnectionPool(reactor)
+                from twisted.web.client import Agent
+                self._pool = quiet_pool(reactor)
                 treq = HTTPClient(Agent(reactor, pool=self._pool))
             directory = DirectoryClient(directory_url, treq=treq, reactor=reactor)
         self.directory = directory
