@@ -60,6 +60,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["plan"][0].port, 8080)
         self.assertTrue(os.path.isdir(os.path.join(options["home"], "localnet")))
 
+    def test_log_level(self):
+        self.assertIsNone(self.parse()["log-level"])  # each way of running has its default
+        self.assertEqual(self.parse("--log-level", "debug")["log-level"], "debug")
+        with self.assertRaises(usage.UsageError) as cm:
+            self.parse("--log-level", "loud")
+        self.assertEqual(str(cm.exception), "--log-level must be one of debug, info, warn,"
+                         " error, critical, not 'loud'")
+
     def test_errors_name_the_flag_plainly(self):
         for args, fragment in [
                 (["--base-port", "abc"], "--base-port must be a port number, not 'abc'"),

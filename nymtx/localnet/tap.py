@@ -47,7 +47,8 @@ def _port(text):
 
 
 class Options(usage.Options):
-    synopsis = "[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR] [--processes]"
+    synopsis = ("[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR]"
+                " [--processes] [--log-level LEVEL]")
     longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1, "
                 "waits until the topology is complete, prints it, and runs until interrupted.")
     optFlags = [
