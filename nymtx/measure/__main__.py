@@ -1,0 +1,5 @@
+import sys
+
+from nymtx.measure.cli import main
+
+sys.exit(main())

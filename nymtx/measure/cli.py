@@ -1,0 +1,163 @@
+"""``nym-measure``: run a workload, tap the links, score the attacks, write a report."""
+
+import json
+import math
+import sys
+import time
+
+from twisted.python import usage
+
+try:
+    from nymtx.measure import attacks, checks, report, sim
+except ImportError as e:   # numpy or matplotlib missing: say how to get them
+    _missing = e
+    attacks = checks = report = sim = None
+else:
+    _missing = None
+
+
+class WorkloadError(ValueError):
+    """A workload file that cannot be used; the message says where and why."""
+
+
+def load_workload(path, clients):
+    """Phases from a JSON workload file (format in docs/anonymity.md)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise WorkloadError(f"cannot read workload {path}: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("phases"), list):
+        raise WorkloadError(f"{path}: expected an object with a list 'phases'")
+    phases = []
+    for i, p in enumerate(data["phases"]):
+        where = f"{path}: phases[{i}]"
+        try:
+            start, end = float(p["start"]), float(p["end"])
+            label = str(p.get("label", f"phase {i}"))
+            convs = []
+            for j, c in enumerate(p.get("conversations", [])):
+                pattern = c.get("pattern", "poisson")
+                if pattern not in ("poisson", "flood"):
+                    raise WorkloadError(f"{where}.conversations[{j}]: pattern must be"
+                                        f" 'poisson' or 'flood', not {pattern!r}")
+                sender, recipient = int(c["sender"]), int(c["recipient"])
+                rate = float(c.get("rate", 0.0))
+                if not (0 <= sender < clients and 0 <= recipient < clients):
+                    raise WorkloadError(f"{where}.conversations[{j}]: clients are numbered"
+                                        f" 0..{clients - 1}")
+                if pattern == "poisson" and not (math.isfinite(rate) and rate > 0):
+                    raise WorkloadError(f"{where}.conversations[{j}]: rate must be a"
+                                        " positive number of messages per second")
+                convs.append(sim.Conversation(sender, recipient, rate, pattern))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if isinstance(e, WorkloadError):
+                raise
+            raise WorkloadError(f"{where}: {e!r}") from e
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+            raise WorkloadError(f"{where}: needs 0 <= start < end")
+        phases.append(sim.Phase(start, end, label, tuple(convs)))
+    if not phases:
+        raise WorkloadError(f"{path}: no phases")
+    return phases
+
+
+class Options(usage.Options):
+    synopsis = "nym-measure [options]"
+    longdesc = ("Runs a workload on a model of the nymtx network, records what a global"
+                " passive adversary sees and the truth apart, scores a suite of attacks"
+                " against the truth and writes a report folder (docs/anonymity.md).")
+    optParameters = [
+        ["clients", None, 5, "number of clients", int],
+        ["minutes", None, 10.0, "length of the workload", float],
+        ["out", "o", "nym-measure-report", "folder for the report"],
+        ["seed", None, 0, "random seed", int],
+        ["workload", None, None, "a JSON workload file (default: idle, conversations,"
+                                 " a flood, bursts, idle)"],
+        ["cover", None, "loopix", "cover design: loopix (this release) or legacy"
+                                  " (the previous release, to show its weakness)"],
+        ["mixnodes-per-layer", None, 1, "mixnodes in each layer", int],
+        ["gateways", None, 1, "gateways", int],
+        ["send-gap", None, 0.5, "mean gap of the sending stream, s", float],
+        ["loop-gap", None, 1.0, "mean gap of the loop cover stream, s", float],
+        ["hop-delay", None, 0.2, "mean delay at each hop, s", float],
+        ["fetch-gap", None, 1.0, "mean gap between pulls, s", float],
+    ]
+    optFlags = [["simulate", None, "use the model (the only mode in this build)"],
+                ["json", None, "print the attack scores as JSON"]]
+
+    def postOptions(self):
+        if self["clients"] < 2:
+            raise usage.UsageError("--clients must be at least 2")
+        if not (math.isfinite(self["minutes"]) and self["minutes"] > 0):
+            raise usage.UsageError("--minutes must be a positive number")
+        if self["cover"] not in ("loopix", "legacy"):
+            raise usage.UsageError("--cover must be loopix or legacy")
+        try:
+            self.settings = sim.Settings(
+                clients=self["clients"], mixnodes_per_layer=self["mixnodes-per-layer"],
+                gateways=self["gateways"], send_gap=self["send-gap"],
+                loop_gap=self["loop-gap"], hop_delay=self["hop-delay"],
+                fetch_gap=self["fetch-gap"], cover=self["cover"],
+                pulls="grid" if self["cover"] == "legacy" else "poisson")
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+
+
+def measure(settings, phases, duration, seed):
+    """Trace, scores and checks of one simulated run."""
+    trace = sim.simulate(settings, phases, duration, seed=seed)
+    view = trace.view()
+    posteriors = attacks.run_all(view, settings, trace.target_recipients())
+    truth = trace.target_senders()
+    scores = {name: attacks.score(p, truth) for name, p in posteriors.items()}
+    return trace, scores, checks.run_all(trace, settings)
+
+
+def main(argv=None, out=sys.stdout, err=sys.stderr):
+    if _missing is not None:
+        print(f"nym-measure: {_missing}; it needs the measure extra:"
+              " pip install 'nymtx[measure]'", file=err)
+        return 1
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        print(f"nym-measure: {e}\n{options}", file=err)
+        return 2
+    duration = options["minutes"] * 60.0
+    try:
+        if options["workload"]:
+            phases = load_workload(options["workload"], options["clients"])
+            duration = max(duration, max(p.end for p in phases))
+        else:
+            phases = sim.default_workload(options["clients"], options["minutes"])
+        started = time.monotonic()
+        trace, scores, result = measure(options.settings, phases, duration, options["seed"])
+        problems = trace.check_complete()
+        if problems:
+            print("nym-measure: the truth is incomplete: " + "; ".join(problems), file=err)
+            return 1
+        meta = {"title": f"{options['clients']} clients, {options['minutes']:g} minutes,"
+                         f" {options['cover']} cover (model)",
+                "mode": "simulated", "seed": options["seed"],
+                "packets": int(len(trace.packet_sender)),
+                "real messages": int(len(trace.message_sender)),
+                "seconds to compute": round(time.monotonic() - started, 1)}
+        summary = report.write(options["out"], trace, options.settings, scores, result, meta)
+    except (OSError, ValueError) as e:
+        print(f"nym-measure: {e}", file=err)
+        return 1
+    if options["json"]:
+        print(json.dumps({k: {f: v for f, v in s.items() if f != "entropy_bits"}
+                          for k, s in scores.items()}, indent=1), file=out)
+    else:
+        print(f"report: {summary}", file=out)
+        for name in attacks.ATTACKS:
+            s = scores[name]
+            if s["messages"]:
+                print(f"  {name:9s} names the sender of {100 * s['success']:5.1f}% of"
+                      f" {s['messages']} messages (chance {100 * s['chance']:.1f}%),"
+                      f" entropy {s['mean_entropy_bits']:.2f} of {s['max_entropy_bits']:.2f}"
+                      " bits", file=out)
+    return 0

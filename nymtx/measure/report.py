@@ -1,0 +1,150 @@
+"""The measurement's report: a folder with summary.md, figures.json and PNG plots."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from nymtx.measure.attacks import ATTACKS
+
+_PHASE_COLOURS = {"idle": "#eeeeee", "conversations": "#dbeafe", "flood": "#fde2e2",
+                  "bursts": "#fef3c7"}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")   # no screen here, and none needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _shade(ax, phases):
+    for start, end, label in phases:
+        ax.axvspan(start, end, color=_PHASE_COLOURS.get(label, "#f3f3f3"), zorder=0)
+        ax.text((start + end) / 2, 1.0, label, transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8)
+
+
+def plot_rates(trace, path, bin_seconds=10.0):
+    plt = _pyplot()
+    n = trace.topology.n_clients
+    edges = np.arange(0, trace.duration + bin_seconds, bin_seconds)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    sends = trace.hop_src < n
+    for c in range(n):
+        t = trace.hop_time[sends & (trace.hop_src == c)]
+        counts, _ = np.histogram(t, edges)
+        top.plot(edges[:-1], counts * 60 / bin_seconds, label=trace.topology.clients[c])
+        pulls = trace.pull_client == c
+        got, _ = np.histogram(trace.pull_time[pulls], edges,
+                              weights=trace.pull_true_count[pulls])
+        bottom.plot(edges[:-1], got * 60 / bin_seconds, label=trace.topology.clients[c])
+    # the received panel counts what pulls delivered: cover and real mail
+    _shade(top, trace.phases)
+    _shade(bottom, trace.phases)
+    top.set_ylabel("sent, packets/min")
+    bottom.set_ylabel("received, packets/min")
+    bottom.set_xlabel("time (s)")
+    top.legend(fontsize=7, ncol=min(n, 6), loc="lower right")
+    fig.suptitle("Packets each client sends and receives (cover included)", y=0.995)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_entropy_cdf(scores, n_clients, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in ATTACKS:
+        h = np.sort(scores[name]["entropy_bits"])
+        if len(h):
+            ax.step(h, np.arange(1, len(h) + 1) / len(h), where="post", label=name)
+    ax.axvline(math.log2(n_clients), color="k", ls="--", lw=1,
+               label=f"log2 N = {math.log2(n_clients):.2f}")
+    ax.set_xlabel("entropy of the sender distribution (bits)")
+    ax.set_ylabel("fraction of messages")
+    ax.set_title("Per-message sender entropy, by attack")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_delays(trace, settings, path):
+    plt = _pyplot()
+    hops = settings.layers + 1
+    fig, axes = plt.subplots(1, hops, figsize=(3 * hops, 3), sharey=True)
+    for hop, ax in enumerate(np.atleast_1d(axes)):
+        d = trace.packet_delays[:, hop]
+        d = d[~np.isnan(d)]
+        top = settings.hop_delay * 6
+        ax.hist(d, bins=40, range=(0, top), density=True, color="#93c5fd")
+        x = np.linspace(0, top, 200)
+        ax.plot(x, np.exp(-x / settings.hop_delay) / settings.hop_delay, "k-", lw=1)
+        ax.set_title(f"hop {hop + 1}" + (" (gateway)" if hop == hops - 1 else ""), fontsize=9)
+        ax.set_xlabel("delay (s)")
+    np.atleast_1d(axes)[0].set_ylabel("density")
+    fig.suptitle(f"Per-hop delays against Exp(mean {settings.hop_delay} s)", y=0.99)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(folder, trace, settings, scores, checks, meta):
+    """Write the report; returns the path of summary.md."""
+    os.makedirs(folder, exist_ok=True)
+    n = trace.topology.n_clients
+    figures = {"meta": meta, "settings": {k: getattr(settings, k) for k in (
+        "clients", "mixnodes_per_layer", "gateways", "send_gap", "loop_gap", "hop_delay",
+        "fetch_gap", "cover", "pulls", "drop_to", "layers")},
+        "attacks": scores, "checks": checks}
+    with open(os.path.join(folder, "figures.json"), "w") as f:
+        json.dump(figures, f, indent=1)
+    plot_rates(trace, os.path.join(folder, "rates.png"))
+    plot_entropy_cdf(scores, n, os.path.join(folder, "entropy_cdf.png"))
+    plot_delays(trace, settings, os.path.join(folder, "delays.png"))
+    lines = [f"# nym-measure: {meta.get('title', 'report')}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items() if k != "title"]
+    lines += ["", "## Attacks (scored against the truth)", "",
+              "| attack | messages | names the true sender | chance | mean entropy (bits) | of log2 N |",
+              "|---|---|---|---|---|---|"]
+    for name in ATTACKS:
+        s = scores[name]
+        if not s["messages"]:
+            lines.append(f"| {name} | 0 | – | – | – | – |")
+            continue
+        lines.append(
+            f"| {name} | {s['messages']} | {100 * s['success']:.1f}% | {100 * s['chance']:.1f}% |"
+            f" {s['mean_entropy_bits']:.2f} of {s['max_entropy_bits']:.2f} |"
+            f" {s['mean_entropy_bits'] / s['max_entropy_bits']:.2f} |")
+    lines += ["", "![entropy](entropy_cdf.png)", "", "## The design's promises", ""]
+    sizes = checks["packet_sizes"]
+    lines.append(f"- Packet sizes on the mix links: {sizes['sizes']} over {sizes['packets']}"
+                 f" packets ({'one size' if sizes['one_size'] else 'MORE THAN ONE SIZE'}).")
+    gl = checks["gateway_link"]
+    lines.append(f"- Client–gateway link: {gl['pulls']} pulls, {gl['counts_visible']} of them"
+                 f" showing how many messages they held"
+                 f" ({'timing only' if gl['shows_only_timing'] else 'COUNTS VISIBLE'}).")
+    lines += ["", "| exponential? | n | KS D | p |", "|---|---|---|---|"]
+    for g in checks["exponential"]["send_gaps"]:
+        lines.append(f"| send gaps of {g['client']} | {g['n']} | {g['statistic']:.4f} | {g['p']:.3f} |")
+    for g in checks["exponential"]["hop_delays"]:
+        lines.append(f"| delays at hop {g['hop']} | {g['n']} | {g['statistic']:.4f} | {g['p']:.3f} |")
+    lines += ["", "Per client, packets per minute while it sends real messages (busy) and"
+              " while it does not (idle); z is the difference in standard errors (|z| < 2:"
+              " no visible difference). Cover received is the cover reaching its mailbox;"
+              " real mail to a client comes on top, hidden on the wire by padded pulls.", "",
+              "| client | real sent | sent busy | sent idle | z | cover received busy | cover received idle | z |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in checks["rates"]:
+        s, g = r["sent"], r["received"]
+        lines.append(
+            f"| {r['client']} | {r['real_sent']} | {s['busy']['per_minute']:.1f} |"
+            f" {s['idle']['per_minute']:.1f} | {s['z']:+.2f} | {g['busy']['per_minute']:.1f} |"
+            f" {g['idle']['per_minute']:.1f} | {g['z']:+.2f} |")
+    lines += ["", "![rates](rates.png)", "", "![delays](delays.png)", ""]
+    summary = os.path.join(folder, "summary.md")
+    with open(summary, "w") as f:
+        f.write("\n".join(lines))
+    return summary
