@@ -2,8 +2,8 @@
 
 Client→mixnode, mixnode→mixnode and mixnode→gateway traffic all leaves
 through here. A link connects when it first has something to send, keeps
-its connection, and reconnects with exponential backoff while it has
-packets queued. Each peer has a bounded queue: on overflow the oldest
+its connection, and reconnects with a capped, jittered exponential backoff
+while it has packets queued. Each link is in one ``PeerState`` at a time. Each peer has a bounded queue: on overflow the oldest
 packet goes (it is the one most likely to be late anyway) and is counted.
 
 Packets sent in one reactor turn to one peer leave in one
@@ -20,6 +20,7 @@ Real next hops are few and busy, so they stay at the recent end.
 """
 
 import collections
+import enum
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -29,6 +30,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nymtx.backoff import backoff_policy
 from nymtx.interfaces import IPacketLinks
 
 #: Seconds a connection attempt may take before it counts as failed.
@@ -106,6 +108,17 @@ class _LinkFactory(Factory):
         return _LinkProtocol(self.link)
 
 
+class PeerState(enum.Enum):
+    """Where one peer's link is; one at a time."""
+
+    IDLE = "idle"              # no connection and no attempt: the next send connects
+                               # (no sooner than the backoff after a failure)
+    CONNECTING = "connecting"  # a TCP connect under way
+    CONNECTED = "connected"    # packets are written as they come
+    WAITING = "waiting"        # packets wait for the retry timer (backoff)
+    CLOSED = "closed"          # stopped, evicted or retired: PacketLinks forgot it
+
+
 @attrs.define(eq=False)
 class _Link:
     """One peer: its queue, its connection, its reconnect timer."""
@@ -114,11 +127,12 @@ class _Link:
     address: object
     key: str
     queue: collections.deque
-    protocol: object = None
-    connecting: object = None      # the endpoint's Deferred while connecting
-    retry: object = None           # the DelayedCall of the next attempt
+    state: PeerState = PeerState.IDLE
+    protocol: object = None        # in CONNECTED
+    connecting: object = None      # the endpoint's Deferred, in CONNECTING
+    retry: object = None           # the DelayedCall of the next attempt, in WAITING
     flush_call: object = None      # the DelayedCall that writes this turn's packets
-    backoff: float = 0.0
+    failures: int = 0              # failed attempts in a row: the backoff's step
     not_before: float = 0.0        # no new attempt before this time, even on demand
     closed: object = None          # Deferred fired when the connection is gone
 
@@ -127,13 +141,13 @@ class _Link:
         if len(queue) == queue.maxlen:
             self.links.dropped += 1
         queue.append(packet)
-        protocol = self.protocol
-        if protocol is not None:
-            if self.flush_call is None and not protocol.paused:
+        if self.state is PeerState.CONNECTED:
+            if self.flush_call is None and not self.protocol.paused:
                 self.flush_call = self.links._reactor.callLater(0, self._flush)
-        elif self.connecting is None and self.retry is None:
+        elif self.state is PeerState.IDLE:
             wait = self.not_before - self.links._reactor.seconds()
             if wait > 0:
+                self.state = PeerState.WAITING
                 self.retry = self.links._reactor.callLater(wait, self._connect)
             else:
                 self._connect()
@@ -142,7 +156,7 @@ class _Link:
         self.flush_call = None
         protocol = self.protocol
         queue = self.queue
-        if protocol is None or protocol.paused or not queue:
+        if self.state is not PeerState.CONNECTED or protocol.paused or not queue:
             return
         n = len(queue)
         data = b"".join(queue)
@@ -153,6 +167,7 @@ class _Link:
 
     def _connect(self):
         self.retry = None
+        self.state = PeerState.CONNECTING
         links = self.links
         d = links._endpoint_for(links._reactor, self.address).connect(_LinkFactory(self))
         self.connecting = d
@@ -170,27 +185,27 @@ class _Link:
 
     def _schedule_retry(self):
         links = self.links
-        if links._stopping:
+        if links._stopping or self.state is PeerState.CLOSED:
             return
-        if self.backoff == 0:
-            delay = links.initial_backoff
-        else:
-            delay = min(self.backoff * 2, links.maximum_backoff)
-        self.backoff = delay
+        self.failures += 1
+        delay = links._policy(self.failures)
         if self.queue:
+            self.state = PeerState.WAITING
             self.retry = links._reactor.callLater(delay, self._connect)
         else:
             # Connect on demand: a peer nobody sends to is not hammered, and
             # one that keeps dropping us is not redialled faster than backoff.
+            self.state = PeerState.IDLE
             self.not_before = links._reactor.seconds() + delay
 
     def _connected(self, protocol):
         self.connecting = None
-        if self.links._stopping:
+        if self.links._stopping or self.state is PeerState.CLOSED:
             protocol.transport.loseConnection()
             return
+        self.state = PeerState.CONNECTED
         self.protocol = protocol
-        self.backoff = 0.0
+        self.failures = 0
         self.closed = Deferred()
         self.links.log.debug("mix link to {peer} is up", peer=self.key)
         self._flush()
@@ -204,13 +219,16 @@ class _Link:
             self.links.log.info("mix link to {peer} closed: {why}", peer=self.key,
                                 why=reason.getErrorMessage())
             closed, self.closed = self.closed, None
-            # A link that was up starts its backoff afresh.
-            self.backoff = 0.0
-            self._schedule_retry()
+            if self.state is PeerState.CONNECTED:
+                # A link that was up starts its backoff afresh.
+                self.failures = 0
+                self.state = PeerState.IDLE
+                self._schedule_retry()
             if closed is not None:
                 closed.callback(None)
 
     def stop(self):
+        self.state = PeerState.CLOSED
         for call in (self.retry, self.flush_call):
             if call is not None and call.active():
                 call.cancel()
@@ -234,22 +252,22 @@ class PacketLinks:
     waits in that peer's queue until the link is up (or is pushed out by
     newer packets). ``sent`` counts packets written per ``str(address)``;
     ``dropped`` counts packets pushed out of a full queue; ``evicted``
-    counts packets lost with a peer closed to stay within ``max_peers``.
-    All are plain counters that the owner may read and reset.
+    counts packets lost with a peer closed to stay within ``max_peers``;
+    ``retired`` those lost with a peer closed by ``retain``. All are plain
+    counters that the owner may read and reset. Reconnect waits follow
+    :func:`nymtx.backoff.backoff_policy` (capped, *jitter* a share of each).
     """
 
     log = Logger()
 
     def __init__(self, reactor, queue_size=1024, initial_backoff=0.1,
-                 maximum_backoff=30.0, endpoint_for=tcp_endpoint, max_peers=1024):
+                 maximum_backoff=30.0, endpoint_for=tcp_endpoint, max_peers=1024,
+                 jitter=0.5, rng=None):
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
         if max_peers < 1:
             raise ValueError(f"max_peers must be at least 1, not {max_peers}")
-        if not 0 < initial_backoff <= maximum_backoff:
-            raise ValueError(
-                "backoffs must satisfy 0 < initial_backoff <= maximum_backoff,"
-                f" not {initial_backoff} and {maximum_backoff}")
+        self._policy = backoff_policy(initial_backoff, maximum_backoff, jitter=jitter, rng=rng)
         self._reactor = reactor
         self.queue_size = queue_size
         self.initial_backoff = initial_backoff
@@ -263,6 +281,7 @@ class PacketLinks:
         self.sent = {}
         self.dropped = 0
         self.evicted = 0
+        self.retired = 0
         # Anyone can make packets that name made-up next hops: each would
         # cost a log line per failed connect and per eviction.
         self._quiet = LogThrottle(reactor)
@@ -291,10 +310,35 @@ class PacketLinks:
             self.log.info("mix link to {peer} closed: more than {n} peers, and it was"
                           " the least recently used ({count} links closed so since the"
                           " last such line)", peer=link.key, n=self.max_peers, count=count)
+        self._close(link)
+
+    def _close(self, link):
         closing = link.stop()
         if not closing.called:
             self._closing.add(closing)
             closing.addBoth(lambda result: self._closing.discard(closing))
+
+    def retain(self, addresses):
+        """Close the link of every peer not in *addresses* (the peers still wanted).
+
+        A client calls it with the topology's mixnodes at each refresh: a
+        peer that left would otherwise be redialled for as long as packets
+        wait for it, which is for ever. Packets still queued for a closed
+        peer are counted in ``retired``. A later send() to it opens a new link.
+        """
+        wanted = set(addresses)
+        gone = [address for address in self._links if address not in wanted]
+        for address in gone:
+            link = self._links.pop(address)
+            self.retired += len(link.queue)
+            self.log.info("mix link to {peer} closed: it is no longer in the topology"
+                          " ({n} queued packets dropped)", peer=link.key, n=len(link.queue))
+            self._close(link)
+
+    def state(self, address):
+        """The PeerState of the link to *address* (CLOSED for an unknown peer)."""
+        link = self._links.get(address)
+        return link.state if link is not None else PeerState.CLOSED
 
     def queued(self, address):
         """How many packets wait for *address* (0 for an unknown peer)."""
@@ -302,8 +346,7 @@ class PacketLinks:
         return len(link.queue) if link is not None else 0
 
     def connected(self, address):
-        link = self._links.get(address)
-        return link is not None and link.protocol is not None
+        return self.state(address) is PeerState.CONNECTED
 
     def stop(self):
         """Close every link; the Deferred fires once every connection is gone."""

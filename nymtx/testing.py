@@ -172,11 +172,20 @@ class FakeLinks:
         self.sent = {}
         self.dropped = 0
         self.evicted = 0
+        self.retired = 0
+        self.retained = []  # the address sets retain() was given, in order
         self.stopped = False
 
     def send(self, address, packet):
         self.packets.append((address, packet))
         self.sent[str(address)] = self.sent.get(str(address), 0) + 1
+
+    def retain(self, addresses):
+        self.retained.append(set(addresses))
+
+    def state(self, address):
+        from nymtx.links import PeerState
+        return PeerState.CONNECTED if self.connected(address) else PeerState.CLOSED
 
     def queued(self, address):
         return 0

@@ -384,3 +384,52 @@ class FetchTests(SynchronousTestCase):
         self.assertNoResult(stopped)
         pending.callback([])
         self.successResultOf(stopped)
+
+
+class DepartedPeerTests(SynchronousTestCase):
+    def test_a_mixnode_that_left_the_topology_is_not_redialled(self):
+        # The client's first hop is a fake node at [::1]:1 that never
+        # answers; once a refresh no longer lists it, nothing dials it again.
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.python.failure import Failure
+        from nymtx.addressing import NodeAddress
+        from nymtx.links import PacketLinks
+        from nymtx.topology import MixNodeInfo
+
+        reactor = MemoryReactorClock()
+        keys, bob = KeyPair.generate(), KeyPair.generate()
+        network = Network(clients=[keys.public_key, bob.public_key])
+        ghost = MixNodeInfo(NodeAddress.parse("[::1]:1"), KeyPair.generate().public_key, 1)
+        config = ClientConfig.new(self.mktemp(), "Alice",
+                                  provider_id=encode_key(network.gateway_keys.public_key),
+                                  provider_authtoken=encode_key(bytes(32)))
+        directory = FakeDirectory(network.topology(mixnodes=[ghost] + network.mixnodes[1:]))
+        links = PacketLinks(reactor, initial_backoff=0.5, maximum_backoff=3.0)
+        inbox = Inbox(":memory:", reactor)
+        self.addCleanup(inbox.close)
+        core = ClientCore(reactor, config, keys, directory, links, FakeGatewayLink(), inbox,
+                          rng=random.Random(4))
+        core.start()
+
+        def attempts():
+            return [c for c in reactor.tcpClients if c[0] == "::1"]
+        # the streams send to the ghost; each attempt is refused
+        for _ in range(200):
+            reactor.advance(0.1)
+            for c in attempts():
+                if not getattr(c[2], "refused", False):
+                    c[2].refused = True
+                    c[2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertGreater(len(attempts()), 3)
+        self.assertGreater(links.queued(ghost.address), 0)
+
+        directory.topology = network.topology()  # it left
+        run_until(reactor, reactor.seconds() + config.topology_refresh_rate / 1000)
+        before = len(attempts())
+        self.assertEqual(links.queued(ghost.address), 0)
+        self.assertGreater(links.retired, 0)
+        run_until(reactor, reactor.seconds() + 120)
+        self.assertEqual(len(attempts()), before)
+        core.stop()
+        self.successResultOf(links.stop())

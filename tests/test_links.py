@@ -35,8 +35,9 @@ class MemoryLinksTests(SynchronousTestCase):
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
+        # jitter=0: the exact waits of the backoff's grid (jitter has its own tests)
         self.links = PacketLinks(self.reactor, queue_size=4, initial_backoff=0.5,
-                                 maximum_backoff=3.0)
+                                 maximum_backoff=3.0, jitter=0)
 
     def connect(self, index=-1):
         """Complete the connection attempt *index*; return its transport."""
@@ -237,6 +238,77 @@ class MemoryLinksTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(d)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_states_of_one_link(self):
+        from nymtx.links import PeerState
+        self.assertIs(self.links.state(PEER), PeerState.CLOSED)  # unknown
+        self.links.send(PEER, packet(0))
+        self.assertIs(self.links.state(PEER), PeerState.CONNECTING)
+        self.refuse()
+        self.assertIs(self.links.state(PEER), PeerState.WAITING)
+        self.reactor.advance(0.5)
+        self.assertIs(self.links.state(PEER), PeerState.CONNECTING)
+        protocol, _ = self.connect()
+        self.assertIs(self.links.state(PEER), PeerState.CONNECTED)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(self.links.state(PEER), PeerState.IDLE)  # nothing queued
+        self.links.send(PEER, packet(1))  # within the backoff: it waits for it
+        self.assertIs(self.links.state(PEER), PeerState.WAITING)
+        self.successResultOf(self.links.stop())
+        self.assertIs(self.links.state(PEER), PeerState.CLOSED)
+
+    def test_no_overflow_after_thousands_of_failures(self):
+        # 2 ** 1024 does not fit a float: a doubling without a cap on the
+        # exponent raised OverflowError there and the link never retried again.
+        links = PacketLinks(self.reactor, initial_backoff=0.5, maximum_backoff=3.0)
+        links.send(PEER, packet(0))
+        for attempt in range(1, 1101):
+            self.refuse()
+            (call,) = self.reactor.getDelayedCalls()
+            delay = call.getTime() - self.reactor.seconds()
+            self.assertLessEqual(delay, 3.0)
+            self.reactor.advance(delay)
+        self.assertEqual(len(self.reactor.tcpClients), 1101)
+        self.assertGreater(delay, 1.5)
+        self.successResultOf(links.stop())
+
+    def test_jitter_spreads_the_retries_of_many_senders(self):
+        import random
+        delays = []
+        for seed in range(10):
+            reactor = MemoryReactorClock()
+            links = PacketLinks(reactor, initial_backoff=0.5, maximum_backoff=3.0,
+                                rng=random.Random(seed))
+            links.send(PEER, packet(0))
+            reactor.tcpClients[-1][2].clientConnectionFailed(
+                None, Failure(ConnectionRefusedError()))
+            (call,) = reactor.getDelayedCalls()
+            delays.append(call.getTime() - reactor.seconds())
+            self.successResultOf(links.stop())
+        self.assertEqual(len(set(delays)), 10)
+        self.assertTrue(all(0.25 < d <= 0.5 for d in delays), delays)
+
+    def test_retain_closes_the_links_of_peers_no_longer_wanted(self):
+        self.links.send(PEER, packet(0))
+        protocol, transport = self.connect(0)
+        self.links.send(OTHER, packet(1))
+        self.refuse(1)  # OTHER is down: its packet waits, a retry is due
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.links.retain([PEER])
+        # OTHER's timer is gone and nothing redials it; PEER is untouched
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.reactor.advance(100)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.links.retired, 1)
+        self.assertTrue(self.links.connected(PEER))
+        self.assertFalse(transport.disconnecting)
+        # a connected peer that leaves is closed, and stop() waits for it
+        self.links.retain([])
+        self.assertTrue(transport.disconnecting)
+        d = self.links.stop()
+        self.assertNoResult(d)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
 
     def test_bad_arguments(self):
         with self.assertRaises(ValueError) as e:

@@ -242,6 +242,9 @@ class ClientCore:
                           mixnodes=len(topology.mixnodes), gateways=len(topology.gateways))
         self._directory_down = False
         self.topology = topology
+        # A mixnode that left the topology is never the first hop again:
+        # its link must not redial it for as long as packets wait there.
+        self.links.retain(m.address for m in topology.mixnodes)
         if self.keys.public_key not in topology.clients():
             # Just registered: the gateway lists us at its next presence
             # (every 1.5 s), and until the topology does, no client (this one
