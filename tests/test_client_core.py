@@ -433,3 +433,77 @@ class DepartedPeerTests(SynchronousTestCase):
         self.assertEqual(len(attempts()), before)
         core.stop()
         self.successResultOf(links.stop())
+
+
+class LifecycleTests(SynchronousTestCase):
+    def test_states_in_order(self):
+        from nymtx.client.core import CoreState
+        core, network, bob, clock = make_core(self)
+        self.assertIs(core.state, CoreState.NEW)
+        pull = Deferred()
+        core.gateway_link.pull = lambda limit=100: pull
+        started = core.start()
+        self.successResultOf(started)  # the first topology fetch is done
+        self.assertIs(core.state, CoreState.RUNNING)
+        stopped = core.stop()
+        self.assertIs(core.state, CoreState.STOPPING)  # a pull is in flight
+        self.assertNoResult(stopped)
+        again = core.stop()
+        pull.callback([])
+        self.successResultOf(stopped)
+        self.successResultOf(again)
+        self.assertIs(core.state, CoreState.STOPPED)
+        self.successResultOf(core.stop())
+
+    def test_restart_is_refused_with_a_clear_error(self):
+        # Before: start() after stop() was accepted and the fetch loop ran on
+        # a closed inbox for ever, saying nothing.
+        from nymtx.client.core import ClientStateError
+        from nymtx.client.embed import MixnetClient
+        network = Network()
+        config = ClientConfig.new(
+            self.mktemp(), "Alice", provider_id=network.gateway_keys.public_text,
+            provider_authtoken=encode_key(bytes(32)))
+        keys = KeyPair.generate()
+        config.save_keys(keys)
+        clock = Clock()
+        client = MixnetClient(clock, config, directory=FakeDirectory(network.topology()),
+                              links=FakeLinks(), gateway_link=FakeGatewayLink())
+        client.start()
+        with self.assertRaises(ClientStateError) as e:
+            client.start()
+        self.assertIn("running", str(e.exception))
+        self.successResultOf(client.stop())
+        self.successResultOf(client.stop())  # twice: the inbox is closed once
+        with self.assertRaises(ClientStateError) as e:
+            client.start()
+        self.assertIn("stopped", str(e.exception))
+        self.assertIn("new MixnetClient", str(e.exception))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        # and a new client from the same config does run, on the same inbox
+        link = FakeGatewayLink()
+        link.mail = [(1, b"after the restart")]
+        second = MixnetClient(clock, config, directory=FakeDirectory(network.topology()),
+                              links=FakeLinks(), gateway_link=link)
+        second.start()
+        self.assertEqual(second.fetch(), [b"after the restart"])
+        self.successResultOf(second.stop())
+
+
+class PeriodicFailureTests(SynchronousTestCase):
+    def test_an_unexpected_error_in_the_fetch_loop_is_logged_and_the_loop_goes_on(self):
+        core, network, bob, clock = make_core(self)
+        calls = []
+
+        def broken(limit=100):
+            calls.append(1)
+            raise RuntimeError("the inbox is closed")  # synchronously, not a Deferred
+        core.gateway_link.pull = broken
+        core.start()
+        for _ in range(120):
+            clock.advance(1)
+        self.assertEqual(len(calls), 121)  # the loop goes on
+        # heard, with the traceback: the first time, then once a minute
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        self.assertEqual(core._fetching.failures, 121)
+        core.stop()

@@ -8,6 +8,7 @@ being dropped, which is what nym v0.5 did.
 """
 
 import collections
+import enum
 import random
 
 import attrs
@@ -19,6 +20,8 @@ from nymtx.addressing import AddressError, NodeAddress, decode_client_address, \
     encode_client_address
 from nymtx.client.cover import LoopCover
 from nymtx.interfaces import IClientCore
+from nymtx.links import LogThrottle
+from nymtx.observer import OneShot
 from nymtx.keys import KeyFormatError, decode_key, encode_key
 from nymtx.poisson import PoissonLoop
 from nymtx.sphinx import MAX_MESSAGE_SIZE, SphinxError, build_packet, sample_delays
@@ -34,6 +37,20 @@ class SendError(ValueError):
 
 class ClientStopped(Exception):
     """The client stopped before the message left."""
+
+
+class ClientStateError(RuntimeError):
+    """start() on a client that is running, stopping or stopped (no restart)."""
+
+
+class CoreState(enum.Enum):
+    """Where a client core is in its life; one at a time, in this order."""
+
+    NEW = "new"              # made, not started: send() queues, nothing leaves
+    STARTING = "starting"    # loops started, the first topology fetch under way
+    RUNNING = "running"
+    STOPPING = "stopping"    # loops stopped, waiting for a pull or ack in flight
+    STOPPED = "stopped"      # for good: a stopped client is not started again
 
 
 def parse_recipient(text):
@@ -77,15 +94,27 @@ class _Outgoing:
 
 @attrs.define(eq=False)
 class _Periodic:
-    """Runs ``action`` now and every ``interval`` s after it finishes, never overlapping."""
+    """Runs ``action`` now and every ``interval`` s after it finishes, never overlapping.
+
+    The actions handle the failures they expect (a directory or gateway
+    down) themselves; anything else that reaches here is a bug or a broken
+    collaborator (a closed inbox, say), and a loop that fails on every run
+    must be heard: it is logged with its traceback, the first time and then
+    at most once a minute with a count, and the loop goes on.
+    """
+
+    log = Logger()
 
     clock: object
     interval: float
     action: object
+    name: str = "periodic task"
     _call: object = None
     _running: bool = False
     _busy: object = None
     _soon: object = None
+    failures: int = 0
+    _quiet: object = None
 
     def start(self):
         """Start; the Deferred fires when the first run has finished."""
@@ -103,8 +132,18 @@ class _Periodic:
     def _run(self):
         self._call = None
         self._busy = maybeDeferred(self.action)
-        self._busy.addErrback(lambda f: None)  # the action logs its own failures
+        self._busy.addErrback(self._failed)
         self._busy.addBoth(self._done)
+
+    def _failed(self, failure):
+        self.failures += 1
+        if self._quiet is None:
+            self._quiet = LogThrottle(self.clock)
+        count = self._quiet.allow("failed")
+        if count:
+            self.log.failure("the client's {name} failed ({count} time(s) since the last"
+                             " such line); it runs again in {interval:g} s", failure,
+                             name=self.name, count=count, interval=self.interval)
 
     def _done(self, _):
         self._busy = None
@@ -171,10 +210,8 @@ class ClientCore:
     _directory_down: bool = False
     _gateway_down: bool = False
     _inbox_full: bool = False
-    running: bool = False
-    # Set by stop(): a message queued after it would wait for ever, since
-    # nothing drains the queue any more.
-    _stopped: bool = False
+    state: CoreState = CoreState.NEW
+    _stopping: object = None   # stop()'s OneShot, from STOPPING on
 
     def __attrs_post_init__(self):
         c = self.config
@@ -184,9 +221,9 @@ class ClientCore:
         self._looping = PoissonLoop(self._cover_tick, c.loop_cover_traffic_average_delay / 1000,
                                     self.reactor, self.rng)
         self._refresh = _Periodic(self.reactor, c.topology_refresh_rate / 1000,
-                                  self.refresh_topology)
+                                  self.refresh_topology, "topology refresh")
         self._fetching = _Periodic(self.reactor, c.fetch_message_delay / 1000,
-                                   self.fetch_from_gateway)
+                                   self.fetch_from_gateway, "fetch from the gateway")
 
     @property
     def address(self):
@@ -198,22 +235,46 @@ class ClientCore:
 
     # -- life cycle -----------------------------------------------------------
 
+    @property
+    def running(self):
+        """Started and not stopped."""
+        return self.state in (CoreState.STARTING, CoreState.RUNNING)
+
     def start(self):
-        """Start every loop; the Deferred fires after the first topology fetch."""
-        self.running = True
-        self._stopped = False
+        """Start every loop; the Deferred fires after the first topology fetch.
+
+        Only once: ClientStateError if it was started before. A stopped
+        client has closed what it owned; make a new one instead.
+        """
+        if self.state is not CoreState.NEW:
+            raise ClientStateError(
+                f"the client is {self.state.value}: a client starts only once;"
+                " make a new one (the same config gives the same keys and inbox)")
+        self.state = CoreState.STARTING
         if self.gateway_link is not None:
             self.gateway_link.start()
         first = self._refresh.start()
         self._sending.start()
         self._looping.start()
         self._fetching.start()
-        return first
+
+        def started(result):
+            if self.state is CoreState.STARTING:
+                self.state = CoreState.RUNNING
+            return result
+        return first.addCallback(started)
 
     def stop(self):
-        """Stop every loop; fail the Deferreds of messages that never left."""
-        self.running = False
-        self._stopped = True
+        """Stop every loop; fail the Deferreds of messages that never left.
+
+        Fires once a pull or ack in flight is done and the gateway link is
+        closed. Stopping a stopped (or never started) client does nothing more.
+        """
+        if self._stopping is not None:  # STOPPING or STOPPED: the same answer
+            return self._stopping.when_fired()
+        was_new = self.state is CoreState.NEW
+        self.state = CoreState.STOPPING
+        self._stopping = OneShot()
         self._sending.stop()
         self._looping.stop()
         waits = [self._refresh.stop(), self._fetching.stop()]
@@ -221,8 +282,15 @@ class ClientCore:
         for item in queue:
             item.sent.errback(ClientStopped("the client stopped before the message was sent"))
         d = Deferred.fromCoroutine(self._wait(waits))
-        d.addCallback(lambda _: self.gateway_link.stop() if self.gateway_link else None)
-        return d
+        if not was_new:
+            d.addCallback(lambda _: self.gateway_link.stop() if self.gateway_link else None)
+
+        def stopped(result):
+            self.state = CoreState.STOPPED
+            return result
+        d.addBoth(stopped)
+        d.addBoth(self._stopping.fire)
+        return self._stopping.when_fired()
 
     @staticmethod
     async def _wait(deferreds):
@@ -288,7 +356,7 @@ class ClientCore:
         """
         message = check_message(message)
         client_key, gateway_key = parse_recipient(recipient)
-        if self._stopped:
+        if self.state in (CoreState.STOPPING, CoreState.STOPPED):
             return fail(ClientStopped("the client has stopped: the message was not queued"))
         if self.topology is not None:
             if gateway_key is None and self.topology.gateway_for(client_key) is None:

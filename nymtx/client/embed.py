@@ -19,10 +19,11 @@ from zope.interface import implementer
 
 from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
-from nymtx.client.core import ClientCore, SendError
+from nymtx.client.core import ClientCore, ClientStateError, CoreState, SendError
 from nymtx.client.inbox import Inbox
 from nymtx.interfaces import IMixnetClient
 from nymtx.keys import KeyFormatError, KeyPair, decode_key, encode_key
+from nymtx.observer import OneShot
 
 
 class InitError(Exception):
@@ -165,6 +166,7 @@ class MixnetClient:
     core: ClientCore = attrs.field(default=None, init=False)
     _owns_links: bool = attrs.field(default=False, init=False)
     _owns_directory: bool = attrs.field(default=False, init=False)
+    _stopped: object = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self):
         # Fail here, not at start(), on an uninitialised or unreadable client.
@@ -197,8 +199,23 @@ class MixnetClient:
         """``CLIENT@GATEWAY``: reachable even before the gateway's presence lists it."""
         return f"{self.core.address}@{self.config.provider_id}"
 
+    @property
+    def state(self):
+        """The core's CoreState: new, starting, running, stopping or stopped."""
+        return self.core.state
+
     def start(self):
-        """Start; the Deferred fires once the first topology fetch is done."""
+        """Start; the Deferred fires once the first topology fetch is done.
+
+        A client starts once: ClientStateError if it was started (or
+        stopped) before. stop() closed its inbox and links; to run again,
+        make a new MixnetClient from the same config (same keys, same inbox).
+        """
+        if self.core.state is not CoreState.NEW:
+            raise ClientStateError(
+                f"this MixnetClient is {self.core.state.value}: a client starts only"
+                " once; to run it again make a new MixnetClient(reactor, config)"
+                " (the same config gives the same keys and inbox)")
         return self.core.start()
 
     def stop(self):
@@ -206,15 +223,19 @@ class MixnetClient:
 
         Each is closed even if an earlier step fails (a gateway link that
         cannot stop must not leave the inbox open); the Deferred then fails
-        with the first error.
+        with the first error. A second stop() waits for the first.
         """
-        steps = [self.core.stop]
-        if self._owns_links:
-            steps.append(self.links.stop)
-        if self._owns_directory:
-            steps.append(self.directory.close)
-        steps.append(self.inbox.close)
-        return Deferred.fromCoroutine(_run_all(steps))
+        if self._stopped is None:
+            steps = [self.core.stop]
+            if self._owns_links:
+                steps.append(self.links.stop)
+            if self._owns_directory:
+                steps.append(self.directory.close)
+            steps.append(self.inbox.close)
+            self._stopped = OneShot()
+            d = Deferred.fromCoroutine(_run_all(steps))
+            d.addBoth(self._stopped.fire)
+        return self._stopped.when_fired()
 
     def send(self, recipient, message):
         """Deferred that fires when the packet leaves; fails with SendError."""
