@@ -45,6 +45,13 @@ class FakeCore:
         out, self.inbox = self.inbox, []
         return out
 
+    def peek(self, max_bytes=None):
+        return list(enumerate(self.inbox))
+
+    def delete(self, ids):
+        ids = set(ids)
+        self.inbox = [m for i, m in enumerate(self.inbox) if i not in ids]
+
     def clients(self):
         return [BOB]
 

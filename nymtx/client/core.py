@@ -447,6 +447,15 @@ class ClientCore:
         """Remove and return every stored message, oldest first."""
         return self.inbox.take_all()
 
+    def peek(self, max_bytes=None):
+        """Stored ``(id, body)`` pairs, oldest first, bodies adding up to at
+        most *max_bytes*; they stay in the inbox until ``delete(ids)``."""
+        return self.inbox.peek(max_bytes)
+
+    def delete(self, ids):
+        """The application has these messages (from ``peek``): forget them."""
+        self.inbox.delete(ids)
+
     def fetch_from_gateway(self):
         if self.gateway_link is None:
             return None

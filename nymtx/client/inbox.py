@@ -108,6 +108,21 @@ class Inbox:
         return [row[0] for row in self._db.execute(
             "SELECT gateway_id FROM unacked ORDER BY gateway_id")]
 
+    def peek(self, max_bytes=None):
+        """``(id, body)`` pairs, oldest first, whose bodies add up to at most
+        *max_bytes* (all if None); nothing leaves the inbox."""
+        rows, used = [], 0
+        for row_id, body in self._db.execute("SELECT id, body FROM messages ORDER BY id"):
+            used += len(body)
+            if max_bytes is not None and used > max_bytes:
+                break
+            rows.append((row_id, bytes(body)))
+        return rows
+
+    def delete(self, ids):
+        """Remove the messages *ids* (from peek), once the application has them."""
+        self._db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
+
     def take_all(self):
         """Remove and return every stored message, oldest first."""
         cur = self._db.cursor()

@@ -32,7 +32,11 @@ class JsonLinesProtocol(LineReceiver):
         line = line.rstrip(b"\r")
         if not line.strip():
             return
-        self._reply(self.dispatcher.handle_bytes(line))
+        answer = self.dispatcher.answer_bytes(line, MAX_FRAME)
+        if self.transport.disconnecting or not self.connected:
+            return  # cannot be sent: a fetch's messages stay in the inbox
+        self.sendLine(answer.data)
+        answer.sent()
 
     def _reply(self, response):
         self.sendLine(encode_response(response))

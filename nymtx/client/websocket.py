@@ -5,13 +5,14 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.exception import Disconnected
 from autobahn.websocket.types import ConnectionDeny
 import txaio
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nymtx.client.api import encode_response, error
+from nymtx.client.api import Answer, encode_response, error
 
 PATH = b"mix"
 #: Far above any valid request (975 bytes of message, escaped, plus a key).
@@ -82,9 +83,15 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         if isBinary:
             response = error("binary messages aren't supported: send JSON as a text frame")
+            answer = Answer(response, encode_response(response))
         else:
-            response = self.factory.dispatcher.handle_bytes(payload)
-        self.sendMessage(encode_response(response), isBinary=False)
+            # at most MAX_FRAME: autobahn refuses to send a longer message
+            answer = self.factory.dispatcher.answer_bytes(payload, MAX_FRAME)
+        try:
+            self.sendMessage(answer.data, isBinary=False)
+        except Disconnected:
+            return  # closing: not sent, so a fetch's messages stay in the inbox
+        answer.sent()
 
 
 class MixWebSocketFactory(WebSocketServerFactory):
