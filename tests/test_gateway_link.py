@@ -297,6 +297,31 @@ class LinkLifecycle(SynchronousTestCase):
         self.assertEqual(self.gateway.factory.connections, set())
 
 
+    def test_stop_from_callbacks_of_the_link_itself(self):
+        # Deferred callbacks re-enter: a when_ready() waiter that stops the
+        # link, a failed pull whose errback stops it.
+        link = self.link()
+        link.when_ready().addCallback(lambda _: link.stop())
+        link.start()
+        pump = self.gateway.accept()
+        pump.flush()
+        self.assertIs(link.state, link_module.LinkState.STOPPED)
+        self.assertFalse(self.gateway.factory.connections)
+
+        link.start()
+        pump = self.gateway.accept()
+        pump.flush()
+        stops = []
+        pulled = link.pull()
+        pulled.addErrback(lambda f: stops.append(link.stop()))
+        pump.serverIO.abortConnection()
+        pump.flush()
+        (stopped,) = stops
+        self.successResultOf(stopped)
+        self.assertIs(link.state, link_module.LinkState.STOPPED)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
 class BackoffPolicy(SynchronousTestCase):
     def test_doubles_to_the_cap_and_never_overflows(self):
         policy = backoff_policy(0.1, 30.0, jitter=0)

@@ -375,6 +375,10 @@ class GatewayLink:
                 e = GatewayLinkError(str(e))
             self._failed(e)
             raise e
+        if proto._lost:
+            e = proto.error or GatewayLinkError(f"gateway {self.address} closed the connection")
+            self._failed(e)
+            raise e
         proto.closed.addCallback(lambda _: self._closed(proto))
         self._sessions.next = proto
         session = factory.buildProtocol(gate.transport.getPeer())
