@@ -19,10 +19,17 @@ class IPacketLinks(Interface):
                      " read and clear it")
     dropped = Attribute("int: packets pushed out of a full queue")
     evicted = Attribute("int: packets lost with a link closed to stay within max_peers")
+    retired = Attribute("int: packets lost with a link closed by retain()")
 
     def send(address, packet):
         """Queue *packet* (bytes) for *address* (NodeAddress); never blocks or raises
         for a peer being down."""
+
+    def retain(addresses):
+        """Close the link of every peer not in *addresses* (the peers still wanted)."""
+
+    def state(address):
+        """The nymtx.links.PeerState of the link to *address* (CLOSED if none)."""
 
     def queued(address):
         """How many packets wait for *address* (0 for an unknown peer)."""
@@ -62,6 +69,8 @@ class IGatewayLink(Interface):
 
     connected = Attribute("bool: authenticated right now")
     last_error = Attribute("GatewayLinkError | None: why it is not connected")
+    state = Attribute("nymtx.gateway.link.LinkState: stopped, connecting, ready, waiting"
+                      " or stopping")
 
     def start():
         """Connect, and keep reconnecting while started."""
@@ -150,6 +159,13 @@ class IInbox(Interface):
     def take_all():
         """Remove and return every stored message (bytes), oldest first."""
 
+    def peek(max_bytes=None):
+        """(id, body) pairs, oldest first, bodies adding up to at most *max_bytes*;
+        nothing leaves the inbox."""
+
+    def delete(ids):
+        """Remove the messages *ids* (from peek)."""
+
     def __len__():
         """How many messages it holds."""
 
@@ -172,6 +188,13 @@ class IClientCore(Interface):
     def fetch():
         """Remove and return the messages received so far (list[bytes])."""
 
+    def peek(max_bytes=None):
+        """Stored (id, bytes) pairs, oldest first, within *max_bytes*; they stay
+        until delete(ids): the API deletes them once its answer is sent."""
+
+    def delete(ids):
+        """Forget the messages *ids* (from peek): the application has them."""
+
     def clients():
         """Every registered client (list of base58 str); SendError before a topology."""
 
@@ -181,6 +204,11 @@ class IApiDispatcher(Interface):
 
     The websocket and TCP front ends call it; none of these raises.
     """
+
+    def answer_bytes(data, max_size=65536):
+        """nymtx.client.api.Answer to one request: ``data`` (its encoding, at most
+        *max_size* bytes) and ``sent()``, to call once the transport took it (a
+        fetch deletes its messages then, not before)."""
 
     def handle_text(text):
         """Response (a dict) to one JSON request as text."""
@@ -198,6 +226,8 @@ class IMixnetClient(Interface):
 
     address = Attribute("str: this client's base58 address")
     full_address = Attribute("str: CLIENT@GATEWAY")
+    state = Attribute("nymtx.client.core.CoreState: new, starting, running, stopping"
+                      " or stopped; a client starts once")
 
     def start():
         """Deferred that fires once the first topology fetch is done."""

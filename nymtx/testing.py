@@ -217,6 +217,11 @@ class FakeGatewayLink:
     def connected(self):
         return self.started
 
+    @property
+    def state(self):
+        from nymtx.gateway.link import LinkState
+        return LinkState.READY if self.started else LinkState.STOPPED
+
     def start(self):
         self.started = True
 
