@@ -507,3 +507,21 @@ class PeriodicFailureTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
         self.assertEqual(core._fetching.failures, 121)
         core.stop()
+
+    def test_a_run_that_never_finishes_is_heard(self):
+        from twisted.logger import capturedLogs
+        core, network, bob, clock = make_core(self)
+        hung = Deferred()
+        core.gateway_link.pull = lambda limit=100: hung
+        core.start()
+        with capturedLogs() as events:
+            clock.advance(29)
+            self.assertEqual([e for e in events if "has not finished" in e["log_format"]], [])
+            clock.advance(1)
+            hung.callback([])
+        lines = [e["log_format"] for e in events if "fetch from the gateway" in str(e)]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("has not finished after", lines[0])
+        self.assertIn("finished at last", lines[1])
+        core.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])

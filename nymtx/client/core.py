@@ -100,7 +100,10 @@ class _Periodic:
     down) themselves; anything else that reaches here is a bug or a broken
     collaborator (a closed inbox, say), and a loop that fails on every run
     must be heard: it is logged with its traceback, the first time and then
-    at most once a minute with a count, and the loop goes on.
+    at most once a minute with a count, and the loop goes on. A run that
+    does not finish stalls the loop (runs never overlap): that is said too,
+    once ``stall_after`` seconds have passed (default: ten intervals, at
+    least 30 s), and again when it finishes.
     """
 
     log = Logger()
@@ -114,7 +117,10 @@ class _Periodic:
     _busy: object = None
     _soon: object = None
     failures: int = 0
+    stall_after: float = None
     _quiet: object = None
+    _watch: object = None
+    _stalled: bool = False
 
     def start(self):
         """Start; the Deferred fires when the first run has finished."""
@@ -131,9 +137,18 @@ class _Periodic:
 
     def _run(self):
         self._call = None
+        limit = self.stall_after or max(30.0, 10 * self.interval)
+        self._watch = self.clock.callLater(limit, self._stall, limit)
         self._busy = maybeDeferred(self.action)
         self._busy.addErrback(self._failed)
         self._busy.addBoth(self._done)
+
+    def _stall(self, limit):
+        self._watch = None
+        self._stalled = True
+        self.log.warn("the client's {name} has not finished after {limit:g} s: the loop"
+                      " waits for it and does not run again until it does",
+                      name=self.name, limit=limit)
 
     def _failed(self, failure):
         self.failures += 1
@@ -147,6 +162,14 @@ class _Periodic:
 
     def _done(self, _):
         self._busy = None
+        if self._watch is not None:
+            if self._watch.active():
+                self._watch.cancel()
+            self._watch = None
+        if self._stalled:
+            self._stalled = False
+            self.log.info("the client's {name} finished at last; the loop goes on",
+                          name=self.name)
         if self._running:
             delay, self._soon = min(self.interval, self._soon or self.interval), None
             self._call = self.clock.callLater(delay, self._run)
