@@ -28,6 +28,7 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import (
     CancelledError, Deferred, DeferredList, TimeoutError, fail, gatherResults, succeed)
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, globalLogPublisher
@@ -246,6 +247,7 @@ class _SessionFactory(Factory):
         return _Session(inner)
 
 
+@implementer(IStreamClientEndpoint)
 class _AuthenticatingEndpoint:
     """An endpoint whose connections ClientService sees only once authenticated."""
 
@@ -386,6 +388,10 @@ class GatewayLink:
         session.makeConnection(gate.transport)
         return session
 
+    # The two places another channel plugs in. What the link uses of the
+    # protocol: request(frame) -> Deferred of the answer, closed (a Deferred
+    # fired on connectionLost before the requests fail), error (why it
+    # closed), _lost, transport; and whatever _authenticate awaits.
     def _new_protocol(self):
         return _LinkProtocol(self.address, self.gateway_key)
 
