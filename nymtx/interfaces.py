@@ -20,6 +20,7 @@ class IPacketLinks(Interface):
     dropped = Attribute("int: packets pushed out of a full queue")
     evicted = Attribute("int: packets lost with a link closed to stay within max_peers")
     retired = Attribute("int: packets lost with a link closed by retain()")
+    expired = Attribute("int: packets dropped after waiting over max_wait for a peer down")
 
     def send(address, packet):
         """Queue *packet* (bytes) for *address* (NodeAddress); never blocks or raises

@@ -3,7 +3,10 @@
 Client→mixnode, mixnode→mixnode and mixnode→gateway traffic all leaves
 through here. A link connects when it first has something to send, keeps
 its connection, and reconnects with a capped, jittered exponential backoff
-while it has packets queued. Each link is in one ``PeerState`` at a time. Each peer has a bounded queue: on overflow the oldest
+while it has packets queued, for at most ``max_wait`` seconds: packets that
+waited longer are dropped (counted in ``expired``) and the peer is not
+redialled until something new is sent to it. Each link is in one
+``PeerState`` at a time. Each peer has a bounded queue: on overflow the oldest
 packet goes (it is the one most likely to be late anyway) and is counted.
 
 Packets sent in one reactor turn to one peer leave in one
@@ -35,6 +38,9 @@ from nymtx.interfaces import IPacketLinks
 
 #: Seconds a connection attempt may take before it counts as failed.
 CONNECT_TIMEOUT = 10
+#: Seconds packets may wait for a peer that cannot be reached; the longest
+#: delay a mixnode holds a packet for (max_delay) is 300 s too.
+MAX_WAIT = 300.0
 
 
 def tcp_endpoint(reactor, address):
@@ -134,12 +140,15 @@ class _Link:
     flush_call: object = None      # the DelayedCall that writes this turn's packets
     failures: int = 0              # failed attempts in a row: the backoff's step
     not_before: float = 0.0        # no new attempt before this time, even on demand
+    queued_since: float = None     # when the oldest packet still queued came
     closed: object = None          # Deferred fired when the connection is gone
 
     def send(self, packet):
         queue = self.queue
         if len(queue) == queue.maxlen:
             self.links.dropped += 1
+        if not queue:
+            self.queued_since = self.links._reactor.seconds()
         queue.append(packet)
         if self.state is PeerState.CONNECTED:
             if self.flush_call is None and not self.protocol.paused:
@@ -161,6 +170,7 @@ class _Link:
         n = len(queue)
         data = b"".join(queue)
         queue.clear()
+        self.queued_since = None
         protocol.transport.write(data)
         sent = self.links.sent
         sent[self.key] = sent.get(self.key, 0) + n
@@ -189,6 +199,22 @@ class _Link:
             return
         self.failures += 1
         delay = links._policy(self.failures)
+        now = links._reactor.seconds()
+        if (self.queue and links.max_wait is not None
+                and now - self.queued_since >= links.max_wait):
+            # A peer down this long may have left for good, and a mixnode
+            # cannot tell (it has no topology): stale packets are worth
+            # nothing, and redialling for them would go on for ever.
+            links.expired += len(self.queue)
+            count = links._quiet.allow("expired")
+            if count:
+                links.log.info("mix link to {peer}: {n} packets waited over {wait:g} s"
+                               " and were dropped; it is dialled again when a packet"
+                               " comes for it ({count} such since the last such line)",
+                               peer=self.key, n=len(self.queue), wait=links.max_wait,
+                               count=count)
+            self.queue.clear()
+            self.queued_since = None
         if self.queue:
             self.state = PeerState.WAITING
             self.retry = links._reactor.callLater(delay, self._connect)
@@ -237,6 +263,7 @@ class _Link:
             d, self.connecting = self.connecting, None
             d.cancel()
         self.queue.clear()
+        self.queued_since = None
         if self.protocol is not None:
             closed = self.closed
             self.protocol.transport.loseConnection()
@@ -253,7 +280,8 @@ class PacketLinks:
     newer packets). ``sent`` counts packets written per ``str(address)``;
     ``dropped`` counts packets pushed out of a full queue; ``evicted``
     counts packets lost with a peer closed to stay within ``max_peers``;
-    ``retired`` those lost with a peer closed by ``retain``. All are plain
+    ``retired`` those lost with a peer closed by ``retain``; ``expired``
+    those that waited over ``max_wait`` for a peer down. All are plain
     counters that the owner may read and reset. Reconnect waits follow
     :func:`nymtx.backoff.backoff_policy` (capped, *jitter* a share of each).
     """
@@ -262,7 +290,7 @@ class PacketLinks:
 
     def __init__(self, reactor, queue_size=1024, initial_backoff=0.1,
                  maximum_backoff=30.0, endpoint_for=tcp_endpoint, max_peers=1024,
-                 jitter=0.5, rng=None):
+                 jitter=0.5, rng=None, max_wait=MAX_WAIT):
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
         if max_peers < 1:
@@ -274,6 +302,9 @@ class PacketLinks:
         self.maximum_backoff = maximum_backoff
         self._endpoint_for = endpoint_for
         self.max_peers = max_peers
+        if max_wait is not None and not max_wait > 0:
+            raise ValueError(f"max_wait must be positive (or None), not {max_wait}")
+        self.max_wait = max_wait
         # least recently used first: send() moves a peer to the end
         self._links = collections.OrderedDict()
         self._closing = set()  # Deferreds of evicted links still closing
@@ -282,6 +313,7 @@ class PacketLinks:
         self.dropped = 0
         self.evicted = 0
         self.retired = 0
+        self.expired = 0
         # Anyone can make packets that name made-up next hops: each would
         # cost a log line per failed connect and per eviction.
         self._quiet = LogThrottle(reactor)

@@ -173,6 +173,7 @@ class FakeLinks:
         self.dropped = 0
         self.evicted = 0
         self.retired = 0
+        self.expired = 0
         self.retained = []  # the address sets retain() was given, in order
         self.stopped = False
 

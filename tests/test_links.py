@@ -260,7 +260,8 @@ class MemoryLinksTests(SynchronousTestCase):
     def test_no_overflow_after_thousands_of_failures(self):
         # 2 ** 1024 does not fit a float: a doubling without a cap on the
         # exponent raised OverflowError there and the link never retried again.
-        links = PacketLinks(self.reactor, initial_backoff=0.5, maximum_backoff=3.0)
+        links = PacketLinks(self.reactor, initial_backoff=0.5, maximum_backoff=3.0,
+                            max_wait=None)  # never give the packet up
         links.send(PEER, packet(0))
         for attempt in range(1, 1101):
             self.refuse()
@@ -287,6 +288,32 @@ class MemoryLinksTests(SynchronousTestCase):
             self.successResultOf(links.stop())
         self.assertEqual(len(set(delays)), 10)
         self.assertTrue(all(0.25 < d <= 0.5 for d in delays), delays)
+
+    def test_packets_that_waited_too_long_are_dropped_and_the_peer_left_alone(self):
+        # A mixnode has no topology: a next hop that left is redialled while
+        # packets wait for it, so they may not wait for ever.
+        from nymtx.links import PeerState
+        links = PacketLinks(self.reactor, initial_backoff=0.5, maximum_backoff=3.0,
+                            jitter=0, max_wait=10.0)
+        links.send(PEER, packet(0))
+        self.reactor.advance(5)
+        links.send(PEER, packet(1))
+        while links.queued(PEER):
+            self.refuse()
+            for call in self.reactor.getDelayedCalls():
+                self.reactor.advance(call.getTime() - self.reactor.seconds())
+        self.assertEqual(links.expired, 2)
+        self.assertGreaterEqual(self.reactor.seconds(), 10.0)
+        self.assertLess(self.reactor.seconds(), 14.0)
+        self.assertIs(links.state(PEER), PeerState.IDLE)
+        attempts = len(self.reactor.tcpClients)
+        self.reactor.advance(1000)
+        self.assertEqual(len(self.reactor.tcpClients), attempts)  # left alone
+        links.send(PEER, packet(2))  # until a packet comes for it
+        self.assertEqual(len(self.reactor.tcpClients), attempts + 1)
+        _, transport = self.connect()
+        self.assertEqual(transport.value(), packet(2))
+        self.assertEqual(links.dropped, 0)
 
     def test_retain_closes_the_links_of_peers_no_longer_wanted(self):
         self.links.send(PEER, packet(0))
@@ -317,6 +344,9 @@ class MemoryLinksTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as e:
             PacketLinks(self.reactor, initial_backoff=5, maximum_backoff=1)
         self.assertIn("initial_backoff", str(e.exception))
+        with self.assertRaises(ValueError) as e:
+            PacketLinks(self.reactor, max_wait=0)
+        self.assertIn("max_wait", str(e.exception))
         with self.assertRaises(ValueError) as e:
             PacketLinks(self.reactor, max_peers=0)
         self.assertIn("max_peers", str(e.exception))
