@@ -110,6 +110,9 @@ class _LoopBack:
         _, message, _ = self.network.unwrap(packet)
         self.gateway_link.mail.append((next(self.ids), message))
 
+    def retain(self, addresses):  # IPacketLinks: the core calls it at each topology
+        pass
+
     def stop(self):
         from twisted.internet.defer import succeed
         return succeed(None)
