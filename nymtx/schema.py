@@ -28,15 +28,16 @@ class SchemaError(Exception):
     """The database is not of this kind, or of a version this code cannot read."""
 
 
-def _read(package, name):
-    return resources.files(package).joinpath("schema", name).read_text("utf-8")
+def _read(package, folder, name):
+    return resources.files(package).joinpath(folder, name).read_text("utf-8")
 
 
-def open_versioned(db, path, package, kind, version):
+def open_versioned(db, path, package, kind, version, folder="schema"):
     """Bring the open connection *db* to schema *version*; return the version
     it was at before (0 for a new database).
 
-    *package* holds the schema files; *kind* names the database in errors
+    *package* holds the schema files in *folder* (a package may keep several
+    kinds of database, each in its own folder); *kind* names the database in errors
     ("gateway database", "client inbox"). Raises :class:`SchemaError`, or
     ``sqlite3.Error`` if the file cannot be read at all.
     """
@@ -46,7 +47,7 @@ def open_versioned(db, path, package, kind, version):
         if tables:
             raise SchemaError(f"{path} is not a nymtx {kind} (it has tables but no"
                               " version table)")
-        _run(db, _read(package, f"v{version}.sql"))
+        _run(db, _read(package, folder, f"v{version}.sql"))
         return 0
     rows = db.execute("SELECT version FROM version").fetchall()
     if len(rows) != 1 or not isinstance(rows[0][0], int):
@@ -62,7 +63,7 @@ def open_versioned(db, path, package, kind, version):
         raise SchemaError(f"{path} has schema version {found}, which no nymtx wrote")
     for step in range(found, version):
         try:
-            script = _read(package, f"v{step}-to-v{step + 1}.sql")
+            script = _read(package, folder, f"v{step}-to-v{step + 1}.sql")
         except FileNotFoundError:
             raise SchemaError(f"{path} is {kind} schema version {found}, and this nymtx"
                               f" cannot upgrade version {step}") from None
