@@ -50,16 +50,16 @@ class ConfigFileTests(SynchronousTestCase):
     def test_errors_name_the_key(self):
         base = ClientConfig.new(self.mktemp(), "Alice").to_toml()
         cases = [
-            (base.replace("[debug]", "[debug]\nspeed = 3"), "unknown key(s) in [debug]: speed"),
-            (base + "\n[extra]\n", "unknown section(s) extra"),
+            (base.replace("[debug]", "[debug]\nspeed = 3"), "unknown key 'speed' in [debug]"),
+            (base + "\n[extra]\n", "unknown section [extra]"),
             (base.replace('socket_type = "WebSocket"', 'socket_type = "UDP"'),
-             "socket_type 'UDP' is not allowed"),
+             "[socket] socket_type must be one of 'WebSocket', 'TCP', 'None', not 'UDP'"),
             (base.replace("listening_port = 9001", "listening_port = 70000"),
-             "listening_port 70000 is out of range"),
+             "[socket] listening_port must be a port number from 0 to 65535, not 70000"),
             (base.replace("fetch_message_delay = 1000", "fetch_message_delay = -1"),
-             "fetch_message_delay must be a positive"),
+             "[debug] fetch_message_delay must be a positive whole number of milliseconds"),
             (base.replace("fetch_message_delay = 1000", 'fetch_message_delay = "soon"'),
-             "fetch_message_delay must be a whole number"),
+             "[debug] fetch_message_delay must be a positive whole number of milliseconds"),
             (base.replace('provider_id = ""', 'provider_id = "zz"'), "provider_id"),
             (base.replace('directory_server = "http://127.0.0.1:8080"',
                           'directory_server = "ftp://x"'), "directory_server"),
@@ -158,11 +158,11 @@ class FlagTests(SynchronousTestCase):
     def test_bad_flags(self):
         for argv, fragment in [([], "--id is required"),
                                (["--id", "../x"], "invalid id"),
-                               (["--id", "A", "--port", "x"], "--port must be a whole number"),
-                               (["--id", "A", "--socket-type", "udp"], "--socket-type 'udp'"),
+                               (["--id", "A", "--port", "x"], "--port must be a port number from 0 to 65535, not 'x'"),
+                               (["--id", "A", "--socket-type", "udp"], "--socket-type must be one of 'WebSocket', 'TCP', 'None', not 'udp'"),
                                (["--id", "A", "--average-packet-delay", "0"],
                                 "--average-packet-delay must be a positive"),
-                               (["--id", "A", "--directory", "nope"], "--directory 'nope'"),
+                               (["--id", "A", "--directory", "nope"], "--directory must be an http:// or https:// URL such as http://127.0.0.1:8080, not 'nope'"),
                                (["--id", "A", "--gateway", "!!"], "--gateway")]:
             with self.assertRaises(usage.UsageError) as cm:
                 self.parse(*argv)
@@ -184,7 +184,7 @@ class FlagTests(SynchronousTestCase):
         err = io.StringIO()
         self.patch(sys, "stderr", err)
         self.assertEqual(cli_main(["run", "--id", "A", "--port", "-4"]), 2)
-        self.assertIn("--port -4 is out of range", err.getvalue())
+        self.assertIn("--port must be a port number from 0 to 65535, not -4", err.getvalue())
         self.assertNotIn("Traceback", err.getvalue())
         self.assertEqual(cli_main(["fly"]), 2)
 

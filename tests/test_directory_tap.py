@@ -62,8 +62,9 @@ class OptionsTests(SynchronousTestCase):
     def test_cli_refuses_a_bad_endpoint_without_a_traceback(self):
         err = io.StringIO()
         self.patch(sys, "stderr", err)
-        self.assertEqual(cli.main(["--port", "bogus:1"]), 1)
-        self.assertIn("nym-directory: error: --port: 'bogus:1'", err.getvalue())
+        self.assertEqual(cli.main(["--port", "bogus:1"]), 2)
+        self.assertIn("nym-directory: error: --port must be a server endpoint", err.getvalue())
+        self.assertIn("'bogus:1'", err.getvalue())
         self.assertNotIn("Traceback", err.getvalue())
 
 

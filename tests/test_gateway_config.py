@@ -54,18 +54,18 @@ class Config(SynchronousTestCase):
     def test_bad_values(self):
         base = C.GatewayConfig(id="G1").to_toml()
         self.assertConfigError(base.replace("port = 1789", "port = 70000"),
-                               "mixnet_endpoint.port", "70000")
-        self.assertConfigError(base.replace("port = 1789", 'port = "x"'), "mixnet_endpoint.port")
+                               "[mixnet_endpoint] port", "70000")
+        self.assertConfigError(base.replace("port = 1789", 'port = "x"'), "[mixnet_endpoint] port")
         self.assertConfigError(base.replace("quota_messages = 1000", "quota_messages = -1"),
-                               "storage.quota_messages")
+                               "[storage] quota_messages")
         self.assertConfigError(base.replace('announce_address = "127.0.0.1"',
                                             'announce_address = "example.org"'),
                                "announce_address")
-        self.assertConfigError(base.replace('id = "G1"', 'id = "../x"'), "gateway.id")
-        self.assertConfigError(base + "\n[extra]\nkey = 1\n", "unknown key extra.key")
+        self.assertConfigError(base.replace('id = "G1"', 'id = "../x"'), "[gateway] id")
+        self.assertConfigError(base + "\n[extra]\nkey = 1\n", "unknown section [extra]")
         self.assertConfigError("this is = = not toml", "not valid TOML")
-        self.assertConfigError("[gateway]\nlocation = 'x'\n", "gateway.id is missing")
-        self.assertConfigError('gateway = 3\n', "must be a [section]")
+        self.assertConfigError("[gateway]\nlocation = 'x'\n", "[gateway] id is missing")
+        self.assertConfigError('gateway = 3\n', "must be a [gateway] table")
         self.assertConfigError(base.replace("presence_directory_server = \"http",
                                             "presence_directory_server = \"ftp"),
                                "presence_directory_server")
@@ -114,7 +114,8 @@ class CommandLine(SynchronousTestCase):
                 (["init"], ["--id"]),
                 (["frobnicate"], ["frobnicate"])]:
             code, out, err = self.run_cli(*argv, "--home", self.home)
-            self.assertEqual(code, 1, argv)
+            # a usage error, not a failure: the command line is what is wrong
+            self.assertEqual(code, 2, argv)
             for w in words:
                 self.assertIn(w, err, argv)
 
@@ -132,7 +133,7 @@ class CommandLine(SynchronousTestCase):
         path.write_text(path.read_text().replace("port = 1789", "port = -5"))
         e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
                               ["--id", "G1", "--home", self.home])
-        self.assertIn("mixnet_endpoint.port", str(e))
+        self.assertIn("[mixnet_endpoint] port", str(e))
 
     def test_tap_missing_key(self):
         self.run_cli("init", "--id", "G1", "--home", self.home)

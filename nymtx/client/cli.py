@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.python import usage
 
+from nymtx import cli
 from nymtx.client import tap
 from nymtx.client.config import ClientConfig, ConfigError
 from nymtx.client.embed import InitError, init_client
@@ -30,35 +31,26 @@ class InitOptions(tap.Options):
         self["root"] = nym_root(self["home"])
 
 
-class Options(usage.Options):
-    synopsis = "nym-client init|run --id ID [flags]"
+class Options(cli.Command):
+    name = "nym-client"
+    synopsis = "init|run --id ID [flags]"
     subCommands = [
         ["init", None, InitOptions, "Create keys, register at a gateway, write config.toml."],
         ["run", None, tap.Options, "Run the client (initialising a new id first)."],
     ]
 
-    def postOptions(self):
-        if self.subCommand is None:
-            raise usage.UsageError("give a command: init or run")
-
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
-        print(f"nym-client: error: {e}", file=sys.stderr)
-        print(f"usage: {options.synopsis} (see nym-client init --help)", file=sys.stderr)
-        return 2
-    sub = options.subOptions
-    if options.subCommand == "init":
-        return _init(sub)
-    return run_service(tap.makeService(sub))
+    def action(options):
+        sub = options.subOptions
+        if options.subCommand == "init":
+            return _init(sub)
+        return run_service(tap.makeService(sub), level=cli.log_level(sub, sub["config"]))
+    return cli.run("nym-client", Options(), argv, action)
 
 
 def _init(sub):
-    start_logging()
+    start_logging(cli.log_level(sub))
     overrides = sub["overrides"]
     debug = {k: v for k, v in overrides.items()
              if k not in ("socket_type", "listening_port", "directory_server")}
@@ -73,14 +65,15 @@ def _init(sub):
                 socket_type=overrides.get("socket_type", "websocket"),
                 port=overrides.get("listening_port", 9001),
                 gateway=sub["gateway"], force=sub["force"], **debug)
-        except ConfigError as e:
-            print(f"nym-client: error: {e}", file=sys.stderr)
-            outcome["code"] = 2
-            return
-        except InitError as e:
+        except (ConfigError, InitError) as e:
+            # the flags were checked before: this is the state (the id
+            # exists) or the network, a failure rather than a usage error
             print(f"nym-client: error: {e}", file=sys.stderr)
             outcome["code"] = 1
             return
+        if sub["log-level"]:
+            config = config.evolve(log_level=sub["log-level"])
+            config.save()
         keys = config.load_keys()
         print(f"Saved configuration file to {config.config_path}")
         print(f"Client address: {keys.public_text}")

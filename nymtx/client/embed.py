@@ -81,7 +81,8 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
         if not force and is_initialised(root, client_id):
             raise ConfigError(
                 f"client {client_id!r} is already initialised at {config.config_path};"
-                " use --force to overwrite it (its keys and gateway registration)")
+                " overwrite it (its keys and gateway registration) with force=True"
+                " (nym-client init --force)")
     except ConfigError as e:
         return fail(e)
     owned = directory is None

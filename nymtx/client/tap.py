@@ -4,6 +4,7 @@ from twisted.python import usage
 
 from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
+from nymtx.cli import LogLevelOption, usage_error
 from nymtx.client.service import ClientLauncher
 from nymtx.keys import KeyFormatError, decode_key
 from nymtx.paths import check_id, nym_root
@@ -11,7 +12,7 @@ from nymtx.paths import check_id, nym_root
 _DELAY_FLAGS = [(name.replace("_", "-"), name) for name in DEBUG_DEFAULTS]
 
 
-class Options(usage.Options):
+class Options(LogLevelOption, usage.Options):
     """Flags of ``nym-client run`` and ``twistd nym``; they override config.toml."""
 
     optParameters = [
@@ -41,10 +42,12 @@ class Options(usage.Options):
             self["root"] = nym_root(self["home"])
             # Read config.toml now so that a bad file is a usage error, not a
             # traceback from inside twistd.
+            self["config"] = None
             if is_initialised(self["root"], self["id"]):
-                ClientConfig.load(self["root"], self["id"]).evolve(**self["overrides"])
+                self["config"] = ClientConfig.load(
+                    self["root"], self["id"]).evolve(**self["overrides"])
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            raise usage_error(e)
 
 
 def overrides_from(options):

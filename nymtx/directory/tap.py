@@ -3,6 +3,9 @@
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from nymtx import config as shared
+from nymtx.cli import LogLevelOption
+
 from nymtx.directory.registry import DEFAULT_EXPIRY, Registry
 from nymtx.directory.resource import make_site
 from nymtx.directory.service import MAX_CONNECTIONS, DirectoryService
@@ -10,7 +13,7 @@ from nymtx.directory.service import MAX_CONNECTIONS, DirectoryService
 DEFAULT_ENDPOINT = "tcp:8080:interface=127.0.0.1"
 
 
-class Options(usage.Options):
+class Options(LogLevelOption, usage.Options):
     synopsis = "[--port ENDPOINT] [--expiry SECONDS]"
     longdesc = ("The nymtx directory: nodes announce their presence, clients read "
                 "the topology, and GET / shows the live network.")
@@ -34,35 +37,24 @@ def check_endpoint(description, reactor=None):
     """The endpoint description, checked by parsing it; UsageError says why not."""
     if description.isdigit():
         description = f"tcp:{description}:interface=127.0.0.1"
-    if reactor is None:
-        from twisted.internet import reactor
     try:
-        serverFromString(reactor, description)
-    except Exception as e:
-        raise usage.UsageError(
-            f"--port: {description!r} is not a server endpoint "
-            f"(like {DEFAULT_ENDPOINT}): {e}")
-    return description
+        return shared.endpoint(description, "--port", reactor)
+    except shared.ConfigError as e:
+        raise usage.UsageError(str(e))
 
 
 def check_expiry(value):
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise usage.UsageError(f"--expiry: {value!r} is not a number of seconds")
-    if not 0 < seconds < float("inf"):
-        raise usage.UsageError(f"--expiry: {value!r} must be a positive number of seconds")
-    return seconds
+        return shared.from_text(shared.seconds, value, "--expiry")
+    except shared.ConfigError as e:
+        raise usage.UsageError(str(e))
 
 
 def check_max_connections(value):
     try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise usage.UsageError(f"--max-connections: {value!r} is not a whole number")
-    if n < 1:
-        raise usage.UsageError(f"--max-connections: {value!r} must be at least 1")
-    return n
+        return shared.from_text(shared.count, value, "--max-connections")
+    except shared.ConfigError as e:
+        raise usage.UsageError(str(e))
 
 
 def makeService(options, reactor=None):

@@ -1,81 +1,77 @@
 """``nym-gateway init`` and ``nym-gateway run``."""
 
-import argparse
 import sys
 
 from twisted.python import usage
 
-from nymtx.gateway import config as C
+from nymtx import cli
+from nymtx import config as shared
+from nymtx.gateway import config as C, tap
 from nymtx.keys import KeyPair
 from nymtx.runner import run_service
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # argparse exits with 2 on its own; nym-* commands exit 1 on bad flags
-        raise usage.UsageError(message)
+class InitOptions(usage.Options):
+    synopsis = "--id ID [--host IP] [--announce-host IP] [--mix-port P]" \
+        " [--clients-port P] [--directory URL] [--location TEXT] [--home DIR]"
+    optParameters = [
+        ["id", None, None, "The id of the new gateway.", cli.coerce(shared.identifier, "--id")],
+        ["home", None, None, "The config root (default $NYM_HOME or ~/.nym)."],
+        ["mix-port", None, C.DEFAULT_MIX_PORT, "The port mixnodes deliver to.",
+         cli.coerce(shared.port, "--mix-port")],
+        ["clients-port", None, C.DEFAULT_CLIENTS_PORT, "The port clients connect to.",
+         cli.coerce(shared.port, "--clients-port")],
+        ["host", None, "0.0.0.0", "The IP address to listen on.",
+         cli.coerce(shared.ip_host, "--host")],
+        ["announce-host", None, None,
+         "The IP address announced to the directory (default: --host, or 127.0.0.1"
+         " when listening on every address).",
+         cli.coerce(shared.ip_host, "--announce-host", announce=True)],
+        ["directory", None, "http://127.0.0.1:8080",
+         "The directory URL; empty to announce nowhere.",
+         cli.coerce(shared.url, "--directory", empty=True)],
+        ["location", None, "unknown", "Free text announced to the directory."],
+        ["log-level", None, shared.DEFAULT_LOG_LEVEL,
+         "[logging] level written to config.toml.", cli.coerce(shared.log_level, "--log-level")],
+    ]
+
+    def postOptions(self):
+        if not self["id"]:
+            raise usage.UsageError("--id is required (the new gateway's name)")
+        host = self["host"]
+        announce = self["announce-host"] or (
+            "127.0.0.1" if host in ("0.0.0.0", "::") else host)
+        self["config"] = C.validate(
+            id=self["id"], listening_host=host, announce_host=announce,
+            mix_port=self["mix-port"], clients_port=self["clients-port"],
+            directory=self["directory"], location=self["location"],
+            log_level=self["log-level"])
 
 
-def _parser():
-    parser = _Parser(prog="nym-gateway", description="A nymtx store-and-forward gateway.")
-    commands = parser.add_subparsers(dest="command", metavar="{init,run}")
-    commands.required = True
-    init = commands.add_parser("init", help="create keys and config.toml for a new gateway")
-    init.add_argument("--id", required=True)
-    init.add_argument("--home", help="config root (default $NYM_HOME or ~/.nym)")
-    init.add_argument("--mix-port", type=_int("--mix-port"), default=C.DEFAULT_MIX_PORT)
-    init.add_argument("--clients-port", type=_int("--clients-port"),
-                      default=C.DEFAULT_CLIENTS_PORT)
-    init.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    init.add_argument("--announce-host",
-                      help="address announced to the directory (default: --host,"
-                           " or 127.0.0.1 when listening on every address)")
-    init.add_argument("--directory", default="http://127.0.0.1:8080",
-                      help="directory URL; empty to announce nowhere")
-    init.add_argument("--location", default="unknown")
-    run = commands.add_parser("run", help="run an initialised gateway")
-    run.add_argument("--id", required=True)
-    run.add_argument("--home", help="config root (default $NYM_HOME or ~/.nym)")
-    return parser
+class RunOptions(tap.Options):
+    pass
 
 
-def _int(flag):
-    def convert(text):
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    return convert
+class Options(cli.Command):
+    name = "nym-gateway"
+    synopsis = "init|run --id ID [options]"
+    subCommands = [
+        ["init", None, InitOptions, "Create keys and config.toml for a new gateway."],
+        ["run", None, RunOptions, "Run an initialised gateway."],
+    ]
 
 
-def init(args):
-    host = args.host
-    announce = args.announce_host or (
-        "127.0.0.1" if host in ("0.0.0.0", "::") else host)
-    flags = {"--host": ("listening_host", host), "--announce-host": ("announce_host", announce),
-             "--mix-port": ("mix_port", args.mix_port),
-             "--clients-port": ("clients_port", args.clients_port),
-             "--directory": ("directory", args.directory), "--location": ("location", args.location)}
-    try:
-        C.validate(id=args.id)
-    except C.ConfigError as e:
-        raise usage.UsageError(f"--id: {e}")
-    values = {"id": args.id}
-    for flag, (field, value) in flags.items():
-        try:
-            C.validate(id=args.id, **{field: value})
-        except C.ConfigError as e:
-            raise usage.UsageError(f"{flag}: {e}")
-        values[field] = value
-    config = C.validate(**values)
-    path = C.config_path(args.id, args.home)
+def init(options):
+    config = options["config"]
+    home = options["home"]
+    path = C.config_path(config.id, home)
     if path.exists():
-        raise usage.UsageError(
-            f"gateway {args.id!r} is already initialised ({path}); edit that file instead")
+        raise C.ConfigError(
+            f"gateway {config.id!r} is already initialised ({path}); edit that file instead")
     keys = KeyPair.generate()
-    keys.save(C.data_dir(args.id, args.home))
-    C.save(config, args.home)
-    print(f"Initialised gateway {args.id!r}\n"
+    keys.save(C.data_dir(config.id, home))
+    C.save(config, home)
+    print(f"Initialised gateway {config.id!r}\n"
           f"  config:     {path}\n"
           f"  public key: {keys.public_text}\n"
           f"  mix port {config.mix_port}, client port {config.clients_port},"
@@ -83,23 +79,14 @@ def init(args):
     return 0
 
 
-def run(args, reactor=None):
-    from nymtx.gateway.tap import Options, makeService
-    options = Options()
-    argv = ["--id", args.id] + (["--home", args.home] if args.home else [])
-    options.parseOptions(argv)
-    return run_service(makeService(options, reactor), reactor)
-
-
 def main(argv=None, reactor=None):
-    try:
-        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-        if args.command == "init":
-            return init(args)
-        return run(args, reactor)
-    except (usage.UsageError, ValueError) as e:
-        print(f"nym-gateway: error: {e}", file=sys.stderr)
-        return 1
+    def action(options):
+        sub = options.subOptions
+        if options.subCommand == "init":
+            return init(sub)
+        return run_service(tap.makeService(sub, reactor), reactor,
+                           level=cli.log_level(sub, sub["config"]))
+    return cli.run("nym-gateway", Options(), argv, action)
 
 
 if __name__ == "__main__":

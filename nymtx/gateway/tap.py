@@ -2,12 +2,13 @@
 
 from twisted.python import usage
 
+from nymtx.cli import LogLevelOption, Unusable, usage_error
 from nymtx.gateway import config as C
 from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyFormatError, KeyPair
 
 
-class Options(usage.Options):
+class Options(LogLevelOption, usage.Options):
     synopsis = "--id ID [--home DIR]"
     longdesc = ("A nymtx gateway: the final hop of the mixnet, which stores each "
                 "registered client's mail until the client pulls it. Initialise it "
@@ -24,12 +25,12 @@ class Options(usage.Options):
         try:
             self["config"] = C.load(self["id"], self["home"])
         except (C.ConfigError, ValueError) as e:
-            raise usage.UsageError(str(e))
+            raise usage_error(e)
         data = C.data_dir(self["id"], self["home"])
         try:
             self["keys"] = KeyPair.load(data)
         except KeyFormatError as e:
-            raise usage.UsageError(f"gateway {self['id']!r}: {e}")
+            raise Unusable(f"gateway {self['id']!r}: {e}")
         self["data_dir"] = data
 
 

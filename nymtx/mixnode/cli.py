@@ -1,31 +1,19 @@
 """``nym-mixnode init`` and ``nym-mixnode run``."""
 
 import sys
+from functools import partial
 
 from twisted.python import usage
 
+from nymtx import cli
+from nymtx import config as shared
 from nymtx.mixnode import tap
 from nymtx.mixnode.config import (
-    DEFAULT_DIRECTORY, DEFAULT_HOST, DEFAULT_PORT, LAYERS, ConfigError, config_path,
+    DEFAULT_DIRECTORY, DEFAULT_HOST, DEFAULT_PORT, LAYERS, check_layer, config_path,
     init_mixnode)
 from nymtx.runner import run_service
 
-
-def _port(flag):
-    def parse(text):
-        if not text.isdigit() or not 0 < int(text) < 65536:
-            # UsageError, not ValueError: twisted.python.usage would prefix
-            # "Parameter type enforcement failed:" to the message
-            raise usage.UsageError(f"{flag} must be a number from 1 to 65535, not {text!r}")
-        return int(text)
-    parse.coerceDoc = "A port, 1-65535."
-    return parse
-
-
-def _layer(text):
-    if text not in {str(n) for n in LAYERS}:
-        raise usage.UsageError(f"--layer must be one of {', '.join(map(str, LAYERS))}, not {text!r}")
-    return int(text)
+_port = partial(shared.port, allow_zero=False)
 
 
 class InitOptions(usage.Options):
@@ -33,17 +21,22 @@ class InitOptions(usage.Options):
         " [--announce-port P] [--directory URL] [--home DIR] [--force]"
     optFlags = [["force", None, "Rewrite the config of an existing id (its keys are kept)."]]
     optParameters = [
-        ["id", None, None, "The id of the new mixnode."],
-        ["layer", None, None, "The mix layer: 1, 2 or 3.", _layer],
-        ["host", None, DEFAULT_HOST, "The IP address to listen on."],
-        ["port", None, DEFAULT_PORT, "The port to listen on.", _port("--port")],
-        ["announce-host", None, None, "The IP address to announce (default: --host)."],
+        ["id", None, None, "The id of the new mixnode.", cli.coerce(shared.identifier, "--id")],
+        ["layer", None, None, "The mix layer: 1, 2 or 3.", cli.coerce(check_layer, "--layer")],
+        ["host", None, DEFAULT_HOST, "The IP address to listen on.",
+         cli.coerce(shared.ip_host, "--host")],
+        ["port", None, DEFAULT_PORT, "The port to listen on.", cli.coerce(_port, "--port")],
+        ["announce-host", None, None, "The IP address to announce (default: --host).",
+         cli.coerce(shared.ip_host, "--announce-host", announce=True)],
         ["announce-port", None, None, "The port to announce (default: --port)",
-         _port("--announce-port")],
+         cli.coerce(_port, "--announce-port")],
         ["directory", None, DEFAULT_DIRECTORY,
-         "The directory server URL ('' to announce nothing)."],
+         "The directory server URL ('' to announce nothing).",
+         cli.coerce(shared.url, "--directory", empty=True)],
         ["location", None, "unknown", "Free text shown in the directory."],
         ["home", None, None, "The config root (default: $NYM_HOME or ~/.nym)."],
+        ["log-level", None, shared.DEFAULT_LOG_LEVEL,
+         "[logging] level written to config.toml.", cli.coerce(shared.log_level, "--log-level")],
     ]
 
     def postOptions(self):
@@ -52,58 +45,47 @@ class InitOptions(usage.Options):
         if self["layer"] is None:
             raise usage.UsageError(
                 f"--layer is required: one of {', '.join(map(str, LAYERS))}")
+        if self["announce-host"] is None and self["host"] in ("0.0.0.0", "::"):
+            raise usage.UsageError(
+                f"listening on {self['host']} needs --announce-host: the address others dial")
 
 
 class RunOptions(tap.Options):
     pass
 
 
-class Options(usage.Options):
+class Options(cli.Command):
+    name = "nym-mixnode"
     synopsis = "init|run [options]"
     subCommands = [
         ["init", None, InitOptions, "Create keys and config.toml for a new mixnode."],
         ["run", None, RunOptions, "Run an initialised mixnode."],
     ]
 
-    def getSynopsis(self):
-        # A subcommand's --help prints this, then the subcommand and its synopsis.
-        if self.subCommand is not None:
-            return "Usage: nym-mixnode"
-        return f"Usage: nym-mixnode {self.synopsis}"
 
-    def postOptions(self):
-        if self.subCommand is None:
-            raise usage.UsageError("say 'init' or 'run'")
+def init(sub):
+    config = init_mixnode(
+        sub["id"], sub["layer"], sub["host"], sub["port"], sub["announce-host"],
+        sub["announce-port"], sub["directory"], sub["location"], sub["home"],
+        sub["force"], sub["log-level"])
+    keys = config.load_keys()
+    print(f"Initialised mixnode {config.id} (layer {config.layer})\n"
+          f"  config:      {config_path(config.id, sub['home'])}\n"
+          f"  listening:   {config.listening_address}\n"
+          f"  announcing:  {config.announce_address}\n"
+          f"  public key:  {keys.public_text}\n"
+          f"Run it with: nym-mixnode run --id {config.id}")
+    return 0
 
 
 def main(argv=None, reactor=None):
-    options = Options()
-    try:
-        options.parseOptions(sys.argv[1:] if argv is None else argv)
-    except usage.UsageError as e:
-        print(f"nym-mixnode: error: {e}\nusage: nym-mixnode {Options.synopsis}\n"
-              "Try 'nym-mixnode --help' or 'nym-mixnode init --help' for more.",
-              file=sys.stderr)
-        return 1
-    sub = options.subOptions
-    if options.subCommand == "init":
-        try:
-            config = init_mixnode(
-                sub["id"], sub["layer"], sub["host"], sub["port"], sub["announce-host"],
-                sub["announce-port"], sub["directory"], sub["location"], sub["home"],
-                sub["force"])
-        except ConfigError as e:
-            print(f"nym-mixnode: error: {e}", file=sys.stderr)
-            return 1
-        keys = config.load_keys()
-        print(f"Initialised mixnode {config.id} (layer {config.layer})\n"
-              f"  config:      {config_path(config.id, sub['home'])}\n"
-              f"  listening:   {config.listening_address}\n"
-              f"  announcing:  {config.announce_address}\n"
-              f"  public key:  {keys.public_text}\n"
-              f"Run it with: nym-mixnode run --id {config.id}")
-        return 0
-    return run_service(tap.makeService(sub, reactor), reactor)
+    def action(options):
+        sub = options.subOptions
+        if options.subCommand == "init":
+            return init(sub)
+        return run_service(tap.makeService(sub, reactor), reactor,
+                           level=cli.log_level(sub, sub.config))
+    return cli.run("nym-mixnode", Options(), argv, action)
 
 
 if __name__ == "__main__":

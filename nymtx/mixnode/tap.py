@@ -2,11 +2,12 @@
 
 from twisted.python import usage
 
+from nymtx.cli import LogLevelOption, usage_error
 from nymtx.mixnode.config import ConfigError, load_config
 from nymtx.mixnode.service import MixnodeService
 
 
-class Options(usage.Options):
+class Options(LogLevelOption, usage.Options):
     synopsis = "--id ID [--home DIR]"
     longdesc = ("Run the mixnode ID, set up earlier with 'nym-mixnode init'"
                 " (its files are under <home>/mixnodes/ID/).")
@@ -24,7 +25,7 @@ class Options(usage.Options):
             self.config = load_config(self["id"], self["home"])
             self.keys = self.config.load_keys()
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            raise usage_error(e)
 
 
 def service_from_config(config, keys, reactor):

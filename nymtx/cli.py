@@ -1,0 +1,112 @@
+"""One command-line layer: every ``nym-*`` command parses and exits the same way.
+
+Flags are parsed by ``twisted.python.usage.Options`` (the same classes
+twistd uses for the plugins), checked with the validators of
+:mod:`nymtx.config`, and the exit status means one thing everywhere:
+
+- 0: done (``--help`` included);
+- 1: the command line was right, but what it asked could not be done: a
+  config file missing or bad, an id that exists, no directory, a port in use;
+- 2: the command line is wrong (an unknown command or flag, a flag's value
+  refused, a flag missing): one line saying why and the usage on stderr.
+"""
+
+import sys
+
+from twisted.python import usage
+
+from nymtx import config as shared
+from nymtx.config import ConfigError, ConfigFileError
+
+
+class Unusable(usage.UsageError):
+    """The flags are right but what they name cannot be used (a config file).
+
+    A ``usage.UsageError``, so that twistd reports it as it reports any bad
+    option; the ``nym-*`` commands exit 1 for it rather than 2.
+    """
+
+
+def usage_error(error):
+    """The UsageError to raise from ``postOptions`` for a ConfigError."""
+    if isinstance(error, ConfigFileError):
+        return Unusable(str(error))
+    return usage.UsageError(str(error))
+
+
+def coerce(check, flag, **kwargs):
+    """An ``optParameters`` coercer running *check* (a nymtx.config validator) on the text.
+
+    It raises UsageError itself: from a ValueError, usage.Options would put
+    "Parameter type enforcement failed:" before the message.
+    """
+    def parse(text):
+        try:
+            return shared.from_text(check, text, flag, **kwargs)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+    parse.coerceDoc = ""
+    return parse
+
+
+class LogLevelOption:
+    """Mixed into an Options class: ``--log-level``, overriding the config's [logging] level.
+
+    ``options["log-level"]`` is None unless the flag was given; use
+    :func:`log_level` to resolve it against the config.
+    """
+
+    optParameters = [
+        ["log-level", None, None,
+         f"Log events at this level and above: {', '.join(shared.LOG_LEVELS)}"
+         f" (default: the config's [logging] level, else {shared.DEFAULT_LOG_LEVEL}).",
+         coerce(shared.log_level, "--log-level")],
+    ]
+
+
+def log_level(options, config=None):
+    """The level to log at: the flag, else *config*'s ``log_level``, else info."""
+    flag = options.get("log-level") if hasattr(options, "get") else None
+    if flag:
+        return flag
+    return getattr(config, "log_level", None) or shared.DEFAULT_LOG_LEVEL
+
+
+class Command(usage.Options):
+    """The top level of a command with subcommands (init, run); *name* is the command's."""
+
+    name = "nym"
+
+    def getSynopsis(self):
+        # a subcommand's --help prints this, then the subcommand and its synopsis
+        if self.subCommand is not None:
+            return f"Usage: {self.name}"
+        return f"Usage: {self.name} {self.synopsis}"
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError(
+                "give a command: " + " or ".join(c[0] for c in self.subCommands))
+
+
+def run(name, options, argv, action, synopsis=None):
+    """Parse *argv* into *options*, then return ``action(options)``'s exit status.
+
+    Usage errors are 2, a config file that cannot be used and a ConfigError
+    raised by *action* are 1, each one line on stderr without a traceback.
+    """
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else list(argv))
+    except Unusable as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
+    except usage.UsageError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        print(f"usage: {name} {synopsis or getattr(options, 'synopsis', '[options]')}\n"
+              f"Try '{name} --help' for more.", file=sys.stderr)
+        return 2
+    try:
+        return action(options)
+    except ConfigError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
