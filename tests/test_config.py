@@ -306,6 +306,40 @@ class PythonApiTests(SynchronousTestCase):
         self.assertIn("force=True", str(e))
 
 
+class ConstructionTests(SynchronousTestCase):
+    """A config made from Python is checked like one read from disk."""
+
+    def test_every_node(self):
+        from nymtx.mixnode.config import DEBUG, MixnodeConfig
+        home = self.mktemp()
+        mixnode = init_mixnode("M", 1, root=home)
+        for make, words in [
+                (lambda: ClientConfig.new(home, "A", directory_server="http://"),
+                 "[client] directory_server"),
+                (lambda: ClientConfig.new(home, "A").evolve(listening_port=-1),
+                 "[socket] listening_port"),
+                (lambda: gateway_config.GatewayConfig(id="G", directory="http:"),
+                 "[debug] presence_directory_server"),
+                (lambda: gateway_config.GatewayConfig(id="G", announce_host="0.0.0.0"),
+                 "[mixnet_endpoint] announce_address"),
+                (lambda: gateway_config.validate(id="G", mix_port=True),
+                 "[mixnet_endpoint] port"),
+                (lambda: MixnodeConfig(**{**vars_of(mixnode), "layer": 4}), "[mixnode] layer"),
+                (lambda: MixnodeConfig(**{**vars_of(mixnode), "debug": {
+                    **mixnode.debug, "packet_queue_size": 0}}), "[debug] packet_queue_size"),
+                (lambda: MixnodeConfig(**{**vars_of(mixnode), "debug": {}}), "debug must have"),
+                (lambda: MixnodeConfig(**{**vars_of(mixnode), "log_level": "loud"}),
+                 "log level")]:
+            e = self.assertRaises(shared.ConfigError, make)
+            self.assertIn(words, str(e))
+        self.assertEqual(len(mixnode.debug), len(DEBUG))
+
+
+def vars_of(config):
+    import attrs
+    return attrs.asdict(config, recurse=False)
+
+
 class ExitStatusTests(SynchronousTestCase):
     """Every command, run as a process: 0 done, 1 could not be done, 2 a wrong command line."""
 

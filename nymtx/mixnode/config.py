@@ -135,6 +135,8 @@ class MixnodeConfig:
 
     def __attrs_post_init__(self):
         # every construction is checked with the checks the file is read with
+        if not isinstance(self.debug, dict) or set(self.debug) != set(DEBUG):
+            raise ConfigError(f"debug must have exactly the keys {', '.join(DEBUG)}")
         values = {**attrs.asdict(self, recurse=False), **self.debug}
         for section in LAYOUT:
             for key in section.keys:
