@@ -9,7 +9,7 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 
 import tomlkit
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -254,6 +254,30 @@ class SameVerdictTests(SynchronousTestCase):
                                     f"[{host}]:1789" if ":" in host else f"{host}:1789",
                                     lambda c: c.announce_address.host)["mixnode"]
             self.assertEqual((gateway[0], mixnode[0]), (verdict, verdict), host)
+
+    # each example reads nine files through tomlkit: fewer examples than the profile's
+    @settings(max_examples=40)
+    @given(st.one_of(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30),
+        st.from_regex(r"(https?|ftp)://[a-z0-9.:\[\]/?#@-]{0,20}", fullmatch=True),
+        st.integers(), st.booleans(), st.floats()))
+    def test_any_value_gets_one_verdict(self, value):
+        for where, read in [
+                ({"client": ("client", "directory_server"),
+                  "gateway": ("debug", "presence_directory_server"),
+                  "mixnode": ("debug", "presence_directory_server")},
+                 lambda c: getattr(c, "directory_server", None) or getattr(
+                     c, "directory", None) or c.debug["presence_directory_server"]),
+                ({"client": ("debug", "topology_refresh_rate"),
+                  "gateway": ("clients_endpoint", "idle_timeout"),
+                  "mixnode": ("debug", "maximum_packet_delay")},
+                 lambda c: getattr(c, "topology_refresh_rate", None) or getattr(
+                     c, "client_idle_timeout_ms", None) or c.debug["maximum_packet_delay"]),
+                ({node: ("logging", "level") for node in self.files}, lambda c: c.log_level)]:
+            if value == "" and "directory_server" in str(where):
+                continue  # empty: a node announces nowhere, a client has no directory
+            verdicts = self.verdicts(where, value, read)
+            self.assertEqual(len(set(verdicts.values())), 1, (value, verdicts))
 
     def test_flags_get_the_verdict_of_the_file(self):
         home = self.mktemp()
