@@ -65,10 +65,19 @@ class LogLevelOption:
 
 
 def log_level(options, config=None):
-    """The level to log at: the flag, else *config*'s ``log_level``, else info."""
+    """The level to log at: the flag, else the config's ``[logging] level``, else info.
+
+    *config* defaults to the one the Options read (``options["config"]`` or
+    ``options.config``, as the nodes' tap Options keep it), so that twistd's
+    plugins and the commands resolve the level the same way; give it to
+    ``nymtx.logfilter.filter_log`` or ``level_filter``.
+    """
     flag = options.get("log-level") if hasattr(options, "get") else None
     if flag:
         return flag
+    if config is None:
+        config = (options.get("config") if hasattr(options, "get") else None) \
+            or getattr(options, "config", None)
     return getattr(config, "log_level", None) or shared.DEFAULT_LOG_LEVEL
 
 

@@ -26,13 +26,13 @@ import attrs
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
 
+from nymtx import logfilter
 from nymtx.paths import check_id
 
 DAY_MS = 86_400_000
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
-DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS = logfilter.LEVELS
+DEFAULT_LOG_LEVEL = logfilter.DEFAULT_LEVEL
 
 
 class ConfigError(ValueError):
@@ -223,19 +223,6 @@ def from_text(check, text_value, name, **kwargs):
 def _show(value):
     shown = repr(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
-
-
-# -- logging --------------------------------------------------------------------
-
-def log_filter(level=DEFAULT_LOG_LEVEL):
-    """A predicate that lets events at *level* and above through (twisted.logger)."""
-    return LogLevelFilterPredicate(
-        defaultLogLevel=LogLevel.levelWithName(log_level(level)))
-
-
-def filtered(observer, level=DEFAULT_LOG_LEVEL):
-    """*observer* seeing only events at *level* and above."""
-    return FilteringLogObserver(observer, [log_filter(level)])
 
 
 # -- config.toml ----------------------------------------------------------------

@@ -113,13 +113,14 @@ class ValidatorTests(SynchronousTestCase):
 class LogLevelTests(SynchronousTestCase):
     def test_filter(self):
         from twisted.logger import PredicateResult
-        quiet, loud = shared.log_filter("info"), shared.log_filter("debug")
+        from nymtx.logfilter import level_filter
+        quiet, loud = level_filter(shared.log_level("INFO")), level_filter("debug")
         debug = {"log_level": LogLevel.debug, "log_namespace": "x"}
         info = {"log_level": LogLevel.info, "log_namespace": "x"}
         self.assertEqual(quiet(debug), PredicateResult.no)
         self.assertEqual(quiet(info), PredicateResult.maybe)
         self.assertEqual(loud(debug), PredicateResult.maybe)
-        self.assertRaises(shared.ConfigError, shared.log_filter, "loud")
+        self.assertRaises(shared.ConfigError, shared.log_level, "loud")
 
     def test_the_flag_beats_the_config_which_beats_the_default(self):
         options = client_tap.Options()
@@ -131,6 +132,22 @@ class LogLevelTests(SynchronousTestCase):
         options = client_tap.Options()
         options.parseOptions(["--id", "A", "--home", self.mktemp(), "--log-level", "ERROR"])
         self.assertEqual(cli.log_level(options, config), "error")
+
+    def test_twistd_plugins_take_the_config_level_unless_the_flag_says_otherwise(self):
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+        import nymtx.logfilter
+        levels = []
+        self.patch(nymtx.logfilter, "filter_log", levels.append)
+        plugin = {p.tapname: p for p in getPlugins(IServiceMaker)}["nym-mixnode"]
+        home = self.mktemp()
+        init_mixnode("M", 1, root=home, log_level="debug")
+        for argv in (["--id", "M", "--home", home],
+                     ["--id", "M", "--home", home, "--log-level", "error"]):
+            options = plugin.options()
+            options.parseOptions(argv)
+            plugin.makeService(options)
+        self.assertEqual(levels, ["debug", "error"])
 
     def test_every_command_takes_the_flag(self):
         from nymtx.directory import tap as directory_tap

@@ -11,8 +11,9 @@ class _NymServiceMaker(ServiceMaker):
     """
 
     def makeService(self, options):
+        from nymtx.cli import log_level
         from nymtx.logfilter import filter_log
-        filter_log(options.get("log-level") or "info")
+        filter_log(log_level(options))  # --log-level, else config.toml's [logging] level
         return super().makeService(options)
 
 
