@@ -1,0 +1,105 @@
+"""The end-to-end envelope: every payload sealed to its final recipient's key.
+
+Layout (docs/message-format.md):
+
+    version (1) || ephemeral X25519 public key (32) || ciphertext (926) || tag (16)
+
+975 bytes, the whole Sphinx message room, whatever is inside. The key and
+nonce are BLAKE2b of the X25519 secret, the ephemeral key and the recipient
+key, so a key is never used twice (one ephemeral key per packet) and a
+payload sealed to one key cannot be re-targeted to another. The AEAD is
+ChaCha20-Poly1305 (RFC 8439); the version byte and the ephemeral key are its
+associated data.
+"""
+
+import hashlib
+import os
+
+from nacl.bindings import (
+    crypto_aead_chacha20poly1305_ietf_decrypt, crypto_aead_chacha20poly1305_ietf_encrypt,
+    crypto_scalarmult, crypto_scalarmult_base)
+from nacl.exceptions import CryptoError, RuntimeError as NaclRuntimeError, \
+    TypeError as NaclTypeError
+
+from nymtx.sphinx import MAX_MESSAGE_SIZE
+
+from .errors import EnvelopeError, NotForMe, RecipientKeyError
+
+VERSION = 0x01
+KEY_SIZE = 32
+TAG_SIZE = 16
+HEADER_SIZE = 1 + KEY_SIZE  # version || ephemeral key
+#: the whole Sphinx message room: every payload is exactly this long
+ENVELOPE_SIZE = MAX_MESSAGE_SIZE  # 975
+#: what the AEAD protects: the type byte and everything after it
+PLAINTEXT_SIZE = ENVELOPE_SIZE - HEADER_SIZE - TAG_SIZE  # 926
+
+KDF_PERSON = b"nymtx-e2e-v1"
+_KDF_SIZE = 32 + 12  # ChaCha20-Poly1305 key || nonce
+_VERSION_BYTE = bytes((VERSION,))
+_X25519_ERRORS = (CryptoError, NaclRuntimeError, NaclTypeError, ValueError)
+
+
+def derive(shared, ephemeral, recipient):
+    """(key, nonce) for one envelope; see docs/message-format.md, Key derivation."""
+    okm = hashlib.blake2b(shared + ephemeral + recipient, digest_size=_KDF_SIZE,
+                          person=KDF_PERSON).digest()
+    return okm[:32], okm[32:]
+
+
+def _check_key(key, what):
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+        got = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
+        raise RecipientKeyError(f"{what} must be {KEY_SIZE} bytes, not {got}")
+    return bytes(key)
+
+
+def seal(recipient_public_key, plaintext, randbytes=os.urandom):
+    """The ENVELOPE_SIZE-byte envelope of *plaintext* (exactly PLAINTEXT_SIZE bytes).
+
+    *randbytes* supplies the 32-byte ephemeral private key (the only random
+    draw); the test vectors pass fixed bytes.
+    """
+    recipient = _check_key(recipient_public_key, "a recipient public key")
+    if not isinstance(plaintext, (bytes, bytearray)) or len(plaintext) != PLAINTEXT_SIZE:
+        got = len(plaintext) if isinstance(plaintext, (bytes, bytearray)) else \
+            type(plaintext).__name__
+        raise EnvelopeError(f"a plaintext must be {PLAINTEXT_SIZE} bytes, not {got}")
+    secret = randbytes(KEY_SIZE)
+    ephemeral = crypto_scalarmult_base(secret)
+    try:
+        shared = crypto_scalarmult(secret, recipient)
+    except _X25519_ERRORS:
+        # libsodium refuses an all-zero result: the key is a small-order point.
+        raise RecipientKeyError("the recipient public key is not a usable X25519 key") from None
+    key, nonce = derive(shared, ephemeral, recipient)
+    header = _VERSION_BYTE + ephemeral
+    return header + crypto_aead_chacha20poly1305_ietf_encrypt(bytes(plaintext), header, nonce, key)
+
+
+def open_envelope(private_key, public_key, payload):
+    """The PLAINTEXT_SIZE-byte plaintext of *payload*, or an EnvelopeError.
+
+    NotForMe (a subclass) means the tag did not verify: the payload is for
+    another key, or it was altered on the way.
+    """
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise EnvelopeError(f"a payload must be bytes, not {type(payload).__name__}")
+    payload = bytes(payload)
+    if len(payload) != ENVELOPE_SIZE:
+        raise EnvelopeError(f"a payload is {ENVELOPE_SIZE} bytes, not {len(payload)}")
+    if payload[0] != VERSION:
+        raise EnvelopeError(f"unknown envelope version {payload[0]} (this reader knows {VERSION})")
+    private_key = _check_key(private_key, "a private key")
+    public_key = _check_key(public_key, "a public key")
+    header = payload[:HEADER_SIZE]
+    ephemeral = payload[1:HEADER_SIZE]
+    try:
+        shared = crypto_scalarmult(private_key, ephemeral)
+    except _X25519_ERRORS:
+        raise NotForMe("the ephemeral key is not a usable X25519 key") from None
+    key, nonce = derive(shared, ephemeral, public_key)
+    try:
+        return crypto_aead_chacha20poly1305_ietf_decrypt(payload[HEADER_SIZE:], header, nonce, key)
+    except CryptoError:
+        raise NotForMe("the tag does not verify: not for this key, or altered") from None

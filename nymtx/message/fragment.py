@@ -1,0 +1,94 @@
+"""Splitting a message into fragments, and the message value itself.
+
+A message is carried as ``kind (1) || bytes`` cut into FRAGMENT_DATA_SIZE
+pieces, all in one set with a random 8-byte id (docs/message-format.md). The
+kind lets the API give text back as text and binary as bytes.
+"""
+
+import os
+
+import attrs
+
+from .errors import MessageTooLarge, PlaintextError
+from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment
+
+KIND_TEXT = 0x01
+KIND_BINARY = 0x02
+KINDS = (KIND_TEXT, KIND_BINARY)
+
+#: the default largest message, in application bytes
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+
+
+@attrs.frozen(slots=True)
+class Message:
+    """A whole message: *data* bytes of *kind* (KIND_TEXT or KIND_BINARY)."""
+
+    kind: int
+    data: bytes
+
+    @property
+    def is_text(self):
+        return self.kind == KIND_TEXT
+
+    @property
+    def text(self):
+        """The text of a text message (its bytes are UTF-8 by construction)."""
+        if self.kind != KIND_TEXT:
+            raise TypeError("a binary message has no text")
+        return self.data.decode("utf-8")
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(KIND_TEXT, text.encode("utf-8"))
+
+    @classmethod
+    def from_bytes(cls, data):
+        return cls(KIND_BINARY, bytes(data))
+
+
+def fragment_count(size):
+    """How many fragments carry a message of *size* application bytes."""
+    return -(-(size + 1) // FRAGMENT_DATA_SIZE)
+
+
+def max_fragments(max_message_size):
+    """The largest fragment count a reader with this maximum accepts."""
+    return fragment_count(max_message_size)
+
+
+def check_size(size, max_message_size):
+    if size > max_message_size:
+        raise MessageTooLarge(
+            f"message too long: {size} bytes, but the maximum is {max_message_size}")
+
+
+def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbytes=os.urandom):
+    """The fragments of *message* (a Message), in index order.
+
+    Raises MessageTooLarge, naming both sizes, past *max_message_size*.
+    """
+    if message.kind not in KINDS:
+        raise PlaintextError(f"unknown message kind {message.kind!r}")
+    check_size(len(message.data), max_message_size)
+    framed = bytes((message.kind,)) + message.data
+    set_id = randbytes(SET_ID_SIZE)
+    count = fragment_count(len(message.data))
+    step = FRAGMENT_DATA_SIZE
+    return [Fragment(set_id, i, count, framed[i * step:(i + 1) * step]) for i in range(count)]
+
+
+def join_pieces(pieces):
+    """The Message of a complete set's data pieces in index order, or a PlaintextError."""
+    framed = b"".join(pieces)
+    if not framed:
+        raise PlaintextError("an empty set carries no message kind")
+    kind, data = framed[0], framed[1:]
+    if kind not in KINDS:
+        raise PlaintextError(f"unknown message kind {kind}")
+    if kind == KIND_TEXT:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PlaintextError(f"a text message is not UTF-8: {e}") from None
+    return Message(kind, data)
