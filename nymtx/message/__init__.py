@@ -4,7 +4,8 @@ Every payload a client sends (fragments of real messages, loop and drop
 cover, later acks and replies) is one 975-byte envelope sealed to its final
 recipient (``envelope``); inside it a type byte and, for real messages, a
 fragment of a set (``payload``, ``fragment``); the recipient reassembles
-sets in bounded memory (``reassembly``). The format is docs/message-format.md.
+sets in bounded memory (``reassembly``); the sending stream takes one
+fragment or drop cover per tick from a bounded queue (``sending``). The format is docs/message-format.md.
 """
 
 from .envelope import ENVELOPE_SIZE, PLAINTEXT_SIZE, VERSION, open_envelope, seal
@@ -19,6 +20,7 @@ from .payload import (
     decode_plaintext, drop_cover_payload, encode_fragment, loop_cover_payload, open_payload,
     seal_fragment)
 from .reassembly import Reassembler, ReassemblyStats, Receiver, ReceiveStats
+from .sending import Outgoing, Pending, SendingStream, SendQueue, drop_gateway
 
 __all__ = [
     "ENVELOPE_SIZE", "PLAINTEXT_SIZE", "VERSION", "open_envelope", "seal",
@@ -30,4 +32,5 @@ __all__ = [
     "Reserved", "decode_plaintext", "drop_cover_payload", "encode_fragment",
     "loop_cover_payload", "open_payload", "seal_fragment",
     "Reassembler", "ReassemblyStats", "Receiver", "ReceiveStats",
+    "Outgoing", "Pending", "SendingStream", "SendQueue", "drop_gateway",
 ]
