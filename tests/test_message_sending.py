@@ -213,3 +213,54 @@ class DropGatewayTests(SynchronousTestCase):
 
     def test_no_gateways(self):
         self.assertIsNone(drop_gateway(Topology(), random.Random()))
+
+
+class ThroughTheNetworkTests(SynchronousTestCase):
+    """Payloads from the stream through real Sphinx hops into a real gateway store."""
+
+    def test_gateway_stores_ciphertext_only_and_drops_drop_cover(self):
+        from nymtx.gateway.mix import FinalHopHandler
+        from nymtx.gateway.store import UNREGISTERED, MailboxStore
+        from nymtx.sphinx import ForwardHop, Hop, build_packet, process_packet
+
+        clock = Clock()
+        store = MailboxStore.open(clock, ":memory:")
+        store.register(BOB.public_key, b"token")
+        handler = FinalHopHandler(clock, GATEWAY.private_key, store)
+        mixes = [KeyPair.generate(random.Random(20 + i).randbytes) for i in range(3)]
+        route = [Hop(NodeAddress.parse(f"127.0.0.1:{3000 + i}").to_bytes(), k.public_key)
+                 for i, k in enumerate(mixes)]
+        route.append(Hop(NodeAddress.parse("127.0.0.1:3999").to_bytes(), GATEWAY.public_key))
+
+        def deliver(destination, payload):
+            packet = build_packet(route, destination, bytes(16), payload, [0] * 4)
+            for k in mixes:
+                out = process_packet(k.private_key, packet)
+                self.assertIsInstance(out, ForwardHop)
+                packet = out.packet
+            handler.packet_received(packet)
+
+        secret = b"attack at dawn " * 200
+        q = SendQueue()
+        q.enqueue(BOB.public_key, Message.from_text(secret.decode()))
+        stream = SendingStream(
+            q, send_real=lambda o, p: deliver(o.recipient_key, p) or True,
+            # drop cover ends at the gateway: its own key in the final slot
+            send_drop=lambda seal: deliver(GATEWAY.public_key, seal(GATEWAY.public_key)))
+        for _ in range(8):
+            stream.tick()
+        clock.advance(1)
+        store.flush()
+        self.assertEqual((stream.real_sent, stream.drop_sent), (4, 4))
+        self.assertEqual(handler.dropped[UNREGISTERED], 4)
+        stored = store.pull(BOB.public_key, 100)
+        self.assertEqual(len(stored), 4)
+        rows = store.db.execute("SELECT * FROM messages").fetchall()
+        dump = b"".join(bytes(c) if isinstance(c, (bytes, memoryview)) else str(c).encode()
+                        for row in rows for c in row)
+        self.assertGreater(len(dump), 4 * 975)
+        for word in (b"attack", b"dawn", secret[:16]):
+            self.assertNotIn(word, dump)
+        receiver = Receiver(BOB.private_key, BOB.public_key, Reassembler(clock.seconds))
+        got = [m for m in (receiver.receive(body) for _, body in stored) if m]
+        self.assertEqual([m.text for m in got], [secret.decode()])
