@@ -525,3 +525,29 @@ class FuzzTests(SynchronousTestCase):
                 open_payload(BOB.private_key, BOB.public_key, data)
             except MessageLayerError:
                 pass
+
+
+class ReassemblyPropertyTests(SynchronousTestCase):
+    @given(st.binary(max_size=1100))
+    def test_receiver_never_raises(self, data):
+        receiver = Receiver(BOB.private_key, BOB.public_key, Reassembler(Clock().seconds))
+        self.assertIsNone(receiver.receive(data))
+
+    @given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 6), st.integers(0, 5),
+                              st.integers(1, FRAGMENT_DATA_SIZE), st.floats(0, 50)),
+                    max_size=60))
+    def test_bounds_hold_for_any_fragments(self, steps):
+        clock = Clock()
+        r = Reassembler(clock.seconds, max_message_size=5 * FRAGMENT_DATA_SIZE,
+                        max_partial_sets=3, max_buffered_bytes=set_cost(6) + 2000,
+                        timeout=100, remember_completed=200, max_completed=4)
+        for set_no, count, index, length, wait in steps:
+            clock.advance(wait)
+            index = min(index, count - 1)
+            size = FRAGMENT_DATA_SIZE if index < count - 1 else length
+            data = bytes((KIND_BINARY,)) + bytes(size - 1) if index == 0 else bytes(size)
+            r.add(Fragment(bytes([set_no]) * 8, index, count, data))
+            self.assertLessEqual(r.partial_sets, 3)
+            self.assertLessEqual(r.buffered_bytes, r.max_buffered_bytes)
+            self.assertLessEqual(len(r._completed), 4)
+            self.assertEqual(r.buffered_bytes, sum(p.cost for p in r._partial.values()))
