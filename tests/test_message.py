@@ -294,6 +294,14 @@ class ReassemblyTests(SynchronousTestCase):
         self.assertIsNone(r.add(frags[2]))
         self.assertIsNone(r.add(frags[3]))
 
+    def test_takes_a_reactor_too(self):
+        r = Reassembler(self.clock, timeout=10)
+        _, frags = self.frags(2 * FRAGMENT_DATA_SIZE)
+        r.add(frags[0])
+        self.clock.advance(10)
+        r.expire()
+        self.assertEqual(r.stats.expired_sets, 1)
+
     def test_expiry_also_on_add(self):
         r = self.reassembler(timeout=10)
         _, frags = self.frags(2 * FRAGMENT_DATA_SIZE)

@@ -74,7 +74,8 @@ class Reassembler:
     """Collects fragments and hands back each complete Message once.
 
     *now* is a callable giving seconds (``reactor.seconds``, a
-    ``task.Clock().seconds``); nothing here reads real time.
+    ``task.Clock().seconds``) or an ``IReactorTime`` (its ``seconds`` is
+    used); nothing here reads real time.
     """
 
     now: object
@@ -93,6 +94,8 @@ class Reassembler:
     _max_count: int = attrs.field(init=False)
 
     def __attrs_post_init__(self):
+        if not callable(self.now) and callable(getattr(self.now, "seconds", None)):
+            self.now = self.now.seconds
         self._max_count = max_fragments(self.max_message_size)
         need = set_cost(self._max_count)
         if self.max_buffered_bytes < need:
