@@ -11,7 +11,7 @@ from nymtx.addressing import NodeAddress
 from nymtx.keys import KeyPair
 from nymtx.message import (
     FRAGMENT_DATA_SIZE, KIND_BINARY, DropCover, Message, MessageTooLarge, QueueFull,
-    Reassembler, Receiver, SendingStream, SendQueue, drop_gateway, open_payload)
+    Reassembler, Receiver, RecipientKeyError, SendingStream, SendQueue, drop_gateway, open_payload)
 from nymtx.poisson import PoissonLoop
 from nymtx.topology import GatewayInfo, Topology
 
@@ -28,6 +28,12 @@ class SendQueueTests(SynchronousTestCase):
         q = SendQueue(max_message_size=100)
         e = self.assertRaises(MessageTooLarge, q.enqueue, BOB.public_key, binary(101))
         self.assertEqual(str(e), "message too long: 101 bytes, but the maximum is 100")
+        self.assertEqual(len(q), 0)
+
+    def test_unusable_recipient_key_refused_at_once(self):
+        q = SendQueue()
+        for key in (bytes(32), b"\x01" + bytes(31), b"short"):
+            self.assertRaises(RecipientKeyError, q.enqueue, key, binary(1))
         self.assertEqual(len(q), 0)
 
     def test_bounded_in_messages(self):

@@ -38,6 +38,7 @@ KDF_PERSON = b"nymtx-e2e-v1"
 _KDF_SIZE = 32 + 12  # ChaCha20-Poly1305 key || nonce
 _VERSION_BYTE = bytes((VERSION,))
 _X25519_ERRORS = (CryptoError, NaclRuntimeError, NaclTypeError, ValueError)
+_PROBE_SCALAR = bytes(range(32))
 
 
 def derive(shared, ephemeral, recipient):
@@ -52,6 +53,20 @@ def _check_key(key, what):
         got = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
         raise RecipientKeyError(f"{what} must be {KEY_SIZE} bytes, not {got}")
     return bytes(key)
+
+
+def check_recipient_key(public_key):
+    """*public_key* as bytes if it can be sealed to, else RecipientKeyError.
+
+    A small-order point gives the all-zero secret for every clamped scalar,
+    so one multiplication by any scalar tells.
+    """
+    key = _check_key(public_key, "a recipient public key")
+    try:
+        crypto_scalarmult(_PROBE_SCALAR, key)
+    except _X25519_ERRORS:
+        raise RecipientKeyError("the recipient public key is not a usable X25519 key") from None
+    return key
 
 
 def seal(recipient_public_key, plaintext, randbytes=os.urandom):

@@ -18,6 +18,7 @@ import os
 
 import attrs
 
+from .envelope import check_recipient_key
 from .errors import QueueFull
 from .fragment import DEFAULT_MAX_MESSAGE_SIZE, KINDS, Message, check_size, fragment_count
 from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, drop_cover_payload, seal_fragment
@@ -105,11 +106,14 @@ class SendQueue:
 
         Raises MessageTooLarge past the maximum size, QueueFull when the
         queue holds ``max_messages`` messages or the message would take it
-        past ``max_bytes``; both name the numbers.
+        past ``max_bytes``; both name the numbers. RecipientKeyError for a
+        key nothing can be sealed to: refused here, it cannot jam the
+        stream later.
         """
         if not isinstance(message, Message) or message.kind not in KINDS:
             raise TypeError(f"enqueue takes a Message of a known kind, not {message!r}")
         check_size(len(message.data), self.max_message_size)
+        recipient_key = check_recipient_key(recipient_key)
         size = len(message.data) + 1
         if len(self._queue) >= self.max_messages:
             raise QueueFull(
