@@ -201,7 +201,7 @@ class FragmentTests(SynchronousTestCase):
         self.assertIn(str(DEFAULT_MAX_MESSAGE_SIZE), str(e))
         e = self.assertRaises(MessageTooLarge, fragment_message, Message(KIND_TEXT, b"x" * 11),
                               max_message_size=10)
-        self.assertEqual(str(e), "message too long: 11 bytes, but the maximum is 10")
+        self.assertEqual(str(e), "message too long. Sent 11 bytes, but the maximum is 10")
 
     def test_larger_maximum_when_configured(self):
         size = 3 << 20

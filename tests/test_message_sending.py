@@ -27,7 +27,7 @@ class SendQueueTests(SynchronousTestCase):
     def test_too_large_names_both_sizes(self):
         q = SendQueue(max_message_size=100)
         e = self.assertRaises(MessageTooLarge, q.enqueue, BOB.public_key, binary(101))
-        self.assertEqual(str(e), "message too long: 101 bytes, but the maximum is 100")
+        self.assertEqual(str(e), "message too long. Sent 101 bytes, but the maximum is 100")
         self.assertEqual(len(q), 0)
 
     def test_unusable_recipient_key_refused_at_once(self):

@@ -60,7 +60,7 @@ def max_fragments(max_message_size):
 def check_size(size, max_message_size):
     if size > max_message_size:
         raise MessageTooLarge(
-            f"message too long: {size} bytes, but the maximum is {max_message_size}")
+            f"message too long. Sent {size} bytes, but the maximum is {max_message_size}")
 
 
 def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbytes=os.urandom):
