@@ -21,7 +21,8 @@ from nymtx.message import (
     RecipientKeyError, Receiver, Reserved, decode_plaintext, drop_cover_payload,
     encode_fragment, fragment_count, fragment_message, loop_cover_payload, open_envelope,
     open_payload, seal, seal_fragment)
-from nymtx.message.payload import TYPE_ACK, TYPE_DROP_COVER, TYPE_LOOP_COVER, encode_cover
+from nymtx.message.payload import (
+    TYPE_ACK, TYPE_LOOP_COVER, encode_drop_cover, encode_loop_cover)
 from nymtx.message.reassembly import set_cost
 from nymtx.sphinx import MAX_MESSAGE_SIZE, FinalHop, Hop, build_packet, process_packet
 
@@ -111,8 +112,13 @@ class EnvelopeTests(SynchronousTestCase):
 
 class CoverTests(SynchronousTestCase):
     def test_loop_and_drop_cover_open(self):
+        loop_id = os.urandom(16)
         self.assertEqual(open_payload(BOB.private_key, BOB.public_key,
-                                      loop_cover_payload(BOB.public_key)), LoopCover())
+                                      loop_cover_payload(BOB.public_key, loop_id)),
+                         LoopCover(loop_id))
+        a, b = (open_payload(BOB.private_key, BOB.public_key, loop_cover_payload(BOB.public_key))
+                for _ in range(2))
+        self.assertNotEqual(a.loop_id, b.loop_id)
         self.assertEqual(open_payload(BOB.private_key, BOB.public_key,
                                       drop_cover_payload(BOB.public_key)), DropCover())
 
@@ -121,7 +127,7 @@ class CoverTests(SynchronousTestCase):
         # fragment differ only inside the AEAD output: same size, same clear
         # header, and no clear byte that says which is which.
         fixed = lambda n: b"\x42" * n  # noqa: E731
-        loop = loop_cover_payload(BOB.public_key, fixed)
+        loop = loop_cover_payload(BOB.public_key, bytes(16), fixed)
         drop = drop_cover_payload(BOB.public_key, fixed)
         real = seal_fragment(BOB.public_key, plain_fragment(), fixed)
         self.assertEqual({len(loop), len(drop), len(real)}, {ENVELOPE_SIZE})
@@ -167,7 +173,9 @@ class PlaintextTests(SynchronousTestCase):
         # a fragment before the last that is not full
         short = encode_fragment(plain_fragment(b"\x02hi"))
         self._refused(short[:13] + (2).to_bytes(4, "big") + short[17:], "all but the last")
-        self._refused(bytes((TYPE_LOOP_COVER,)) + b"\x01" + bytes(PLAINTEXT_SIZE - 2), "cover")
+        self._refused(bytes((TYPE_LOOP_COVER,)) + bytes(16) + b"\x01" + bytes(PLAINTEXT_SIZE - 18),
+                      "loop cover body")
+        self._refused(b"\x03\x01" + bytes(PLAINTEXT_SIZE - 2), "drop cover body")
         self._refused(good[:-1], "926 bytes")
 
     def test_reserved_types_pass_unparsed(self):
@@ -175,8 +183,9 @@ class PlaintextTests(SynchronousTestCase):
         self.assertEqual(decode_plaintext(bytes((TYPE_ACK,)) + body), Reserved(TYPE_ACK, body))
 
     def test_cover_encoding(self):
-        self.assertEqual(encode_cover(TYPE_DROP_COVER), b"\x03" + bytes(925))
-        self.assertRaises(PlaintextError, encode_cover, 0x01)
+        self.assertEqual(encode_drop_cover(), b"\x03" + bytes(925))
+        self.assertEqual(encode_loop_cover(b"L" * 16), b"\x02" + b"L" * 16 + bytes(909))
+        self.assertRaises(PlaintextError, encode_loop_cover, b"short")
 
 
 class FragmentTests(SynchronousTestCase):
@@ -388,12 +397,13 @@ class ReassemblyTests(SynchronousTestCase):
 
 class ReceiverTests(SynchronousTestCase):
     def test_counts_and_messages(self):
-        reserved = []
+        reserved, loops = [], []
         r = Receiver(BOB.private_key, BOB.public_key, Reassembler(Clock().seconds),
-                     on_reserved=reserved.append)
+                     on_reserved=reserved.append, on_loop=loops.append)
         message = Message.from_text("hi Bob " * 300)
         payloads = [seal_fragment(BOB.public_key, f) for f in fragment_message(message)]
-        inputs = [loop_cover_payload(BOB.public_key), drop_cover_payload(BOB.public_key),
+        inputs = [loop_cover_payload(BOB.public_key, b"L" * 16),
+                  drop_cover_payload(BOB.public_key),
                   loop_cover_payload(CAROL.public_key), b"junk", os.urandom(975),
                   seal(BOB.public_key, b"\x04" + bytes(925)),
                   seal(BOB.public_key, b"\x09" + bytes(925))] + payloads
@@ -403,6 +413,7 @@ class ReceiverTests(SynchronousTestCase):
         self.assertEqual((s.loop_cover, s.drop_cover, s.not_for_me, s.malformed, s.reserved,
                           s.fragments), (1, 1, 3, 1, 1, len(payloads)))
         self.assertEqual(reserved, [Reserved(TYPE_ACK, bytes(925))])
+        self.assertEqual(loops, [b"L" * 16])
 
 
 class VectorTests(SynchronousTestCase):
@@ -440,6 +451,12 @@ class VectorTests(SynchronousTestCase):
                                   h["payload"])
             self.assertEqual(type(opened).__name__.lower().replace("cover", "_cover"),
                              v["opened"]["type"])
+            if isinstance(opened, LoopCover):
+                self.assertEqual(opened.loop_id.hex(), v["opened"]["loop_id"])
+            if isinstance(opened, Fragment):
+                self.assertEqual(opened.data.hex(), v["opened"]["data"])
+                self.assertEqual((opened.index, opened.count), (v["opened"]["index"],
+                                                                 v["opened"]["count"]))
 
     def test_negative_vectors(self):
         self.assertGreaterEqual(len(self.data["negative"]), 5)

@@ -6,7 +6,7 @@ The PLAINTEXT_SIZE (926) bytes inside an envelope (docs/message-format.md):
 
     type 0x01  fragment:    set id (8) || index u32 || count u32 || length u16
                             || data (length) || zero padding
-    type 0x02  loop cover:  zero bytes
+    type 0x02  loop cover:  loop id (16) || zero bytes
     type 0x03  drop cover:  zero bytes
     type 0x04  ack, 0x05 reply: reserved for reliable delivery and replies;
                this version hands the body on unparsed
@@ -35,8 +35,10 @@ FRAGMENT_HEADER_SIZE = 1 + SET_ID_SIZE + 4 + 4 + 2  # 19
 #: application bytes one fragment carries: the rest of the plaintext
 FRAGMENT_DATA_SIZE = PLAINTEXT_SIZE - FRAGMENT_HEADER_SIZE  # 907
 MAX_COUNT = (1 << 32) - 1
+LOOP_ID_SIZE = 16
 
 _COVER_BODY = bytes(PLAINTEXT_SIZE - 1)
+_LOOP_PADDING = bytes(PLAINTEXT_SIZE - 1 - LOOP_ID_SIZE)
 
 
 @attrs.frozen(slots=True)
@@ -54,7 +56,14 @@ class Fragment:
 
 @attrs.frozen(slots=True)
 class LoopCover:
-    """A loop cover packet: the sender's own, come back."""
+    """A loop cover packet, the sender's own come back, with the id it was sent with.
+
+    The id lets the sender match each loop that returns with the one it
+    sent (when, by which route): loops that stop coming back are how a
+    client notices an active attack (Loopix).
+    """
+
+    loop_id: bytes = bytes(LOOP_ID_SIZE)
 
 
 @attrs.frozen(slots=True)
@@ -99,10 +108,14 @@ def encode_fragment(fragment):
     return body + bytes(PLAINTEXT_SIZE - len(body))
 
 
-def encode_cover(kind):
-    if kind not in (TYPE_LOOP_COVER, TYPE_DROP_COVER):
-        raise PlaintextError(f"{kind!r} is not a cover type")
-    return bytes((kind,)) + _COVER_BODY
+def encode_loop_cover(loop_id):
+    if not isinstance(loop_id, bytes) or len(loop_id) != LOOP_ID_SIZE:
+        raise PlaintextError(f"a loop id is {LOOP_ID_SIZE} bytes, not {loop_id!r}")
+    return bytes((TYPE_LOOP_COVER,)) + loop_id + _LOOP_PADDING
+
+
+def encode_drop_cover():
+    return bytes((TYPE_DROP_COVER,)) + _COVER_BODY
 
 
 def decode_plaintext(plaintext):
@@ -125,10 +138,14 @@ def decode_plaintext(plaintext):
         if plaintext[end:].count(0) != PLAINTEXT_SIZE - end:
             raise PlaintextError("fragment padding is not all zero")
         return Fragment(set_id, index, count, plaintext[FRAGMENT_HEADER_SIZE:end])
-    if kind in (TYPE_LOOP_COVER, TYPE_DROP_COVER):
+    if kind == TYPE_LOOP_COVER:
+        if plaintext[1 + LOOP_ID_SIZE:] != _LOOP_PADDING:
+            raise PlaintextError("a loop cover body is its id, then zero bytes")
+        return LoopCover(plaintext[1:1 + LOOP_ID_SIZE])
+    if kind == TYPE_DROP_COVER:
         if plaintext[1:] != _COVER_BODY:
-            raise PlaintextError("a cover body is all zero")
-        return LoopCover() if kind == TYPE_LOOP_COVER else DropCover()
+            raise PlaintextError("a drop cover body is all zero")
+        return DropCover()
     if kind in RESERVED_TYPES:
         return Reserved(kind, plaintext[1:])
     raise PlaintextError(f"unknown payload type {kind}")
@@ -139,14 +156,19 @@ def seal_fragment(recipient_public_key, fragment, randbytes=os.urandom):
     return seal(recipient_public_key, encode_fragment(fragment), randbytes)
 
 
-def loop_cover_payload(own_public_key, randbytes=os.urandom):
-    """A loop cover payload, sealed to the sender's own key (it comes back)."""
-    return seal(own_public_key, encode_cover(TYPE_LOOP_COVER), randbytes)
+def loop_cover_payload(own_public_key, loop_id=None, randbytes=os.urandom):
+    """A loop cover payload, sealed to the sender's own key (it comes back).
+
+    *loop_id* (16 bytes) comes back in the LoopCover; without one, a random id.
+    """
+    if loop_id is None:
+        loop_id = os.urandom(LOOP_ID_SIZE)
+    return seal(own_public_key, encode_loop_cover(loop_id), randbytes)
 
 
 def drop_cover_payload(recipient_public_key, randbytes=os.urandom):
     """A drop cover payload, sealed to whoever discards it (docs/decisions.md)."""
-    return seal(recipient_public_key, encode_cover(TYPE_DROP_COVER), randbytes)
+    return seal(recipient_public_key, encode_drop_cover(), randbytes)
 
 
 def open_payload(private_key, public_key, payload):

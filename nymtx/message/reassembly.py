@@ -216,6 +216,8 @@ class Receiver:
     reassembler: Reassembler
     #: called with each Reserved payload (acks and replies, issue 12)
     on_reserved: object = None
+    #: called with the loop id of each loop cover payload that came back
+    on_loop: object = None
     stats: ReceiveStats = attrs.field(factory=ReceiveStats, init=False)
 
     def receive(self, payload):
@@ -233,6 +235,8 @@ class Receiver:
             return self.reassembler.add(opened)
         if isinstance(opened, LoopCover):
             self.stats.loop_cover += 1
+            if self.on_loop is not None:
+                self.on_loop(opened.loop_id)
         elif isinstance(opened, DropCover):
             self.stats.drop_cover += 1
         elif isinstance(opened, Reserved):

@@ -19,7 +19,7 @@ from nymtx.message import (
     KIND_BINARY, KIND_TEXT, Message, NotForMe, EnvelopeError, decode_plaintext, encode_fragment,
     fragment_message, open_envelope, seal)
 from nymtx.message.envelope import derive
-from nymtx.message.payload import TYPE_DROP_COVER, TYPE_LOOP_COVER, encode_cover
+from nymtx.message.payload import encode_drop_cover, encode_loop_cover
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "message.json")
 
@@ -37,7 +37,9 @@ def _describe(opened):
     if name == "Fragment":
         return {"type": "fragment", "set_id": opened.set_id.hex(), "index": opened.index,
                 "count": opened.count, "data": opened.data.hex()}
-    return {"type": {"LoopCover": "loop_cover", "DropCover": "drop_cover"}[name]}
+    if name == "LoopCover":
+        return {"type": "loop_cover", "loop_id": opened.loop_id.hex()}
+    return {"type": "drop_cover"}
 
 
 def _vector(name, recipient, label, plaintext):
@@ -80,8 +82,8 @@ def build():
         _vector("text message, one fragment", bob, "text", encode_fragment(text[0])),
         _vector("binary message, fragment 0 of 2", bob, "binary 0", encode_fragment(binary[0])),
         _vector("binary message, fragment 1 of 2", bob, "binary 1", encode_fragment(binary[1])),
-        _vector("loop cover", bob, "loop", encode_cover(TYPE_LOOP_COVER)),
-        _vector("drop cover", bob, "drop", encode_cover(TYPE_DROP_COVER)),
+        _vector("loop cover", bob, "loop", encode_loop_cover(bytes(range(0x10, 0x20)))),
+        _vector("drop cover", bob, "drop", encode_drop_cover()),
     ]
     base = bytes.fromhex(vectors[0]["payload"])
     flip = lambda at: base[:at] + bytes((base[at] ^ 0x01,)) + base[at + 1:]  # noqa: E731
