@@ -19,12 +19,33 @@ TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import 
           " sys.argv[0] = 'twistd'; sys.exit(run())"]
 
 
-def taken_port():
-    """A listening socket on a free port; the port stays taken while it lives."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(1)
-    return s, s.getsockname()[1]
+def taken_port(free_around=6):
+    """A listening socket on a free port whose *free_around* neighbours on
+    each side are free too (the network under test binds them: a neighbour
+    taken by another program would fail the wrong node); the port stays
+    taken while the socket lives."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        if free_around < port < 65535 - free_around and all(
+                _free(p) for p in range(port - free_around, port + free_around + 1)
+                if p != port):
+            s.listen(1)
+            return s, port
+        s.close()
+    raise RuntimeError("no free run of ports found")
+
+
+def _free(port):
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 class PlanTests(SynchronousTestCase):
