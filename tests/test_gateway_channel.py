@@ -1,12 +1,15 @@
 """The Noise channel between client and gateway: handshake, transport, bad input."""
 
 import hashlib
+import hmac
 import os
 import re
 import struct
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, strategies as st
 from nacl.bindings import crypto_scalarmult
 from noise.backends.default.keypairs import KeyPair25519
@@ -634,3 +637,104 @@ class Vectors(SynchronousTestCase):
 
     def test_vectors_are_stable(self):
         self.assertEqual(vectors(), vectors())
+
+
+class RawClient:
+    """The client side written from docs/gateway-channel.md alone, with no
+    Noise library: X25519, ChaCha20-Poly1305, SHA-256 and HMAC only."""
+
+    def __init__(self, static_private, gateway_public, ephemeral_private):
+        self.s = X25519PrivateKey.from_private_bytes(static_private)
+        self.e = X25519PrivateKey.from_private_bytes(ephemeral_private)
+        self.rs = gateway_public
+        self.h = self.ck = C.PROTOCOL_NAME          # 32 bytes: used as is
+        self.k = None
+        self.n = 0
+        self.mix_hash(C.PROLOGUE)
+        self.mix_hash(gateway_public)
+
+    @staticmethod
+    def pub(private):
+        return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def mix_hash(self, data):
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    @staticmethod
+    def hkdf(ck, ikm):
+        temp = hmac.digest(ck, ikm, "sha256")
+        one = hmac.digest(temp, b"\x01", "sha256")
+        return one, hmac.digest(temp, one + b"\x02", "sha256")
+
+    def mix_key(self, ikm):
+        self.ck, self.k = self.hkdf(self.ck, ikm)
+        self.n = 0
+
+    @staticmethod
+    def nonce(n):
+        return b"\x00" * 4 + n.to_bytes(8, "little")
+
+    def encrypt_and_hash(self, plaintext):
+        c = ChaCha20Poly1305(self.k).encrypt(self.nonce(self.n), plaintext, self.h)
+        self.n += 1
+        self.mix_hash(c)
+        return c
+
+    def dh(self, private, public):
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+
+    def message1(self):
+        e = self.pub(self.e)
+        self.mix_hash(e)
+        self.mix_key(self.dh(self.e, self.rs))
+        s = self.encrypt_and_hash(self.pub(self.s))
+        self.mix_key(self.dh(self.s, self.rs))
+        msg = e + s + self.encrypt_and_hash(b"")
+        return struct.pack(">H", len(msg)) + msg
+
+    def read_message2(self, wire):
+        assert wire[:2] == b"\x00\x30"
+        re, tag = wire[2:34], wire[34:]
+        self.mix_hash(re)
+        self.mix_key(self.dh(self.e, re))
+        self.mix_key(self.dh(self.s, re))
+        assert ChaCha20Poly1305(self.k).decrypt(self.nonce(0), tag, self.h) == b""
+        self.mix_hash(tag)
+        self.send_key, self.receive_key = self.hkdf(self.ck, b"")
+        self.sent = self.received = 0
+
+    def send(self, inner):
+        c = ChaCha20Poly1305(self.send_key).encrypt(self.nonce(self.sent), b"\x00" + inner, None)
+        self.sent += 1
+        return struct.pack(">H", len(c)) + c
+
+    def receive(self, wire):
+        (length,) = struct.unpack_from(">H", wire)
+        plain = ChaCha20Poly1305(self.receive_key).decrypt(
+            self.nonce(self.received), wire[2:2 + length], None)
+        self.received += 1
+        return plain[0], plain[1:]
+
+
+class RawClientFromTheSpec(SynchronousTestCase):
+    def test_raw_client_makes_the_vectors(self):
+        v = vectors()
+        raw = RawClient(v["client static private"], v["gateway static public"],
+                        v["client ephemeral private"])
+        self.assertEqual(raw.message1(), v["message 1 (wire)"])
+        raw.read_message2(v["message 2 (wire)"])
+        self.assertEqual(raw.h, v["handshake hash"])
+        self.assertEqual(raw.send(P.encode_request(P.Register())),
+                         v["first client frame: register (wire)"])
+
+    def test_raw_client_talks_to_the_gateway_channel(self):
+        gateway = C.Channel.gateway(GATEWAY, Clock())
+        raw = RawClient(CLIENT.private_key, GATEWAY.public_key, os.urandom(32))
+        gateway.receive(raw.message1())
+        raw.read_message2(gateway.take_output())
+        self.assertEqual(gateway.receive(raw.send(P.encode_request(P.Pull((5,))))),
+                         [P.encode_request(P.Pull((5,)))])
+        self.assertTrue(gateway.peer_proven)
+        answer = P.Messages(((9, b"mail"),), 1)
+        flags, inner = raw.receive(gateway.send(P.encode_answer(answer)))
+        self.assertEqual((flags, P.parse_answer(inner)), (0, answer))
