@@ -1,0 +1,165 @@
+"""The gateway channel's CPU cost: handshakes, and padded frames.
+
+    python benchmarks/channel_bench.py [--rounds 15] [--handshakes 200] [--frames 2000] [--json]
+
+- ``handshakes_per_s``: the gateway's side of one Noise IK handshake on a
+  fresh :class:`Channel` (read message 1, write message 2: the same work
+  for a replayed message 1 as for a fresh one, so one recorded message 1
+  serves every run). Floor: the X25519 operations the pattern needs at the
+  responder, each one libsodium ``crypto_scalarmult``: the ephemeral key
+  (``crypto_scalarmult_base``), then ``es``, ``ss`` (reading message 1),
+  ``ee``, ``se`` (writing message 2) — five in all. Target ≥ 0.5.
+- ``answer_us`` / ``request_us``: one padded frame (4927 / 42 bytes)
+  through ``Channel.send`` on one side and ``Channel.receive`` on the
+  other. Floor: ChaCha20-Poly1305 encrypt + decrypt of the same bytes with
+  a ready cipher object, nothing else.
+- ``pull_us``: one whole pull as the link will run it: request encoded,
+  sent, received, parsed; answer of 5 full slots encoded, sent, received,
+  parsed. Floor: the two frames' ChaCha20-Poly1305 alone.
+
+Each measure runs A B A B for ``--rounds`` rounds; the ratio is the median
+of the rounds' floor/actual time ratios, so a slow moment of the machine
+hits both sides.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+from twisted.internet.task import Clock
+
+from nymtx.gateway import padded as P
+from nymtx.gateway.channel import Channel
+from nymtx.keys import KeyPair
+
+GATEWAY = KeyPair.generate()
+CLIENT = KeyPair.generate()
+
+
+def timed(fn, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def interleaved(actual, floor, n, rounds):
+    """(median seconds per actual, per floor, median floor/actual ratio)."""
+    a, b, ratios = [], [], []
+    for _ in range(rounds):
+        ta = timed(actual, n)
+        tb = timed(floor, n)
+        a.append(ta)
+        b.append(tb)
+        ratios.append(tb / ta)
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
+
+
+def open_pair(clock):
+    c = Channel.client(CLIENT, GATEWAY.public_key, clock, send_sizes={P.REQUEST_SIZE},
+                       receive_sizes={P.ANSWER_SIZE})
+    g = Channel.gateway(GATEWAY, clock, send_sizes={P.ANSWER_SIZE},
+                        receive_sizes={P.REQUEST_SIZE})
+    g.receive(c.start())
+    c.receive(g.take_output())
+    return c, g
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--handshakes", type=int, default=200)
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    clock = Clock()
+    results = {}
+
+    # ---- handshakes at the gateway --------------------------------------
+    message1 = Channel.client(CLIENT, GATEWAY.public_key, clock).start()
+
+    def handshake():
+        g = Channel.gateway(GATEWAY, clock)
+        g.receive(message1)
+        g.take_output()
+
+    private, public = GATEWAY.private_key, CLIENT.public_key
+
+    def x25519_floor():
+        crypto_scalarmult_base(os.urandom(32))       # the ephemeral key
+        crypto_scalarmult(private, public)           # es
+        crypto_scalarmult(private, public)           # ss
+        crypto_scalarmult(private, public)           # ee
+        crypto_scalarmult(private, public)           # se
+
+    handshake()
+    t, f, ratio = interleaved(handshake, x25519_floor, args.handshakes, args.rounds)
+    results["handshakes_per_s"] = {"rate": 1 / t, "floor": 1 / f, "ratio": ratio,
+                                   "target_ratio": 0.5}
+
+    # ---- padded frames --------------------------------------------------
+    c, g = open_pair(clock)
+    answer = P.encode_answer(P.Messages(tuple((i, os.urandom(975)) for i in range(1, 6)), 5))
+    request = P.encode_request(P.Pull((1, 2, 3, 4, 5)))
+    aead = ChaCha20Poly1305(os.urandom(32))
+    nonce = bytes(12)
+
+    def raw(plaintext):
+        def run():
+            aead.decrypt(nonce, aead.encrypt(nonce, plaintext, None), None)
+        return run
+
+    def answer_frame():
+        c.receive(g.send(answer))
+
+    def request_frame():
+        g.receive(c.send(request))
+
+    for name, actual, floor in (("answer_us", answer_frame, raw(b"\x00" + answer)),
+                                ("request_us", request_frame, raw(b"\x00" + request))):
+        t, f, ratio = interleaved(actual, floor, args.frames, args.rounds)
+        results[name] = {"us": t * 1e6, "floor_us": f * 1e6, "ratio": ratio}
+
+    messages = P.Messages(tuple((i, os.urandom(975)) for i in range(1, 6)), 5)
+
+    def pull():
+        [req] = g.receive(c.send(P.encode_request(P.Pull((1, 2, 3, 4, 5)))))
+        P.parse_request(req)
+        [ans] = c.receive(g.send(P.encode_answer(messages)))
+        P.parse_answer(ans)
+
+    answer_floor, request_floor = raw(b"\x00" + answer), raw(b"\x00" + request)
+
+    def pull_floor():
+        request_floor()
+        answer_floor()
+
+    t, f, ratio = interleaved(pull, pull_floor, args.frames, args.rounds)
+    results["pull_us"] = {"us": t * 1e6, "floor_us": f * 1e6, "ratio": ratio,
+                          "per_message_us": t * 1e6 / P.PULL_SIZE,
+                          "full_messages_per_s": P.PULL_SIZE / t}
+
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return
+    h = results["handshakes_per_s"]
+    print(f"handshakes at the gateway: {h['rate']:,.0f}/s; five X25519 operations:"
+          f" {h['floor']:,.0f}/s; ratio {h['ratio']:.2f} (target >= 0.5)")
+    for name, what in (("answer_us", "answer frame (4927 B)"),
+                       ("request_us", "request frame (42 B)"),
+                       ("pull_us", "whole pull (request + 5-slot answer)")):
+        r = results[name]
+        print(f"{what}: {r['us']:.1f} us; ChaCha20-Poly1305 alone {r['floor_us']:.1f} us;"
+              f" ratio {r['ratio']:.2f}")
+    print(f"  = {results['pull_us']['full_messages_per_s']:,.0f} full messages/s per core"
+          f" through the channel's crypto and parsing")
+
+
+if __name__ == "__main__":
+    main()
