@@ -82,7 +82,7 @@ def _malformed(text):
 
 
 def _zero(data, start, end, what):
-    if any(data[start:end]):
+    if data.count(0, start, end) != end - start:
         raise _malformed(f"{what} is not zero")
 
 

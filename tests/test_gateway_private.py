@@ -1,0 +1,293 @@
+"""The private link's protocols, gateway and client, inside the channel."""
+
+import struct
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.test.iosim import FakeTransport, connect as iosim_connect
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nymtx.gateway import channel as C
+from nymtx.gateway import frames as F
+from nymtx.gateway import padded as P
+from nymtx.gateway.private_link import ClientChannel, PrivateLinkError, connect
+from nymtx.gateway.private_server import IDLE_TIMEOUT, PrivateClientFactory
+from nymtx.gateway.store import MailboxStore
+from nymtx.keys import KeyPair
+
+GATEWAY = KeyPair.generate()
+ALICE = KeyPair.generate()
+BOB = KeyPair.generate()
+
+
+class Recorder:
+    """Wraps a protocol's dataReceived to keep every byte it is given."""
+
+    def __init__(self, proto):
+        self.data = []
+        original = proto.dataReceived
+
+        def record(data):
+            self.data.append(data)
+            original(data)
+        proto.dataReceived = record
+
+    def messages(self):
+        """The channel messages (length-prefixed) in what was recorded."""
+        stream, out = b"".join(self.data), []
+        while stream:
+            (n,) = struct.unpack_from(">H", stream)
+            out.append(stream[:2 + n])
+            stream = stream[2 + n:]
+        return out
+
+
+class Private(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MailboxStore.open(self.clock, self.mktemp())
+        self.addCleanup(self.store.close)
+        self.factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock)
+
+    def connect(self, keys=ALICE, gateway_key=GATEWAY.public_key):
+        server = self.factory.buildProtocol(None)
+        client = ClientChannel(keys, gateway_key, self.clock)
+        self.client_bytes = Recorder(server)
+        self.server_bytes = Recorder(client)
+        st = FakeTransport(server, isServer=True)
+        ct = FakeTransport(client, isServer=False)
+        self.pump = iosim_connect(server, st, client, ct, clock=self.clock)
+        self.server = server
+        return client
+
+    def established(self, client):
+        self.pump.flush()
+        return self.successResultOf(client.established)
+
+    def call(self, d):
+        self.pump.flush()
+        return self.successResultOf(d)
+
+    def deliver(self, keys, *messages):
+        for m in messages:
+            self.assertIsNone(self.store.add(keys.public_key, m))
+        self.store.flush()
+
+    def test_register_pull_ack(self):
+        link = self.established(self.connect())
+        self.assertIsNone(self.call(link.register()))
+        self.assertTrue(self.store.is_registered(ALICE.public_key))
+        self.deliver(ALICE, *[b"m%d" % i for i in range(7)])
+        first = self.call(link.pull())
+        self.assertEqual([b for _, b in first.messages], [b"m%d" % i for i in range(5)])
+        self.assertEqual(first.acked, 0)
+        # not acked: delivered again
+        again = self.call(link.pull())
+        self.assertEqual(again.messages, first.messages)
+        second = self.call(link.pull([i for i, _ in first.messages]))
+        self.assertEqual(second.acked, 5)
+        self.assertEqual([b for _, b in second.messages], [b"m5", b"m6"])
+        third = self.call(link.pull([i for i, _ in second.messages]))
+        self.assertEqual((third.messages, third.acked), ((), 2))
+        self.assertEqual(self.store.usage(ALICE.public_key), (0, 0))
+
+    def test_every_frame_one_size_and_nothing_in_the_clear(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        secret = b"meet me at the usual place"
+        self.deliver(ALICE, secret)
+        [(ident, _)] = self.call(link.pull()).messages
+        self.call(link.pull([ident]))
+        self.call(link.pull())
+        up, down = self.client_bytes.messages(), self.server_bytes.messages()
+        self.assertEqual([len(m) for m in up], [98] + [61] * 4)
+        self.assertEqual([len(m) for m in down], [50] + [4946] * 4)
+        wire = b"".join(up + down)
+        for needle in (secret, secret[:8], ALICE.public_key, ALICE.public_key[:8],
+                       struct.pack(">Q", ident)):
+            self.assertNotIn(needle, wire)
+
+    def test_ack_of_other_clients_mail(self):
+        for keys in (ALICE, BOB):
+            link = self.established(self.connect(keys))
+            self.call(link.register())
+        self.deliver(BOB, b"bob's")
+        [(bobs, _)] = self.store.pull(BOB.public_key, 5)
+        alice = self.established(self.connect(ALICE))
+        answer = self.call(alice.pull([bobs]))
+        self.assertEqual((answer.acked, answer.messages), (0, ()))
+        self.assertEqual(self.store.usage(BOB.public_key)[0], 1)
+
+    def test_unknown_key_may_only_register(self):
+        link = self.established(self.connect(BOB))
+        failure = self.failureResultOf(self.call_failing(link.pull()), PrivateLinkError)
+        self.assertIn("unknown-client", str(failure.value))
+        self.assertEqual(self.factory.errors["unknown-client"], 1)
+        # the same connection can register and go on
+        self.call(link.register())
+        self.assertEqual(self.call(link.pull()).messages, ())
+
+    def test_full(self):
+        self.store.max_clients = 1
+        self.call(self.established(self.connect(ALICE)).register())
+        link = self.established(self.connect(BOB))
+        failure = self.failureResultOf(self.call_failing(link.register()), PrivateLinkError)
+        self.assertIn("(full)", str(failure.value))
+        # a registered key renews whatever the room
+        self.call(self.established(self.connect(ALICE)).register())
+
+    def call_failing(self, d):
+        self.pump.flush()
+        return d
+
+    def test_wrong_gateway_key(self):
+        client = self.connect(gateway_key=BOB.public_key)
+        self.pump.flush()
+        failure = self.failureResultOf(client.established, PrivateLinkError)
+        self.assertIn("closed the connection during the handshake", str(failure.value))
+        self.assertIn("does not decrypt", self.server.close_reason)
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(self.factory.channels, set())
+
+    def test_replayed_session_gets_no_mail(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        self.deliver(ALICE, b"one", b"two")
+        pulled = self.call(link.pull())
+        self.assertEqual(len(pulled.messages), 2)
+        recorded = list(self.client_bytes.data)
+        # a second connection replays the recorded session, acks and all
+        replay = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        replay.makeConnection(transport)
+        for data in recorded:
+            replay.dataReceived(data)
+        # message 2 (fresh, useless to the replayer), then the close
+        self.assertEqual(len(transport.value()), 50)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("frame 0 does not decrypt", replay.close_reason)
+        self.assertEqual(self.store.usage(ALICE.public_key)[0], 2)
+        # and the real client still gets its mail
+        self.assertEqual(self.call(link.pull()).messages, pulled.messages)
+
+    def test_malformed_requests_close_after_five(self):
+        client = self.connect()
+        link = self.established(client)
+        answers = []
+        link.dataReceived = lambda data: answers.append(P.parse_answer(data))
+        for n in range(5):
+            client.transport.write(client.channel.send(b"\x09" + b"\x00" * 41))
+            self.pump.flush()
+        self.assertEqual([a.code for a in answers], [F.E_UNKNOWN_TYPE] * 5)
+        self.pump.flush()
+        self.assertEqual(self.factory.connections, set())
+        self.assertTrue(link._lost)
+        self.assertEqual(self.factory.errors["unknown-type"], 5)
+
+    def test_idle_timeout(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.call(link.pull())
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.pump.flush()
+        self.assertEqual(len(self.factory.connections), 1)
+        self.clock.advance(1)
+        self.pump.flush()
+        self.assertEqual(self.factory.connections, set())
+        self.assertTrue(link._lost)
+
+    def test_handshake_timeout_frees_the_slot(self):
+        self.factory.max_connections = 1
+        server = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        self.assertIsNone(self.factory.buildProtocol(None))
+        self.assertEqual(self.factory.refused, 1)
+        self.clock.advance(C.HANDSHAKE_TIMEOUT)
+        self.assertTrue(transport.disconnecting)
+        server.connectionLost(None)
+        self.assertEqual(self.factory.channels, set())
+        self.assertIsNotNone(self.factory.buildProtocol(None))
+
+    def test_answers_wait_while_the_client_does_not_read(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        inner = next(iter(self.factory.connections))
+        inner.pauseProducing()
+        ds = [link.pull() for _ in range(3)]
+        self.pump.flush()
+        self.assertEqual(len(inner._pending), 3)
+        self.assertNoResult(ds[0])
+        inner.resumeProducing()
+        self.pump.flush()
+        for d in ds:
+            self.assertEqual(self.successResultOf(d).messages, ())
+
+    def test_store_failure_is_an_internal_error(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        self.store.db.close()
+        self.pump.flush()
+        d = link.pull()
+        self.pump.flush()
+        failure = self.failureResultOf(d, PrivateLinkError)
+        self.assertIn("(internal)", str(failure.value))
+        self.flushLoggedErrors()
+
+    def test_client_refuses_a_broken_answer(self):
+        link = self.established(self.connect())
+        d = link.pull()
+        link.dataReceived(b"\x84\x09" + b"\x00" * (P.ANSWER_SIZE - 2))
+        self.failureResultOf(d, PrivateLinkError)
+        self.assertIn("broken answer", str(link.error))
+
+    def test_pull_of_too_many_acks(self):
+        link = self.established(self.connect())
+        self.failureResultOf(link.pull(range(1, 7)), ValueError)
+
+
+class OverTCP(TestCase):
+    """The same, on a real loopback socket."""
+
+    def setUp(self):
+        self.store = MailboxStore.open(reactor, self.mktemp())
+        self.addCleanup(self.store.close)
+        self.factory = PrivateClientFactory(self.store, GATEWAY, clock=reactor)
+        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        return d.addCallback(self._listening)
+
+    def _listening(self, port):
+        self.port = port
+        self.addCleanup(port.stopListening)
+        self.addCleanup(self.factory.close_all)
+
+    def endpoint(self):
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
+
+    async def test_connect_register_pull(self):
+        link = await connect(self.endpoint(), ALICE, GATEWAY.public_key, reactor)
+        await link.register()
+        self.store.add(ALICE.public_key, b"over tcp")
+        self.store.flush()
+        answer = await link.pull()
+        self.assertEqual([b for _, b in answer.messages], [b"over tcp"])
+        answer = await link.pull([answer.messages[0][0]])
+        self.assertEqual(answer.acked, 1)
+        await link.close()
+
+    async def test_connect_with_the_wrong_key(self):
+        d = connect(self.endpoint(), ALICE, BOB.public_key, reactor)
+        with self.assertRaises(PrivateLinkError) as e:
+            await d
+        self.assertIn("during the handshake", str(e.exception))
+
+    async def test_connection_refused(self):
+        port = self.port.getHost().port
+        await self.port.stopListening()
+        with self.assertRaises(PrivateLinkError) as e:
+            await connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port), ALICE,
+                          GATEWAY.public_key, reactor)
+        self.assertIn("cannot connect", str(e.exception))
