@@ -16,6 +16,13 @@
 - ``pull_us``: one whole pull as the link will run it: request encoded,
   sent, received, parsed; answer of 5 full slots encoded, sent, received,
   parsed. Floor: the two frames' ChaCha20-Poly1305 alone.
+- ``pulled_per_s``: messages pulled and acknowledged over a loopback TCP
+  connection through the private link (``PrivateClientFactory`` and
+  ``private_link.connect``: channel, padding, sqlite), ``--window`` pulls
+  in flight, each answer's ids acked in a later pull. Baseline: today's
+  plaintext link (``GatewayLink`` and ``ClientServerFactory``), 100
+  messages per pull then an ack, as ``benchmarks/gateway_bench.py`` runs
+  it. The issue's target: ≥ 0.5 of the baseline and ≥ 20,000/s.
 
 Each measure runs A B A B for ``--rounds`` rounds; the ratio is the median
 of the rounds' floor/actual time ratios, so a slow moment of the machine
@@ -25,17 +32,30 @@ hits both sides.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import Clock, react
 
+from nymtx.addressing import NodeAddress
 from nymtx.gateway import padded as P
 from nymtx.gateway.channel import Channel
+from nymtx.gateway.link import GatewayLink, register
+from nymtx.gateway.private_link import connect
+from nymtx.gateway.private_server import PrivateClientFactory
+from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+MESSAGE = os.urandom(975)
 
 GATEWAY = KeyPair.generate()
 CLIENT = KeyPair.generate()
@@ -75,6 +95,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--handshakes", type=int, default=200)
     parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--link-rounds", type=int, default=5)
+    parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     clock = Clock()
@@ -144,6 +167,16 @@ def main(argv=None):
                           "per_message_us": t * 1e6 / P.PULL_SIZE,
                           "full_messages_per_s": P.PULL_SIZE / t}
 
+    if args.link_rounds:
+        # react() ends the process when its Deferred fires: report from inside
+        async def run(reactor):
+            await links(reactor, args, results)
+            report(args, results)
+        react(lambda reactor: ensureDeferred(run(reactor)))
+    report(args, results)
+
+
+def report(args, results):
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
@@ -159,6 +192,110 @@ def main(argv=None):
               f" ratio {r['ratio']:.2f}")
     print(f"  = {results['pull_us']['full_messages_per_s']:,.0f} full messages/s per core"
           f" through the channel's crypto and parsing")
+    if "pulled_per_s" in results:
+        r = results["pulled_per_s"]
+        print(f"pulled and acked over loopback: private link {r['rate']:,.0f}/s"
+              f" (window {args.window}); today's plaintext link {r['baseline']:,.0f}/s;"
+              f" ratio {r['ratio']:.2f} (target >= 0.5 and >= 20,000/s)")
+
+
+def filled_store(reactor, path, n, client):
+    store = MailboxStore.open(reactor, path, quota_messages=n, quota_bytes=n * len(MESSAGE))
+    store.register(client.public_key, os.urandom(32))
+    for _ in range(n):
+        store.add(client.public_key, MESSAGE)
+    store.flush()
+    return store
+
+
+async def listening(reactor, factory):
+    return await serverFromString(reactor, LOCAL).listen(factory)
+
+
+async def private_round(reactor, directory, n, window):
+    client = KeyPair.generate()
+    store = filled_store(reactor, os.path.join(directory, f"p{os.getpid()}{time.time()}"),
+                         n, client)
+    factory = PrivateClientFactory(store, GATEWAY, clock=reactor)
+    port = await listening(reactor, factory)
+    link = await connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                         client, GATEWAY.public_key, reactor)
+    to_ack, done = [], Deferred()
+    state = {"in_flight": 0, "acked": 0}
+
+    def answered(answer):
+        state["in_flight"] -= 1
+        state["acked"] += answer.acked
+        to_ack.extend(i for i, _ in answer.messages)
+        if state["acked"] == n:
+            # every message acked: let the pulls still in flight come back
+            if state["in_flight"] == 0:
+                done.callback(None)
+            return
+        fill()
+
+    def fill():
+        while state["in_flight"] < window:
+            acks = tuple(to_ack[:P.PULL_SIZE])
+            del to_ack[:P.PULL_SIZE]
+            state["in_flight"] += 1
+            link.pull(acks).addCallback(answered)
+
+    start = time.perf_counter()
+    fill()
+    await done
+    elapsed = time.perf_counter() - start
+    assert store.usage(client.public_key) == (0, 0), store.usage(client.public_key)
+    await link.close()
+    await factory.close_all()
+    await port.stopListening()
+    store.close()
+    return n / elapsed
+
+
+async def plaintext_round(reactor, directory, n):
+    client = KeyPair.generate()
+    store = filled_store(reactor, os.path.join(directory, f"t{os.getpid()}{time.time()}"),
+                         n, client)
+    factory = ClientServerFactory(store, GATEWAY)
+    port = await listening(reactor, factory)
+    address = NodeAddress.parse(f"127.0.0.1:{port.getHost().port}")
+    token = await register(reactor, address, client)
+    link = GatewayLink(reactor, address, client, token)
+    link.start()
+    await link.when_ready()
+    start, got = time.perf_counter(), 0
+    while True:
+        batch = await link.pull(100)
+        if not batch:
+            break
+        got += len(batch)
+        await link.ack([i for i, _ in batch])
+    elapsed = time.perf_counter() - start
+    assert got == n, (got, n)
+    await link.stop()
+    await factory.close_all()
+    await port.stopListening()
+    store.close()
+    return n / elapsed
+
+
+async def links(reactor, args, results):
+    directory = tempfile.mkdtemp(prefix="channel-bench-")
+    try:
+        private, plain, ratios = [], [], []
+        for _ in range(args.link_rounds):
+            a = await private_round(reactor, directory, args.messages, args.window)
+            b = await plaintext_round(reactor, directory, args.messages)
+            private.append(a)
+            plain.append(b)
+            ratios.append(a / b)
+        results["pulled_per_s"] = {
+            "rate": statistics.median(private), "baseline": statistics.median(plain),
+            "ratio": statistics.median(ratios), "target_ratio": 0.5, "target_rate": 20000,
+            "window": args.window}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -83,15 +83,39 @@ class Private(SynchronousTestCase):
         first = self.call(link.pull())
         self.assertEqual([b for _, b in first.messages], [b"m%d" % i for i in range(5)])
         self.assertEqual(first.acked, 0)
-        # not acked: delivered again
-        again = self.call(link.pull())
-        self.assertEqual(again.messages, first.messages)
-        second = self.call(link.pull([i for i, _ in first.messages]))
-        self.assertEqual(second.acked, 5)
+        # once per connection: the next pull goes on from there
+        second = self.call(link.pull())
         self.assertEqual([b for _, b in second.messages], [b"m5", b"m6"])
-        third = self.call(link.pull([i for i, _ in second.messages]))
-        self.assertEqual((third.messages, third.acked), ((), 2))
+        self.assertEqual(self.call(link.pull()).messages, ())
+        # acks may come later than the next pull
+        answer = self.call(link.pull([i for i, _ in first.messages]))
+        self.assertEqual((answer.acked, answer.messages), (5, ()))
+        # what is not acked comes again on the next connection
+        link.close()
+        self.pump.flush()
+        link = self.established(self.connect())
+        again = self.call(link.pull())
+        self.assertEqual(again.messages, second.messages)
+        answer = self.call(link.pull([i for i, _ in again.messages]))
+        self.assertEqual((answer.messages, answer.acked), ((), 2))
         self.assertEqual(self.store.usage(ALICE.public_key), (0, 0))
+
+    def test_pipelined_pulls(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        self.deliver(ALICE, *[b"%d" % i for i in range(23)])
+        ds = [link.pull() for _ in range(6)]
+        self.pump.flush()
+        got = [b for d in ds for _, b in self.successResultOf(d).messages]
+        self.assertEqual(got, [b"%d" % i for i in range(23)])
+
+    def test_store_pull_after(self):
+        self.store.register(ALICE.public_key, b"t" * 32)
+        self.deliver(ALICE, b"a", b"b", b"c")
+        [(a, _), (b, _), (c, _)] = self.store.pull(ALICE.public_key, 10)
+        self.assertEqual(self.store.pull(ALICE.public_key, 10, after=a), [(b, b"b"), (c, b"c")])
+        self.assertEqual(self.store.pull(ALICE.public_key, 1, after=a), [(b, b"b")])
+        self.assertEqual(self.store.pull(ALICE.public_key, 10, after=c), [])
 
     def test_every_frame_one_size_and_nothing_in_the_clear(self):
         link = self.established(self.connect())
@@ -158,6 +182,8 @@ class Private(SynchronousTestCase):
         pulled = self.call(link.pull())
         self.assertEqual(len(pulled.messages), 2)
         recorded = list(self.client_bytes.data)
+        link.close()
+        self.pump.flush()
         # a second connection replays the recorded session, acks and all
         replay = self.factory.buildProtocol(None)
         transport = StringTransport()
@@ -170,6 +196,7 @@ class Private(SynchronousTestCase):
         self.assertIn("frame 0 does not decrypt", replay.close_reason)
         self.assertEqual(self.store.usage(ALICE.public_key)[0], 2)
         # and the real client still gets its mail
+        link = self.established(self.connect())
         self.assertEqual(self.call(link.pull()).messages, pulled.messages)
 
     def test_malformed_requests_close_after_five(self):

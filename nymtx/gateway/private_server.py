@@ -5,7 +5,8 @@
 client's key is proven on that connection, a :class:`PrivateClientProtocol`
 for that key. The protocol answers every 42-byte request with exactly one
 4927-byte answer, in order (``docs/gateway-channel.md``): a pull deletes
-the ids it acknowledges and answers with exactly ``PULL_SIZE`` slots.
+the ids it acknowledges and answers with exactly ``PULL_SIZE`` slots,
+holding the oldest messages not yet sent on this connection.
 
 Not wired into the gateway service yet; ``nymtx/gateway/server.py`` serves
 today's plaintext link.
@@ -54,6 +55,8 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
         self.client_key = bytes(client_key)
         self.errors = 0
         self.paused = False
+        #: the id of the last message sent on this connection
+        self.cursor = 0
         self.closed = Deferred()
         self._pending = collections.deque()
 
@@ -151,7 +154,12 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
             raise F.FrameError(F.E_UNKNOWN_CLIENT, "this client key is not registered here")
         acked = store.ack(self.client_key, acks) if acks else 0
         messages = []
-        for ident, body in store.pull(self.client_key, P.PULL_SIZE):
+        # Once per connection: the channel loses nothing and reorders
+        # nothing, so a message sent on it needs sending again only on the
+        # next connection, if it was not acknowledged by then. That lets a
+        # client keep several pulls in flight, acking each answer later.
+        for ident, body in store.pull(self.client_key, P.PULL_SIZE, after=self.cursor):
+            self.cursor = ident
             if len(body) > P.MESSAGE_ROOM:
                 # Nothing from the mix network is this long; a message that
                 # is stays stored rather than be cut or dropped.

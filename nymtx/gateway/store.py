@@ -239,12 +239,13 @@ class MailboxStore:
     def pending(self):
         return len(self._pending)
 
-    def pull(self, client_key, limit):
-        """Up to *limit* committed messages of *client_key*, oldest first, as (id, bytes)."""
+    def pull(self, client_key, limit, after=0):
+        """Up to *limit* committed messages of *client_key* with ids over
+        *after*, oldest first, as (id, bytes)."""
         try:
             return [(ident, bytes(body)) for ident, body in self.db.execute(
-                "SELECT id, body FROM messages WHERE client_key=? ORDER BY id LIMIT ?",
-                (bytes(client_key), int(limit)))]
+                "SELECT id, body FROM messages WHERE client_key=? AND id>? ORDER BY id LIMIT ?",
+                (bytes(client_key), int(after), int(limit)))]
         except sqlite3.Error as e:
             raise StoreError(f"cannot read messages: {e}") from e
 
