@@ -131,8 +131,9 @@ class IMailboxStore(Interface):
     def flush():
         """Commit every buffered message; return how many."""
 
-    def pull(client_key, limit):
-        """Up to *limit* committed messages of *client_key* as (id, bytes), oldest first."""
+    def pull(client_key, limit, after=0):
+        """Up to *limit* committed messages of *client_key* with ids over
+        *after*, as (id, bytes), oldest first."""
 
     def ack(client_key, ids):
         """Delete those of *ids* that belong to *client_key*; return how many."""

@@ -100,6 +100,19 @@ class Private(SynchronousTestCase):
         self.assertEqual((answer.messages, answer.acked), ((), 2))
         self.assertEqual(self.store.usage(ALICE.public_key), (0, 0))
 
+    def test_a_session_keeps_the_registration(self):
+        link = self.established(self.connect())
+        self.call(link.register())
+        self.clock.advance(1000)
+        link.close()
+        self.pump.flush()
+        link = self.established(self.connect())
+        self.call(link.pull())
+        self.assertEqual(self.store.last_seen(ALICE.public_key), 1000)
+        self.clock.advance(10)
+        self.call(link.pull())
+        self.assertEqual(self.store.last_seen(ALICE.public_key), 1000)
+
     def test_pipelined_pulls(self):
         link = self.established(self.connect())
         self.call(link.register())

@@ -57,6 +57,7 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
         self.paused = False
         #: the id of the last message sent on this connection
         self.cursor = 0
+        self._touched = False
         self.closed = Deferred()
         self._pending = collections.deque()
 
@@ -152,6 +153,10 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
         store = self.factory.store
         if not store.is_registered(self.client_key):
             raise F.FrameError(F.E_UNKNOWN_CLIENT, "this client key is not registered here")
+        if not self._touched:
+            # a registration in use does not expire (MailboxStore.expire_idle)
+            store.touch(self.client_key)
+            self._touched = True
         acked = store.ack(self.client_key, acks) if acks else 0
         messages = []
         # Once per connection: the channel loses nothing and reorders
