@@ -246,6 +246,14 @@ class Transport(SynchronousTestCase):
         self.assertNotEqual(g._noise.noise_protocol.cipher_state_encrypt.k, key)
         self.assertEqual(c.receive(g.send(b"e")), [b"e"])
 
+    def test_rekey_timer_runs_from_the_handshake(self):
+        clock = Clock()
+        c, g, _, _ = pair(clock)
+        key = c._noise.noise_protocol.cipher_state_encrypt.k
+        clock.advance(C.REKEY_SECONDS)
+        self.assertEqual(g.receive(c.send(b"first")), [b"first"])
+        self.assertNotEqual(c._noise.noise_protocol.cipher_state_encrypt.k, key)
+
     def test_old_key_cannot_read_after_rekey(self):
         # What a rekey is for: a key taken from memory now does not open
         # frames sent under the earlier key, nor the earlier key later ones.

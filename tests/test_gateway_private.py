@@ -3,7 +3,10 @@
 import struct
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.protocols import portforward
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test.iosim import FakeTransport, connect as iosim_connect
@@ -317,6 +320,69 @@ class OverTCP(TestCase):
         answer = await link.pull([answer.messages[0][0]])
         self.assertEqual(answer.acked, 1)
         await link.close()
+
+    async def test_capture_through_a_relay(self):
+        # What a passive observer of the link sees, tapped on a real socket
+        captured = {"up": [], "down": []}
+
+        class Client(portforward.ProxyClient):
+            def dataReceived(self, data):
+                captured["down"].append(data)
+                super().dataReceived(data)
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            protocol = Client
+
+        class Server(portforward.ProxyServer):
+            clientProtocolFactory = ClientFactory
+
+            def dataReceived(self, data):
+                captured["up"].append(data)
+                super().dataReceived(data)
+
+        relay = portforward.ProxyFactory("127.0.0.1", self.port.getHost().port)
+        relay.protocol = Server
+        relay_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(relay)
+        self.addCleanup(relay_port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", relay_port.getHost().port)
+        secret = b"the plaintext nobody on the wire may see"
+        cover = b"\x00loop-cover-marker"
+
+        link = await connect(endpoint, ALICE, GATEWAY.public_key, reactor)
+        await link.register()
+        self.store.add(ALICE.public_key, secret)
+        self.store.add(ALICE.public_key, cover)
+        self.store.flush()
+        answer = await link.pull()
+        self.assertEqual([b for _, b in answer.messages], [secret, cover])
+        await link.pull([i for i, _ in answer.messages])
+        for _ in range(3):
+            await link.pull()
+        await link.close()
+        # a second connection replays the recorded client bytes
+        self.store.add(ALICE.public_key, secret)
+        self.store.flush()
+        replayer = await connectProtocol(self.endpoint(), Protocol())
+        replayer.transport.write(b"".join(captured["up"]))
+        lost = Deferred()
+        replayer.connectionLost = lambda reason: lost.callback(None)
+        await lost
+        self.assertEqual(self.store.usage(ALICE.public_key)[0], 1)
+
+        def messages(chunks):
+            stream, out = b"".join(chunks), []
+            while stream:
+                (n,) = struct.unpack_from(">H", stream)
+                out.append(stream[:2 + n])
+                stream = stream[2 + n:]
+            return out
+        up, down = messages(captured["up"]), messages(captured["down"])
+        self.assertEqual([len(m) for m in up], [98] + [61] * 6)
+        self.assertEqual([len(m) for m in down], [50] + [4946] * 6)
+        wire = b"".join(captured["up"] + captured["down"])
+        for needle in (secret, secret[:10], cover, ALICE.public_key, ALICE.public_key[:10],
+                       GATEWAY.public_key[:10]):
+            self.assertNotIn(needle, wire)
 
     async def test_connect_with_the_wrong_key(self):
         d = connect(self.endpoint(), ALICE, BOB.public_key, reactor)

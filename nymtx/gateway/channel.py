@@ -188,10 +188,11 @@ class Channel:
         self._buffer = bytearray()
         self._output = bytearray()
         self._sent = self._received = 0        # frames under the current key
-        self._sent_rekeyed_at = self._received_rekeyed_at = None
+        self._sent_rekeyed_at = None
         self.frames_sent = self.frames_received = 0
         noise = NoiseConnection.from_name(PROTOCOL_NAME, backend=_BACKEND)
         noise.set_prologue(prologue)
+        # (noiseprotocol has no public setter for a key pair already made)
         noise.noise_protocol.keypairs["s"] = _noise_static(keys)
         if initiator:
             noise.set_as_initiator()
@@ -244,8 +245,6 @@ class Channel:
         if len(plaintext) > MAX_PLAINTEXT:
             raise ValueError(f"a frame of {len(plaintext)} bytes is over {MAX_PLAINTEXT}")
         now = self.clock.seconds()
-        if self._sent_rekeyed_at is None:
-            self._sent_rekeyed_at = now
         rekey = (self._sent + 1 >= self.rekey_messages
                  or now - self._sent_rekeyed_at >= self.rekey_seconds)
         flags = FLAG_REKEY if rekey else 0
@@ -337,6 +336,7 @@ class Channel:
         if not self._noise.handshake_finished:
             raise ChannelError("the handshake did not finish")  # cannot happen with IK
         self.handshake_hash = bytes(self._noise.get_handshake_hash())
+        self._sent_rekeyed_at = self.clock.seconds()
         self.state = OPEN
         if self.initiator:
             # message 2 decrypted: only the holder of the gateway's private
