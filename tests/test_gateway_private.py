@@ -2,6 +2,8 @@
 
 import struct
 
+from hypothesis import given, strategies as st
+
 from twisted.internet import reactor
 from twisted.protocols import portforward
 from twisted.internet.defer import Deferred
@@ -397,3 +399,29 @@ class OverTCP(TestCase):
             await connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port), ALICE,
                           GATEWAY.public_key, reactor)
         self.assertIn("cannot connect", str(e.exception))
+
+
+class FuzzRequests(SynchronousTestCase):
+    """Any 42 bytes a proven client sends get exactly one well-formed answer."""
+
+    @given(st.binary(min_size=P.REQUEST_SIZE, max_size=P.REQUEST_SIZE))
+    def test_any_request(self, data):
+        clock = Clock()
+        store = MailboxStore.open(clock, ":memory:")
+        try:
+            store.register(ALICE.public_key, b"t" * 32)
+            store.add(ALICE.public_key, b"kept")
+            store.flush()
+            [(kept, _)] = store.pull(ALICE.public_key, 1)
+            factory = PrivateClientFactory(store, GATEWAY, clock=clock)
+            inner = factory.accept(ALICE.public_key)
+            transport = StringTransport()
+            inner.makeConnection(transport)
+            inner.dataReceived(data)
+            answer = P.parse_answer(transport.value())
+            self.assertIsInstance(answer, (P.Messages, P.Registered, P.Error))
+            # only a well-formed pull naming its id deletes the stored message
+            if not store.pull(ALICE.public_key, 1):
+                self.assertIn(kept, P.parse_request(data).acks)
+        finally:
+            store.close()
