@@ -7,7 +7,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.gateway import cli, config as C, tap
-from nymtx.gateway.service import GatewayService
+from nymtx.gateway.service import Gateway, GatewayService
 from nymtx.keys import KeyPair
 
 
@@ -92,7 +92,7 @@ class CommandLine(SynchronousTestCase):
         options.parseOptions(["--id", "G1", "--home", self.home])
         service = tap.makeService(options)
         self.addCleanup(service.store.close)
-        self.assertIsInstance(service, GatewayService)
+        self.assertIsInstance(service, Gateway)
         self.assertEqual(service.mix_endpoint, "tcp:0:interface=127.0.0.1")
         self.assertEqual(service.announce_host, "127.0.0.1")
         self.assertIsNone(service.directory)

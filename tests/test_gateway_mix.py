@@ -102,7 +102,7 @@ class FinalHop(SynchronousTestCase):
         self.assertEqual(self.store.usage(self.client.public_key)[0], 2)
 
     def test_listener_bounds_connections_and_idle_time(self):
-        factory = MixListenerFactory(self.handler, max_connections=2, idle_timeout=300)
+        factory = mix.listener_factory(self.handler, max_connections=2, idle_timeout=300)
         transports = []
         for _ in range(2):
             proto = factory.buildProtocol(None)

@@ -8,7 +8,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.gateway import frames as F
-from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.server import ClientServerFactory, listener_factory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
 
@@ -332,7 +332,7 @@ class Limits(SynchronousTestCase):
         self.keys = KeyPair.generate()
 
     def factory(self, **kwargs):
-        return ClientServerFactory(self.store, self.keys, **kwargs)
+        return listener_factory(ClientServerFactory(self.store, self.keys), **kwargs)
 
     def test_connections_past_the_maximum_are_refused(self):
         factory = self.factory(max_connections=2)

@@ -161,7 +161,7 @@ class GatewayEndToEnd(TestCase):
         service = yield self.start()
         token = yield register(reactor, self.address(service), self.alice)
         link = yield self.link(service, self.alice, token)
-        yield service.client_factory.close_all()
+        yield service.client_listener.factory.close_all(abort=True)
         yield self.assertFailure(link.pull(), GatewayLinkError)
         yield link.when_ready()
         self.assertEqual((yield link.pull()), [])
@@ -184,7 +184,7 @@ class GatewayEndToEnd(TestCase):
                                LOCAL, "127.0.0.1")
         other.startService()
         e = yield self.assertFailure(other.whenListening(), RuntimeError)
-        self.assertIn("mix listener nonsense:1", str(e))
+        self.assertIn("mix listener: listening endpoint 'nonsense:1'", str(e))
         yield other.stopService()
 
     def test_bad_announce_host(self):

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nymtx.addressing import NodeAddress
 from nymtx.keys import KeyPair
 from nymtx.links import PacketLinks
-from nymtx.mixnode.node import Mixnode, MixnodeFactory
+from nymtx.mixnode.node import Mixnode, MixnodeFactory, listener_factory
 from nymtx.mixnode.service import MixnodeError, MixnodeService
 from nymtx.sphinx import (
     PACKET_SIZE, FinalHop, Hop, ReplayCache, build_packet, process_packet)
@@ -301,7 +301,7 @@ class LoopbackTests(TestCase):
         self.addCleanup(second.stopService)
         with self.assertRaises(MixnodeError) as e:
             yield second.whenListening()
-        self.assertIn(f"could not listen on 'tcp:{port}:interface=127.0.0.1'",
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1",
                       str(e.exception))
         self.assertIn("in use", str(e.exception))
         self.flushLoggedErrors()
@@ -355,7 +355,7 @@ class ListenerLimitTests(SynchronousTestCase):
         self.clock = Clock()
         self.links = FakeLinks()
         self.node = Mixnode(self.clock, KEYS[0].private_key, self.links, ReplayCache(1000))
-        return MixnodeFactory(self.node, **kwargs)
+        return listener_factory(self.node, **kwargs)
 
     def connect(self, factory):
         protocol = factory.buildProtocol(None)

@@ -1,162 +1,61 @@
 """The directory as a service: its web site on one listening endpoint.
 
-Like ``strports.service`` it binds in ``privilegedStartService``, so that
-twistd fails at start-up when the port is taken; unlike it, a failure to
-listen is kept and reported through ``whenListening()``, which is how
-``nymtx.runner.run_service`` turns it into one line and exit code 1.
+A :class:`nymtx.listening.ListeningService` around the site, so it binds in
+``privilegedStartService`` (twistd fails at start-up when the port is
+taken) and reports a failure to listen through ``whenListening()``, which
+is how ``nymtx.runner.run_service`` turns it into one line and exit code 1.
+
+Every node and client depends on the directory, so its connections are
+bounded harder than twisted.web does alone: at most ``max_connections``;
+the request line and headers of each request within ``header_timeout``
+seconds (twisted.web's own timeout restarts on every byte, so a peer
+dribbling a byte a minute held a connection for ever, and 1,024 of them
+made the directory unreachable); and ``byte_budget`` bytes per request.
 """
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 
-from nymtx.wire import connection_budget, raise_fd_limit
+from nymtx.listening import ConnectionLimit, HeaderDeadlineChannel, ListenError, \
+    ListeningService, raise_fd_limit
 
+__all__ = ["DirectoryService", "ListenError", "MAX_CONNECTIONS", "HEADER_TIMEOUT",
+           "IDLE_TIMEOUT", "BYTE_BUDGET"]
 
 #: HTTP connections open at once; past it an accepted socket is closed at once.
 MAX_CONNECTIONS = 1024
+#: Seconds from a connection (or the end of its previous answer) to the end
+#: of its request's headers. A node announces every 1.5 s; a keep-alive
+#: connection that idles longer is closed and its pool dials again.
+HEADER_TIMEOUT = 10.0
+#: Seconds without a byte while a request's body arrives or its answer is made.
+IDLE_TIMEOUT = 60.0
+#: Bytes one request may take: headers (twisted.web: 16 KiB) and the largest
+#: body the directory reads (1 MiB, answered 413 beyond), with room to spare.
+BYTE_BUDGET = 2 << 20
 
 
-class _Tracking(WrappingFactory):
-    """Knows every open connection, so that stopping can close them all.
-
-    It also bounds them (``max_connections``): without a bound, idle or
-    slow connections (twisted.web closes a connection only after 60 s
-    without a byte) could use up the process's file descriptors.
-    """
-
-    log = Logger()
-
-    def __init__(self, wrapped, max_connections=MAX_CONNECTIONS):
-        super().__init__(wrapped)
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        self.max_connections = max_connections
-        self.refused = 0
-        self._full = False
-        self._closed = {}
-
-    def buildProtocol(self, addr):
-        if len(self.protocols) >= self.max_connections:
-            self.refused += 1
-            if not self._full:
-                self._full = True
-                self.log.warn("the directory has {n} connections, its maximum: refusing"
-                              " new ones until some close", n=self.max_connections)
-            # Twisted closes the accepted socket at once
-            return None
-        self._full = False
-        return super().buildProtocol(addr)
-
-    def unregisterProtocol(self, p):
-        super().unregisterProtocol(p)
-        for d in self._closed.pop(p, []):
-            d.callback(None)
-
-    def close_all(self):
-        """Deferred firing once every connection open now is closed."""
-        waits = []
-        for p in list(self.protocols):
-            d = Deferred()
-            self._closed.setdefault(p, []).append(d)
-            waits.append(d)
-            p.transport.loseConnection()
-        return DeferredList(waits)
-
-
-class ListenError(Exception):
-    """The directory could not listen on its endpoint; the message says where and why."""
-
-
-class DirectoryService(Service):
+class DirectoryService(ListeningService):
     """Serve *site* on *endpoint* (described by *description* in messages).
 
     ``registry`` is the directory's state, for whoever embeds the service.
+    *clock* runs the deadlines (default: the global reactor).
     """
 
     log = Logger()
 
     def __init__(self, endpoint, site, description, registry=None, *,
-                 max_connections=MAX_CONNECTIONS, fd_limit=raise_fd_limit):
-        self.endpoint = endpoint
+                 max_connections=MAX_CONNECTIONS, fd_limit=raise_fd_limit,
+                 header_timeout=HEADER_TIMEOUT, idle_timeout=IDLE_TIMEOUT,
+                 byte_budget=BYTE_BUDGET, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.site = site
-        self._factory = _Tracking(site, max_connections)
-        self._fd_limit = fd_limit
-        self.description = description
+        # the channel tells the limit when each request's headers are complete
+        site.protocol = HeaderDeadlineChannel
+        self._factory = ConnectionLimit(site, clock, max_connections,
+                                        handshake_timeout=header_timeout,
+                                        idle_timeout=idle_timeout, byte_budget=byte_budget,
+                                        name="the directory")
+        super().__init__(endpoint, self._factory, "the directory", description=description,
+                         fd_limit=fd_limit)
         self.registry = registry
-        self.port = None
-        self._failure = None
-        self._listening = None
-        self._waiters = []
-
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        self._listen()
-        if self._failure is not None:
-            self._failure.raiseException()
-
-    def startService(self):
-        super().startService()
-        if self._listening is None:
-            self._listen()
-
-    def whenListening(self):
-        """Deferred firing with the listening port, or failing with ListenError."""
-        if self.port is not None:
-            return succeed(self.port)
-        if self._failure is not None:
-            return fail(self._failure)
-        d = Deferred()
-        self._waiters.append(d)
-        return d
-
-    def stopService(self):
-        """Stop listening and close every open connection (persistent HTTP
-        connections would otherwise outlive the service by a minute)."""
-        super().stopService()
-        port, self.port = self.port, None
-        self._listening = None
-        self._failure = None
-        if port is None:
-            return self._factory.close_all()
-        self.log.info("directory stops listening on {address}", address=port.getHost())
-        d = port.stopListening()
-        d.addCallback(lambda _: self._factory.close_all())
-        return d
-
-    def _listen(self):
-        self._failure = None
-        limit = self._fd_limit()
-        budget = connection_budget(self._factory.max_connections, 0, limit)
-        if budget < self._factory.max_connections:
-            self.log.warn(
-                "the open-files limit is {limit}: accepting {budget} connections, not the"
-                " configured {wanted} (raise the limit with ulimit -n or LimitNOFILE=)",
-                limit=limit, budget=budget, wanted=self._factory.max_connections)
-            self._factory.max_connections = budget
-        self._listening = self.endpoint.listen(self._factory)
-        self._listening.addCallbacks(self._listened, self._not_listened)
-
-    def _listened(self, port):
-        self.port = port
-        self.log.info("directory listening on {address}", address=port.getHost())
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
-
-    def _not_listened(self, failure):
-        error = failure.value
-        if isinstance(error, CannotListenError) and error.socketError is not None:
-            why = getattr(error.socketError, "strerror", None) or str(error.socketError)
-        else:
-            why = failure.getErrorMessage() or failure.type.__name__
-        try:
-            raise ListenError(f"the directory cannot listen on {self.description}: {why}")
-        except ListenError:
-            from twisted.python.failure import Failure
-            self._failure = Failure()
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(self._failure)

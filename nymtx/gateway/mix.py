@@ -11,12 +11,13 @@ and counted by reason.
 import collections
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nymtx import sphinx
 from nymtx.sphinx.errors import ReplayError, SphinxError
-from nymtx.wire import BoundedFactory, BoundedPacketReceiver
+from nymtx.listening import ConnectionLimit
+from nymtx.wire import BoundedPacketReceiver
 
 #: Drop reasons besides the store's own.
 REPLAY = "replay"
@@ -99,11 +100,6 @@ class MixProtocol(BoundedPacketReceiver):
     def __init__(self, handler):
         super().__init__()
         self.handler = handler
-        self.closed = Deferred()
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.closed.callback(None)
 
     def packetReceived(self, packet):
         self.handler.packet_received(packet)
@@ -116,25 +112,24 @@ MAX_CONNECTIONS = 1024
 IDLE_TIMEOUT = 300.0
 
 
-class MixListenerFactory(BoundedFactory):
-    """Builds a :class:`MixProtocol` per incoming mix link."""
+class MixListenerFactory(Factory):
+    """Builds a :class:`MixProtocol` per incoming mix link (unbounded:
+    :func:`listener_factory` puts the bounds around it)."""
 
-    kind = "gateway mix listener"
+    noisy = False
 
-    def __init__(self, handler, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
-                 clock=None):
-        super().__init__(handler.clock if clock is None else clock, max_connections,
-                         idle_timeout)
+    def __init__(self, handler):
         self.handler = handler
 
-    def makeProtocol(self, addr):
+    def buildProtocol(self, addr):
         p = MixProtocol(self.handler)
         p.factory = self
         return p
 
-    def close_all(self):
-        """Close every mix link; fires once all are closed."""
-        waits = [p.closed for p in self.connections]
-        for p in list(self.connections):
-            p.transport.abortConnection()
-        return gatherResults(waits)
+
+def listener_factory(handler, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
+                     clock=None):
+    """The gateway's mix listener factory: MixListenerFactory within its bounds."""
+    return ConnectionLimit(MixListenerFactory(handler),
+                           handler.clock if clock is None else clock, max_connections,
+                           idle_timeout=idle_timeout, name="gateway mix listener")

@@ -12,20 +12,20 @@ import os
 
 from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import RuntimeError as NaclRuntimeError
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nymtx.addressing import encode_client_address
 from nymtx.gateway import frames as F
 from nymtx.gateway.store import StoreError
-from nymtx.wire import BoundedFactory, IdleTimeout
+from nymtx.listening import ConnectionLimit, handshake_done
 
 
 @implementer(IPushProducer)
-class ClientProtocol(IdleTimeout, Protocol):
+class ClientProtocol(Protocol):
     """One client connection.
 
     It is a streaming producer of its own transport: when the client does
@@ -50,27 +50,18 @@ class ClientProtocol(IdleTimeout, Protocol):
         self._too_large = None
 
     def connectionMade(self):
-        self.factory.connections.add(self)
         self.transport.registerProducer(self, True)
-        self.callLater = self.factory.clock.callLater
-        # until it authenticates a connection costs the gateway and gives nothing
-        self.setTimeout(self.factory.handshake_timeout)
         self.nonce = self.factory.randbytes(F.NONCE_SIZE)
         self.send(F.Hello(F.PROTOCOL_VERSION, self.factory.keys.public_key, self.nonce))
 
     def connectionLost(self, reason):
-        self.setTimeout(None)
         self._pending.clear()
-        self.factory.connections.discard(self)
         self.closed.callback(None)
 
     def send(self, value):
         self.transport.write(F.encode(value))
 
     def dataReceived(self, data):
-        if self.client is not None:
-            # the handshake deadline is absolute: dribbled bytes do not extend it
-            self.resetTimeout()
         try:
             bodies = self.decoder.feed(data)
         except F.FrameTooLarge as e:
@@ -181,7 +172,9 @@ class ClientProtocol(IdleTimeout, Protocol):
         self.client = bytes(request.client_key)
         # a registration in use does not expire (MailboxStore.expire_idle)
         store.touch(self.client)
-        self.setTimeout(self.factory.idle_timeout)
+        # until it authenticates a connection costs the gateway and gives
+        # nothing: the listener's handshake deadline holds until now
+        handshake_done(self.transport)
         self.send(F.Authenticated())
 
     def pull(self, limit):
@@ -204,19 +197,14 @@ HANDSHAKE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 300.0
 
 
-class ClientServerFactory(BoundedFactory):
-    """Builds a :class:`ClientProtocol` per client connection."""
+class ClientServerFactory(Factory):
+    """Builds a :class:`ClientProtocol` per client connection (unbounded:
+    :func:`listener_factory` puts the bounds around it)."""
 
-    kind = "gateway client listener"
+    noisy = False
 
     def __init__(self, store, keys, randbytes=os.urandom, max_errors=5,
-                 max_pull=F.MAX_PULL, max_connections=MAX_CONNECTIONS,
-                 handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=IDLE_TIMEOUT, clock=None):
-        super().__init__(store.clock if clock is None else clock, max_connections,
-                         idle_timeout)
-        if handshake_timeout <= 0:
-            raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
-        self.handshake_timeout = handshake_timeout
+                 max_pull=F.MAX_PULL):
         self.store = store
         self.keys = keys
         self.randbytes = randbytes
@@ -224,19 +212,20 @@ class ClientServerFactory(BoundedFactory):
         self.max_pull = max_pull
         self.errors = collections.Counter()
 
-    @property
-    def protocols(self):
-        return self.connections
-
-    def makeProtocol(self, addr):
+    def buildProtocol(self, addr):
         return ClientProtocol(self)
 
     def count_error(self, code):
         self.errors[F.ERROR_NAMES.get(code, str(code))] += 1
 
-    def close_all(self):
-        """Close every client connection; fires once all are closed."""
-        waits = [p.closed for p in self.protocols]
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        return gatherResults(waits)
+
+def listener_factory(factory, max_connections=MAX_CONNECTIONS,
+                     handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=IDLE_TIMEOUT, clock=None):
+    """The gateway's client listener factory: *factory* (a ClientServerFactory)
+    within its bounds; a connection must authenticate within *handshake_timeout*."""
+    if handshake_timeout is None or not handshake_timeout > 0:
+        raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
+    return ConnectionLimit(factory, factory.store.clock if clock is None else clock,
+                           max_connections, idle_timeout=idle_timeout,
+                           handshake_timeout=handshake_timeout,
+                           name="gateway client listener")

@@ -1,157 +1,112 @@
-"""The gateway as one Twisted service: mix listener, client listener, store, presence."""
+"""The gateway as one Twisted service, assembled from parts built on their own.
+
+:class:`Gateway` is the running gateway: two listeners (``ListeningService``
+children, bound in ``privilegedStartService``), the mailbox store and the
+final-hop handler they feed, and presence announcements once both are
+bound. It opens nothing and builds none of its collaborators.
+:func:`GatewayService` builds those parts from values (opening the store
+under *data_dir*) and returns a Gateway: the constructor the local network,
+the tap and embedders call.
+"""
 
 import os
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import nymtx
 from nymtx.addressing import NodeAddress
 from nymtx.gateway import mix, server
-from nymtx.gateway.mix import FinalHopHandler, MixListenerFactory
+from nymtx.gateway.mix import FinalHopHandler
 from nymtx.gateway.server import ClientServerFactory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import encode_key
-from nymtx.observer import OneShot
-from nymtx.wire import connection_budget, raise_fd_limit
+from nymtx.listening import ListenError, ListeningService, raise_fd_limit
 
 DATABASE_NAME = "gateway.sqlite"
 
 
-class GatewayService(MultiService):
-    """A complete gateway.
+class Gateway(MultiService):
+    """A complete gateway from its parts.
 
-    ``data_dir`` holds the sqlite database (``:memory:`` is not offered: the
-    point of a gateway is that its mail survives it). ``whenListening()``
-    fires with ``(mix_port, client_port)`` once both listeners are bound, or
-    fails naming the listener that could not bind.
+    *mix_listener* and *client_listener* are ListeningServices (the handler's
+    and the client protocol's listeners); *store* is an open MailboxStore,
+    closed when the gateway stops; *handler* its FinalHopHandler, whose held
+    packets are stored at stop; *client_factory* the ClientServerFactory
+    (its ``errors``). With *directory* (``announce_gateway(presence)``) the
+    presence is announced every *presence_interval* seconds once both
+    listeners are bound. *on_stop* are callables run last at stop (e.g.
+    closing an HTTP pool).
+    ``whenListening()`` fires with ``(mix_port, client_port)`` or fails with a
+    ListenError naming the listener(s) that could not bind.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, keys, data_dir, mix_endpoint, client_endpoint,
-                 announce_host, directory_url=None, *, quota_messages=1000,
-                 quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
-                 max_clients=1000,
-                 max_pull=200, max_delay=300.0, presence_interval=1.5,
-                 location=None, version=None, directory=None, treq=None,
-                 randbytes=os.urandom, mix_max_connections=mix.MAX_CONNECTIONS,
-                 mix_idle_timeout=mix.IDLE_TIMEOUT,
-                 client_max_connections=server.MAX_CONNECTIONS,
-                 client_handshake_timeout=server.HANDSHAKE_TIMEOUT,
-                 client_idle_timeout=server.IDLE_TIMEOUT, fd_limit=raise_fd_limit):
+    def __init__(self, clock, keys, store, handler, client_factory, mix_listener,
+                 client_listener, announce_host, *, directory=None, presence_interval=1.5,
+                 location=None, version=None, on_stop=()):
         super().__init__()
-        self.reactor = reactor
-        self.keys = keys
-        self.data_dir = str(data_dir)
-        self.mix_endpoint = mix_endpoint
-        self.client_endpoint = client_endpoint
         _host_port(announce_host, 1)  # a bad announce host fails here, not at each beat
+        self.clock = clock
+        self.keys = keys
+        self.store = store
+        self.handler = handler
+        self.client_factory = client_factory
+        self.mix_listener = mix_listener
+        self.client_listener = client_listener
         self.announce_host = announce_host
-        self.directory_url = directory_url
-        self.version = version or getattr(nymtx, "__version__", "0.5.0")
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self.store = MailboxStore.open(
-            reactor, os.path.join(self.data_dir, DATABASE_NAME),
-            quota_messages=quota_messages, quota_bytes=quota_bytes,
-            commit_interval=commit_interval, commit_batch=commit_batch,
-            max_clients=max_clients)
-        self.handler = FinalHopHandler(reactor, keys.private_key, self.store,
-                                       max_delay=max_delay)
-        self.mix_factory = MixListenerFactory(
-            self.handler, mix_max_connections, mix_idle_timeout)
-        self.client_factory = ClientServerFactory(
-            self.store, keys, randbytes=randbytes, max_pull=max_pull,
-            max_connections=client_max_connections,
-            handshake_timeout=client_handshake_timeout, idle_timeout=client_idle_timeout)
-        self._fd_limit = fd_limit
-        self.mix_port = self.client_port = None
-        self._ports = []
-        self._listening = None
-        self._outcome = OneShot()
-        self.location = location
-        self.heartbeat = None
-        self._pool = None
-        if directory is None and directory_url:
-            from nymtx.directory.client import DirectoryClient, quiet_pool
-            if treq is None:
-                # our own pool, so that stopping closes our keep-alive
-                # connections instead of leaving them to the global one
-                from treq.client import HTTPClient
-                from twisted.web.client import Agent
-                self._pool = quiet_pool(reactor)
-                treq = HTTPClient(Agent(reactor, pool=self._pool))
-            directory = DirectoryClient(directory_url, treq=treq, reactor=reactor)
         self.directory = directory
+        self.location = location
+        self.version = version or getattr(nymtx, "__version__", "0.5.0")
+        self.mix_port = self.client_port = None
+        self._on_stop = tuple(on_stop)
+        mix_listener.setServiceParent(self)
+        client_listener.setServiceParent(self)
+        self.heartbeat = None
         if directory is not None:
             from nymtx.heartbeat import Heartbeat
             # started once bound: before that there is no port to announce
-            self.heartbeat = Heartbeat(reactor, presence_interval, self.announce,
+            self.heartbeat = Heartbeat(clock, presence_interval, self.announce,
                                        "gateway presence")
+
+    @property
+    def mix_endpoint(self):
+        return self.mix_listener.description
+
+    @property
+    def client_endpoint(self):
+        return self.client_listener.description
 
     # ---- listening ------------------------------------------------------
 
     def startService(self):
         super().startService()
-        self._listening = Deferred.fromCoroutine(self._listen())
-        self._listening.addBoth(self._settle)
-
-    def _fit_fd_limit(self):
-        """Lower the listeners' maximums to what the open-files limit can hold."""
-        limit = self._fd_limit()
-        mix_f, client_f = self.mix_factory, self.client_factory
-        mix_budget = connection_budget(mix_f.max_connections, 0, limit // 4)
-        client_budget = connection_budget(client_f.max_connections, mix_budget, limit)
-        for factory, budget in ((mix_f, mix_budget), (client_f, client_budget)):
-            if budget < factory.max_connections:
-                self.log.warn(
-                    "the open-files limit is {limit}: the {kind} accepts {budget}"
-                    " connections, not the configured {wanted} (raise the limit with"
-                    " ulimit -n or LimitNOFILE=)", limit=limit, kind=factory.kind,
-                    budget=budget, wanted=factory.max_connections)
-                factory.max_connections = budget
-
-    async def _listen(self):
-        self._fit_fd_limit()
-        attempts = []
-        for name, spec, factory in (("mix", self.mix_endpoint, self.mix_factory),
-                                    ("client", self.client_endpoint, self.client_factory)):
-            try:
-                attempts.append(serverFromString(self.reactor, spec).listen(factory))
-            except (ValueError, TypeError, KeyError) as e:
-                attempts.append(fail(RuntimeError(
-                    f"not a server endpoint ({e}); e.g. tcp:1789:interface=0.0.0.0")))
-        results = await DeferredList(attempts, consumeErrors=True)
-        problems = []
-        for (ok, value), name, spec in zip(
-                results, ("mix", "client"), (self.mix_endpoint, self.client_endpoint)):
-            if ok:
-                self._ports.append(value)
-            else:
-                problems.append(f"{name} listener {spec}: {value.getErrorMessage()}")
-        if problems:
-            await gatherResults([maybeDeferred(p.stopListening) for p in self._ports])
-            self._ports = []
-            raise RuntimeError("; ".join(problems))
-        self.mix_port = self._ports[0].getHost().port
-        self.client_port = self._ports[1].getHost().port
-        self.log.info("gateway {key} listening: mix port {mix}, client port {client}",
-                      key=self.keys.public_text, mix=self.mix_port, client=self.client_port)
-        return (self.mix_port, self.client_port)
-
-    def _settle(self, result):
-        if isinstance(result, Failure):
-            self.log.error("gateway could not start: {why}", why=result.getErrorMessage())
-        elif self.heartbeat is not None and self.running:
-            self.heartbeat.startService()
-        self._outcome.fire(result)
+        self.whenListening().addCallbacks(self._listening, lambda _: None)
 
     def whenListening(self):
         """Fires with (mix_port, client_port), or fails if a listener cannot bind."""
-        return self._outcome.when_fired()
+        d = DeferredList([self.mix_listener.whenListening(),
+                          self.client_listener.whenListening()], consumeErrors=True)
+        return d.addCallback(self._both)
+
+    def _both(self, results):
+        problems = [value.getErrorMessage() for ok, value in results if not ok]
+        if problems:
+            return Failure(ListenError("; ".join(problems)))
+        mix_port, client_port = (value.getHost().port for _, value in results)
+        return (mix_port, client_port)
+
+    def _listening(self, ports):
+        if (self.mix_port, self.client_port) == ports:
+            return
+        self.mix_port, self.client_port = ports
+        self.log.info("gateway {key} listening: mix port {mix}, client port {client}",
+                      key=self.keys.public_text, mix=self.mix_port, client=self.client_port)
+        if self.heartbeat is not None and self.running and not self.heartbeat.running:
+            self.heartbeat.startService()
 
     # ---- presence -------------------------------------------------------
 
@@ -159,10 +114,10 @@ class GatewayService(MultiService):
         """The presence document announced to the directory."""
         if self.mix_port is None:
             raise RuntimeError("the gateway is not listening yet")
-        mix = _host_port(self.announce_host, self.mix_port)
+        mix_address = _host_port(self.announce_host, self.mix_port)
         return {
-            "host": mix,
-            "mixnetListener": mix,
+            "host": mix_address,
+            "mixnetListener": mix_address,
             "clientListener": _host_port(self.announce_host, self.client_port),
             "pubKey": self.keys.public_text,
             "registeredClients": [{"pubKey": encode_key(k)}
@@ -180,19 +135,76 @@ class GatewayService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
-        await maybeDeferred(super().stopService)
-        if self._listening is not None and not self._listening.called:
-            await self._listening
         if self.heartbeat is not None and self.heartbeat.running:
             await maybeDeferred(self.heartbeat.stopService)
-        if self._pool is not None:
-            await self._pool.closeCachedConnections()
-        await gatherResults([maybeDeferred(p.stopListening) for p in self._ports])
-        self._ports = []
-        await gatherResults([self.mix_factory.close_all(), self.client_factory.close_all()])
+        # the listeners close their ports and connections
+        await maybeDeferred(super().stopService)
+        self.mix_port = self.client_port = None
         self.handler.release_all()
         self.store.close()
+        for step in self._on_stop:
+            await maybeDeferred(step)
         self.log.info("gateway stopped; {n} messages committed this run", n=self.store.stored)
+
+
+def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
+                   announce_host, directory_url=None, *, quota_messages=1000,
+                   quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
+                   max_clients=1000, max_pull=200, max_delay=300.0, presence_interval=1.5,
+                   location=None, version=None, directory=None, treq=None,
+                   randbytes=os.urandom, mix_max_connections=mix.MAX_CONNECTIONS,
+                   mix_idle_timeout=mix.IDLE_TIMEOUT,
+                   client_max_connections=server.MAX_CONNECTIONS,
+                   client_handshake_timeout=server.HANDSHAKE_TIMEOUT,
+                   client_idle_timeout=server.IDLE_TIMEOUT, fd_limit=raise_fd_limit):
+    """Build a :class:`Gateway` from values: open ``<data_dir>/gateway.sqlite``
+    (StoreError if unusable), build the handler, the protocol factories
+    within their bounds, the two listeners and (given *directory_url*) a
+    directory client on its own HTTP pool.
+
+    ``:memory:`` is not offered: the point of a gateway is that its mail
+    survives it.
+    """
+    _host_port(announce_host, 1)  # before the store is opened
+    data_dir = str(data_dir)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    store = MailboxStore.open(
+        reactor, os.path.join(data_dir, DATABASE_NAME),
+        quota_messages=quota_messages, quota_bytes=quota_bytes,
+        commit_interval=commit_interval, commit_batch=commit_batch,
+        max_clients=max_clients)
+    handler = FinalHopHandler(reactor, keys.private_key, store, max_delay=max_delay)
+    client_factory = ClientServerFactory(store, keys, randbytes=randbytes, max_pull=max_pull)
+    mix_listener = ListeningService(
+        mix_endpoint, mix.listener_factory(handler, mix_max_connections, mix_idle_timeout),
+        "gateway mix listener", reactor=reactor,
+        # the mix side gets at most a quarter of the descriptors; clients the rest
+        fd_limit=lambda: fd_limit() // 4, abort=True)
+    client_listener = ListeningService(
+        client_endpoint,
+        server.listener_factory(client_factory, client_max_connections,
+                                client_handshake_timeout, client_idle_timeout),
+        "gateway client listener", reactor=reactor,
+        reserved=lambda: mix_listener.factory.max_connections, fd_limit=fd_limit, abort=True)
+    on_stop = []
+    if directory is None and directory_url:
+        from nymtx.directory.client import DirectoryClient, quiet_pool
+        if treq is None:
+            # our own pool, so that stopping closes our keep-alive
+            # connections instead of leaving them to the global one
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent
+            pool = quiet_pool(reactor)
+            on_stop.append(pool.closeCachedConnections)
+            treq = HTTPClient(Agent(reactor, pool=pool))
+        directory = DirectoryClient(directory_url, treq=treq, reactor=reactor)
+    gateway = Gateway(reactor, keys, store, handler, client_factory, mix_listener,
+                      client_listener, announce_host, directory=directory,
+                      presence_interval=presence_interval, location=location,
+                      version=version, on_stop=on_stop)
+    gateway.data_dir = data_dir
+    gateway.directory_url = directory_url
+    return gateway
 
 
 def _host_port(host, port):

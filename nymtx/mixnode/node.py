@@ -8,12 +8,13 @@ the directory; tests wire it to a Clock and fake links.
 import itertools
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nymtx.addressing import AddressError, NodeAddress
 from nymtx.sphinx import ForwardHop, SphinxError, process_packet
-from nymtx.wire import BoundedFactory, BoundedPacketReceiver
+from nymtx.listening import ConnectionLimit
+from nymtx.wire import BoundedPacketReceiver
 
 #: Drop reasons that are not a SphinxError subclass name.
 FINAL_HOP = "final_hop_at_mixnode"
@@ -155,15 +156,6 @@ class MixnodeProtocol(BoundedPacketReceiver):
     def packetReceived(self, packet):
         self.factory.node.handle_packet(packet)
 
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        waiters, self.factory.waiters = self.factory.waiters, []
-        if not self.factory.connections:
-            for d in waiters:
-                d.callback(None)
-        else:
-            self.factory.waiters = waiters
-
 
 #: Incoming connections at once: clients of a layer-1 node and the previous
 #: layer's nodes. Each costs a descriptor and ~1.4 KB of partial packet.
@@ -173,23 +165,20 @@ MAX_CONNECTIONS = 4096
 IDLE_TIMEOUT = 300.0
 
 
-class MixnodeFactory(BoundedFactory):
+class MixnodeFactory(Factory):
+    """Builds a :class:`MixnodeProtocol` per incoming connection, unbounded:
+    :func:`listener_factory` puts the listener's bounds around it."""
+
     protocol = MixnodeProtocol
-    kind = "mixnode packet listener"
+    noisy = False
 
-    def __init__(self, node, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
-                 clock=None):
-        super().__init__(node.clock if clock is None else clock, max_connections,
-                         idle_timeout)
+    def __init__(self, node):
         self.node = node
-        self.waiters = []
 
-    def close_all(self):
-        """Close every incoming connection; fires once all are gone."""
-        if not self.connections:
-            return succeed(None)
-        d = Deferred()
-        self.waiters.append(d)
-        for protocol in list(self.connections):
-            protocol.transport.loseConnection()
-        return d
+
+def listener_factory(node, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
+                     clock=None):
+    """The mixnode's packet listener factory: MixnodeFactory within its bounds."""
+    return ConnectionLimit(MixnodeFactory(node), node.clock if clock is None else clock,
+                           max_connections, idle_timeout=idle_timeout,
+                           name="mixnode packet listener")

@@ -7,21 +7,20 @@ it is alive every ``presence_interval`` and reports its counters every
 """
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 
 import nymtx
 from nymtx.addressing import NodeAddress
 from nymtx.links import PacketLinks
-from nymtx.mixnode.node import IDLE_TIMEOUT, MAX_CONNECTIONS, Mixnode, MixnodeFactory
+from nymtx.listening import ListenError, ListeningService, raise_fd_limit
+from nymtx.mixnode.node import IDLE_TIMEOUT, MAX_CONNECTIONS, Mixnode, listener_factory
 from nymtx.sphinx import ReplayCache
-from nymtx.wire import connection_budget, raise_fd_limit
 
 DEFAULT_PORT = 1789
 
 
-class MixnodeError(Exception):
+class MixnodeError(ListenError):
     """The mixnode cannot start; the message says why."""
 
 
@@ -66,88 +65,49 @@ class MixnodeService(MultiService):
         self.node = Mixnode(reactor, keys.private_key, self.links,
                             ReplayCache(replay_cache_size),
                             max_in_flight=max_in_flight, max_delay=max_delay)
-        self.factory = MixnodeFactory(self.node, max_connections, idle_timeout)
-        self._fd_limit = fd_limit
-        self.port = None
+        self.factory = listener_factory(self.node, max_connections, idle_timeout)
+        # every next hop is a descriptor too: the listener must leave room
+        # for them, or a flood of incoming connections stops the forwarding
+        self.listener = ListeningService(
+            listen_endpoint, self.factory, "mixnode packet listener", reactor=reactor,
+            reserved=lambda: self.links.max_peers, fd_limit=fd_limit, error=MixnodeError)
         self.announce_address = None
-        self._listening = None
-        self._waiters = []
+
+    @property
+    def port(self):
+        """The IListeningPort once bound, else None."""
+        return self.listener.port
 
     def whenListening(self):
-        if self.port is not None:
-            return succeed(self.port)
-        if isinstance(self._listening, BaseException):
-            return fail(self._listening)
-        d = Deferred()
-        self._waiters.append(d)
-        return d
+        return self.listener.whenListening().addCallback(self._listened)
 
     def privilegedStartService(self):
         # twistd calls this before startService. Binding here makes a port in
         # use stop twistd at start-up with the reason (as nym-directory does)
         # instead of leaving a node that runs without a listener.
-        self._bind()
-        if isinstance(self._listening, BaseException):
-            raise self._listening
+        self.listener.privilegedStartService()
 
     def startService(self):
         # Children (the heartbeats) start once the port is known, not here.
         self.running = 1
         self.node.start()
-        if self._listening is None:
-            self._bind()
-        elif self.port is not None:
-            self._start_heartbeats()
+        if not self.listener.running:
+            self.listener.startService()
+        self.whenListening().addCallbacks(self._start_heartbeats, lambda _: None)
 
-    def _bind(self):
-        self._listening = True
-        limit = self._fd_limit()
-        # every next hop is a descriptor too: the listener must leave room
-        # for them, or a flood of incoming connections stops the forwarding
-        budget = connection_budget(self.factory.max_connections, self.links.max_peers, limit)
-        if budget < self.factory.max_connections:
-            self.log.warn(
-                "the open-files limit is {limit}: accepting {budget} connections, not"
-                " the configured {wanted} (raise it with ulimit -n or LimitNOFILE=)",
-                limit=limit, budget=budget, wanted=self.factory.max_connections)
-            self.factory.max_connections = budget
-        try:
-            endpoint = serverFromString(self.reactor, self.listen_endpoint)
-        except (ValueError, TypeError, KeyError) as e:
-            self._listened(MixnodeError(
-                f"listening endpoint {self.listen_endpoint!r} is not valid: {e}"))
-            return
-        d = endpoint.listen(self.factory)
-        d.addCallbacks(self._listened, lambda f: self._listened(MixnodeError(
-            f"could not listen on {self.listen_endpoint!r}: {f.getErrorMessage()}")))
+    def _listened(self, port):
+        if self.announce_address is None:
+            bound = port.getHost().port
+            self.announce_address = NodeAddress.parse(
+                _join(self.announce_host, self.announce_port or bound))
+            self.log.info(
+                "mixnode layer {layer} listening on {port}, announced as {address},"
+                " key {key}", layer=self.layer, port=bound,
+                address=str(self.announce_address), key=self.keys.public_text)
+        return port
 
-    def _listened(self, result):
-        waiters, self._waiters = self._waiters, []
-        if isinstance(result, BaseException):
-            self._listening = result
-            self.log.critical("{why}", why=str(result))
-            for d in waiters:
-                d.errback(result)
-            return
-        if self._listening is None:
-            # Stopped while binding: give the port straight back.
-            result.stopListening()
-            return
-        self.port = result
-        bound = result.getHost().port
-        self.announce_address = NodeAddress.parse(
-            _join(self.announce_host, self.announce_port or bound))
-        self.log.info(
-            "mixnode layer {layer} listening on {port}, announced as {address},"
-            " key {key}", layer=self.layer, port=bound,
-            address=str(self.announce_address), key=self.keys.public_text)
-        if self.running:
-            self._start_heartbeats()
-        for d in waiters:
-            d.callback(result)
-
-    def _start_heartbeats(self):
-        if self.directory is None:
+    def _start_heartbeats(self, _=None):
+        if self.directory is None or not self.running:
             return
         if not list(self):
             from nymtx.heartbeat import Heartbeat
@@ -179,12 +139,8 @@ class MixnodeService(MultiService):
 
     def stopService(self):
         """Stops announcing, listening and mixing; fires once every socket is closed."""
-        stopped = [super().stopService()]
-        self._listening = None
-        if self.port is not None:
-            stopped.append(maybeDeferred(self.port.stopListening))
-            self.port = None
-        stopped.append(self.factory.close_all())
+        stopped = [super().stopService(), self.listener.stopService()]
+        self.announce_address = None
         dropped = self.node.stop()
         if dropped:
             self.log.info("stopped with {n} packets still held; they are dropped", n=dropped)
