@@ -5,8 +5,11 @@ text to stderr, stop the service on Ctrl-C, and turn a failure to start
 (a port already in use, a bad config) into one clear line and exit code 1.
 """
 
+import atexit
+import os
 import sys
 
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import (
     FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger,
@@ -23,10 +26,68 @@ def start_logging(level="info", stream=None):
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
+class ExitOnFailure(MultiService):
+    """For twistd: stop the process with *status* when *service* cannot start.
+
+    *service* reports its start-up through ``whenListening()``. A failure
+    that comes after the reactor started (a client whose directory does not
+    answer; its API port taken once it is initialised) cannot be raised to
+    twistd, which has no way to set an exit status once its reactor runs:
+    this logs the reason, stops the reactor (the services stop as usual)
+    and, once twistd has cleaned up and Python exits, exits with *status*.
+    ``run_service`` disarms it and reports the failure itself.
+    """
+
+    def __init__(self, service, reactor=None, status=1, exit=None):
+        super().__init__()
+        self.service = service
+        self.reactor = reactor
+        self.status = status
+        self._exit = exit or _exit_at_the_end
+        self.armed = True
+        service.setServiceParent(self)
+
+    def startService(self):
+        super().startService()
+        if self.armed:
+            self.service.whenListening().addErrback(self._failed)
+
+    def whenListening(self):
+        return self.service.whenListening()
+
+    def disarm(self):
+        self.armed = False
+
+    def _failed(self, failure):
+        if not self.armed:
+            return
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        log.critical("could not start: {why}; stopping with exit status {status}",
+                     why=failure.getErrorMessage() or failure.type.__name__,
+                     status=self.status)
+        self._exit(self.status)
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+
+def _exit_at_the_end(status):
+    def leave():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    atexit.register(leave)
+
+
 def run_service(service, reactor=None, level="info"):
     """Start *service*, run the reactor until interrupted, return an exit code."""
     if reactor is None:
         from twisted.internet import reactor
+    if isinstance(service, ExitOnFailure):
+        service.disarm()  # the exit code is ours to give
     start_logging(level)
     outcome = {"code": 0}
 

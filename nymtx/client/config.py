@@ -94,6 +94,13 @@ def _token(value, name):
     return value
 
 
+def parse_endpoint(value, name="listening_endpoint"):
+    """A server endpoint string for the socket API, or "" for tcp:<listening_port>."""
+    if value == "":
+        return value
+    return shared.endpoint(value, name)
+
+
 def _root(value, name):
     return shared.text(str(value) if isinstance(value, Path) else value, name, empty=False)
 
@@ -123,6 +130,10 @@ LAYOUT = (
         Key("listening_port", shared.port, comment=(
             "if applicable (for the case of 'TCP' or 'WebSocket'), the port on which the\n"
             "client will be listening for incoming requests (on 127.0.0.1 only)")),
+        Key("listening_endpoint", parse_endpoint, comment=(
+            "Instead of listening_port, any server endpoint string, for example\n"
+            '"tcp6:9001:interface=\\\\:\\\\:1"; peers not on loopback are refused all the same.\n'
+            '"" (the default) uses listening_port.')),
         Key("allowed_origins", parse_origins, comment=(
             "Web pages that may use the websocket API, besides those served from this\n"
             "machine (http(s)://localhost, 127.0.0.1, [::1]) and file:// pages: any\n"
@@ -174,6 +185,8 @@ class ClientConfig:
     provider_authtoken: str = attrs.field(default="", repr=False)
     socket_type: str = attrs.field(default="WebSocket", converter=parse_socket_type)
     listening_port: int = attrs.field(default=DEFAULT_PORT)
+    # an endpoint string for the socket API; "" means tcp:<listening_port> on 127.0.0.1
+    listening_endpoint: str = attrs.field(default="")
     # web pages (besides this machine's) that may use the websocket API
     allowed_origins: tuple = attrs.field(default=(), converter=tuple)
     log_level: str = attrs.field(default=shared.DEFAULT_LOG_LEVEL, converter=shared.log_level)

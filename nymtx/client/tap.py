@@ -1,4 +1,9 @@
-"""``twistd -n nym``: Options and makeService, which only assembles."""
+"""``twistd -n nym``: Options and makeService, which only assembles.
+
+makeService gives a ClientLauncher (init if new, then the client and its
+API) inside an ExitOnFailure, so that twistd stops with status 1 when the
+client cannot start; ``nym-client run`` reports that itself (run_service).
+"""
 
 from twisted.python import usage
 
@@ -6,6 +11,7 @@ from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
 from nymtx.cli import LogLevelOption, usage_error
 from nymtx.client.service import ClientLauncher
+from nymtx.runner import ExitOnFailure
 from nymtx.keys import KeyFormatError, decode_key
 from nymtx.paths import check_id, nym_root
 
@@ -73,5 +79,7 @@ def makeService(options, reactor=None):
         init_options["gateway"] = options["gateway"]
     debug = {name: v for name, v in options["overrides"].items() if name in DEBUG_DEFAULTS}
     init_options.update(debug)
-    return ClientLauncher(reactor, options["root"], options["id"],
-                          overrides=options["overrides"], init_options=init_options)
+    launcher = ClientLauncher(reactor, options["root"], options["id"],
+                              overrides=options["overrides"], init_options=init_options)
+    # under twistd a client that cannot start stops the process, exit status 1
+    return ExitOnFailure(launcher, reactor)

@@ -1,13 +1,24 @@
-"""The TCP API: the websocket API's JSON objects, one per line."""
+"""The TCP API: the websocket API's JSON objects, one per line.
 
+Each connection is a streaming producer of its transport, as the gateway's
+client side is: when the peer does not read its answers and the transport's
+buffer fills, the protocol stops handling requests and stops reading, so
+the requests the peer keeps sending wait in its socket, not in the client's
+memory. A peer that half-closes after its requests still gets every answer
+(the last request may lack its newline), then the connection is closed.
+"""
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from nymtx.client.api import encode_response, error
 from nymtx.client.websocket import MAX_FRAME, is_loopback
 
 
+@implementer(IHalfCloseableProtocol)
 class JsonLinesProtocol(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_FRAME
@@ -16,13 +27,53 @@ class JsonLinesProtocol(LineReceiver):
         self.dispatcher = dispatcher
         self._skipping = False
         self._pending = None
+        self._read_closed = False
+
+    def connectionMade(self):
+        # pauseProducing/resumeProducing come from LineReceiver: paused, it
+        # handles no line and pauses the transport's reading
+        self.transport.registerProducer(self, True)
 
     def dataReceived(self, data):
         super().dataReceived(data)
         # LineReceiver stops at an over-long line; carry on with what followed.
-        while self._pending is not None and not self.transport.disconnecting:
+        while self._pending is not None:
             rest, self._pending = self._pending, None
+            if self.paused or self.transport.disconnecting:
+                # resumeProducing hands it back to dataReceived
+                self._buffer = rest + self._buffer
+                return
             super().dataReceived(rest)
+        if self._read_closed:
+            self._finish()
+
+    def resumeProducing(self):
+        super().resumeProducing()
+        if self._read_closed:
+            self._finish()
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self):
+        self._read_closed = True
+        self._finish()
+
+    def writeConnectionLost(self):
+        self.transport.loseConnection()
+
+    def _finish(self):
+        """After the peer's end of stream: answer what is left, then close."""
+        if self.paused or self.transport.disconnecting or self._pending is not None:
+            return
+        if self._buffer:
+            last, self._buffer = self._buffer, b""
+            if len(last) > self.MAX_LENGTH:
+                self.lineLengthExceeded(last)
+            else:
+                self.lineReceived(last)
+            if self.paused:
+                return
+        self.transport.loseConnection()
 
     def lineReceived(self, line):
         if self._skipping:
@@ -56,7 +107,10 @@ class JsonLinesProtocol(LineReceiver):
 
 
 class JsonLinesFactory(Factory):
+    """Builds a protocol per loopback peer; others are refused (None)."""
+
     log = Logger()
+    noisy = False
 
     def __init__(self, dispatcher):
         self.dispatcher = dispatcher

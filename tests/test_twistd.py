@@ -1,0 +1,97 @@
+"""twistd and the nym-* commands stop with a non-zero status when a service
+cannot start: real processes, real ports, with a timeout."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import nymtx
+from nymtx.client.config import ClientConfig
+from nymtx.keys import KeyPair, encode_key
+
+SOURCE = str(Path(nymtx.__file__).resolve().parent.parent)
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+          "-n", "--pidfile="]
+
+
+def taken_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock, sock.getsockname()[1]
+
+
+class CommandLineTests(SynchronousTestCase):
+    def mktemp(self):
+        # the processes run elsewhere: paths must not be relative
+        return os.path.abspath(super().mktemp())
+
+    def run_process(self, *argv, timeout=30):
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        env = dict(os.environ, PYTHONPATH=SOURCE)
+        env.pop("NYM_HOME", None)
+        try:
+            return subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            self.fail(f"{argv[3:]} still running after {timeout} s:\n{e.stdout}{e.stderr}")
+
+    def initialised_client(self, port):
+        root = self.mktemp()
+        config = ClientConfig.new(
+            root, "Ann", directory_server="http://127.0.0.1:1",
+            provider_id=KeyPair.generate().public_text,
+            provider_authtoken=encode_key(bytes(32)), socket_type="TCP", listening_port=port)
+        config.save_keys(KeyPair.generate())
+        config.save()
+        return root
+
+    def test_twistd_nym_stops_when_no_directory_answers_for_a_new_id(self):
+        result = self.run_process(*TWISTD, "nym", "--id", "New", "--home", self.mktemp(),
+                                  "--directory", "http://127.0.0.1:1")
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn("could not start", result.stdout)
+
+    def test_nym_client_run_exits_1_when_no_directory_answers(self):
+        result = self.run_process(sys.executable, "-m", "nymtx.client.cli", "run",
+                                  "--id", "New", "--home", self.mktemp(),
+                                  "--directory", "http://127.0.0.1:1")
+        self.assertEqual(result.returncode, 1, result.stderr)
+
+    def test_twistd_nym_stops_at_start_up_when_the_api_port_is_taken(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        root = self.initialised_client(port)
+        result = self.run_process(*TWISTD, "nym", "--id", "Ann", "--home", root)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        output = result.stdout + result.stderr
+        self.assertIn(f"TCP API cannot listen on tcp:{port}:interface=127.0.0.1", output)
+        self.assertNotIn("authenticated at gateway", output)
+
+    def test_nym_client_run_exits_1_when_the_api_port_is_taken(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        root = self.initialised_client(port)
+        result = self.run_process(sys.executable, "-m", "nymtx.client.cli", "run",
+                                  "--id", "Ann", "--home", root)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("error: could not start: TCP API cannot listen", result.stderr)
+
+    def test_twistd_nym_gateway_exits_1_when_its_port_is_taken(self):
+        sock, port = taken_port()
+        self.addCleanup(sock.close)
+        home = self.mktemp()
+        init = self.run_process(sys.executable, "-m", "nymtx.gateway.cli", "init",
+                                "--id", "G1", "--home", home, "--mix-port", str(port),
+                                "--clients-port", "0", "--host", "127.0.0.1",
+                                "--directory", "")
+        self.assertEqual(init.returncode, 0, init.stderr)
+        result = self.run_process(*TWISTD, "nym-gateway", "--id", "G1", "--home", home)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn(f"gateway mix listener cannot listen on tcp:{port}",
+                      result.stdout + result.stderr)
