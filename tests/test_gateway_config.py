@@ -7,7 +7,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.gateway import cli, config as C, tap
-from nymtx.gateway.service import Gateway, GatewayService
+from nymtx.gateway.service import Gateway
 from nymtx.keys import KeyPair
 
 
