@@ -8,7 +8,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.client.config import ClientConfig, ConfigError
@@ -189,3 +190,61 @@ class TcpApiTests(TestCase):
             peer.transport.write(b'{"type":"ownDetails"}\n')
         while not all(peer.received for peer in kept):
             await deferLater(reactor, 0.01, lambda: None)
+
+
+class WebsocketBoundsTests(SynchronousTestCase):
+    """The websocket API gets the same wrapper: its upgrade request must
+    arrive in time, and an idle websocket is cut."""
+
+    def factory(self, **limits):
+        from nymtx.client.api import ApiDispatcher
+        from nymtx.client.service import api_factory
+        config, network = make_config(self, socket_type="WebSocket")
+        self.clock = Clock()
+        dispatcher = ApiDispatcher(_Core())
+        return api_factory(self.clock, config, dispatcher, **limits)
+
+    def connect(self, factory):
+        from twisted.internet.address import IPv4Address
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_a_dribbled_upgrade_request_is_cut_at_the_deadline(self):
+        factory = self.factory(handshake_timeout=10, idle_timeout=300)
+        proto, transport = self.connect(factory)
+        for byte in b"GET /mix HTTP/1.1\r\n"[:9]:
+            self.clock.advance(1)
+            proto.dataReceived(bytes([byte]))
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_an_open_websocket_gets_the_idle_timeout(self):
+        factory = self.factory(handshake_timeout=10, idle_timeout=300)
+        proto, transport = self.connect(factory)
+        proto.dataReceived(
+            b"GET /mix HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+        self.assertIn(b"101 Switching Protocols", transport.value())
+        self.clock.advance(299)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_past_the_limit_a_websocket_is_refused(self):
+        factory = self.factory(max_connections=1)
+        self.connect(factory)
+        self.assertIsNone(factory.buildProtocol(None))
+
+
+class _Core:
+    address = KeyPair.generate().public_text
+
+    def clients(self):
+        return []
+
+    def fetch(self):
+        return []
