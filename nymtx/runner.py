@@ -5,8 +5,6 @@ text to stderr, stop the service on Ctrl-C, and turn a failure to start
 (a port already in use, a bad config) into one clear line and exit code 1.
 """
 
-import atexit
-import os
 import sys
 
 from twisted.application.service import MultiService
@@ -34,7 +32,8 @@ class ExitOnFailure(MultiService):
     answer; its API port taken once it is initialised) cannot be raised to
     twistd, which has no way to set an exit status once its reactor runs:
     this logs the reason, stops the reactor (the services stop as usual)
-    and, once twistd has cleaned up and Python exits, exits with *status*.
+    and, through ``nymtx.exitstatus.exit_with``, makes the process exit with
+    *status* once twistd has cleaned up. Tests pass their own *exit*.
     ``run_service`` disarms it and reports the failure itself.
     """
 
@@ -43,7 +42,9 @@ class ExitOnFailure(MultiService):
         self.service = service
         self.reactor = reactor
         self.status = status
-        self._exit = exit or _exit_at_the_end
+        if exit is None:
+            from nymtx.exitstatus import exit_with as exit
+        self._exit = exit
         self.armed = True
         service.setServiceParent(self)
 
@@ -72,14 +73,6 @@ class ExitOnFailure(MultiService):
             reactor.stop()
         else:
             reactor.callWhenRunning(reactor.stop)
-
-
-def _exit_at_the_end(status):
-    def leave():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    atexit.register(leave)
 
 
 def run_service(service, reactor=None, level="info"):

@@ -6,10 +6,12 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.client.config import ClientConfig, ConfigError
@@ -209,6 +211,13 @@ class WebsocketBoundsTests(SynchronousTestCase):
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
         proto.makeConnection(transport)
+
+        def lose():
+            # a StringTransport never reports the loss: twisted.web's own
+            # timer (on the global reactor) would outlive the test
+            if proto.wrappedProtocol is not None:
+                proto.connectionLost(Failure(ConnectionDone()))
+        self.addCleanup(lose)
         return proto, transport
 
     def test_a_dribbled_upgrade_request_is_cut_at_the_deadline(self):

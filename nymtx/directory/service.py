@@ -24,9 +24,10 @@ __all__ = ["DirectoryService", "ListenError", "MAX_CONNECTIONS", "HEADER_TIMEOUT
 #: HTTP connections open at once; past it an accepted socket is closed at once.
 MAX_CONNECTIONS = 1024
 #: Seconds from a connection (or the end of its previous answer) to the end
-#: of its request's headers. A node announces every 1.5 s; a keep-alive
-#: connection that idles longer is closed and its pool dials again.
-HEADER_TIMEOUT = 10.0
+#: of its request's headers. Above the clients' 10 s topology refresh, so
+#: that a kept-alive connection is reused, not aborted under their next
+#: request; a connection that idles longer is closed and its pool dials again.
+HEADER_TIMEOUT = 15.0
 #: Seconds without a byte while a request's body arrives or its answer is made.
 IDLE_TIMEOUT = 60.0
 #: Bytes one request may take: headers (twisted.web: 16 KiB) and the largest
