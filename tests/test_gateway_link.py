@@ -93,7 +93,7 @@ from twisted.test import iosim
 
 from nymtx.backoff import backoff_policy
 from nymtx.gateway import link as link_module
-from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.server import ClientServerFactory, listener_factory
 from nymtx.gateway.store import MailboxStore
 
 
@@ -105,7 +105,7 @@ class Gateway:
         self.store = MailboxStore.open(reactor, case.mktemp())
         case.addCleanup(self.store.close)
         self.keys = KeyPair.generate()
-        self.factory = ClientServerFactory(self.store, self.keys, clock=reactor)
+        self.factory = listener_factory(ClientServerFactory(self.store, self.keys), clock=reactor)
         self.pumps = []
 
     def accept(self, index=-1, greet=True):
