@@ -23,7 +23,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, \
+    IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -31,6 +32,9 @@ from twisted.web import http
 from zope.interface import Attribute, Interface, implementer
 
 from nymtx.observer import OneShot
+
+#: Bytes handed to a wrapped protocol at a time under backpressure.
+FEED_SLICE = 2048
 
 #: File descriptors a node keeps for itself besides its listeners' connections
 #: (outgoing links, the database, log files, the directory client).
@@ -103,6 +107,26 @@ def activity(transport):
         limited.activity()
 
 
+@implementer(IPushProducer)
+class _WriteBuffer:
+    """Registered with the real transport for a ``backpressure`` limit: it
+    says when the transport's send buffer is full and when it drained."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def pauseProducing(self):
+        self.connection._write_buffer_full(True)
+
+    def resumeProducing(self):
+        self.connection._write_buffer_full(False)
+
+    def stopProducing(self):
+        downstream = self.connection._downstream
+        if downstream is not None:
+            downstream.stopProducing()
+
+
 @implementer(ILimitedTransport, IHalfCloseableProtocol)
 class _Limited(ProtocolWrapper):
     """One connection of a :class:`ConnectionLimit`."""
@@ -115,6 +139,87 @@ class _Limited(ProtocolWrapper):
         self._received = 0
         self.handshaking = factory.handshake_timeout is not None
         self._closed = Deferred()
+        # backpressure: the wrapped protocol's producer, and why reading is paused
+        self._downstream = None
+        self._wrapped_paused = self._buffer_full = self._reading_paused = False
+        self._unfed = bytearray()
+        self._feeding = self._read_closed_pending = False
+
+    # -- backpressure (factory.backpressure) ---------------------------
+
+    def registerProducer(self, producer, streaming):
+        if not self.factory.backpressure:
+            return self.transport.registerProducer(producer, streaming)
+        self._downstream = producer
+
+    def unregisterProducer(self):
+        if not self.factory.backpressure:
+            return self.transport.unregisterProducer()
+        self._downstream = None
+
+    def pauseProducing(self):
+        """The wrapped protocol stops reading (it is its transport)."""
+        if not self.factory.backpressure:
+            return self.transport.pauseProducing()
+        self._wrapped_paused = True
+        self._update_reading()
+
+    def resumeProducing(self):
+        if not self.factory.backpressure:
+            return self.transport.resumeProducing()
+        self._wrapped_paused = False
+        self._update_reading()
+
+    def _write_buffer_full(self, full):
+        self._buffer_full = full
+        self._update_reading()
+        if not full:
+            self._feed()
+        downstream = self._downstream
+        if downstream is not None:
+            if full:
+                downstream.pauseProducing()
+            else:
+                downstream.resumeProducing()
+
+    def _update_reading(self):
+        # reading stops while the peer leaves its answers unread, whatever
+        # the wrapped protocol does (autobahn, once upgraded, never pauses)
+        paused = self._wrapped_paused or self._buffer_full
+        if paused != self._reading_paused and self.transport is not None:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+        if not paused:
+            self._feed()
+
+    def _feed(self):
+        # What one read brought goes to the wrapped protocol a slice at a
+        # time, and waits here once the send buffer is full: a protocol that
+        # answers every request of a chunk at once would otherwise answer
+        # thousands of them into the buffer.
+        # Not re-entered (a resumeProducing from inside dataReceived, as
+        # autobahn's upgrade does): the next slice must go to the protocol
+        # in charge once this one has been handled.
+        if self._feeding:
+            return
+        unfed = self._unfed
+        self._feeding = True
+        try:
+            while unfed and not (self._buffer_full or self._wrapped_paused):
+                if self.wrappedProtocol is None or self.transport.disconnecting:
+                    unfed.clear()
+                    return
+                chunk = bytes(unfed[:FEED_SLICE])
+                del unfed[:FEED_SLICE]
+                self.wrappedProtocol.dataReceived(chunk)
+        finally:
+            self._feeding = False
+        if not unfed and self._read_closed_pending:
+            self._read_closed_pending = False
+            self.readConnectionLost()
 
     # -- the timers ---------------------------------------------------
 
@@ -173,6 +278,8 @@ class _Limited(ProtocolWrapper):
 
     def makeConnection(self, transport):
         self._start_handshake()
+        if self.factory.backpressure:
+            transport.registerProducer(_WriteBuffer(self), True)
         super().makeConnection(transport)
 
     def dataReceived(self, data):
@@ -186,9 +293,16 @@ class _Limited(ProtocolWrapper):
         if not self.handshaking and not getattr(
                 self.wrappedProtocol, "reports_activity", False):
             self.activity()
-        self.wrappedProtocol.dataReceived(data)
+        if self.factory.backpressure:
+            self._unfed += data
+            self._feed()
+        else:
+            self.wrappedProtocol.dataReceived(data)
 
     def readConnectionLost(self):
+        if self._unfed:
+            self._read_closed_pending = True
+            return
         # The peer half-closed: a protocol that can answer still does; for
         # any other the write side is closed once what it wrote is sent
         # (Twisted would otherwise drop the unsent answers).
@@ -205,6 +319,8 @@ class _Limited(ProtocolWrapper):
 
     def connectionLost(self, reason):
         self._disarm()
+        self._unfed.clear()
+        self._downstream = None
         super().connectionLost(reason)
         self._closed.callback(None)
 
@@ -221,6 +337,12 @@ class ConnectionLimit(WrappingFactory):
     without a byte after the handshake (without an ``activity()`` call, for
     a wrapped protocol whose ``reports_activity`` is true). ``byte_budget``
     bytes at most from one handshake to the next. None disables each.
+
+    With ``backpressure`` the wrapper is the transport's streaming producer:
+    while the peer leaves the send buffer full it stops reading from it
+    (and tells the producer the wrapped protocol registered, if any), so a
+    peer that sends requests without reading its answers cannot grow the
+    process's memory, even when the wrapped protocol never pauses itself.
     """
 
     protocol = _Limited
@@ -228,7 +350,8 @@ class ConnectionLimit(WrappingFactory):
     log = Logger()
 
     def __init__(self, wrapped, clock, max_connections, *, idle_timeout=None,
-                 handshake_timeout=None, byte_budget=None, name="listener"):
+                 handshake_timeout=None, byte_budget=None, backpressure=False,
+                 name="listener"):
         super().__init__(wrapped)
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
@@ -242,6 +365,7 @@ class ConnectionLimit(WrappingFactory):
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.byte_budget = byte_budget
+        self.backpressure = backpressure
         self.name = name
         #: connections closed at once because the listener was full
         self.refused = 0

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nymtx.client.config import ClientConfig, ConfigError
 from nymtx.client.service import ClientLauncher, ClientService, endpoint_of
 from nymtx.keys import KeyPair, encode_key
-from nymtx.listening import ListenError
+from nymtx.listening import FEED_SLICE, ListenError
 from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork
 
 
@@ -257,3 +257,85 @@ class _Core:
 
     def fetch(self):
         return []
+
+
+def ws_frame(text):
+    """A masked client text frame (a zero mask: masking leaves it as it is)."""
+    payload = text.encode()
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+def ws_messages(data):
+    """The text payloads of the server's (unmasked) frames in *data*."""
+    out, i = [], 0
+    while i + 2 <= len(data):
+        length, head = data[i + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(data[i + 2:i + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(data[i + 2:i + 10], "big"), 10
+        if i + head + length > len(data):
+            break
+        out.append(data[i + head:i + head + length])
+        i += head + length
+    return out
+
+
+class WebsocketBackpressureTests(TestCase):
+    connect = TcpApiTests.connect
+
+    async def start(self, **limits):
+        config, network = make_config(self, socket_type="WebSocket")
+        clients = [KeyPair.generate().public_key for _ in range(40)]
+        service = ClientService(reactor, config,
+                                directory=FakeDirectory(network.topology(clients=clients)),
+                                links=FakeLinks(), gateway_link=FakeGatewayLink())
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = await service.whenListening()
+        while not service.dispatcher.handle({"type": "getClients"})["clients"]:
+            await deferLater(reactor, 0.01, lambda: None)
+        return service, port
+
+    async def upgrade(self, port):
+        peer = await self.connect(port)
+        peer.transport.write(
+            b"GET /mix HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+        while b"\r\n\r\n" not in peer.received:
+            await deferLater(reactor, 0.01, lambda: None)
+        head, _, rest = bytes(peer.received).partition(b"\r\n\r\n")
+        self.assertIn(b"101", head.split(b"\r\n")[0])
+        peer.received = bytearray(rest)
+        return peer
+
+    async def test_a_peer_that_does_not_read_is_paused_not_buffered(self):
+        service, port = await self.start()
+        peer = await self.upgrade(port)
+        peer.transport.pauseProducing()  # it stops reading its answers
+        requests = 5000
+        peer.transport.write(ws_frame('{"type":"getClients"}') * requests)
+        [server] = list(service.listener.factory.connections)
+        for _ in range(200):
+            await deferLater(reactor, 0.01, lambda: None)
+            if server._reading_paused:
+                break
+        self.assertTrue(server._reading_paused, "the API never stopped reading")
+        answer_size = len(json.dumps(service.dispatcher.handle({"type": "getClients"})))
+        await deferLater(reactor, 0.2, lambda: None)
+        buffered = len(server.transport.dataBuffer) + sum(
+            len(b) for b in server.transport._tempDataBuffer)
+        # bounded by the transport's buffer and the answers to one slice of
+        # requests, not by the 5000 requests (about 9 MB of answers)
+        frame = len(ws_frame('{"type":"getClients"}'))
+        slice_answers = (FEED_SLICE // frame + 1) * (answer_size + 4)
+        self.assertLess(buffered, server.transport.bufferSize + slice_answers)
+        self.assertLess(len(server._unfed), 2 * 65536)
+        peer.transport.resumeProducing()
+        while len(ws_messages(peer.received)) < requests:
+            await deferLater(reactor, 0.01, lambda: None)
+        answers = [json.loads(m) for m in ws_messages(peer.received)]
+        self.assertEqual({a["type"] for a in answers}, {"getClients"})
+

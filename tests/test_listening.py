@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -337,3 +337,60 @@ class DirectoryDeadlineTests(TestCase):
                              b"Content-Length: 100000\r\n\r\n" + b" " * 8192)
         await peer.gone
         self.assertEqual(service._factory.timed_out, 1)
+
+
+class BackpressureTests(SynchronousTestCase):
+    """ConnectionLimit(backpressure=True) on a StringTransport."""
+
+    def setUp(self):
+        self.clock, self.factory = limit(backpressure=True)
+        self.proto, self.transport = connect(self.factory)
+        self.watch = self.transport.producer
+
+    def test_the_wrapper_watches_the_send_buffer(self):
+        self.assertIsNotNone(self.watch)
+        self.watch.pauseProducing()  # the send buffer is full
+        self.assertEqual(self.transport.producerState, "paused")
+        self.proto.dataReceived(b"x" * 10_000)
+        self.assertEqual(self.proto.wrappedProtocol.data, [])  # waits in the wrapper
+        self.watch.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(b"".join(self.proto.wrappedProtocol.data), b"x" * 10_000)
+        self.assertTrue(all(len(d) <= 2048 for d in self.proto.wrappedProtocol.data))
+
+    def test_the_wrapped_protocol_still_pauses_and_hears_the_buffer(self):
+        heard = []
+
+        @implementer(IPushProducer)
+        class Producer:
+            def pauseProducing(self):
+                heard.append("pause")
+
+            def resumeProducing(self):
+                heard.append("resume")
+
+            def stopProducing(self):
+                heard.append("stop")
+
+        wrapped_transport = self.proto.wrappedProtocol.transport
+        wrapped_transport.registerProducer(Producer(), True)
+        self.assertIsNot(self.transport.producer, None)  # still the wrapper's
+        wrapped_transport.pauseProducing()  # the protocol stops reading
+        self.assertEqual(self.transport.producerState, "paused")
+        self.watch.pauseProducing()
+        self.watch.resumeProducing()  # buffer drained: still paused by the protocol
+        self.assertEqual(self.transport.producerState, "paused")
+        wrapped_transport.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(heard, ["pause", "resume"])
+
+    def test_a_half_close_waits_for_what_is_not_fed_yet(self):
+        clock, factory = limit(HalfCloser, backpressure=True)
+        proto, transport = connect(factory)
+        transport.producer.pauseProducing()
+        proto.dataReceived(b"last request")
+        proto.readConnectionLost()
+        self.assertFalse(proto.wrappedProtocol.read_closed)
+        transport.producer.resumeProducing()
+        self.assertEqual(proto.wrappedProtocol.data, [b"last request"])
+        self.assertTrue(proto.wrappedProtocol.read_closed)

@@ -44,8 +44,11 @@ def api_factory(reactor, config, dispatcher, *, max_connections=MAX_CONNECTIONS,
     if config.socket_type == "WebSocket":
         site = websocket_site(dispatcher, reactor, config.allowed_origins)
         site.protocol = HeaderDeadlineChannel
+        # autobahn writes every answer at once and never pauses: the
+        # wrapper stops reading from a peer that does not read its answers
         return ConnectionLimit(site, reactor, max_connections, idle_timeout=idle_timeout,
-                               handshake_timeout=handshake_timeout, name="websocket API")
+                               handshake_timeout=handshake_timeout, backpressure=True,
+                               name="websocket API")
     return ConnectionLimit(JsonLinesFactory(dispatcher), reactor, max_connections,
                            idle_timeout=idle_timeout, name="TCP API")
 
