@@ -55,7 +55,8 @@ class EndpointTests(SynchronousTestCase):
 
     def test_a_bad_endpoint_string_is_a_config_error(self):
         e = self.assertRaises(ConfigError, make_config, self, listening_endpoint="bogus:1")
-        self.assertIn("listening_endpoint 'bogus:1' is not a server endpoint", str(e))
+        self.assertIn("[socket] listening_endpoint must be a server endpoint", str(e))
+        self.assertIn("'bogus:1'", str(e))
 
 
 class StartOrderTests(TestCase):
