@@ -201,10 +201,11 @@ class WebsocketBoundsTests(SynchronousTestCase):
 
     def factory(self, **limits):
         from nymtx.client.api import ApiDispatcher
+        from tests.test_client_api import FakeCore
         from nymtx.client.service import api_factory
         config, network = make_config(self, socket_type="WebSocket")
         self.clock = Clock()
-        dispatcher = ApiDispatcher(_Core())
+        dispatcher = ApiDispatcher(FakeCore())
         return api_factory(self.clock, config, dispatcher, **limits)
 
     def connect(self, factory):
@@ -248,16 +249,6 @@ class WebsocketBoundsTests(SynchronousTestCase):
         factory = self.factory(max_connections=1)
         self.connect(factory)
         self.assertIsNone(factory.buildProtocol(None))
-
-
-class _Core:
-    address = KeyPair.generate().public_text
-
-    def clients(self):
-        return []
-
-    def fetch(self):
-        return []
 
 
 def ws_frame(text):
