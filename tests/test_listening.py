@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
@@ -23,6 +24,7 @@ from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyPair
 from nymtx.listening import ConnectionLimit, ListenError, ListeningService, activity, \
     handshake_done
+from nymtx.observer import OneShot
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 PEER = IPv4Address("TCP", "127.0.0.1", 4321)
@@ -394,3 +396,69 @@ class BackpressureTests(SynchronousTestCase):
         transport.producer.resumeProducing()
         self.assertEqual(proto.wrappedProtocol.data, [b"last request"])
         self.assertTrue(proto.wrappedProtocol.read_closed)
+
+
+class ExitOnFailureTests(SynchronousTestCase):
+    """twistd's way to a non-zero status when a service fails after start-up."""
+
+    class Reactor:
+        running = True
+
+        def __init__(self):
+            self.stopped = 0
+            self.when_running = []
+
+        def stop(self):
+            self.stopped += 1
+
+        def callWhenRunning(self, f):
+            self.when_running.append(f)
+
+    class Starting(ListeningService):
+        """A service whose start-up result the test decides."""
+
+        def __init__(self):
+            self.outcome = OneShot()
+            self.running = False
+
+        def whenListening(self):
+            return self.outcome.when_fired()
+
+        def privilegedStartService(self):
+            pass
+
+        def startService(self):
+            self.running = True
+
+        def stopService(self):
+            self.running = False
+
+    def setUp(self):
+        from nymtx.runner import ExitOnFailure
+        self.reactor = self.Reactor()
+        self.exits = []
+        self.child = self.Starting()
+        self.guard = ExitOnFailure(self.child, self.reactor, exit=self.exits.append)
+
+    def test_a_failure_after_start_stops_the_reactor_with_status_1(self):
+        self.guard.startService()
+        self.assertEqual((self.exits, self.reactor.stopped), ([], 0))
+        self.child.outcome.fire(Failure(ListenError("the client cannot listen")))
+        self.assertEqual((self.exits, self.reactor.stopped), ([1], 1))
+
+    def test_before_the_reactor_runs_it_stops_once_running(self):
+        self.reactor.running = False
+        self.guard.startService()
+        self.child.outcome.fire(Failure(ListenError("no directory")))
+        self.assertEqual((self.exits, self.reactor.when_running), ([1], [self.reactor.stop]))
+
+    def test_success_leaves_everything_alone(self):
+        self.guard.startService()
+        self.child.outcome.fire(None)
+        self.assertEqual((self.exits, self.reactor.stopped), ([], 0))
+
+    def test_disarmed_it_leaves_the_exit_code_to_run_service(self):
+        self.guard.disarm()
+        self.guard.startService()
+        self.child.outcome.fire(Failure(ListenError("x")))
+        self.assertEqual((self.exits, self.reactor.stopped), ([], 0))
