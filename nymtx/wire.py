@@ -1,4 +1,4 @@
-"""Framing of the mix links, and the bounds every listener puts on its peers.
+"""Framing of the mix links, and the packet receiver every packet listener uses.
 
 Client→mixnode, mixnode→mixnode and mixnode→gateway links all carry
 1372-byte packets with no other framing, as nym v0.5 does.
