@@ -59,13 +59,8 @@ def _check_bytes(value, size, what):
     return bytes(value)
 
 
-def build_packet(route, destination, identifier, message, delays, randbytes=os.urandom):
-    """A PACKET_SIZE-byte packet that carries *message* along *route*.
-
-    *delays* holds one delay in nanoseconds per hop, the last hop's included.
-    *randbytes* supplies the ephemeral key and the padding; tests pass a
-    seeded source to get deterministic packets.
-    """
+def _check_route(route, destination, identifier, delays):
+    """The route as checked (address, public key) pairs, and the final slot's fields."""
     n = len(route)
     if not 1 <= n <= MAX_HOPS:
         raise RouteError(f"a route has 1 to {MAX_HOPS} hops, not {n}")
@@ -74,17 +69,19 @@ def build_packet(route, destination, identifier, message, delays, randbytes=os.u
             for i, h in enumerate(route)]
     destination = _check_bytes(destination, ADDRESS_SIZE, "the destination")
     identifier = _check_bytes(identifier, IDENTIFIER_SIZE, "the identifier")
-    if not isinstance(message, (bytes, bytearray)):
-        raise SphinxError(f"the message must be bytes, not {type(message).__name__}")
-    if len(message) > MAX_MESSAGE_SIZE:
-        raise MessageTooLongError(
-            f"message too long: {len(message)} bytes, but the maximum is {MAX_MESSAGE_SIZE}")
     if len(delays) != n:
         raise RouteError(f"a route of {n} hops needs {n} delays, not {len(delays)}")
     for d in delays:
         if not isinstance(d, int) or not 0 <= d <= _MAX_DELAY:
             raise RouteError(f"delay {d!r} is not a u64 number of nanoseconds")
 
+    return hops, destination, identifier
+
+
+def _build_header(hops, destination, identifier, delays, randbytes):
+    """The header for checked *hops* [(address, public key)], and every hop's
+    keys (shared with nymtx.sphinx.surb, which builds reply headers)."""
+    n = len(hops)
     secret = randbytes(32)
     alpha = crypto_scalarmult_base(secret)
     # X25519 clamps every scalar, so blinding factors cannot be multiplied
@@ -114,15 +111,34 @@ def build_packet(route, destination, identifier, message, delays, randbytes=os.u
         beta = xor(slot + beta[:ROUTING_INFO_SIZE - ROUTING_SLOT_SIZE], streams[i])
         gamma = mac(keys[i].mac_key, beta)
 
+    return alpha + gamma + beta, keys
+
+
+def build_packet(route, destination, identifier, message, delays, randbytes=os.urandom):
+    """A PACKET_SIZE-byte packet that carries *message* along *route*.
+
+    *delays* holds one delay in nanoseconds per hop, the last hop's included.
+    *randbytes* supplies the ephemeral key and the padding; tests pass a
+    seeded source to get deterministic packets.
+    """
+    hops, destination, identifier = _check_route(route, destination, identifier, delays)
+    if not isinstance(message, (bytes, bytearray)):
+        raise SphinxError(f"the message must be bytes, not {type(message).__name__}")
+    if len(message) > MAX_MESSAGE_SIZE:
+        raise MessageTooLongError(
+            f"message too long: {len(message)} bytes, but the maximum is {MAX_MESSAGE_SIZE}")
+    header, keys = _build_header(hops, destination, identifier, delays, randbytes)
+
     payload = _ZERO_TAG + destination + bytes(message) + b"\x01"
     payload += bytes(PAYLOAD_SIZE - len(payload))
     for k in reversed(keys):
         payload = lioness_encrypt(k.payload_key, payload)
-    return alpha + gamma + beta + payload
+    return header + payload
 
 
-def process_packet(private_key, packet, replay_cache=None):
-    """Remove one layer: a ForwardHop or a FinalHop, or a SphinxError saying why not."""
+def _unwrap(private_key, packet, replay_cache):
+    """Check and decrypt the header: (packet, alpha, hop keys, routing block).
+    Shared with nymtx.sphinx.surb, whose gateway step reads the final hop itself."""
     if not isinstance(packet, (bytes, bytearray, memoryview)):
         raise PacketSizeError(f"a packet must be bytes, not {type(packet).__name__}")
     # bytes() first: len() of a memoryview counts items, which need not be bytes.
@@ -144,6 +160,24 @@ def process_packet(private_key, packet, replay_cache=None):
     routing = stream_xor(keys.stream_key, beta + _ZERO_SLOT)
     if routing[1:4] != VERSION:
         raise RoutingError(f"unsupported packet version {routing[1:4].hex()}")
+    return packet, alpha, keys, routing
+
+
+def _final_message(plain, destination):
+    """The message in a final hop's decrypted payload, or PayloadError."""
+    if plain[:PAYLOAD_TAG_SIZE] != _ZERO_TAG:
+        raise PayloadError("payload integrity check failed: the payload was altered")
+    if plain[PAYLOAD_TAG_SIZE:PAYLOAD_TAG_SIZE + ADDRESS_SIZE] != destination:
+        raise PayloadError("the payload's destination differs from the header's")
+    body = plain[PAYLOAD_TAG_SIZE + ADDRESS_SIZE:].rstrip(b"\x00")
+    if not body.endswith(b"\x01"):
+        raise PayloadError("payload padding is malformed")
+    return body[:-1]
+
+
+def process_packet(private_key, packet, replay_cache=None):
+    """Remove one layer: a ForwardHop or a FinalHop, or a SphinxError saying why not."""
+    packet, alpha, keys, routing = _unwrap(private_key, packet, replay_cache)
     flag = routing[0]
     if flag == FLAG_FORWARD:
         next_packet = (x25519(keys.blinding, alpha) + routing[44:60] + routing[60:]
@@ -152,14 +186,7 @@ def process_packet(private_key, packet, replay_cache=None):
     if flag == FLAG_FINAL:
         destination = routing[4:36]
         plain = lioness_decrypt(keys.payload_key, packet[HEADER_SIZE:])
-        if plain[:PAYLOAD_TAG_SIZE] != _ZERO_TAG:
-            raise PayloadError("payload integrity check failed: the payload was altered")
-        if plain[PAYLOAD_TAG_SIZE:PAYLOAD_TAG_SIZE + ADDRESS_SIZE] != destination:
-            raise PayloadError("the payload's destination differs from the header's")
-        body = plain[PAYLOAD_TAG_SIZE + ADDRESS_SIZE:].rstrip(b"\x00")
-        if not body.endswith(b"\x01"):
-            raise PayloadError("payload padding is malformed")
-        return FinalHop(destination, routing[36:52], body[:-1],
+        return FinalHop(destination, routing[36:52], _final_message(plain, destination),
                         int.from_bytes(routing[52:60], "big"))
     raise RoutingError(f"unknown routing flag {flag}")
 
