@@ -270,6 +270,37 @@ class VectorTests(SynchronousTestCase):
             self.assertEqual(v["opened"], v["message"])
 
 
+class FromTheSpecTests(SynchronousTestCase):
+    """docs/surb.md alone, with pyca's AES and the Lioness of docs/sphinx.md."""
+
+    def test_open_and_ack_identifier(self):
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        with open(VECTORS) as f:
+            data = json.load(f)
+        for v in data["replies"]:
+            raw = bytes.fromhex(v["surb_keys"])
+            n = raw[16]
+            hop_keys = [raw[17 + 32 * i:49 + 32 * i] for i in range(n)]
+            k = raw[-32:]
+            self.assertEqual(bytes.fromhex(v["surb"])[-32:], k)
+            p = bytes.fromhex(v["hops"][-1]["block"])
+            for key in reversed(hop_keys):
+                p = crypto.lioness_encrypt(key, p)
+            t = crypto.lioness_decrypt(k, p)
+            self.assertEqual(t[:16], bytes(16))
+            self.assertEqual(t[16:].rstrip(b"\x00")[:-1].hex(), v["message"])
+        a = data["acks"][0]
+        plain = (a["number"].to_bytes(8, "big") + a["index"].to_bytes(4, "big")
+                 + a["attempt"].to_bytes(2, "big") + bytes(2))
+        aes = Cipher(algorithms.AES(bytes.fromhex(a["ack_key"])), modes.ECB()).encryptor()
+        self.assertEqual(aes.update(plain).hex(), a["identifier"])
+        self.assertEqual(a["hops"][-1]["identifier"], a["identifier"])
+        payload = bytes.fromhex(a["payload"])
+        self.assertEqual(payload[:19] + bytes(13), bytes.fromhex(a["route"][0]["address"]))
+        self.assertEqual(payload[19:367], bytes.fromhex(a["packet"])[:HEADER_SIZE])
+        self.assertEqual(bytes.fromhex(a["packet"])[HEADER_SIZE:].hex(), a["random_bytes"][-1])
+
+
 class FuzzTests(SynchronousTestCase):
     key = KeyPair.generate(random.Random(98).randbytes)
     builder = Builder(7)
