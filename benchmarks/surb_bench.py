@@ -26,6 +26,8 @@ from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
 from nymtx.addressing import NodeAddress
 from nymtx.keys import KeyPair
+from nymtx.message import (
+    ENVELOPE_SIZE, FRAGMENT_DATA_SIZE, FRAGMENT_HEADER_SIZE, PLAINTEXT_SIZE)
 from nymtx.reliable import ack
 from nymtx.reliable.retransmit import wire_packets_per_fragment
 from nymtx.sphinx import Hop, process_packet
@@ -132,11 +134,12 @@ def main(argv=None):
 
 def efficiency(size=1 << 20):
     """A 1 MiB message with a SURB-ACK in every packet: the message layer's
-    envelope (49 bytes) and fragment header (19) in the 608 bytes left."""
-    data = ack.STORED_SIZE - 49 - 19
+    envelope overhead and fragment header in the 608 bytes left."""
+    overhead = (ENVELOPE_SIZE - PLAINTEXT_SIZE) + FRAGMENT_HEADER_SIZE  # 49 + 19
+    data = ack.STORED_SIZE - overhead
     packets = -(-(size + 1) // data)
     return {"fragment_data": data, "packets": packets,
-            "packets_without_acks": -(-(size + 1) // 907),
+            "packets_without_acks": -(-(size + 1) // FRAGMENT_DATA_SIZE),
             "data_per_packet": size / packets, "of_975": size / packets / 975}
 
 
