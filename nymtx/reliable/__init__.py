@@ -6,6 +6,8 @@
   injected clock.
 - :mod:`nymtx.reliable.replies`: reply blocks, sender tags and the reply
   layer's control messages.
+- :mod:`nymtx.reliable.inbound`: the gateway's and the client's one call
+  per arriving packet or fetched record.
 
 Durable state lives in :mod:`nymtx.client.outbox` and
 :mod:`nymtx.client.replystore`. Layouts: docs/surb.md.

@@ -80,7 +80,10 @@ def open_ack(ack_key, identifier):
 
 def compact_address(address):
     """A 32-byte node address as the 19 bytes a SURB-ACK carries."""
-    NodeAddress.from_bytes(address)  # refuse what the gateway could not parse back
+    try:
+        NodeAddress.from_bytes(address)  # refuse what the gateway could not parse back
+    except AddressError as e:
+        raise AckError(f"the ack's first hop: {e}") from None
     if any(address[COMPACT_ADDRESS_SIZE:]):
         raise AckError("a node address longer than 19 bytes cannot be compacted")
     return bytes(address[:COMPACT_ADDRESS_SIZE])

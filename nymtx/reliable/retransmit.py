@@ -149,6 +149,11 @@ class Retransmitter:
                 out.append(Retry(message, index, m.attempts.get(index, 0)))
         return out
 
+    def take(self):
+        """The first of :meth:`due`, or None: one per tick of the stream."""
+        due = self.due()
+        return due[0] if due else None
+
     def _expire(self, message, m, index):
         if m.attempts.get(index, 0) > self.max_retransmissions:
             self._finish(message, FAILED)
