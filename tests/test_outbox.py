@@ -93,6 +93,8 @@ class OutboxTests(TestCase):
         self.assertRaises(OutboxError, box.add, "", b"R", b"y", 1, 1)
         self.assertRaises(OutboxError, box.add, "b", b"R", "text", 1, 1)
         self.assertRaises(OutboxError, box.add, "b", b"R", b"y", 1, 0)
+        self.assertRaises(OutboxError, box.add, "b", "R", b"y", 1, 1)
+        self.assertRaises(OutboxError, box.add, "b", b"R", b"y", 256, 1)
         self.assertEqual(len(box), 1)
 
     def test_not_an_outbox(self):
@@ -277,6 +279,14 @@ class ReplyStoreTests(TestCase):
         store.add(b"h" * 16, [s for s, _ in self.made(1)])
         self.assertEqual(len(box), 1)
         self.assertEqual(store.count(b"h" * 16), 1)
+
+    def test_damaged_row_skipped(self):
+        store = self.open()
+        tag = b"i" * 16
+        store.add(tag, [s for s, _ in self.made(1, 4000) + self.made(1, 4500)])
+        store.db.execute("UPDATE reply_surbs SET surb = x'00' WHERE expires_at = 4000")
+        self.assertEqual(store.take(tag).expires_at, 4500)
+        self.assertEqual(store.count(tag), 0)
 
     def test_bad_tag(self):
         store = self.open()

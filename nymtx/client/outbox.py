@@ -127,6 +127,10 @@ class Outbox:
         duplicate *id* (OutboxError) and a message over a bound (OutboxFull)."""
         if not isinstance(id, str) or not id:
             raise OutboxError("a message id is a non-empty string")
+        if not isinstance(recipient, (bytes, bytearray)):
+            raise OutboxError(f"a recipient is bytes, not {type(recipient).__name__}")
+        if not isinstance(kind, int) or not 0 <= kind <= 255:
+            raise OutboxError(f"a message kind is a byte, not {kind!r}")
         if not isinstance(body, (bytes, bytearray)):
             raise OutboxError(f"a message body is bytes, not {type(body).__name__}")
         if not isinstance(fragments, int) or fragments < 1:

@@ -13,7 +13,7 @@ import os
 import attrs
 
 from nymtx.client.outbox import OutboxError, _Transaction, connect
-from nymtx.reliable.replies import TAG_SIZE, ReplySurb
+from nymtx.reliable.replies import TAG_SIZE, ReplyError, ReplySurb
 from nymtx.sphinx.surb import SurbError, SurbKeys
 
 #: nym's defaults: keep up to 200 blocks per tag, ask for more below 10
@@ -75,12 +75,16 @@ class ReplyStore:
         now = self.clock.seconds()
         with _Transaction(self.db) as db:
             db.execute("DELETE FROM reply_surbs WHERE tag = ? AND expires_at <= ?", (tag, now))
-            row = db.execute("SELECT id, surb FROM reply_surbs WHERE tag = ?"
-                             " ORDER BY expires_at, id LIMIT 1", (tag,)).fetchone()
-            if row is None:
-                return None
-            db.execute("DELETE FROM reply_surbs WHERE id = ?", (row[0],))
-        return ReplySurb.from_bytes(row[1])
+            while True:
+                row = db.execute("SELECT id, surb FROM reply_surbs WHERE tag = ?"
+                                 " ORDER BY expires_at, id LIMIT 1", (tag,)).fetchone()
+                if row is None:
+                    return None
+                db.execute("DELETE FROM reply_surbs WHERE id = ?", (row[0],))
+                try:
+                    return ReplySurb.from_bytes(row[1])
+                except ReplyError:
+                    continue  # a damaged row: gone, and the next one is tried
 
     def count(self, tag):
         return self.db.execute("SELECT COUNT(*) FROM reply_surbs WHERE tag = ? AND"
