@@ -445,3 +445,46 @@ class ReplyFuzzTests(SynchronousTestCase):
             self.assertNotEqual(len(data), MAX_SURB_MESSAGE_SIZE)
         else:
             self.assertEqual(a + b, data)
+
+
+class RetransmitterPropertyTests(SynchronousTestCase):
+    """Any interleaving of sends, acks and time: one outcome per message,
+    never more sends than the cap allows, delivered exactly when all acked."""
+
+    @given(st.lists(st.tuples(st.sampled_from(["send", "ack", "tick"]),
+                              st.integers(0, 2), st.integers(0, 3),
+                              st.floats(0, 3, allow_nan=False)), max_size=80),
+           st.integers(0, 3))
+    def test_invariants(self, ops, cap):
+        clock = Clock()
+        outcomes = []
+        r = Retransmitter(clock, lambda m, o: outcomes.append((m, o)), addition=1.0,
+                          max_retransmissions=cap)
+        counts = {m: m + 2 for m in range(3)}
+        sends = {m: [0] * counts[m] for m in counts}
+        acked = {m: set() for m in counts}
+        for m, count in counts.items():
+            r.track(m, count)
+        for op, m, index, dt in ops:
+            index %= counts[m]
+            if op == "send" and r.tracking(m) and index not in acked[m]:
+                if sends[m][index] == 0 or Retry(m, index, sends[m][index]) in r.due():
+                    self.assertEqual(r.sent(m, index, 0.1), sends[m][index])
+                    sends[m][index] += 1
+            elif op == "ack":
+                if r.acked(m, index):
+                    acked[m].add(index)
+            else:
+                clock.advance(dt)
+                for retry in r.due():
+                    self.assertLessEqual(retry.attempt, cap)
+        for m in counts:
+            self.assertLessEqual(max(sends[m]), cap + 1)
+            mine = [o for mm, o in outcomes if mm == m]
+            self.assertLessEqual(len(mine), 1)
+            if mine == [DELIVERED]:
+                self.assertEqual(acked[m], set(range(counts[m])))
+            if len(acked[m]) == counts[m]:
+                self.assertEqual(mine, [DELIVERED])
+            if mine == [FAILED]:
+                self.assertIn(cap + 1, sends[m])
