@@ -18,6 +18,9 @@ from nymtx.sphinx.surb import (
 
 from .ack import STORED_SIZE, open_ack, split_payload
 
+#: the first byte of a SURB-ACK: its first hop's address family
+_FAMILIES = (4, 6)
+
 
 @attrs.frozen
 class GatewayRecord:
@@ -33,12 +36,14 @@ class GatewayRecord:
 def gateway_record(hop):
     """The :class:`GatewayRecord` for a ``FinalHop`` or ``SurbDelivery``.
 
-    A 975-byte message is a SURB-ACK and the stored part; a SURB delivery is
-    stored whole (identifier || block) and acked by nobody; a message of
-    another length (a client from before SURB-ACKs) is stored as it is."""
+    A 975-byte message that starts with an address family (4 or 6) is a
+    SURB-ACK and the stored part; a SURB delivery is stored whole
+    (identifier || block) and acked by nobody; anything else (the seed's
+    messages, the message layer's version-1 envelopes, which start with
+    0x01) is stored as it is."""
     if isinstance(hop, SurbDelivery):
         return GatewayRecord(hop.destination, hop.stored(), None)
-    if len(hop.message) == MAX_MESSAGE_SIZE:
+    if len(hop.message) == MAX_MESSAGE_SIZE and hop.message[0] in _FAMILIES:
         surb_ack, stored = split_payload(hop.message)
         return GatewayRecord(hop.destination, stored, surb_ack)
     return GatewayRecord(hop.destination, hop.message, None)
