@@ -20,6 +20,15 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint
 
 
+USAGE = """\
+usage: python -m nymtx.apiclient ws://127.0.0.1:9001/mix 'JSON' ['JSON' …]
+
+Sends each JSON request to the nym client's websocket API and prints each
+answer as one line of JSON, e.g.
+    python -m nymtx.apiclient ws://127.0.0.1:9001/mix '{"type": "ownDetails"}'
+Exit status 1 if the websocket cannot be opened or closes early."""
+
+
 class ApiError(Exception):
     """The connection failed or closed before an answer came."""
 
@@ -83,8 +92,12 @@ class ApiConnection:
         return self._factory.closed
 
 
-async def connect_api(reactor, url):
-    """An ApiConnection to the websocket at *url* (``ws://host:port/mix``)."""
+async def connect_api(reactor, url, origin=None):
+    """An ApiConnection to the websocket at *url* (``ws://host:port/mix``).
+
+    *origin*, if given, is sent as the ``Origin`` header, as a browser page
+    would (a program sends none).
+    """
     parsed = urlparse(url)
     try:
         port = parsed.port  # raises for a port out of range or not a number
@@ -92,7 +105,7 @@ async def connect_api(reactor, url):
         port = None
     if parsed.scheme != "ws" or not parsed.hostname or not port:
         raise ApiError(f"{url!r} is not a ws://host:port/path URL")
-    factory = WebSocketClientFactory(url)
+    factory = WebSocketClientFactory(url, origin=origin)
     factory.protocol = _ApiProtocol
     factory.opened = Deferred()
     factory.closed = Deferred()
@@ -110,9 +123,11 @@ def main(argv=None):
     from twisted.internet import task
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if len(argv) < 2:
-        print("usage: python -m nymtx.apiclient ws://127.0.0.1:9001/mix 'JSON' ['JSON' …]",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
 
     async def run(reactor):

@@ -65,3 +65,10 @@ class CommandTests(SynchronousTestCase):
         result = self.run_command()
         self.assertEqual(result.returncode, 2)
         self.assertIn("usage:", result.stderr)
+
+    def test_help_is_not_an_error(self):
+        for flag in ("--help", "-h"):
+            result = self.run_command(flag)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("usage: python -m nymtx.apiclient", result.stdout)
+            self.assertEqual(result.stderr, "")

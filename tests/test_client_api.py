@@ -312,7 +312,7 @@ class OriginTests(SynchronousTestCase):
 
     def test_other_pages_are_refused_unless_listed(self):
         from nymtx.client.websocket import origin_allowed
-        for origin in ("https://evil.example", "null", "http://localhost.evil.example",
+        for origin in ("https://evil.example", "http://localhost.evil.example",
                        "http://127.0.0.1.evil.example", "chrome-extension://abc"):
             self.assertFalse(origin_allowed(origin), origin)
         self.assertTrue(origin_allowed("https://chat.example", ("https://chat.example",)))

@@ -29,17 +29,18 @@ def origin_allowed(origin, allowed=()):
     Listening on loopback does not stop a web page in the user's browser
     from connecting: the browser does it for the page, and says so in the
     Origin header. So a handshake without Origin (a program, not a browser
-    page) is served; a page is served only if it comes from this machine
-    (http(s)://localhost, 127.0.0.1, [::1], or a file:// page such as an
-    Electron app) or its origin is in ``[socket] allowed_origins``. The
-    opaque origin ``null`` (sandboxed frames, data: URLs) is refused.
+    page) is served; a page is served only if it comes from this machine:
+    http(s)://localhost, 127.0.0.1 or [::1], a ``file://`` page (Electron
+    apps send ``Origin: file://``) or the opaque origin ``null`` (what
+    Chromium and Firefox send for a page opened from a file), or if its
+    origin is in ``[socket] allowed_origins``, where ``"*"`` is any origin.
     """
     if not origin:  # autobahn gives "" when the header is absent
         return True
     origin = origin.strip().lower().rstrip("/")
     if "*" in allowed or origin in allowed:
         return True
-    if origin == "file:":
+    if origin in ("null", "file:", "file://localhost"):
         return True
     try:
         parts = urlsplit(origin)
@@ -104,9 +105,14 @@ class MixWebSocketFactory(WebSocketServerFactory):
         # Over MAX_FRAME autobahn must end the connection (it cannot skip a
         # message it refused to buffer); failByDrop=False makes that a close
         # frame with code 1009 and a reason rather than a silent TCP reset.
+        # allowNullOrigin: autobahn would refuse "Origin: null" and
+        # "Origin: file://" (it maps both to null) before onConnect, where
+        # origin_allowed decides; setProtocolOptions turns it off whenever
+        # it is not passed.
         self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME,
                                 maxMessagePayloadSize=MAX_FRAME,
-                                failByDrop=False)
+                                failByDrop=False,
+                                allowNullOrigin=True)
 
 
 def websocket_site(dispatcher, reactor=None, allowed_origins=()):
