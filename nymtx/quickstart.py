@@ -9,6 +9,7 @@ arrives, and keeps running so that you can talk to both.
 """
 
 import argparse
+import json
 import sys
 import time
 
@@ -56,6 +57,7 @@ class QuickStart(MultiService):
     async def run(self):
         """Start everything and send one message; Bob's answer to fetch."""
         reactor, args, say = self.reactor, self.args, self.say
+        say("Starting a directory, three mixnodes and a gateway on 127.0.0.1 …")
         directory_url = await self.network.whenReady()
         topology = await self.network.wait_for_topology()
         say("A local mixnet is up:")
@@ -95,11 +97,10 @@ class QuickStart(MultiService):
         say("")
         text = (f"Hello Bob! Alice here, through three mixnodes and a gateway,"
                 f" at {time.strftime('%H:%M:%S')}.")
-        say(f'Alice sends: {{"type": "send", "message": "{text}",'
-            f' "recipient_address": "{bob_address[:8]}…"}}')
-        answer = await alice.request({"type": "send", "message": text,
-                                      "recipient_address": bob_address})
-        say(f"Alice's client answers: {answer}")
+        request = {"type": "send", "message": text, "recipient_address": bob_address}
+        say(f"Alice sends: {json.dumps(request, ensure_ascii=False)}")
+        answer = await alice.request(request)
+        say(f"Alice's client answers: {json.dumps(answer, ensure_ascii=False)}")
         if answer.get("type") != "send":
             raise LocalNetError(f"Alice's client refused the message: {answer}")
         sent_at = reactor.seconds()
@@ -113,7 +114,8 @@ class QuickStart(MultiService):
             await deferLater(reactor, 0.5, lambda: None)
             answer = await bob.request({"type": "fetch"})
             received.extend(answer.get("messages", []))
-        say(f"Bob receives after {reactor.seconds() - sent_at:.1f} s: {answer}")
+        say(f"Bob receives after {reactor.seconds() - sent_at:.1f} s:"
+            f" {json.dumps(answer, ensure_ascii=False)}")
         return received
 
 
@@ -154,6 +156,8 @@ def main(argv=None):
             f"\"{quick.bob_address}\"}}'")
         say(f"  .venv/bin/python -m nymtx.apiclient ws://127.0.0.1:{b}/mix '{{\"type\": \"fetch\"}}'")
         say("  requests: send, fetch, getClients, ownDetails (docs/quickstart.md, docs/client.md)")
+        say(f"Or chat in your browser: open examples/chat/index.html?port={a} and"
+            f" examples/chat/index.html?port={b} (docs/quickstart.md, section 5).")
         say(f"The directory's live page: {quick.network.directory_url}/")
         say("Press Ctrl-C to stop everything.")
 

@@ -53,3 +53,26 @@ class QuickStartTests(TestCase):
         self.assertIn("left over from the first run", received)
         self.assertTrue(any(line.startswith("Bob receives after") for line in self.said))
         self.assertTrue(any("Hello Bob! Alice here" in m for m in received), received)
+
+    def test_answers_are_printed_as_json(self):
+        return Deferred.fromCoroutine(self._json())
+
+    async def _json(self):
+        import json
+        quick = await self._start(self.mktemp())
+        try:
+            await quick.run()
+        finally:
+            await quick.stopService()
+        shown = {}
+        for line in self.said:
+            for prefix in ("Alice sends: ", "Alice's client answers: ", ):
+                if line.startswith(prefix):
+                    shown[prefix] = json.loads(line[len(prefix):])
+            if line.startswith("Bob receives after"):
+                shown["Bob"] = json.loads(line.split(" s: ", 1)[1])
+        self.assertEqual(shown["Alice's client answers: "], {"type": "send"})
+        self.assertEqual(shown["Alice sends: "]["type"], "send")
+        self.assertEqual(shown["Alice sends: "]["recipient_address"], quick.bob_address)
+        self.assertEqual(shown["Bob"]["type"], "fetch")
+        self.assertTrue(any("Hello Bob" in m for m in shown["Bob"]["messages"]))
