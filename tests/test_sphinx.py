@@ -355,6 +355,67 @@ class VectorTests(SynchronousTestCase):
                     current = out.packet
 
 
+_P = 2 ** 255 - 19
+#: docs/sphinx.md, "Which group elements are refused": these seven values,
+#: with bit 255 ignored, and nothing else.
+_REFUSED_U = {0, 1, _P - 1, _P, _P + 1,
+              325606250916557431795983626356110631294008115727848805560023387167927233504,
+              39382357235489614581723060781553021112529911719440698176882885853963445705823}
+
+
+class NegativeVectorTests(SynchronousTestCase):
+    """The packets sphinx.json says must be refused are, each with its error."""
+
+    # What docs/sphinx.md promises for each kind of vector, by name prefix.
+    documented = {"tampered MAC": ["HeaderMacError"],
+                  "tampered routing block": ["HeaderMacError"],
+                  "tampered alpha": ["HeaderMacError"],
+                  "wrong key": ["HeaderMacError"],
+                  "replay": ["ok", "ReplayError"],
+                  "tampered payload at the final hop": ["PayloadError"],
+                  "bad point": ["InvalidGroupElementError"]}
+
+    def test_negative_vectors(self):
+        with open(VECTORS) as f:
+            negative = json.load(f)["negative"]
+        seen = set()
+        for v in negative:
+            kind = next(k for k in self.documented if v["name"].startswith(k))
+            seen.add(kind)
+            self.assertEqual(v["outcomes"], self.documented[kind], v["name"])
+            cache = ReplayCache(1024)
+            key = bytes.fromhex(v["private_key"])
+            for packet, expected in zip(v["packets"], v["outcomes"]):
+                packet = bytes.fromhex(packet)
+                if expected == "ok":
+                    process_packet(key, packet, cache)
+                else:
+                    with self.assertRaises(getattr(errors, expected), msg=v["name"]):
+                        process_packet(key, packet, cache)
+            if kind == "bad point":
+                alpha = int.from_bytes(bytes.fromhex(v["packets"][0])[:32], "little")
+                self.assertIn(alpha & ~(1 << 255), _REFUSED_U)
+        self.assertEqual(seen, set(self.documented))
+        bad_points = {int.from_bytes(bytes.fromhex(v["packets"][0])[:32], "little") & ~(1 << 255)
+                      for v in negative if v["name"].startswith("bad point")}
+        self.assertEqual(bad_points, _REFUSED_U)
+
+    @given(st.one_of(st.sampled_from(sorted(_REFUSED_U)), st.integers(0, 2 ** 255 - 1)),
+           st.booleans())
+    def test_refused_points_are_exactly_the_documented_ones(self, u, top):
+        alpha = bytearray(u.to_bytes(32, "little"))
+        if top:
+            alpha[31] |= 0x80
+        packet = bytes(alpha) + bytes(PACKET_SIZE - 32)
+        key = KeyPair.generate(random.Random(5).randbytes).private_key
+        with self.assertRaises(SphinxError) as caught:
+            process_packet(key, packet)
+        if u in _REFUSED_U:
+            self.assertIsInstance(caught.exception, errors.InvalidGroupElementError)
+        else:  # twist points and unreduced values are used: the MAC then fails
+            self.assertIsInstance(caught.exception, errors.HeaderMacError)
+
+
 class FuzzTests(SynchronousTestCase):
     key = KeyPair.generate(random.Random(99).randbytes)
 
