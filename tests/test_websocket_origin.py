@@ -60,7 +60,7 @@ class OriginHandshakeTests(TestCase):
 
     async def status(self, port, origin):
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET /mix HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+        lines = ["GET /mix HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
                  "Sec-WebSocket-Version: 13"]
         if origin is not None:
