@@ -10,6 +10,8 @@ arrives, and keeps running so that you can talk to both.
 
 import argparse
 import json
+import os
+import pathlib
 import sys
 import time
 
@@ -156,8 +158,14 @@ def main(argv=None):
             f"\"{quick.bob_address}\"}}'")
         say(f"  .venv/bin/python -m nymtx.apiclient ws://127.0.0.1:{b}/mix '{{\"type\": \"fetch\"}}'")
         say("  requests: send, fetch, getClients, ownDetails (docs/quickstart.md, docs/client.md)")
-        say(f"Or chat in your browser: open examples/chat/index.html?port={a} and"
-            f" examples/chat/index.html?port={b} (docs/quickstart.md, section 5).")
+        page = os.path.abspath(os.path.join("examples", "chat", "index.html"))
+        if os.path.exists(page):  # run from a checkout, as quickstart.sh does
+            say("Or chat in your browser: open these two pages (docs/quickstart.md, section 5):")
+            for port in (a, b):
+                say(f"  {pathlib.Path(page).as_uri()}?port={port}")
+        else:
+            say("Or chat in your browser: examples/chat/index.html in the nymtx sources"
+                " (docs/quickstart.md, section 5).")
         say(f"The directory's live page: {quick.network.directory_url}/")
         say("Press Ctrl-C to stop everything.")
 
