@@ -1,5 +1,6 @@
 """The quick start's conversation, on free ports, twice on the same home."""
 
+import os
 from argparse import Namespace
 
 from twisted.internet import reactor
@@ -76,3 +77,59 @@ class QuickStartTests(TestCase):
         self.assertEqual(shown["Alice sends: "]["recipient_address"], quick.bob_address)
         self.assertEqual(shown["Bob"]["type"], "fetch")
         self.assertTrue(any("Hello Bob" in m for m in shown["Bob"]["messages"]))
+
+
+class QuickStartScriptTests(TestCase):
+    """quickstart.sh says what it does before each slow step.
+
+    ``python3`` is replaced on PATH by a script that makes a ``.venv`` whose
+    python only records how it was called: the test is about what the
+    script prints and in which order, not about pip.
+    """
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "quickstart.sh")
+    if not os.path.exists(script):
+        skip = f"quickstart.sh is not next to the tests ({script})"
+
+    def test_says_what_it_is_doing(self):
+        import shutil
+        import subprocess
+        place = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(place, "bin"))
+        shutil.copy(self.script, place)
+        calls = os.path.join(place, "calls")
+        python = ("#!/bin/sh\n"
+                  f'echo "python $*" >> {calls}\n'
+                  f'echo "(python $*)"\n'
+                  # pip --version fails until the venv was made by python3 -m venv
+                  f'[ "$*" = "-m pip --version" ] && [ ! -e {place}/.venv/made ] && exit 1\n'
+                  "exit 0\n")
+        fake_python3 = ("#!/bin/sh\n"
+                        f'mkdir -p {place}/.venv/bin\n'
+                        f"cat > {place}/.venv/bin/python <<'END'\n{python}END\n"
+                        f"chmod +x {place}/.venv/bin/python\n"
+                        f"touch {place}/.venv/made\n")
+        with open(os.path.join(place, "bin", "python3"), "w") as f:
+            f.write(fake_python3)
+        os.chmod(os.path.join(place, "bin", "python3"), 0o755)
+        env = dict(os.environ, PATH=os.path.join(place, "bin") + os.pathsep + os.environ["PATH"])
+
+        def run():
+            return subprocess.run(["bash", os.path.join(place, "quickstart.sh"), "--once"],
+                                  capture_output=True, text=True, env=env, timeout=30).stdout
+
+        first = run().splitlines()
+        install = first.index("(python -m pip install -q .)")
+        said = first[:install]
+        self.assertTrue(any("creating a virtual environment in .venv" in line for line in said),
+                        first)
+        self.assertTrue(any("installing nymtx" in line and "about 30 s" in line
+                            for line in said), first)
+        self.assertIn("(python -m nymtx.quickstart --once)", first)
+        self.assertTrue(any("starting the quick start" in line
+                            for line in first[install:first.index("(python -m nymtx.quickstart --once)")]))
+        second = run().splitlines()
+        self.assertFalse(any("creating" in line for line in second), second)
+        self.assertTrue(any("updating nymtx in .venv" in line
+                            for line in second[:second.index("(python -m pip install -q .)")]))
