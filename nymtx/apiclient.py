@@ -92,11 +92,12 @@ class ApiConnection:
         return self._factory.closed
 
 
-async def connect_api(reactor, url, origin=None):
+async def connect_api(reactor, url, origin=None, api_key=None):
     """An ApiConnection to the websocket at *url* (``ws://host:port/mix``).
 
     *origin*, if given, is sent as the ``Origin`` header, as a browser page
-    would (a program sends none).
+    would (a program sends none). *api_key*, if given, is shown as
+    ``Authorization: Bearer KEY`` (the client's ``[socket] api_key``).
     """
     parsed = urlparse(url)
     try:
@@ -105,7 +106,8 @@ async def connect_api(reactor, url, origin=None):
         port = None
     if parsed.scheme != "ws" or not parsed.hostname or not port:
         raise ApiError(f"{url!r} is not a ws://host:port/path URL")
-    factory = WebSocketClientFactory(url, origin=origin)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    factory = WebSocketClientFactory(url, origin=origin, headers=headers)
     factory.protocol = _ApiProtocol
     factory.opened = Deferred()
     factory.closed = Deferred()

@@ -74,6 +74,18 @@ def parse_origins(value, name="allowed_origins"):
     return tuple(origins)
 
 
+def parse_api_key(value, name="api_key"):
+    """"" (no key: any local program may use the API, as in nym) or a key of at
+    least 16 printable ASCII characters that every API connection must show."""
+    shared.text(value, name)
+    if value and (len(value) < 16 or not value.isascii() or not value.isprintable()
+                  or " " in value):
+        raise ConfigError(f"{name} must be empty (no key) or at least 16 printable ASCII"
+                          " characters without spaces, e.g. the output of"
+                          " python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
 def _gateway_key(value, name):
     shared.text(value, name)
     if value:
@@ -139,6 +151,9 @@ LAYOUT = (
             "machine (http(s)://localhost, 127.0.0.1, [::1]) and file:// pages: any\n"
             "page the user's browser opens could otherwise read their mail. For\n"
             'example ["https://chat.example"]; ["*"] lets every page in.')),
+        Key("api_key", parse_api_key, comment=(
+            "A key every connection to the socket API must show (docs/client.md, \"API\n"
+            "key\"); \"\" (the default) lets any program on this machine use it, as nym does.")),
     ]),
     shared.logging_section(
         "logging configuration options: nym-client logs to stderr, twistd to its --logfile"),
@@ -189,6 +204,8 @@ class ClientConfig:
     listening_endpoint: str = attrs.field(default="")
     # web pages (besides this machine's) that may use the websocket API
     allowed_origins: tuple = attrs.field(default=(), converter=tuple)
+    # a secret like the token: kept out of repr
+    api_key: str = attrs.field(default="", repr=False)
     log_level: str = attrs.field(default=shared.DEFAULT_LOG_LEVEL, converter=shared.log_level)
     average_packet_delay: int = attrs.field(default=DEBUG_DEFAULTS["average_packet_delay"])
     loop_cover_traffic_average_delay: int = attrs.field(

@@ -42,14 +42,16 @@ def api_factory(reactor, config, dispatcher, *, max_connections=MAX_CONNECTIONS,
     """The socket API's protocol factory for *config*'s socket type, within
     the bounds of every nymtx listener (``nymtx.listening.ConnectionLimit``)."""
     if config.socket_type == "WebSocket":
-        site = websocket_site(dispatcher, reactor, config.allowed_origins)
+        site = websocket_site(dispatcher, reactor, config.allowed_origins,
+                              api_key=config.api_key)
         site.protocol = HeaderDeadlineChannel
         # autobahn writes every answer at once and never pauses: the
         # wrapper stops reading from a peer that does not read its answers
         return ConnectionLimit(site, reactor, max_connections, idle_timeout=idle_timeout,
                                handshake_timeout=handshake_timeout, backpressure=True,
                                name="websocket API")
-    return ConnectionLimit(JsonLinesFactory(dispatcher), reactor, max_connections,
+    return ConnectionLimit(JsonLinesFactory(dispatcher, api_key=config.api_key),
+                           reactor, max_connections,
                            idle_timeout=idle_timeout, name="TCP API")
 
 

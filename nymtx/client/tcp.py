@@ -8,6 +8,8 @@ memory. A peer that half-closes after its requests still gets every answer
 (the last request may lack its newline), then the connection is closed.
 """
 
+import json
+
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -15,7 +17,7 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from nymtx.client.api import encode_response, error
-from nymtx.client.websocket import MAX_FRAME, is_loopback
+from nymtx.client.websocket import MAX_FRAME, is_loopback, key_matches
 
 
 @implementer(IHalfCloseableProtocol)
@@ -23,8 +25,11 @@ class JsonLinesProtocol(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_FRAME
 
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher, api_key=""):
         self.dispatcher = dispatcher
+        # with an API key, the first request must be {"type": "auth", "api_key": KEY}
+        self.api_key = api_key
+        self._authenticated = not api_key
         self._skipping = False
         self._pending = None
         self._read_closed = False
@@ -83,11 +88,30 @@ class JsonLinesProtocol(LineReceiver):
         line = line.rstrip(b"\r")
         if not line.strip():
             return
+        if not self._authenticated:
+            self._authenticate(line)
+            return
         answer = self.dispatcher.answer_bytes(line, MAX_FRAME)
         if self.transport.disconnecting or not self.connected:
             return  # cannot be sent: a fetch's messages stay in the inbox
         self.sendLine(answer.data)
         answer.sent()
+
+    def _authenticate(self, line):
+        try:
+            request = json.loads(line)
+        except ValueError:
+            request = None
+        if (isinstance(request, dict) and request.get("type") == "auth"
+                and isinstance(request.get("api_key"), str)
+                and key_matches(request["api_key"], self.api_key)):
+            self._authenticated = True
+            self._reply({"type": "auth"})
+            return
+        self.factory.log.warn("refused a TCP API connection without the API key")
+        self._reply(error('this client\'s API needs its key: send {"type": "auth",'
+                          ' "api_key": KEY} first'))
+        self.transport.loseConnection()
 
     def _reply(self, response):
         self.sendLine(encode_response(response))
@@ -112,13 +136,14 @@ class JsonLinesFactory(Factory):
     log = Logger()
     noisy = False
 
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher, api_key=""):
         self.dispatcher = dispatcher
+        self.api_key = api_key
 
     def buildProtocol(self, addr):
         if not is_loopback(addr):
             self.log.warn("refused TCP API peer {peer}", peer=str(addr))
             return None
-        proto = JsonLinesProtocol(self.dispatcher)
+        proto = JsonLinesProtocol(self.dispatcher, self.api_key)
         proto.factory = self
         return proto

@@ -1,5 +1,6 @@
 """The websocket API at ``ws://127.0.0.1:PORT/mix`` (autobahn on twisted.web)."""
 
+import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -49,6 +50,25 @@ def origin_allowed(origin, allowed=()):
     return parts.scheme in ("http", "https") and parts.hostname in _LOCAL_HOSTS
 
 
+def key_matches(shown, api_key):
+    """Whether *shown* (text or None) is *api_key*, in constant time."""
+    if shown is None:
+        return False
+    return hmac.compare_digest(shown.encode("utf-8", "replace"), api_key.encode("utf-8"))
+
+
+def shown_key(request):
+    """The API key a websocket handshake shows: ``Authorization: Bearer KEY``
+    (programs) or the ``api_key`` query parameter (browser pages, which
+    cannot set headers on a websocket)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    values = request.params.get("api_key") or []
+    return values[0] if values else None
+
+
 def is_loopback(address):
     """True for a TCP peer on 127.0.0.0/8 or ::1, False for anything else."""
     if not isinstance(address, (IPv4Address, IPv6Address)):
@@ -79,6 +99,12 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
                           origin=request.origin)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN,
                                  f"origin {request.origin} is not allowed")
+        if request is not None and self.factory.api_key and not key_matches(
+                shown_key(request), self.factory.api_key):
+            self.log.warn("refused a websocket without the API key ([socket] api_key)")
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN,
+                                 "this client's API needs its key: an 'Authorization: Bearer"
+                                 " KEY' header or ?api_key=KEY in the URL")
         return None
 
     def onMessage(self, payload, isBinary):
@@ -98,10 +124,11 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
 class MixWebSocketFactory(WebSocketServerFactory):
     protocol = MixWebSocketProtocol
 
-    def __init__(self, dispatcher, reactor=None, allowed_origins=()):
+    def __init__(self, dispatcher, reactor=None, allowed_origins=(), api_key=""):
         super().__init__(reactor=reactor)
         self.dispatcher = dispatcher
         self.allowed_origins = tuple(allowed_origins)
+        self.api_key = api_key
         # Over MAX_FRAME autobahn must end the connection (it cannot skip a
         # message it refused to buffer); failByDrop=False makes that a close
         # frame with code 1009 and a reason rather than a silent TCP reset.
@@ -115,9 +142,9 @@ class MixWebSocketFactory(WebSocketServerFactory):
                                 allowNullOrigin=True)
 
 
-def websocket_site(dispatcher, reactor=None, allowed_origins=()):
+def websocket_site(dispatcher, reactor=None, allowed_origins=(), api_key=""):
     """A twisted.web Site serving the API at /mix (and nothing else)."""
-    factory = MixWebSocketFactory(dispatcher, reactor, allowed_origins)
+    factory = MixWebSocketFactory(dispatcher, reactor, allowed_origins, api_key)
     root = Resource()
     root.putChild(PATH, WebSocketResource(factory))
     site = Site(root)
