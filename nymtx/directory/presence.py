@@ -55,7 +55,11 @@ def load_object(body):
 
 def parse_mixnode(body):
     """A mixnode's presence: host, pubKey, layer, version, optional location."""
-    data = load_object(body)
+    return mixnode_fields(load_object(body))
+
+
+def mixnode_fields(data):
+    """parse_mixnode's checks on an already-parsed JSON object (a dict)."""
     entry = {
         "host": _address(data, "host"),
         "pubKey": _key(data, "pubKey"),
@@ -73,7 +77,11 @@ def parse_gateway(body):
     topology carries both with the same value, so either is accepted and,
     when both are sent, they must agree.
     """
-    data = load_object(body)
+    return gateway_fields(load_object(body))
+
+
+def gateway_fields(data):
+    """parse_gateway's checks on an already-parsed JSON object (a dict)."""
     key = _key(data, "pubKey")
     listener = None
     for field in ("host", "mixnetListener"):

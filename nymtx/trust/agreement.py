@@ -1,0 +1,184 @@
+"""Several directories: the topology a threshold of them agree on.
+
+Each directory signs the presences it holds (nymtx.trust.document). A
+client pins m directory keys and a threshold t. ``merge`` keeps a node when
+at least t of the current documents list it with the same signed content
+(its presence but for timestamp and expiry, which every re-announce
+changes), each such listing a presence the node itself signed and that has
+not expired. One lying directory can then add no node (its listing is one
+vote), drop no node (the others still have t) and replay no old presence
+(the old content has its vote alone, and its expiry runs out). The choice
+against per-epoch voting is argued in docs/decisions.md, "Trust".
+
+``TrustedDirectories`` holds, per pinned directory, the last good document
+it sent: a newer serial replaces it, an older one or one signed by an
+unknown key is refused, and an expired one stops counting. So a directory
+that is down keeps counting with its last document until it expires.
+"""
+
+import attrs
+from twisted.logger import Logger
+
+from nymtx.keys import encode_key
+from nymtx.topology import GatewayInfo, MixNodeInfo, Topology
+from nymtx.trust.document import MAX_DOCUMENT_LIFETIME, DocumentError, parse_document
+from nymtx.trust.identity import encode_b58
+from nymtx.trust.presence import MAX_CLOCK_SKEW, NS, is_current
+
+
+class NoAgreement(Exception):
+    """Fewer than the threshold of pinned directories have a current document."""
+
+
+@attrs.frozen
+class Agreement:
+    """What ``merge`` decided: the topology, and why each other node is out."""
+
+    topology: Topology
+    #: the chosen SignedPresence per identity key
+    presences: dict
+    #: (identity key, reason) of each node listed somewhere but not kept
+    refused: tuple
+
+
+def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
+    """The Agreement of *documents* (SignedDocuments, one per directory).
+
+    Pure: the same documents, threshold and time give the same topology,
+    listed in the registry's order (mixnodes by layer, host, key; gateways
+    by host, key) so that seeded routes repeat.
+    """
+    if threshold < 1:
+        raise ValueError("the threshold is at least 1")
+    # identity -> content -> (directory keys, newest SignedPresence)
+    votes = {}
+    for signed_document in documents:
+        directory = signed_document.document.directory_key
+        mixnodes, gateways = signed_document.usable()
+        for signed in mixnodes + gateways:
+            if not is_current(signed.presence, now, skew):
+                continue
+            by_content = votes.setdefault(signed.identity_key, {})
+            voters, best = by_content.get(signed.presence.content(), (set(), None))
+            voters.add(directory)
+            if best is None or signed.presence.timestamp > best.presence.timestamp \
+                    or (best.clients is None and signed.clients is not None
+                        and signed.presence.timestamp == best.presence.timestamp):
+                best = signed
+            by_content[signed.presence.content()] = (voters, best)
+    chosen, refused = {}, []
+    for identity, by_content in votes.items():
+        agreed = [(best.presence.timestamp, best.presence.signed_bytes(), best)
+                  for voters, best in by_content.values() if len(voters) >= threshold]
+        if not agreed:
+            most = max(len(voters) for voters, _ in by_content.values())
+            refused.append((identity, f"listed alike by {most} directories; "
+                            f"{threshold} needed"))
+            continue
+        chosen[identity] = max(agreed)[2]
+    # A Sphinx key or listener names one node: two identities claiming one
+    # (a mixnode entry carrying a gateway's key, say) are both left out.
+    claims = {}
+    for identity, signed in chosen.items():
+        for claim in signed.presence.sphinx_keys() + signed.presence.addresses():
+            claims.setdefault(claim, set()).add(identity)
+    for claim, identities in claims.items():
+        if len(identities) > 1:
+            what = encode_key(claim) if isinstance(claim, bytes) else str(claim)
+            for identity in sorted(identities):
+                if chosen.pop(identity, None) is not None:
+                    refused.append((identity, f"{what} is claimed by {len(identities)} "
+                                    "identities"))
+    mixnodes, gateways = [], []
+    for signed in chosen.values():
+        p = signed.presence
+        key = p.sphinx_key_at(now)
+        if p.kind == "mixnode":
+            mixnodes.append(MixNodeInfo(p.host, key, p.layer, p.timestamp, p.version))
+        else:
+            gateways.append(GatewayInfo(p.host, p.client_listener, key, signed.clients or (),
+                                        p.timestamp, p.version))
+    mixnodes.sort(key=lambda n: (n.layer, str(n.address), encode_key(n.public_key)))
+    gateways.sort(key=lambda n: (str(n.address), encode_key(n.public_key)))
+    return Agreement(Topology(mixnodes, gateways), chosen, tuple(refused))
+
+
+@attrs.define
+class TrustedDirectories:
+    """A client's pinned directory keys, threshold, and last good documents."""
+
+    pinned: frozenset = attrs.field(converter=frozenset)
+    threshold: int
+    skew: int = MAX_CLOCK_SKEW
+    max_lifetime: int = MAX_DOCUMENT_LIFETIME
+    _held: dict = attrs.field(factory=dict, init=False)
+    _verified: set = attrs.field(factory=set, init=False)
+
+    log = Logger()
+
+    def __attrs_post_init__(self):
+        if not 1 <= self.threshold <= len(self.pinned):
+            raise ValueError(f"the threshold must be in 1..{len(self.pinned)} "
+                             f"(the pinned directories), not {self.threshold}")
+
+    def offer(self, data, now):
+        """Take a directory's answer (bytes or parsed JSON) if it is good.
+
+        Returns the SignedDocument held for its directory; raises
+        DocumentError saying why the answer was refused (the last good
+        document stays).
+        """
+        signed = parse_document(data, self._verified)
+        d = signed.document
+        name = encode_b58(d.directory_key)
+        if d.directory_key not in self.pinned:
+            raise DocumentError(f"signed by {name}, which is not a pinned directory key")
+        if d.expires <= now:
+            raise DocumentError(f"directory {name}'s topology expired "
+                                f"{(now - d.expires) / NS:.1f} s ago")
+        if d.issued > now + self.skew:
+            raise DocumentError(f"directory {name}'s topology is issued "
+                                f"{(d.issued - now) / NS:.1f} s in the future")
+        if not d.issued < d.expires <= d.issued + self.max_lifetime:
+            raise DocumentError(f"directory {name}'s topology is valid for longer than "
+                                f"{self.max_lifetime / NS:.0f} s, or not at all")
+        held = self._held.get(d.directory_key)
+        if held is not None:
+            if d.serial < held.document.serial:
+                raise DocumentError(f"directory {name}'s topology has serial {d.serial}, "
+                                    f"older than the one held ({held.document.serial})")
+            if d.serial == held.document.serial:
+                if signed.signature != held.signature:
+                    raise DocumentError(f"directory {name} signed two different topologies "
+                                        f"with serial {d.serial}")
+                return held
+        for list_name, index in signed.dropped:
+            self.log.warn("directory {name} lists {list}[{index}], whose node signature "
+                          "does not verify; not using it", name=name, list=list_name,
+                          index=index)
+        self._held[d.directory_key] = signed
+        self._prune_verified()
+        return signed
+
+    def current(self, now):
+        """The held documents that have not expired."""
+        return [s for s in self._held.values() if s.document.expires > now]
+
+    def agreement(self, now):
+        """The Agreement of the current documents, or NoAgreement."""
+        current = self.current(now)
+        if len(current) < self.threshold:
+            raise NoAgreement(f"{len(current)} of {len(self.pinned)} pinned directories have "
+                              f"a current signed topology; {self.threshold} needed")
+        return merge(current, self.threshold, now, self.skew)
+
+    def topology(self, now):
+        return self.agreement(now).topology
+
+    def _prune_verified(self):
+        # keep only what the held documents list: the cache stays bounded
+        keep = set()
+        for signed in self._held.values():
+            for entry in signed.document.mixnodes + signed.document.gateways:
+                keep.add((entry.presence.signed_bytes(), entry.signature))
+        self._verified &= keep

@@ -1,0 +1,63 @@
+"""The test vectors of docs/trust.md, rebuilt from fixed seeds.
+
+``python -m nymtx.trust.vectors`` prints them as they appear in the doc;
+tests/test_trust_vectors.py checks the doc against this output. Ed25519
+signatures are deterministic, so fixed seeds give fixed bytes.
+"""
+
+from nymtx.keys import KeyPair
+from nymtx.trust.document import sign_topology
+from nymtx.trust.identity import IdentityKey
+from nymtx.trust.presence import ROLE_GATEWAY, ROLE_MIXNODE, make_presence
+
+#: 2023-11-14T22:13:20Z in Unix ns: the seed's sample lastSeen
+T0 = 1_700_000_000_000_000_000
+
+
+def _seed(byte):
+    return bytes([byte]) * 32
+
+
+def build():
+    """(name, text) pairs: each vector's hex, base58 or JSON."""
+    mix_identity = IdentityKey.from_seed(_seed(1))
+    gateway_identity = IdentityKey.from_seed(_seed(2))
+    directory = IdentityKey.from_seed(_seed(3))
+    mix_sphinx = KeyPair.from_private(_seed(4)).public_key
+    gateway_sphinx = KeyPair.from_private(_seed(5)).public_key
+    next_sphinx = KeyPair.from_private(_seed(6)).public_key
+    client = KeyPair.from_private(_seed(7)).public_key
+    mixnode = make_presence(mix_identity, ROLE_MIXNODE, mix_sphinx, "127.0.0.1:1789", T0,
+                            "0.5.0", layer=2, location="Neuchâtel",
+                            next_sphinx_key=next_sphinx,
+                            next_key_from=T0 + 3600 * 10 ** 9)
+    gateway = make_presence(gateway_identity, ROLE_GATEWAY, gateway_sphinx,
+                            "[::1]:1790", T0 + 1, "0.5.0",
+                            client_listener="[::1]:9000", clients=[client])
+    document = sign_topology(directory, 7, T0 + 2, [mixnode], [gateway])
+    return [
+        ("mixnode identity public key", mix_identity.public_text),
+        ("gateway identity public key", gateway_identity.public_text),
+        ("directory identity public key", directory.public_text),
+        ("mixnode presence signed bytes", mixnode.presence.signed_bytes().hex()),
+        ("mixnode presence signature", mixnode.signature.hex()),
+        ("gateway presence signed bytes", gateway.presence.signed_bytes().hex()),
+        ("gateway presence signature", gateway.signature.hex()),
+        ("clients digest", gateway.presence.clients_digest.hex()),
+        ("topology signed bytes", document.document.signed_bytes().hex()),
+        ("topology signature", document.signature.hex()),
+    ]
+
+
+def render():
+    """The vectors as docs/trust.md shows them: a name line, then the value
+    wrapped at 64 characters."""
+    out = []
+    for name, value in build():
+        out.append(f"{name}:")
+        out += ["  " + value[i:i + 64] for i in range(0, len(value), 64)]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
