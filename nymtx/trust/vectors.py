@@ -5,6 +5,8 @@ tests/test_trust_vectors.py checks the doc against this output. Ed25519
 signatures are deterministic, so fixed seeds give fixed bytes.
 """
 
+import json
+
 from nymtx.keys import KeyPair
 from nymtx.trust.document import sign_topology
 from nymtx.trust.identity import IdentityKey
@@ -18,8 +20,8 @@ def _seed(byte):
     return bytes([byte]) * 32
 
 
-def build():
-    """(name, text) pairs: each vector's hex, base58 or JSON."""
+def signed():
+    """The vectors' mixnode and gateway presences and the directory's document."""
     mix_identity = IdentityKey.from_seed(_seed(1))
     gateway_identity = IdentityKey.from_seed(_seed(2))
     directory = IdentityKey.from_seed(_seed(3))
@@ -35,6 +37,14 @@ def build():
                             "[::1]:1790", T0 + 1, "0.5.0",
                             client_listener="[::1]:9000", clients=[client])
     document = sign_topology(directory, 7, T0 + 2, [mixnode], [gateway])
+    return mixnode, gateway, document
+
+
+def build():
+    """(name, text) pairs: each vector's hex or base58."""
+    mix_identity, gateway_identity, directory = (
+        IdentityKey.from_seed(_seed(n)) for n in (1, 2, 3))
+    mixnode, gateway, document = signed()
     return [
         ("mixnode identity public key", mix_identity.public_text),
         ("gateway identity public key", gateway_identity.public_text),
@@ -47,6 +57,11 @@ def build():
         ("topology signed bytes", document.document.signed_bytes().hex()),
         ("topology signature", document.signature.hex()),
     ]
+
+
+def example_json():
+    """The mixnode presence as its node announces it (docs/trust.md)."""
+    return json.dumps(signed()[0].to_json(), indent=2, ensure_ascii=False) + "\n"
 
 
 def render():
