@@ -18,7 +18,8 @@ from nymtx.trust.identity import (
     verify_signature)
 from nymtx.trust.presence import (
     MAX_CLOCK_SKEW, NS, ROLE_GATEWAY, ROLE_MIXNODE, PresenceError, check_announced,
-    clients_digest, is_current, make_presence, parse_signed_gateway, parse_signed_mixnode)
+    clients_digest, is_current, make_presence, parse_signed_gateway, parse_signed_mixnode,
+    sign_seed_presence)
 from nymtx.trust.rotation import KeyPeriod, RotationSchedule
 
 from tests.trustnet import T0, gateway, identity, mixnode, sphinx
@@ -416,6 +417,35 @@ class RotationTests(SynchronousTestCase):
         self.assertRaises(ValueError, RotationSchedule, [])
         self.assertRaises(ValueError, self.schedule.rotate, self.k2, 0)
         self.assertRaises(ValueError, self.schedule.rotate, self.k1, 10)
+
+
+class SignSeedPresenceTests(SynchronousTestCase):
+    """What the nodes will call on the presence dicts they build today."""
+
+    def test_a_gateways_dict(self):
+        seed = {"host": "127.0.0.1:1790", "mixnetListener": "127.0.0.1:1790",
+                "clientListener": "127.0.0.1:9000", "pubKey": encode_key(sphinx(2)),
+                "registeredClients": [{"pubKey": encode_key(sphinx(7))}],
+                "version": "0.5.0", "location": "here"}
+        signed = sign_seed_presence(identity(2), ROLE_GATEWAY, seed, T0)
+        again = parse_signed_gateway(json.dumps(signed.to_json()).encode())
+        self.assertEqual(again, signed)
+        self.assertEqual(again.clients, (sphinx(7),))
+        self.assertEqual(str(again.presence.client_listener), "127.0.0.1:9000")
+        self.assertEqual(again.presence.location, "here")
+
+    def test_a_mixnodes_dict(self):
+        seed = {"host": "[::1]:1789", "pubKey": encode_key(sphinx(1)), "layer": 3,
+                "version": "0.5.0"}
+        signed = sign_seed_presence(identity(1), ROLE_MIXNODE, seed, T0,
+                                    next_sphinx_key=sphinx(5), next_key_from=T0 + NS)
+        self.assertEqual(parse_signed_mixnode(signed.to_json()), signed)
+        self.assertEqual(signed.presence.layer, 3)
+
+    def test_a_bad_dict_is_refused_before_signing(self):
+        with self.assertRaises(PresenceError) as e:
+            sign_seed_presence(identity(1), ROLE_MIXNODE, {"host": "x"}, T0)
+        self.assertEqual(e.exception.field, "host")
 
 
 class MakePresenceTests(SynchronousTestCase):

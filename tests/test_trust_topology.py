@@ -341,6 +341,21 @@ class ThresholdTests(SynchronousTestCase):
         self.assertIn("is claimed by 2 identities", reasons[thief.identity_key])
         self.assertEqual(len(kept), 6)
 
+    def test_a_client_two_gateways_list_is_resolved_by_neither(self):
+        # in an open network every directory admits a fake gateway listing Bob
+        bob, alice = sphinx(901), sphinx(900)
+        fake = gateway(301, [bob], port=1)  # sorts first
+        presences = fresh(self.nodes, self.t) + [fake.presence(self.t)]
+        docs = [document(d, 1, self.t, presences) for d in (A, B)]
+        agreement = merge(docs, 2, self.t)
+        topology = agreement.topology
+        self.assertEqual(agreement.ambiguous_clients, {bob})
+        self.assertIsNone(topology.gateway_for(bob))
+        self.assertEqual(topology.gateway_for(alice).public_key, sphinx(41))
+        # Bob@gateway still reaches the real gateway
+        self.assertIsNotNone(topology.gateway_by_key(sphinx(42)))
+        self.assertNotIn(bob, topology.clients())
+
     def test_merge_is_order_independent(self):
         liar = document(L, 1, self.t, fresh(self.nodes[3:] + [mixnode(250, 1)], self.t))
         docs = self.honest + [liar]

@@ -66,9 +66,13 @@ class DirectoryResource(Resource):
     def __init__(self, registry):
         super().__init__()
         self.registry = registry
-        announce = {"mixnode": (parse_mixnode, registry.add_mixnode),
-                    "gateway": (parse_gateway, registry.add_gateway),
-                    "metrics": (parse_metrics, registry.add_metrics)}
+        # a registry may parse its own bodies (nymtx.directory.signed takes
+        # signed presences); the plain Registry takes the seed's
+        parsers = getattr(registry, "presence_parsers", None) or {
+            "mixnode": parse_mixnode, "gateway": parse_gateway, "metrics": parse_metrics}
+        announce = {"mixnode": (parsers["mixnode"], registry.add_mixnode),
+                    "gateway": (parsers["gateway"], registry.add_gateway),
+                    "metrics": (parsers["metrics"], registry.add_metrics)}
         self._routes = {
             "/": {"GET": self._page},
             "/api/healthcheck": {"GET": self._healthcheck},

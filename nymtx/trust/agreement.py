@@ -39,6 +39,8 @@ class Agreement:
     presences: dict
     #: (identity key, reason) of each node listed somewhere but not kept
     refused: tuple
+    #: client keys listed by more than one kept gateway, left out of every list
+    ambiguous_clients: frozenset = frozenset()
 
 
 def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
@@ -89,6 +91,14 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
                 if chosen.pop(identity, None) is not None:
                     refused.append((identity, f"{what} is claimed by {len(identities)} "
                                     "identities"))
+    # A gateway signs its own list, so in an open network any gateway can
+    # list Bob: a client two gateways list is resolved by neither (mail to
+    # it then needs CLIENT@GATEWAY), never by the one that sorts first.
+    listed = {}
+    for signed in chosen.values():
+        for client in signed.clients or ():
+            listed[client] = listed.get(client, 0) + 1
+    ambiguous = frozenset(c for c, n in listed.items() if n > 1)
     mixnodes, gateways = [], []
     for signed in chosen.values():
         p = signed.presence
@@ -96,11 +106,12 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
         if p.kind == "mixnode":
             mixnodes.append(MixNodeInfo(p.host, key, p.layer, p.timestamp, p.version))
         else:
-            gateways.append(GatewayInfo(p.host, p.client_listener, key, signed.clients or (),
+            clients = tuple(c for c in signed.clients or () if c not in ambiguous)
+            gateways.append(GatewayInfo(p.host, p.client_listener, key, clients,
                                         p.timestamp, p.version))
     mixnodes.sort(key=lambda n: (n.layer, str(n.address), encode_key(n.public_key)))
     gateways.sort(key=lambda n: (str(n.address), encode_key(n.public_key)))
-    return Agreement(Topology(mixnodes, gateways), chosen, tuple(refused))
+    return Agreement(Topology(mixnodes, gateways), chosen, tuple(refused), ambiguous)
 
 
 @attrs.define

@@ -184,6 +184,31 @@ def make_presence(identity, role, sphinx_key, host, timestamp, version, *, layer
     return presence.sign(identity, clients)
 
 
+def sign_seed_presence(identity, role, entry, now, *, lifetime=DEFAULT_PRESENCE_LIFETIME,
+                       next_sphinx_key=None, next_key_from=0):
+    """A node's seed presence dict (what MixNode/Gateway ``presence()``
+    build) signed by *identity* at *now* (Unix ns): what it then announces
+    is ``sign_seed_presence(...).to_json()``.
+
+    The dict goes through the directory's own field checks first, so a node
+    never signs what a directory would refuse to read.
+    """
+    try:
+        fields = (mixnode_fields if role == ROLE_MIXNODE else gateway_fields)(entry)
+    except BodyError as e:
+        raise PresenceError(e.field, e.why)
+    extra = {}
+    if role == ROLE_MIXNODE:
+        extra["layer"] = fields["layer"]
+    else:
+        extra["client_listener"] = fields["clientListener"]
+        extra["clients"] = [decode_key(c["pubKey"]) for c in fields["registeredClients"]]
+    return make_presence(identity, role, decode_key(fields["pubKey"]), fields["host"], now,
+                         fields["version"], location=fields.get("location", ""),
+                         lifetime=lifetime, next_sphinx_key=next_sphinx_key,
+                         next_key_from=next_key_from, **extra)
+
+
 @attrs.frozen
 class SignedPresence:
     """A presence, its signature, and (gateways) the client list if carried.
