@@ -108,6 +108,17 @@ class DirectoryClient:
                     f"directory at {self.base_url} sent a topology that cannot be read: {e}")
         return Deferred.fromCoroutine(fetch())
 
+    def get_topology_json(self):
+        """Deferred[dict]: the topology JSON object as the directory sent it,
+        for a caller that checks its signatures itself (nymtx.trust.client)."""
+        async def fetch():
+            data = await self._request("GET", "/api/presence/topology")
+            if not isinstance(data, dict):
+                raise DirectoryError(
+                    f"directory at {self.base_url} sent a topology that is not a JSON object")
+            return data
+        return Deferred.fromCoroutine(fetch())
+
     def announce_mixnode(self, presence):
         """POST a mixnode's presence (host, pubKey, layer, version)."""
         return Deferred.fromCoroutine(
