@@ -72,11 +72,12 @@ class TrustedDirectoryClientTests(SynchronousTestCase):
 
     def test_garbage_or_silence_from_one_directory(self):
         self.announce_all()
-        for body, code in [(b"<html>", 200), (b'{"MixNodes": []}', 200), (b"", 500)]:
+        for body, code in [(b"<html>", 200), (b'{"MixNodes": []}', 200), (b"", 500),
+                           (b"[1, 2]", 200)]:
             self.liar.body, self.liar.code = body, code
             topology = self.successResultOf(self.client.get_topology())
             self.assertEqual(len(topology.mixnodes), 6)
-        self.assertIn("http://directory-2.test", self.client._trouble)
+        self.assertIn("not a JSON object", self.client._trouble["http://directory-2.test"])
         self.assertIsNone(self.client._trouble["http://directory-0.test"])
 
     def test_keeps_the_last_good_documents_until_they_expire(self):

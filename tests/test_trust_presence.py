@@ -88,6 +88,23 @@ class IdentityKeyTests(SynchronousTestCase):
         self.assertNotIn(encode_b58(key.seed), repr(key))
         self.assertIn(key.public_text, repr(key))
 
+    @given(st.binary(max_size=200))
+    def test_fuzz_private_file(self, data):
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, PRIVATE_IDENTITY_FILE), "wb") as f:
+            f.write(data)
+        try:
+            key = IdentityKey.load(self.dir)
+        except KeyFormatError:
+            return
+        self.assertEqual(len(key.public_key), 32)
+
+    def test_long_text_is_refused_before_decoding(self):
+        with self.assertRaises(KeyFormatError) as e:
+            decode_b58("1" * 45, 32, "key")
+        self.assertIn("at most 44", str(e.exception))
+        self.assertEqual(decode_b58(encode_b58(b"\xff" * 32), 32, "key"), b"\xff" * 32)
+
     @given(st.text(max_size=120))
     def test_decode_b58_text(self, text):
         try:

@@ -21,9 +21,9 @@ IDENTITY_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 PRIVATE_IDENTITY_FILE = "private_identity.key"
 PUBLIC_IDENTITY_FILE = "public_identity.key"
-# base58 of 64 bytes is at most 88 characters; decoding is quadratic, so
-# longer text is refused before it is decoded.
-_MAX_TEXT = {IDENTITY_KEY_SIZE: 48, SIGNATURE_SIZE: 96}
+# base58 of 32 bytes is at most 44 characters, of 64 at most 88; decoding
+# is quadratic, so longer text is refused before it is decoded.
+_MAX_TEXT = {IDENTITY_KEY_SIZE: 44, SIGNATURE_SIZE: 88}
 
 
 def encode_b58(raw):
@@ -38,7 +38,7 @@ def decode_b58(text, size, what):
         raise KeyFormatError(f"{what} is empty")
     if len(text) > _MAX_TEXT[size]:
         raise KeyFormatError(f"{what} is {len(text)} characters long; base58 of "
-                             f"{size} bytes is at most {_MAX_TEXT[size] - 4}")
+                             f"{size} bytes is at most {_MAX_TEXT[size]}")
     try:
         raw = base58.b58decode(text)
     except ValueError:
