@@ -205,12 +205,39 @@ class TrustedDirectoriesTests(SynchronousTestCase):
         self.assertRaises(ValueError, TrustedDirectories, [A.public_key], 2)
         self.assertRaises(ValueError, TrustedDirectories, [A.public_key], 0)
 
-    def test_unchanged_presences_are_verified_once(self):
+    def test_unchanged_presences_are_read_and_verified_once(self):
+        presences = fresh(self.nodes, T0)
+        self.trust.offer(document(A, 1, T0, presences).to_bytes(), T0)
+        cache = self.trust._cache
+        self.assertEqual((len(cache.verified), len(cache.parsed)), (8, 8))
+        first = dict(cache.parsed)
+        # re-signed by the directory, with other lastSeen: the same entries
+        doc = document(A, 2, T0 + NS, presences).to_json(
+            last_seen={p.identity_key: 5 for p in presences})
+        self.trust.offer(doc, T0 + NS)
+        self.assertEqual({k: v[2] for k, v in cache.parsed.items()},
+                         {k: v[2] for k, v in first.items()})
+        for key, value in cache.parsed.items():
+            self.assertIs(value[2], first[key][2])
+        # only what the held document lists is remembered
+        self.trust.offer(document(A, 3, T0 + NS, presences[:3]).to_bytes(), T0 + NS)
+        self.assertEqual((len(cache.verified), len(cache.parsed)), (3, 3))
+
+    def test_a_refused_answer_leaves_nothing_in_the_cache(self):
         self.trust.offer(self.doc(1), T0)
-        self.assertEqual(len(self.trust._verified), 8)
-        self.trust.offer(self.doc(2, t=T0 + NS), T0 + NS)
-        # only the presences the held document lists are remembered
-        self.assertEqual(len(self.trust._verified), 8)
+        for n in range(3):
+            self.assertRaises(DocumentError, self.trust.offer,
+                              document(L, 1, T0, fresh([mixnode(200 + n, 1)], T0)).to_bytes(),
+                              T0)
+        self.assertEqual(len(self.trust._cache.parsed), 8)
+
+    def test_an_entry_changed_under_the_same_signature_is_read_again(self):
+        self.trust.offer(self.doc(1), T0)
+        data = document(A, 2, T0, fresh(self.nodes, T0)).to_json()
+        data["MixNodes"][0]["host"] = "10.6.6.6:1"
+        data["MixNodes"][0]["signature"] = self.trust.current(T0)[0].to_json()[
+            "MixNodes"][0]["signature"]
+        self.refused(data, T0, "does not verify")
 
 
 class ThresholdTests(SynchronousTestCase):

@@ -109,6 +109,9 @@ class SignedRegistry:
             raise DirectoryFull(f"the directory holds {self.capacity} "
                                 f"{signed.presence.kind}s")
         self._book.admit(signed, now)
+        # render its JSON now, spread over the announces, not all at once
+        # when the document is next signed (base58 is slow)
+        signed.to_json()
         if moving_in:
             self._count[role] += 1
             if old is not None:

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from nymtx.keys import encode_key
 from nymtx.topology import GatewayInfo, MixNodeInfo, Topology
-from nymtx.trust.document import MAX_DOCUMENT_LIFETIME, DocumentError, parse_document
+from nymtx.trust.document import (
+    MAX_DOCUMENT_LIFETIME, DocumentError, PresenceCache, parse_document)
 from nymtx.trust.identity import encode_b58
 from nymtx.trust.presence import MAX_CLOCK_SKEW, NS, is_current
 
@@ -123,7 +124,7 @@ class TrustedDirectories:
     skew: int = MAX_CLOCK_SKEW
     max_lifetime: int = MAX_DOCUMENT_LIFETIME
     _held: dict = attrs.field(factory=dict, init=False)
-    _verified: set = attrs.field(factory=set, init=False)
+    _cache: PresenceCache = attrs.field(factory=PresenceCache, init=False)
 
     log = Logger()
 
@@ -139,7 +140,15 @@ class TrustedDirectories:
         DocumentError saying why the answer was refused (the last good
         document stays).
         """
-        signed = parse_document(data, self._verified)
+        try:
+            return self._offer(data, now)
+        finally:
+            # what a refused answer brought in goes at once: the cache holds
+            # only what the held documents list
+            self._cache.keep_only(self._held.values())
+
+    def _offer(self, data, now):
+        signed = parse_document(data, self._cache)
         d = signed.document
         name = encode_b58(d.directory_key)
         if d.directory_key not in self.pinned:
@@ -168,7 +177,6 @@ class TrustedDirectories:
                           "does not verify; not using it", name=name, list=list_name,
                           index=index)
         self._held[d.directory_key] = signed
-        self._prune_verified()
         return signed
 
     def current(self, now):
@@ -185,11 +193,3 @@ class TrustedDirectories:
 
     def topology(self, now):
         return self.agreement(now).topology
-
-    def _prune_verified(self):
-        # keep only what the held documents list: the cache stays bounded
-        keep = set()
-        for signed in self._held.values():
-            for entry in signed.document.mixnodes + signed.document.gateways:
-                keep.add((entry.presence.signed_bytes(), entry.signature))
-        self._verified &= keep

@@ -128,7 +128,47 @@ class SignedDocument:
         return json.dumps(self.to_json(with_clients, last_seen)).encode("utf-8")
 
 
-def parse_document(data, verified=None):
+@attrs.define
+class PresenceCache:
+    """Entries a client has parsed and node signatures it has checked.
+
+    Directories re-sign every few seconds but most presences in their
+    documents are the ones of the last refresh: reading an entry again
+    (base58, addresses) and checking its signature again would cost a
+    client most of its refresh. An entry equal to one already read (but
+    for the unsigned lastSeen) is the same presence.
+    """
+
+    # signature text -> (role, entry without lastSeen, SignedPresence)
+    parsed: dict = attrs.field(factory=dict)
+    # (signed bytes, signature) whose node signature verified
+    verified: set = attrs.field(factory=set)
+
+    def keep_only(self, documents):
+        """Forget what none of *documents* (SignedDocuments) lists."""
+        tags, signatures = set(), set()
+        for signed_document in documents:
+            d = signed_document.document
+            for entry in d.mixnodes + d.gateways:
+                tags.add((entry.presence.signed_bytes(), entry.signature))
+                signatures.add(entry.signature)
+        self.verified &= tags
+        self.parsed = {k: v for k, v in self.parsed.items() if v[2].signature in signatures}
+
+    def read(self, entry, role):
+        key = entry.get("signature") if isinstance(entry, dict) else None
+        if isinstance(key, str):
+            plain = {k: v for k, v in entry.items() if k != "lastSeen"}
+            hit = self.parsed.get(key)
+            if hit is not None and hit[0] == role and hit[1] == plain:
+                return hit[2]
+        signed = parse_unverified(entry, role)
+        if isinstance(key, str):
+            self.parsed[key] = (role, plain, signed)
+        return signed
+
+
+def parse_document(data, cache=None):
     """A SignedDocument from JSON bytes, text or a dict.
 
     Raises DocumentError if the document is unsigned, malformed in any
@@ -136,9 +176,11 @@ def parse_document(data, verified=None):
     identity twice, or its signature does not verify under the key it
     names; whether that key is trusted is the caller's question. An entry
     whose node signature fails is dropped and named in ``dropped``.
-    *verified* is an optional set of (signed bytes, signature) already
-    checked, to skip re-verifying unchanged presences; it is updated.
+    *cache*, a PresenceCache, skips reading and checking again what it
+    holds; it is updated.
     """
+    if cache is None:
+        cache = PresenceCache()
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
             data = bytes(data).decode("utf-8")
@@ -177,7 +219,7 @@ def parse_document(data, verified=None):
         parsed = []
         for index, entry in enumerate(entries):
             try:
-                signed = parse_unverified(entry, role)
+                signed = cache.read(entry, role)
             except PresenceError as e:
                 raise DocumentError(f"{name}[{index}]: {e}")
             if signed.identity_key in seen:
@@ -191,8 +233,7 @@ def parse_document(data, verified=None):
     if not signed_document.verify():
         raise DocumentError(f"the signature does not verify under directoryKey "
                             f"{encode_b58(key)}")
-    if verified is None:
-        verified = set()
+    verified = cache.verified
     dropped = []
     for name, role in _LISTS:
         for index, signed in enumerate(lists[role]):

@@ -86,6 +86,8 @@ class Presence:
     clients_count: int = attrs.field(default=0)
     next_sphinx_key: bytes | None = attrs.field(default=None)
     next_key_from: int = attrs.field(default=0, validator=_u64)
+    # signed_bytes(), built once: documents and merges ask for it often
+    _bytes: bytes = attrs.field(init=False, eq=False, repr=False, default=b"")
 
     def __attrs_post_init__(self):
         gateway = self.role == ROLE_GATEWAY
@@ -104,6 +106,7 @@ class Presence:
         for text in (self.version, self.location):
             if len(text.encode("utf-8")) > 0xFFFF:
                 raise ValueError("version and location are at most 65535 bytes")
+        object.__setattr__(self, "_bytes", self._build())
 
     @property
     def kind(self):
@@ -111,6 +114,9 @@ class Presence:
 
     def signed_bytes(self):
         """The exact bytes the identity key signs (docs/trust.md, "Presence")."""
+        return self._bytes
+
+    def _build(self):
         version = self.version.encode("utf-8")
         location = self.location.encode("utf-8")
         return b"".join([
@@ -130,12 +136,14 @@ class Presence:
         ])
 
     def content(self):
-        """What directories must agree on: everything but timestamp and expiry.
+        """What directories must agree on: everything but timestamp and expiry
+        (the signed bytes without offsets 146-161).
 
         Nodes re-sign every few seconds, so two honest directories rarely
         hold the same timestamp; they hold the same content.
         """
-        return attrs.evolve(self, timestamp=0, expires=0)
+        b = self._bytes
+        return b[:146] + b[162:]
 
     def sphinx_keys(self):
         """The Sphinx keys this presence claims: current, and next if announced."""
@@ -220,6 +228,8 @@ class SignedPresence:
     presence: Presence
     signature: bytes
     clients: tuple | None = None
+    # to_json's answers, built once (base58 is slow): with_clients -> dict
+    _json: dict = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @property
     def identity_key(self):
@@ -231,7 +241,15 @@ class SignedPresence:
                                 self.signature)
 
     def to_json(self, with_clients=True):
-        """The seed's presence fields, then the signed ones (docs/trust.md)."""
+        """The seed's presence fields, then the signed ones (docs/trust.md).
+
+        A new dict each call (its registeredClients list is shared)."""
+        built = self._json.get(with_clients)
+        if built is None:
+            built = self._json[with_clients] = self._build_json(with_clients)
+        return dict(built)
+
+    def _build_json(self, with_clients):
         p = self.presence
         out = {"host": str(p.host), "pubKey": encode_key(p.sphinx_key)}
         if p.role == ROLE_MIXNODE:
