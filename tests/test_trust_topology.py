@@ -201,6 +201,22 @@ class TrustedDirectoriesTests(SynchronousTestCase):
             self.trust.topology(T0 + 120 * NS)
         self.assertIn("0 of 1 pinned directories", str(e.exception))
 
+    def test_from_config(self):
+        keys = [A.public_text, B.public_text, C.public_text]
+        trust = TrustedDirectories.from_config(keys)
+        self.assertEqual((trust.pinned, trust.threshold),
+                         (frozenset([A.public_key, B.public_key, C.public_key]), 2))
+        self.assertEqual(TrustedDirectories.from_config(keys[:1]).threshold, 1)
+        self.assertEqual(TrustedDirectories.from_config(keys, 3).threshold, 3)
+        for args, text in [(([],), "at least one"), (("abc",), "at least one"),
+                           (([A.public_text, "0OIl"],), "directory_keys[1]: the key"),
+                           (([A.public_text, 5],), "directory_keys[1]"),
+                           (([A.public_text, A.public_text],), "listed twice"),
+                           ((keys, 4), "not in 1..3"), ((keys, True), "not in 1..3")]:
+            with self.assertRaises(ValueError) as e:
+                TrustedDirectories.from_config(*args)
+            self.assertIn(text, str(e.exception))
+
     def test_threshold_bounds(self):
         self.assertRaises(ValueError, TrustedDirectories, [A.public_key], 2)
         self.assertRaises(ValueError, TrustedDirectories, [A.public_key], 0)

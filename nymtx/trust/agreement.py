@@ -23,7 +23,8 @@ from nymtx.keys import encode_key
 from nymtx.topology import GatewayInfo, MixNodeInfo, Topology
 from nymtx.trust.document import (
     MAX_DOCUMENT_LIFETIME, DocumentError, PresenceCache, parse_document)
-from nymtx.trust.identity import encode_b58
+from nymtx.keys import KeyFormatError
+from nymtx.trust.identity import decode_identity_key, encode_b58
 from nymtx.trust.presence import MAX_CLOCK_SKEW, NS, is_current
 
 
@@ -132,6 +133,29 @@ class TrustedDirectories:
         if not 1 <= self.threshold <= len(self.pinned):
             raise ValueError(f"the threshold must be in 1..{len(self.pinned)} "
                              f"(the pinned directories), not {self.threshold}")
+
+    @classmethod
+    def from_config(cls, keys, threshold=None, field="directory_keys"):
+        """From a config's list of base58 directory keys and threshold
+        (default: a majority, m // 2 + 1). ValueError names the entry at fault."""
+        if not isinstance(keys, (list, tuple)) or not keys:
+            raise ValueError(f"{field}: give at least one directory key (base58)")
+        pinned = []
+        for index, text in enumerate(keys):
+            try:
+                key = decode_identity_key(text, "the key")
+            except KeyFormatError as e:
+                raise ValueError(f"{field}[{index}]: {e}")
+            if key in pinned:
+                raise ValueError(f"{field}[{index}]: {text} is listed twice")
+            pinned.append(key)
+        if threshold is None:
+            threshold = len(pinned) // 2 + 1
+        if isinstance(threshold, bool) or not isinstance(threshold, int) \
+                or not 1 <= threshold <= len(pinned):
+            raise ValueError(f"directory_threshold: {threshold!r} is not in 1..{len(pinned)}"
+                             f" (the number of {field})")
+        return cls(pinned, threshold)
 
     def offer(self, data, now):
         """Take a directory's answer (bytes or parsed JSON) if it is good.
