@@ -23,6 +23,7 @@ from nymtx.topology import Topology
 from nymtx.trust.agreement import TrustedDirectories
 from nymtx.trust.allowlist import AllowList
 from nymtx.trust.document import parse_document
+from nymtx.trust.metrics import sign_metrics
 from nymtx.trust.presence import NS
 
 from tests.trustnet import document, gateway, identity, mixnode, network, sphinx
@@ -79,15 +80,69 @@ class SignedDirectoryTests(SynchronousTestCase):
         trust.offer(content, T)
         self.assertEqual(len(trust.topology(T).mixnodes), 6)
 
-    def test_the_page_and_metrics_still_work(self):
+    def test_the_page_still_works(self):
         self.announce_all()
         code, page = self.call("GET", "/")
         self.assertEqual(code, 200)
         self.assertIn(b"127.0.0.1:1011", page)
-        code, _ = self.call("POST", "/api/metrics/mixes",
-                            {"pubKey": encode_key(sphinx(11)), "received": 1, "sent": 1})
-        self.assertEqual(code, 201)
-        self.assertEqual(self.call("GET", "/api/metrics/mixes"), (200, b"[]"))
+
+    def report(self, signed, expect=201):
+        code, content = self.call("POST", "/api/metrics/mixes",
+                                  signed if isinstance(signed, dict) else signed.to_json())
+        self.assertEqual(code, expect, content)
+        return json.loads(content)
+
+    def test_signed_metrics_from_the_node_itself(self):
+        self.announce_all()
+        node = self.nodes[0]
+        self.report(sign_metrics(node.identity, node.sphinx_key,
+                                 {"received": 7, "sent": 6, "dropped": {"queue full": 1}}, T))
+        self.clock.advance(60)
+        code, content = self.call("GET", "/api/metrics/mixes")
+        [metrics] = json.loads(content)
+        self.assertEqual((metrics["pubKey"], metrics["received"], metrics["dropped"]),
+                         (encode_key(node.sphinx_key), 7, {"queue full": 1}))
+
+    def test_metrics_not_from_the_node_refused(self):
+        self.announce_all()
+        node, other = self.nodes[0], self.nodes[1]
+        counts = {"received": 1, "sent": 1}
+        unsigned = {"pubKey": encode_key(node.sphinx_key), "received": 1, "sent": 1}
+        self.assertIn("signature: missing", self.report(unsigned, 400)["error"])
+        # another node (or anyone) reporting for node 11's key
+        self.assertIn("is not a Sphinx key of this identity",
+                      self.report(sign_metrics(other.identity, node.sphinx_key, counts, T),
+                                  400)["error"])
+        self.assertIn("has no mixnode presence",
+                      self.report(sign_metrics(identity(999), node.sphinx_key, counts, T),
+                                  400)["error"])
+        self.assertIn("has no mixnode presence",
+                      self.report(sign_metrics(self.nodes[6].identity,
+                                               self.nodes[6].sphinx_key, counts, T),
+                                  400)["error"])
+        # counts changed under the node's signature
+        body = sign_metrics(node.identity, node.sphinx_key, counts, T).to_json()
+        body["received"] = 1000
+        self.assertIn("does not verify", self.report(body, 400)["error"])
+        body["sent"] = {"127.0.0.1:1": 5}
+        self.assertIn("the total", self.report(body, 400)["error"])
+
+    def test_metrics_replayed_or_stale_refused(self):
+        self.announce_all()
+        node = self.nodes[0]
+        counts = {"received": 1, "sent": 1}
+        first = sign_metrics(node.identity, node.sphinx_key, counts, T)
+        self.report(first)
+        self.assertIn("a replay", self.report(first, 400)["error"])
+        self.report(sign_metrics(node.identity, node.sphinx_key, counts, T + 1))
+        self.assertIn("tolerance", self.report(
+            sign_metrics(node.identity, node.sphinx_key, counts, T - 61 * NS), 400)["error"])
+        self.assertIn("tolerance", self.report(
+            sign_metrics(node.identity, node.sphinx_key, counts, T + 61 * NS), 400)["error"])
+        # still a replay after the node expired and came back
+        self.clock.advance(11)
+        self.announce(node.presence(T + 11 * NS))
+        self.assertIn("a replay", self.report(first, 400)["error"])
 
     def test_unsigned_presence_refused(self):
         body = {"host": "127.0.0.1:1", "pubKey": encode_key(sphinx(1)), "layer": 1,

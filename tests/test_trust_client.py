@@ -11,9 +11,9 @@ from nymtx.directory.client import DirectoryClient, DirectoryError
 from nymtx.directory.resource import DirectoryResource
 from nymtx.directory.signed import SignedRegistry
 from nymtx.interfaces import IDirectoryClient
-from nymtx.keys import encode_key
 from nymtx.trust.agreement import TrustedDirectories
 from nymtx.trust.client import TopologyExpired, TrustedDirectoryClient
+from nymtx.trust.metrics import sign_metrics
 from nymtx.trust.presence import NS
 
 from tests.trustnet import document, gateway, identity, mixnode, network, sphinx
@@ -104,8 +104,9 @@ class TrustedDirectoryClientTests(SynchronousTestCase):
 
     def test_metrics(self):
         self.announce_all()
-        self.successResultOf(self.client.report_metrics(
-            {"pubKey": encode_key(sphinx(11)), "received": 1, "sent": 1}))
+        node = self.nodes[0]
+        self.successResultOf(self.client.report_metrics(sign_metrics(
+            node.identity, node.sphinx_key, {"received": 1, "sent": 1}, self.now()).to_json()))
         self.assertEqual(self.successResultOf(self.client.get_metrics()), [])
         self.successResultOf(self.client.close())
 

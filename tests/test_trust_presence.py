@@ -16,6 +16,7 @@ from nymtx.trust.book import PresenceBook
 from nymtx.trust.identity import (
     PRIVATE_IDENTITY_FILE, PUBLIC_IDENTITY_FILE, IdentityKey, decode_b58, encode_b58,
     verify_signature)
+from nymtx.trust.metrics import parse_signed_metrics, sign_metrics
 from nymtx.trust.presence import (
     MAX_CLOCK_SKEW, NS, ROLE_GATEWAY, ROLE_MIXNODE, PresenceError, check_announced,
     clients_digest, is_current, make_presence, parse_signed_gateway, parse_signed_mixnode,
@@ -473,3 +474,48 @@ class MakePresenceTests(SynchronousTestCase):
         self.assertEqual(g.clients, tuple(sorted({sphinx(2), sphinx(3)})))
         self.assertEqual(g.presence.clients_count, 2)
         self.assertEqual(g.presence.clients_digest, clients_digest([sphinx(2), sphinx(3)]))
+
+
+class SignedMetricsTests(SynchronousTestCase):
+    def setUp(self):
+        self.signed = sign_metrics(identity(1), sphinx(1), {
+            "received": 5, "sent": 4, "dropped": {"b": 1, "a": 2, "é": 3}}, T0)
+
+    def test_round_trip_and_reason_order(self):
+        self.assertEqual(parse_signed_metrics(json.dumps(self.signed.to_json()).encode()),
+                         self.signed)
+        self.assertEqual([r for r, _ in self.signed.metrics.dropped], ["a", "b", "é"])
+
+    def test_refusals(self):
+        for field, value, text in [("signature", None, "not signed"),
+                                   ("received", 6, "does not verify"),
+                                   ("dropped", {"a": 2}, "does not verify"),
+                                   ("timestamp", None, "timestamp: missing"),
+                                   ("identityKey", "x", "identityKey"),
+                                   ("sent", {"127.0.0.1:1": 4}, "the total")]:
+            data = self.signed.to_json()
+            if value is None:
+                del data[field]
+            else:
+                data[field] = value
+            with self.assertRaises(PresenceError) as e:
+                parse_signed_metrics(json.dumps(data).encode())
+            self.assertIn(text, str(e.exception))
+
+    @given(st.binary(max_size=300))
+    def test_fuzz_bytes(self, data):
+        try:
+            parse_signed_metrics(data)
+        except PresenceError:
+            pass
+
+    @given(st.data())
+    def test_fuzz_fields(self, data):
+        doc = self.signed.to_json()
+        doc[data.draw(st.sampled_from(sorted(doc)))] = data.draw(st.one_of(
+            st.none(), st.integers(-1, 2 ** 65), st.text(max_size=30),
+            st.dictionaries(st.text(max_size=5), st.integers(-1, 3), max_size=3)))
+        try:
+            parse_signed_metrics(json.dumps(doc).encode())
+        except PresenceError:
+            pass

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nymtx.trust import vectors
 from nymtx.trust.allowlist import AllowList
 from nymtx.trust.document import parse_document
+from nymtx.trust.metrics import parse_signed_metrics
 from nymtx.trust.presence import parse_signed_mixnode
 
 DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "trust.md")
@@ -57,6 +58,18 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(int.from_bytes(top[76:80], "big"), len(mix))
         self.assertEqual(top[80:80 + len(mix)], mix)
         self.assertEqual(len(top), 76 + 4 + len(mix) + 64 + 4 + 4 + len(gw) + 64)
+
+    def test_metrics_layout(self):
+        values = dict(vectors.build())
+        raw = bytes.fromhex(values["metrics signed bytes"])
+        self.assertEqual(raw[:15], b"nymtx/metrics/1")
+        self.assertEqual(int.from_bytes(raw[87:95], "big"), 120)
+        self.assertEqual(raw[103:107], b"\x00\x00\x00\x01")
+        self.assertEqual(raw[107:109], b"\x00\x0a")
+        self.assertEqual(raw[109:119], b"queue full")
+        self.assertEqual(int.from_bytes(raw[119:], "big"), 2)
+        signed = parse_signed_metrics(json.dumps(vectors.metrics().to_json()).encode())
+        self.assertEqual(signed, vectors.metrics())
 
     def test_the_vector_document_parses_and_verifies(self):
         mixnode, gateway, document = vectors.signed()

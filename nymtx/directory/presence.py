@@ -113,7 +113,11 @@ def parse_metrics(body):
     object of counts per next hop; the object is folded into its total at
     once, so the directory never holds who sent how much to whom.
     """
-    data = load_object(body)
+    return metrics_fields(load_object(body))
+
+
+def metrics_fields(data):
+    """parse_metrics's checks on an already-parsed JSON object (a dict)."""
     entry = {
         "pubKey": _key(data, "pubKey"),
         "received": _count(data.get("received"), "received"),

@@ -14,7 +14,6 @@ Registry inside. docs/trust.md, docs/directory.md.
 import attrs
 from twisted.logger import Logger
 
-from nymtx.directory.presence import parse_metrics
 from nymtx.directory.registry import (
     DEFAULT_CAPACITY, DEFAULT_EXPIRY, NS, DirectoryFull, Registry)
 from nymtx.trust.book import PresenceBook
@@ -24,6 +23,7 @@ from nymtx.trust.presence import (
     MAX_CLOCK_SKEW, ROLE_GATEWAY, ROLE_MIXNODE, PresenceError, parse_signed_gateway,
     parse_signed_mixnode)
 from nymtx.keys import encode_key
+from nymtx.trust.metrics import parse_signed_metrics
 
 #: The directory signs a new document at most this often (seconds): every
 #: node re-announces every 1.5 s, and a document of 10 000 nodes is 3 MB
@@ -66,13 +66,15 @@ class SignedRegistry:
     _last_seen: dict = attrs.field(factory=dict, init=False)
     _document: object = attrs.field(default=None, init=False)
     _changed: bool = attrs.field(default=True, init=False)
+    # identity key -> timestamp of its last metrics report (replays refused)
+    _last_report: dict = attrs.field(factory=dict, init=False)
     _count: dict = attrs.field(init=False, factory=lambda: {ROLE_MIXNODE: 0, ROLE_GATEWAY: 0})
 
     log = Logger()
 
     #: what DirectoryResource parses each POST body with
     presence_parsers = {"mixnode": parse_signed_mixnode, "gateway": parse_gateway_with_list,
-                        "metrics": parse_metrics}
+                        "metrics": parse_signed_metrics}
 
     def __attrs_post_init__(self):
         self._metrics = Registry(self.clock, self.expiry, self.capacity)
@@ -87,8 +89,33 @@ class SignedRegistry:
     def add_gateway(self, signed):
         self._add(signed, ROLE_GATEWAY)
 
-    def add_metrics(self, entry):
-        self._metrics.add_metrics(entry)
+    def add_metrics(self, signed):
+        """A SignedMetrics, taken only from the mixnode whose presence holds
+        its Sphinx key, signed within the clock tolerance, newer than the last."""
+        now = self.now_ns()
+        self.expire(now)
+        m = signed.metrics
+        held = self._book.get(m.identity_key)
+        if held is None or held.presence.role != ROLE_MIXNODE:
+            raise PresenceError("identityKey", f"{encode_b58(m.identity_key)} has no mixnode "
+                                "presence here: only a mixnode reports metrics, after it "
+                                "announced itself")
+        if m.sphinx_key not in held.presence.sphinx_keys():
+            raise PresenceError("pubKey", f"{encode_key(m.sphinx_key)} is not a Sphinx key "
+                                "of this identity's presence")
+        if not now - self.skew <= m.timestamp <= now + self.skew:
+            raise PresenceError("timestamp", f"is {(m.timestamp - now) / NS:+.1f} s from the "
+                                f"directory's clock; the tolerance is {self.skew / NS:.0f} s")
+        last = self._last_report.get(m.identity_key)
+        if last is not None and m.timestamp <= last:
+            raise PresenceError("timestamp", "is not newer than this node's last report: "
+                                "a replay")
+        self._metrics.add_metrics(m.entry())
+        self._last_report[m.identity_key] = m.timestamp
+        if len(self._last_report) > 2 * len(self._last_seen) + 64:
+            # a report older than the tolerance is refused anyway
+            self._last_report = {i: t for i, t in self._last_report.items()
+                                 if t >= now - self.skew}
 
     def metrics(self):
         return self._metrics.metrics()

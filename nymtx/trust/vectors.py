@@ -10,6 +10,7 @@ import json
 from nymtx.keys import KeyPair
 from nymtx.trust.document import sign_topology
 from nymtx.trust.identity import IdentityKey
+from nymtx.trust.metrics import sign_metrics
 from nymtx.trust.presence import ROLE_GATEWAY, ROLE_MIXNODE, make_presence
 
 #: 2023-11-14T22:13:20Z in Unix ns: the seed's sample lastSeen
@@ -56,7 +57,17 @@ def build():
         ("clients digest", gateway.presence.clients_digest.hex()),
         ("topology signed bytes", document.document.signed_bytes().hex()),
         ("topology signature", document.signature.hex()),
+        ("metrics signed bytes", metrics().metrics.signed_bytes().hex()),
+        ("metrics signature", metrics().signature.hex()),
     ]
+
+
+def metrics():
+    """The mixnode's report: 120 received, 118 sent, 2 dropped ("queue full")."""
+    return sign_metrics(IdentityKey.from_seed(_seed(1)),
+                        KeyPair.from_private(_seed(4)).public_key,
+                        {"received": 120, "sent": 118, "dropped": {"queue full": 2}},
+                        T0 + 3)
 
 
 def example_json():
