@@ -59,6 +59,36 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(top[80:80 + len(mix)], mix)
         self.assertEqual(len(top), 76 + 4 + len(mix) + 64 + 4 + 4 + len(gw) + 64)
 
+    def test_signatures_verify_under_another_ed25519(self):
+        # OpenSSL (through cryptography), not libsodium: the vectors are
+        # plain RFC 8032 signatures of the bytes shown
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from nymtx.trust.identity import decode_b58
+        values = dict(vectors.build())
+        keys = {name: Ed25519PublicKey.from_public_bytes(decode_b58(values[
+            f"{name} identity public key"], 32, name))
+            for name in ("mixnode", "gateway", "directory")}
+        for message, signature, signer in [
+                ("mixnode presence signed bytes", "mixnode presence signature", "mixnode"),
+                ("gateway presence signed bytes", "gateway presence signature", "gateway"),
+                ("topology signed bytes", "topology signature", "directory"),
+                ("metrics signed bytes", "metrics signature", "mixnode")]:
+            keys[signer].verify(bytes.fromhex(values[signature]),
+                                bytes.fromhex(values[message]))
+        # and the seeds are RFC 8032 private keys
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        derived = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32).public_key()
+        self.assertEqual(derived.public_bytes(Encoding.Raw, PublicFormat.Raw),
+                         decode_b58(values["mixnode identity public key"], 32, "key"))
+
+    def test_clients_digest_by_hand(self):
+        import hashlib
+        from nymtx.keys import KeyPair
+        client = KeyPair.from_private(b"\x07" * 32).public_key
+        expected = hashlib.sha256(b"nymtx/clients/1" + b"\x00\x00\x00\x01" + client)
+        self.assertEqual(dict(vectors.build())["clients digest"], expected.hexdigest())
+
     def test_metrics_layout(self):
         values = dict(vectors.build())
         raw = bytes.fromhex(values["metrics signed bytes"])
