@@ -1,7 +1,10 @@
 """TrustedDirectoryClient: nodes and clients facing several directories
 through StubTreq around the real directory resource."""
 
+import json
+
 from treq.testing import StubTreq
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -12,9 +15,11 @@ from nymtx.directory.resource import DirectoryResource
 from nymtx.directory.signed import SignedRegistry
 from nymtx.interfaces import IDirectoryClient
 from nymtx.trust.agreement import TrustedDirectories
-from nymtx.trust.client import TopologyExpired, TrustedDirectoryClient
-from nymtx.trust.metrics import sign_metrics
-from nymtx.trust.presence import NS
+from nymtx.keys import encode_key
+from nymtx.trust.client import SigningDirectoryClient, TopologyExpired, TrustedDirectoryClient
+from nymtx.trust.metrics import parse_signed_metrics, sign_metrics
+from nymtx.trust.presence import NS, parse_signed_gateway, parse_signed_mixnode
+from nymtx.trust.rotation import KeyPeriod, RotationSchedule
 
 from tests.trustnet import document, gateway, identity, mixnode, network, sphinx
 
@@ -117,3 +122,88 @@ class _Dead(Resource):
     def render(self, request):
         request.setResponseCode(503)
         return b'{"error": "down"}'
+
+
+class _Recorder:
+    """Records what a node would send to its directory."""
+
+    def __init__(self):
+        self.sent = []
+
+    def announce_mixnode(self, body):
+        self.sent.append(("mixnode", body))
+        return succeed(None)
+
+    def announce_gateway(self, body):
+        self.sent.append(("gateway", body))
+        return succeed(None)
+
+    def report_metrics(self, body):
+        self.sent.append(("metrics", body))
+        return succeed(None)
+
+    def get_topology(self):
+        return succeed("topology")
+
+    def get_metrics(self):
+        return succeed([])
+
+    def close(self):
+        return succeed(None)
+
+
+class SigningDirectoryClientTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.inner = _Recorder()
+        self.client = SigningDirectoryClient(self.inner, identity(1), self.clock)
+        self.seed = {"host": "127.0.0.1:1789", "pubKey": encode_key(sphinx(1)), "layer": 2,
+                     "version": "0.5.0", "location": "unknown"}
+
+    def test_provides_the_interface(self):
+        verifyObject(IDirectoryClient, self.client)
+
+    def test_presences_and_metrics_go_out_signed(self):
+        self.successResultOf(self.client.announce_mixnode(self.seed))
+        self.clock.advance(1)
+        self.successResultOf(self.client.report_metrics(
+            {"pubKey": encode_key(sphinx(1)), "received": 3, "sent": {"1.2.3.4:5": 2},
+             "dropped": {}}))
+        (kind, presence), (_, metrics) = self.inner.sent
+        signed = parse_signed_mixnode(json.dumps(presence).encode())
+        self.assertEqual((signed.identity_key, signed.presence.timestamp),
+                         (identity(1).public_key, int(START * NS)))
+        report = parse_signed_metrics(json.dumps(metrics).encode())
+        self.assertEqual((report.metrics.sent, report.metrics.timestamp),
+                         (2, int((START + 1) * NS)))
+        self.assertEqual(self.successResultOf(self.client.get_topology()), "topology")
+
+    def test_a_gateway(self):
+        seed = {"host": "127.0.0.1:1790", "mixnetListener": "127.0.0.1:1790",
+                "clientListener": "127.0.0.1:9000", "pubKey": encode_key(sphinx(2)),
+                "registeredClients": [{"pubKey": encode_key(sphinx(7))}], "version": "v"}
+        self.successResultOf(self.client.announce_gateway(seed))
+        signed = parse_signed_gateway(json.dumps(self.inner.sent[0][1]).encode())
+        self.assertEqual(signed.clients, (sphinx(7),))
+
+    def test_rotation_schedule_sets_the_keys(self):
+        now = int(START * NS)
+        self.client.schedule = RotationSchedule([KeyPeriod(sphinx(1), 0)]).rotate(
+            sphinx(5), now + NS)
+        self.successResultOf(self.client.announce_mixnode(self.seed))
+        self.clock.advance(1)
+        self.successResultOf(self.client.announce_mixnode(self.seed))
+        first, second = (parse_signed_mixnode(json.dumps(b).encode()).presence
+                         for _, b in self.inner.sent)
+        self.assertEqual((first.sphinx_key, first.next_sphinx_key, first.next_key_from),
+                         (sphinx(1), sphinx(5), now + NS))
+        self.assertEqual((second.sphinx_key, second.next_sphinx_key), (sphinx(5), None))
+
+    def test_what_cannot_be_signed_fails_clearly(self):
+        failure = self.failureResultOf(self.client.announce_mixnode({"host": "x"}),
+                                       DirectoryError)
+        self.assertIn("cannot sign the presence: host", failure.getErrorMessage())
+        failure = self.failureResultOf(self.client.report_metrics({}), DirectoryError)
+        self.assertIn("cannot sign the metrics", failure.getErrorMessage())
+        self.assertEqual(self.inner.sent, [])

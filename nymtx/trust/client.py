@@ -1,22 +1,32 @@
-"""Several directories behind the one IDirectoryClient nodes and clients use.
+"""Several directories, and signing nodes, behind the IDirectoryClient
+that nodes and clients already use.
 
 ``TrustedDirectoryClient`` asks every pinned directory for its signed
 topology, offers each answer to a TrustedDirectories, and answers
 ``get_topology()`` with the topology a threshold of them agree on; nodes
 announce to every directory. A directory that fails or lies is logged once
 when it starts and once when it stops; the others carry on.
+
+``SigningDirectoryClient`` signs what a node announces and reports with its
+identity key before passing it on, so that a MixnodeService or
+GatewayService given one as its ``directory`` speaks the signed API
+without a change of its own.
 """
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nymtx.directory.client import DirectoryError
 from nymtx.interfaces import IDirectoryClient
+from nymtx.keys import decode_key, encode_key
 from nymtx.trust.agreement import NoAgreement
 from nymtx.trust.document import DocumentError
-from nymtx.trust.presence import NS
+from nymtx.trust.metrics import sign_metrics
+from nymtx.trust.presence import (
+    DEFAULT_PRESENCE_LIFETIME, NS, ROLE_GATEWAY, ROLE_MIXNODE, PresenceError,
+    sign_seed_presence)
 
 
 class TopologyExpired(DirectoryError):
@@ -111,3 +121,72 @@ class TrustedDirectoryClient:
 
     def close(self):
         return DeferredList([d.close() for d in self.directories], consumeErrors=True)
+
+
+@implementer(IDirectoryClient)
+@attrs.define(eq=False)
+class SigningDirectoryClient:
+    """Wraps *directory* (any IDirectoryClient): presences and metrics go
+    out signed by *identity* at the time of *clock*; reads pass through.
+
+    *schedule*, a RotationSchedule, when given, chooses the Sphinx key
+    announced as in use and the next one announced ahead.
+    """
+
+    directory: object
+    identity: object
+    clock: object
+    lifetime: int = DEFAULT_PRESENCE_LIFETIME
+    schedule: object = None
+
+    def _now(self):
+        return int(self.clock.seconds() * NS)
+
+    def _sign(self, role, presence):
+        now = self._now()
+        rotation = {}
+        if self.schedule is not None:
+            key, start = self.schedule.announced(now)
+            presence = dict(presence, pubKey=encode_key(self.schedule.in_use(now)))
+            if key is not None:
+                rotation = {"next_sphinx_key": key, "next_key_from": start}
+        try:
+            return sign_seed_presence(self.identity, role, presence, now,
+                                      lifetime=self.lifetime, **rotation).to_json()
+        except PresenceError as e:
+            raise DirectoryError(f"cannot sign the presence: {e}")
+
+    def get_topology(self):
+        return self.directory.get_topology()
+
+    def announce_mixnode(self, presence):
+        try:
+            body = self._sign(ROLE_MIXNODE, presence)
+        except DirectoryError as e:
+            return fail(e)
+        return self.directory.announce_mixnode(body)
+
+    def announce_gateway(self, presence):
+        try:
+            body = self._sign(ROLE_GATEWAY, presence)
+        except DirectoryError as e:
+            return fail(e)
+        return self.directory.announce_gateway(body)
+
+    def report_metrics(self, metrics):
+        try:
+            sphinx_key = decode_key(metrics["pubKey"])
+            sent = metrics["sent"]
+            if isinstance(sent, dict):
+                sent = sum(sent.values())
+            body = sign_metrics(self.identity, sphinx_key, dict(metrics, sent=sent),
+                                self._now()).to_json()
+        except (KeyError, TypeError, ValueError) as e:
+            return fail(DirectoryError(f"cannot sign the metrics: {e}"))
+        return self.directory.report_metrics(body)
+
+    def get_metrics(self):
+        return self.directory.get_metrics()
+
+    def close(self):
+        return self.directory.close()
