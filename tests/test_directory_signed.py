@@ -282,6 +282,18 @@ class SignedDirectoryTests(SynchronousTestCase):
         self.announce(self.nodes[6].presence(T))
 
 
+    def test_a_node_that_left_is_not_listed_by_the_cached_document(self):
+        self.announce(self.nodes[0].presence(T))
+        self.clock.advance(9.5)
+        self.announce(self.nodes[1].presence(T + int(9.5 * NS)))
+        self.topology_bytes()  # signed now
+        self.clock.advance(0.6)  # node 0 has been silent for 10.1 s
+        code, page = self.call("GET", "/")
+        self.assertEqual(code, 200)
+        listed = parse_document(self.topology_bytes()).document.mixnodes
+        self.assertEqual([s.identity_key for s in listed], [self.nodes[1].identity.public_key])
+
+
 class _Static(Resource):
     """A lying directory: it answers whatever document it was given."""
 
@@ -338,3 +350,4 @@ class SeveralDirectoriesOverSocketsTests(TestCase):
                          {sphinx(41), sphinx(42)})
         self.assertEqual(topology.gateway_for(sphinx(901)).public_key, sphinx(42))
         yield pool.closeCachedConnections()
+

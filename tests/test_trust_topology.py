@@ -287,7 +287,7 @@ class ThresholdTests(SynchronousTestCase):
         fakes = [mixnode(200 + i, 2) for i in range(20)]
         agreement = self.assertUnchanged(
             document(L, 1, self.t, fresh(self.nodes + fakes, self.t)))
-        self.assertIn((fakes[0].identity.public_key, "listed alike by 1 directories; "
+        self.assertIn((fakes[0].identity.public_key, "listed alike by 1 of the directories; "
                        "2 needed"), agreement.refused)
 
     def test_a_liar_dropping_real_nodes(self):

@@ -66,6 +66,7 @@ class SignedRegistry:
     _last_seen: dict = attrs.field(factory=dict, init=False)
     _document: object = attrs.field(default=None, init=False)
     _changed: bool = attrs.field(default=True, init=False)
+    _left: bool = attrs.field(default=False, init=False)
     # identity key -> timestamp of its last metrics report (replays refused)
     _last_report: dict = attrs.field(factory=dict, init=False)
     _count: dict = attrs.field(init=False, factory=lambda: {ROLE_MIXNODE: 0, ROLE_GATEWAY: 0})
@@ -170,7 +171,9 @@ class SignedRegistry:
             self._book.forget(identity)
             del self._last_seen[identity]
             self._count[signed.presence.role] -= 1
-            self._changed = True
+            # a node that left must leave the document now, not at the
+            # next re-signing
+            self._left = True
             why = (f"not heard from for {(now - seen) / NS:.1f}s" if seen <= cutoff
                    else "its presence expired")
             self.log.info("{kind} {identity} at {host} left: {why}", kind=signed.presence.kind,
@@ -183,20 +186,20 @@ class SignedRegistry:
         now = self.now_ns()
         self.expire(now)
         doc = self._document
-        if doc is None or (self._changed and now - doc.document.issued
-                           >= self.resign_interval * NS) \
+        if doc is None or self._left or (self._changed and now - doc.document.issued
+                                         >= self.resign_interval * NS) \
                 or now - doc.document.issued >= self.lifetime // 2:
             held = self._held()
             mixnodes = sorted((s for s in held if s.presence.role == ROLE_MIXNODE),
                               key=lambda s: (s.presence.layer, str(s.presence.host),
-                                             encode_key(s.presence.sphinx_key)))
+                                             s.presence.sphinx_key))
             gateways = sorted((s for s in held if s.presence.role == ROLE_GATEWAY),
                               key=lambda s: (str(s.presence.host),
-                                             encode_key(s.presence.sphinx_key)))
+                                             s.presence.sphinx_key))
             serial = next_serial(doc.document.serial if doc else 0, now)
             doc = self._document = sign_topology(self.identity, serial, now, mixnodes,
                                                  gateways, self.lifetime)
-            self._changed = False
+            self._changed = self._left = False
         return doc
 
     def topology(self):

@@ -49,8 +49,8 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
     """The Agreement of *documents* (SignedDocuments, one per directory).
 
     Pure: the same documents, threshold and time give the same topology,
-    listed in the registry's order (mixnodes by layer, host, key; gateways
-    by host, key) so that seeded routes repeat.
+    listed in a fixed order (mixnodes by layer, host, key bytes; gateways
+    by host, key bytes) so that seeded routes repeat.
     """
     if threshold < 1:
         raise ValueError("the threshold is at least 1")
@@ -76,7 +76,7 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
                   for voters, best in by_content.values() if len(voters) >= threshold]
         if not agreed:
             most = max(len(voters) for voters, _ in by_content.values())
-            refused.append((identity, f"listed alike by {most} directories; "
+            refused.append((identity, f"listed alike by {most} of the directories; "
                             f"{threshold} needed"))
             continue
         chosen[identity] = max(agreed)[2]
@@ -111,8 +111,9 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
             clients = tuple(c for c in signed.clients or () if c not in ambiguous)
             gateways.append(GatewayInfo(p.host, p.client_listener, key, clients,
                                         p.timestamp, p.version))
-    mixnodes.sort(key=lambda n: (n.layer, str(n.address), encode_key(n.public_key)))
-    gateways.sort(key=lambda n: (str(n.address), encode_key(n.public_key)))
+    # raw key bytes break ties: base58 of thousands of keys is slow
+    mixnodes.sort(key=lambda n: (n.layer, str(n.address), n.public_key))
+    gateways.sort(key=lambda n: (str(n.address), n.public_key))
     return Agreement(Topology(mixnodes, gateways), chosen, tuple(refused), ambiguous)
 
 
