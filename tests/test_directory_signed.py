@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from treq.testing import StubTreq
 
+from nymtx.directory.registry import Registry
 from nymtx.directory.resource import DirectoryResource, make_site
 from nymtx.directory.signed import SignedRegistry
 from nymtx.keys import encode_key
@@ -79,6 +80,26 @@ class SignedDirectoryTests(SynchronousTestCase):
         trust = TrustedDirectories([DIRECTORY.public_key], 1)
         trust.offer(content, T)
         self.assertEqual(len(trust.topology(T).mixnodes), 6)
+
+    def test_the_compact_topology(self):
+        self.announce_all()
+        code, full = self.call("GET", "/api/presence/topology")
+        code, compact = self.call("GET", "/api/presence/topology?clients=none")
+        self.assertEqual(code, 200)
+        self.assertNotIn(b"registeredClients", compact)
+        self.assertIn(b"registeredClients", full)
+        self.assertEqual(parse_document(compact).signature, parse_document(full).signature)
+        trust = TrustedDirectories([DIRECTORY.public_key], 1)
+        trust.offer(compact, T)
+        topology = trust.topology(T)
+        self.assertEqual((len(topology.mixnodes), len(topology.gateways)), (6, 2))
+        self.assertEqual(topology.clients(), [])
+        # a plain directory ignores the query
+        plain = StubTreq(DirectoryResource(Registry(self.clock)))
+        response = self.successResultOf(plain.get(
+            "http://directory.test/api/presence/topology?clients=none"))
+        self.assertEqual(json.loads(self.successResultOf(response.content())),
+                         {"MixNodes": [], "MixProviderNodes": []})
 
     def test_the_page_still_works(self):
         self.announce_all()

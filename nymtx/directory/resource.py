@@ -104,6 +104,12 @@ class DirectoryResource(Resource):
         return _json(request, 200, {"ok": True})
 
     def _topology(self, request):
+        # ?clients=none: the signed topology without the gateways' client
+        # lists (docs/trust.md); a registry that has no such form, like a
+        # seed directory, ignores the query
+        compact = getattr(self.registry, "compact_topology", None)
+        if compact is not None and request.args.get(b"clients") == [b"none"]:
+            return _json(request, 200, compact())
         return _json(request, 200, self.registry.topology())
 
     def _metrics(self, request):

@@ -202,7 +202,12 @@ class SignedRegistry:
             self._changed = self._left = False
         return doc
 
-    def topology(self):
+    def topology(self, with_clients=True):
         """The seed's topology JSON object, signed (``directorySignature``)."""
         doc = self.signed_topology()
-        return doc.to_json(last_seen={i: self._last_seen[i] for i in self._last_seen})
+        return doc.to_json(with_clients, last_seen=self._last_seen)
+
+    def compact_topology(self):
+        """The same document without the gateways' client lists (the same
+        signature: it covers their signed digests, not the lists)."""
+        return self.topology(with_clients=False)
