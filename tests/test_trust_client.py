@@ -8,6 +8,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
 from nymtx.directory.client import DirectoryClient, DirectoryError
@@ -207,3 +208,37 @@ class SigningDirectoryClientTests(SynchronousTestCase):
         failure = self.failureResultOf(self.client.report_metrics({}), DirectoryError)
         self.assertIn("cannot sign the metrics", failure.getErrorMessage())
         self.assertEqual(self.inner.sent, [])
+
+
+class _Silent(Resource):
+    """A directory that accepts the request and never answers."""
+
+    isLeaf = True
+
+    def render(self, request):
+        return NOT_DONE_YET
+
+
+class SilentDirectoryTests(SynchronousTestCase):
+    def test_a_directory_that_answers_nothing(self):
+        clock = Clock()
+        clock.advance(START)
+        registry = SignedRegistry(clock, A)
+        stub = StubTreq(DirectoryResource(registry))
+        honest = DirectoryClient("http://a.test", treq=stub, reactor=clock)
+        silent = DirectoryClient("http://silent.test", treq=StubTreq(_Silent()),
+                                 reactor=clock, timeout=5.0)
+        trust = TrustedDirectories([A.public_key, L.public_key], 1)
+        client = TrustedDirectoryClient([honest, silent], trust, clock)
+        now = int(START * NS)
+        for node in network():
+            body = node.presence(now).to_json()
+            self.successResultOf((honest.announce_mixnode if node.layer
+                                  else honest.announce_gateway)(body))
+        d = client.get_topology()
+        self.assertNoResult(d)
+        clock.advance(5)
+        stub.flush()
+        topology = self.successResultOf(d)
+        self.assertEqual(len(topology.mixnodes), 6)
+        self.assertIn("no answer in time", client._trouble["http://silent.test"])
