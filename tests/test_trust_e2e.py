@@ -81,7 +81,7 @@ class SignedNetworkTests(TestCase):
         self.directory_keys = [IdentityKey.generate() for _ in range(3)]
         node_ids = [IdentityKey.generate() for _ in range(4)]
         allowed = AllowList({k.public_key: f"node-{i}" for i, k in enumerate(node_ids)})
-        self.registries = [SignedRegistry(reactor, key, allowed, expiry=2.0)
+        self.registries = [SignedRegistry(reactor, key, allowed)
                            for key in self.directory_keys[:2]]
         self.urls = [await self.listen(make_site(r)) for r in self.registries]
         liar = _Liar()

@@ -399,6 +399,38 @@ class ThresholdTests(SynchronousTestCase):
         self.assertIsNotNone(topology.gateway_by_key(sphinx(42)))
         self.assertNotIn(bob, topology.clients())
 
+    def test_a_gateway_stays_while_directories_hold_different_client_lists(self):
+        # Bob just registered: A has the gateway's new presence, B the old
+        # one; the gateway must not drop out meanwhile (it did, when the
+        # list was part of what directories must agree on)
+        old = gateway(41, [sphinx(900)])
+        new = gateway(41, [sphinx(900), sphinx(950)])
+        docs = [document(A, 1, self.t, fresh(self.nodes[:6], T0) + [new.presence(T0 + NS)]),
+                document(B, 1, self.t, fresh(self.nodes[:6], T0) + [old.presence(T0)])]
+        topology = merge(docs, 2, self.t).topology
+        [kept] = topology.gateways
+        self.assertEqual(kept.registered_clients, tuple(sorted([sphinx(900), sphinx(950)])))
+        # and from compact documents, the list comes from whichever carried it
+        compact = [parse_document(docs[0].to_json(with_clients=False)), docs[1]]
+        [kept] = merge(compact, 2, self.t).topology.gateways
+        self.assertEqual(kept.registered_clients, ())
+        compact = [parse_document(docs[0].to_json(with_clients=False)), docs[0], docs[1]]
+        [kept] = merge(compact, 2, self.t).topology.gateways
+        self.assertEqual(len(kept.registered_clients), 2)
+
+    def test_the_nodes_newest_word_even_from_the_liar(self):
+        # the liar relays a newer presence the gateway really signed: the
+        # routing content is the honest directories', the list the newest
+        newer = gateway(42, [sphinx(901), sphinx(960)]).presence(self.t)
+        liar = document(L, 1, self.t, fresh(self.nodes[:7], T0) + [newer])
+        topology = merge(self.honest + [liar], 2, self.t).topology
+        self.assertEqual(topology.gateway_for(sphinx(960)).public_key, sphinx(42))
+        # but a new host for it, even signed by the gateway, needs the threshold
+        moved = gateway(42, [sphinx(901)]).presence(self.t, host="10.0.0.1:1")
+        liar = document(L, 2, self.t, fresh(self.nodes[:7], T0) + [moved])
+        topology = merge(self.honest + [liar], 2, self.t).topology
+        self.assertEqual(str(topology.gateway_by_key(sphinx(42)).address), "127.0.0.1:1042")
+
     def test_merge_is_order_independent(self):
         liar = document(L, 1, self.t, fresh(self.nodes[3:] + [mixnode(250, 1)], self.t))
         docs = self.honest + [liar]

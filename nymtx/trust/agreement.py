@@ -25,7 +25,7 @@ from nymtx.trust.document import (
     MAX_DOCUMENT_LIFETIME, DocumentError, PresenceCache, parse_document)
 from nymtx.keys import KeyFormatError
 from nymtx.trust.identity import decode_identity_key, encode_b58
-from nymtx.trust.presence import MAX_CLOCK_SKEW, NS, is_current
+from nymtx.trust.presence import MAX_CLOCK_SKEW, NS, ROLE_GATEWAY, is_current
 
 
 class NoAgreement(Exception):
@@ -56,18 +56,22 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
         raise ValueError("the threshold is at least 1")
     # identity -> content -> (directory keys, newest SignedPresence)
     votes = {}
+    # (identity, clients digest) -> a client list carried with that digest
+    lists = {}
     for signed_document in documents:
         directory = signed_document.document.directory_key
         mixnodes, gateways = signed_document.usable()
         for signed in mixnodes + gateways:
             if not is_current(signed.presence, now, skew):
                 continue
+            if signed.clients is not None:
+                lists[(signed.identity_key, signed.presence.clients_digest)] = signed.clients
             by_content = votes.setdefault(signed.identity_key, {})
             voters, best = by_content.get(signed.presence.content(), (set(), None))
             voters.add(directory)
-            if best is None or signed.presence.timestamp > best.presence.timestamp \
-                    or (best.clients is None and signed.clients is not None
-                        and signed.presence.timestamp == best.presence.timestamp):
+            # the node's newest word, whichever directory brought it: it
+            # signed it, and the content has its threshold anyway
+            if best is None or signed.presence.timestamp > best.presence.timestamp:
                 best = signed
             by_content[signed.presence.content()] = (voters, best)
     chosen, refused = {}, []
@@ -79,7 +83,12 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
             refused.append((identity, f"listed alike by {most} of the directories; "
                             f"{threshold} needed"))
             continue
-        chosen[identity] = max(agreed)[2]
+        best = max(agreed)[2]
+        if best.presence.role == ROLE_GATEWAY and best.clients is None:
+            carried = lists.get((identity, best.presence.clients_digest))
+            if carried is not None:
+                best = attrs.evolve(best, clients=carried)
+        chosen[identity] = best
     # A Sphinx key or listener names one node: two identities claiming one
     # (a mixnode entry carrying a gateway's key, say) are both left out.
     claims = {}

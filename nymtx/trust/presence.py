@@ -136,14 +136,19 @@ class Presence:
         ])
 
     def content(self):
-        """What directories must agree on: everything but timestamp and expiry
-        (the signed bytes without offsets 146-161).
+        """What directories must agree on: how to route to the node.
 
-        Nodes re-sign every few seconds, so two honest directories rarely
-        hold the same timestamp; they hold the same content.
+        Role, layer, identity, Sphinx key, host, client listener, and the
+        next key with its start: the signed bytes at offsets 16-145 and
+        162-201. Not the timestamp and expiry (every re-announce changes
+        them), nor the client list, version and location: those are the
+        node's own word, taken from its newest presence with this content;
+        were the client list part of it, a gateway would drop out of every
+        client's topology each time a client registers, until all
+        directories held its new list.
         """
         b = self._bytes
-        return b[:146] + b[162:]
+        return b[16:146] + b[162:202]
 
     def sphinx_keys(self):
         """The Sphinx keys this presence claims: current, and next if announced."""
