@@ -1,0 +1,665 @@
+"""The real network, measured: a local network in this process, tapped inside its nodes.
+
+:func:`capture` starts a :class:`~nymtx.localnet.LocalNetwork` (ports
+``tcp:0``, a temporary home) and N embedded clients, drives a workload of
+:class:`~nymtx.measure.sim.Phase` against them on the real reactor, and
+records, as a global passive observer would:
+
+- every mix-link packet as a mixnode or gateway receives it: the time, the
+  receiving node, the sending node or client, the bytes. The sender is the
+  connection's source address, never anything the packet says: every client
+  and every mixnode makes its outgoing connections from its own loopback
+  address (127.0.1.x clients, 127.0.2.x mixnodes), as machines of a real
+  network have their own;
+- every chunk of bytes on every client–gateway connection, both ways, as the
+  gateway's listener reads and writes it (the client is again the
+  connection's source address), and which answers are pull answers.
+
+The hooks are :attr:`nymtx.wire.BoundedFactory.tap` on the listeners and a
+reactor that binds outgoing connections; nothing in a node or a client
+changes when no measurement runs.
+
+:func:`to_trace` then finds the truth: it peels every recorded packet with
+the node keys, read from the home's key files
+(:func:`nymtx.sphinx.process_packet`), chains the hops into routes by their
+bytes (what a node forwards is what the next node receives), and at the
+gateway reads the destination and the payload to classify the packet: a
+real message of the workload, loop cover (today's clients: a MAC under the
+client's own key, :mod:`nymtx.client.cover`; or the message layer's typed,
+encrypted payloads, opened with the clients' keys, when it is there) or drop
+cover. The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
+and a list of problems: every packet the truth cannot explain is named
+there, none is dropped silently.
+"""
+
+import os
+import tempfile
+
+import attrs
+import numpy as np
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
+from zope.interface import directlyProvides, providedBy
+
+from nymtx.addressing import NodeAddress
+from nymtx.client.config import ClientConfig
+from nymtx.client.cover import LoopCover as LegacyLoopCover
+from nymtx.gateway import frames as F
+from nymtx.keys import KeyPair
+from nymtx.localnet import HOST, LocalNetwork, Timing, plan
+from nymtx.measure.sim import _poisson_times
+from nymtx.measure.trace import DROP, LOOP, REAL, Topology, Trace
+from nymtx.sphinx import ForwardHop, SphinxError, process_packet
+
+try:   # the end-to-end message layer (issue 11), when it is merged
+    from nymtx import message as _message_layer
+except ImportError:   # pragma: no cover - depends on what main holds
+    _message_layer = None
+
+#: the directions of a client–gateway chunk
+UP, DOWN = 0, 1
+
+
+def debug_ms(settings):
+    """The client's ``[debug]`` keys (ms) for the rates of *settings* (s)."""
+    def ms(seconds):
+        return max(1, int(round(seconds * 1000)))
+    return {"message_sending_average_delay": ms(settings.send_gap),
+            "loop_cover_traffic_average_delay": ms(settings.loop_gap),
+            "average_packet_delay": ms(settings.hop_delay),
+            "fetch_message_delay": ms(settings.fetch_gap)}
+
+
+def source_host(kind, index):
+    """The loopback address client or mixnode number *index* connects from."""
+    base = {"client": 1, "mixnode": 2}[kind]
+    return f"127.{base}.{index // 250}.{index % 250 + 1}"
+
+
+class SourceBoundReactor:
+    """The reactor, except that every outgoing TCP connection leaves from *host*.
+
+    An observer tells machines apart by their addresses; on one machine the
+    measurement gives each client and mixnode a loopback address of its own.
+    """
+
+    def __init__(self, reactor, host):
+        self._reactor = reactor
+        self._host = host
+        directlyProvides(self, *providedBy(reactor))
+
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
+        return self._reactor.connectTCP(host, port, factory, timeout,
+                                        bindAddress or (self._host, 0))
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
+class _TappedTransport:
+    """A transport that shows what is written through it to *on_write*."""
+
+    def __init__(self, transport, on_write):
+        self._transport = transport
+        self._on_write = on_write
+        directlyProvides(self, *providedBy(transport))
+
+    def write(self, data):
+        self._on_write(data)
+        self._transport.write(data)
+
+    def writeSequence(self, data):
+        self.write(b"".join(data))
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+@attrs.define(eq=False)
+class Capture:
+    """Everything recorded in one run; times are the reactor's (absolute)."""
+
+    home: str
+    clients: list               # client ids, in node order
+    mixnodes: list              # node names, in node order (layer by layer)
+    mix_layers: list
+    gateways: list
+    client_gateway: list
+    node_address: dict          # 32-byte address of a listener -> node number
+    start: float                # the workload's time 0
+    end: float                  # the end of the recording
+    phase_end: float            # the workload's last phase end (relative)
+    phases: list = attrs.Factory(list)    # (start, end, label), for the plots
+    # mix-link packets: (time, receiving node, sending node or -1, bytes)
+    packets: list = attrs.Factory(list)
+    # client–gateway chunks: (time, client or -1, UP/DOWN, size)
+    chunks: list = attrs.Factory(list)
+    # pull answers: (time, client, bytes written, messages the store gave)
+    pulls: list = attrs.Factory(list)
+    # the workload's messages: sender, recipient, queued (relative), body
+    message_sender: list = attrs.Factory(list)
+    message_recipient: list = attrs.Factory(list)
+    message_queued: list = attrs.Factory(list)
+    message_body: list = attrs.Factory(list)
+    #: per message: None (left its client), or why it did not
+    message_unsent: list = attrs.Factory(list)
+    problems: list = attrs.Factory(list)
+
+
+class Recorder:
+    """The taps: installed on the listeners of a :class:`TappedNetwork`."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.sources = {}        # source host -> node number
+        self.client_keys = {}    # client public key -> client number
+        self.key_of = {}         # client number -> public key
+        self.packets = []
+        self.chunks = []
+        self.pulls = []
+        self._pending = {}       # client key -> messages its last store pull gave
+        self.problems = []
+
+    def source(self, host):
+        return self.sources.get(host, -1)
+
+    def mix_tap(self, node):
+        packets, seconds = self.packets, self.reactor.seconds
+
+        def tap(protocol, addr):
+            src = self.source(addr.host)
+            received = protocol.packetReceived
+
+            def packetReceived(packet):
+                packets.append((seconds(), node, src, packet))
+                received(packet)
+            protocol.packetReceived = packetReceived
+            return protocol
+        return tap
+
+    def client_link_tap(self):
+        chunks, seconds = self.chunks, self.reactor.seconds
+
+        def tap(protocol, addr):
+            client = self.source(addr.host)
+            data_received = protocol.dataReceived
+            make_connection = type(protocol).makeConnection
+
+            def dataReceived(data):
+                chunks.append((seconds(), client, UP, len(data)))
+                data_received(data)
+
+            def on_write(data):
+                now = seconds()
+                chunks.append((now, client, DOWN, len(data)))
+                # the answer to a pull is written as the store gave it
+                key = self.key_of.get(client)
+                if key is not None and key in self._pending:
+                    authenticated = getattr(protocol, "client", key)
+                    if authenticated != key:
+                        self.problems.append(
+                            f"the gateway answered a pull of client {authenticated.hex()[:8]}"
+                            f" on a connection from {addr.host}")
+                    self.pulls.append((now, client, bytes(data), self._pending.pop(key)))
+
+            def makeConnection(transport):
+                make_connection(protocol, _TappedTransport(transport, on_write))
+            protocol.dataReceived = dataReceived
+            protocol.makeConnection = makeConnection
+            return protocol
+        return tap
+
+    def store_pull_tap(self, store):
+        """The store, as the client listener should see it: its pulls noted."""
+        return _PullNoted(store, self._pending)
+
+
+class _PullNoted:
+    """A gateway store whose ``pull`` notes how many messages it gave (the truth
+    of the answer the listener writes next); everything else is the store's."""
+
+    def __init__(self, store, pending):
+        self._store = store
+        self._pending = pending
+
+    def pull(self, client_key, limit):
+        got = self._store.pull(client_key, limit)
+        self._pending[bytes(client_key)] = len(got)
+        return got
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+class TappedNetwork(LocalNetwork):
+    """A LocalNetwork whose listeners record through a :class:`Recorder`, and
+    whose mixnodes connect from addresses of their own."""
+
+    def __init__(self, reactor, home, nodes, recorder, timing=Timing()):
+        super().__init__(reactor, home, nodes, timing=timing)
+        self.recorder = recorder
+        mixnodes = [n for n in nodes if n.kind == "mixnode"]
+        self.mixnode_names = [n.name for n in sorted(mixnodes, key=lambda n: (n.layer, n.name))]
+        self.gateway_names = [n.name for n in nodes if n.kind == "gateway"]
+        self.first_mix = None    # set by the capture, once clients are counted
+
+    def _make(self, node):
+        if node.kind != "mixnode":
+            service = super()._make(node)
+        else:
+            index = self.mixnode_names.index(node.name)
+            real, self.reactor = self.reactor, SourceBoundReactor(
+                self.reactor, source_host("mixnode", index))
+            try:
+                service = super()._make(node)
+            finally:
+                self.reactor = real
+        number = self.node_number(node.name)
+        if node.kind == "mixnode":
+            service.factory.tap = self.recorder.mix_tap(number)
+        elif node.kind == "gateway":
+            service.mix_factory.tap = self.recorder.mix_tap(number)
+            service.client_factory.tap = self.recorder.client_link_tap()
+            service.client_factory.store = self.recorder.store_pull_tap(
+                service.client_factory.store)
+        return service
+
+    def node_number(self, name):
+        if name in self.mixnode_names:
+            return self.first_mix + self.mixnode_names.index(name)
+        if name in self.gateway_names:
+            return self.first_mix + len(self.mixnode_names) + self.gateway_names.index(name)
+        return -1
+
+
+def message_schedule(phases, clients, send_gap, rng):
+    """(queued time, sender, recipient) of every message of *phases*, in time
+    order; the same script as the model's (:func:`nymtx.measure.sim.simulate`)."""
+    out = []
+    for phase in phases:
+        for conv in phase.conversations:
+            if not (0 <= conv.sender < clients and 0 <= conv.recipient < clients):
+                raise ValueError(f"conversation {conv} names a client outside 0..{clients - 1}")
+            if conv.pattern == "flood":
+                times = np.linspace(phase.start, phase.end,
+                                    int((phase.end - phase.start) / send_gap * 1.1) + 1,
+                                    endpoint=False)
+            else:
+                times = _poisson_times(rng, 1.0 / conv.rate, phase.start, phase.end)
+            out += [(float(t), conv.sender, conv.recipient) for t in times]
+    out.sort(key=lambda m: m[0])
+    return out
+
+
+def _sleep(reactor, seconds):
+    return deferLater(reactor, max(0.0, seconds), lambda: None)
+
+
+async def capture(reactor, settings, phases, duration, seed=0, home=None,
+                  timing=Timing(), drain_timeout=60.0, log=None):
+    """Run *phases* on a real local network of *settings*; returns a :class:`Capture`.
+
+    The workload starts once every client runs and is listed; after
+    *duration* s the recording goes on until every message has left its
+    client (at most *drain_timeout* s) and then long enough for it to reach
+    its gateway and be pulled. *home* (default: a new temporary folder)
+    keeps every key on disk, for :func:`to_trace`.
+    """
+    from nymtx.client import connect
+    s = settings
+    say = log or (lambda text: None)
+    home = home or tempfile.mkdtemp(prefix="nym-measure-")
+    recorder = Recorder(reactor)
+    nodes = plan(s.mixnodes_per_layer, s.gateways, 0)
+    net = TappedNetwork(reactor, home, nodes, recorder, timing=timing)
+    net.first_mix = s.clients
+    for j in range(len(net.mixnode_names)):
+        recorder.sources[source_host("mixnode", j)] = s.clients + j
+    names = [f"c{i}" for i in range(s.clients)]
+    clients = []
+    net.startService()
+    try:
+        url = await net.whenReady()
+        say(f"network up at {url}: {len(net.mixnode_names)} mixnodes,"
+            f" {len(net.gateway_names)} gateways")
+        gateway_keys = [net.node_services[g].keys.public_text for g in net.gateway_names]
+        for i, name in enumerate(names):
+            recorder.sources[source_host("client", i)] = i
+            client = await connect(
+                SourceBoundReactor(reactor, source_host("client", i)), home, name, url,
+                gateway=gateway_keys[i % len(gateway_keys)], **debug_ms(s))
+            clients.append(client)
+            recorder.client_keys[client.core.keys.public_key] = i
+            recorder.key_of[i] = client.core.keys.public_key
+        await net.wait_for_clients(list(recorder.client_keys))
+        addresses = [c.full_address for c in clients]
+        node_address = {}
+        for name in net.mixnode_names + net.gateway_names:
+            port = net.nodes[name].port
+            node_address[NodeAddress(HOST, port).to_bytes()] = net.node_number(name)
+        say(f"{s.clients} clients running; the workload starts ({duration:g} s)")
+
+        schedule = message_schedule(phases, s.clients, s.send_gap, np.random.default_rng(seed))
+        start = reactor.seconds()
+        cap = Capture(
+            home=home, clients=names, mixnodes=list(net.mixnode_names),
+            mix_layers=[net.nodes[n].layer for n in net.mixnode_names],
+            gateways=list(net.gateway_names),
+            client_gateway=[i % len(net.gateway_names) for i in range(s.clients)],
+            node_address=node_address, start=start, end=start, phase_end=duration,
+            phases=[(p.start, p.end, p.label) for p in phases],
+            packets=recorder.packets, chunks=recorder.chunks, pulls=recorder.pulls,
+            problems=recorder.problems)
+        sends = []
+
+        def send(index, sender, recipient, body):
+            d = clients[sender].send(addresses[recipient], body)
+
+            def failed(f):
+                cap.message_unsent[index] = f"{type(f.value).__name__}: {f.getErrorMessage()}"
+
+            def left(_):
+                cap.message_unsent[index] = None
+            return d.addCallbacks(left, failed)
+
+        for index, (t, sender, recipient) in enumerate(schedule):
+            body = b"nym-measure message %d" % index
+            cap.message_sender.append(sender)
+            cap.message_recipient.append(recipient)
+            cap.message_queued.append(t)
+            cap.message_body.append(body)
+            cap.message_unsent.append("still queued at the end")
+            sends.append(Deferred())
+            # a DelayedCall fires the send; the Deferred says it left (or not)
+            reactor.callLater(max(0.0, start + t - reactor.seconds()),
+                              lambda i=index, a=sender, b=recipient, m=body, w=sends[-1]:
+                              send(i, a, b, m).chainDeferred(w))
+        minute = 0
+        while reactor.seconds() < start + duration:
+            await _sleep(reactor, min(60.0, start + duration - reactor.seconds()))
+            minute += 1
+            if reactor.seconds() < start + duration:
+                say(f"  {reactor.seconds() - start:.0f} s of {duration:g} s,"
+                    f" {len(recorder.packets)} packets tapped")
+        waiting = DeferredList(sends, consumeErrors=True)
+        waiting.addTimeout(drain_timeout, reactor)
+        try:
+            await waiting
+        except Exception:
+            pass   # what is still queued is named per message
+        # long enough for the last message to cross four delays and be pulled
+        await _sleep(reactor, (s.layers + 1) * s.hop_delay * 5 + 3 * s.fetch_gap)
+        cap.end = reactor.seconds()
+        say(f"recorded {len(recorder.packets)} packets and {len(recorder.pulls)} pulls"
+            f" in {cap.end - start:.0f} s")
+        return cap
+    finally:
+        for client in clients:
+            try:
+                await client.stop()
+            except Exception:
+                pass
+        await net.stopService()
+
+
+# ---- the truth ------------------------------------------------------------
+
+def _load_keys(cap):
+    """Every node's and client's private key, from the files in the home."""
+    node_keys = {}
+    for j, name in enumerate(cap.mixnodes):
+        node_keys[len(cap.clients) + j] = KeyPair.load(os.path.join(cap.home, "localnet", name))
+    first_gateway = len(cap.clients) + len(cap.mixnodes)
+    for k, name in enumerate(cap.gateways):
+        node_keys[first_gateway + k] = KeyPair.load(os.path.join(cap.home, "localnet", name))
+    client_keys = [ClientConfig.load(cap.home, c).load_keys() for c in cap.clients]
+    return node_keys, client_keys
+
+
+class Classifier:
+    """Reads a final hop's destination and payload: (kind, recipient, message number).
+
+    Today's payloads are plaintext, loop cover a MAC under the client's key
+    (:mod:`nymtx.client.cover`); the message layer's (:mod:`nymtx.message`)
+    are sealed to the recipient, with a type byte inside, and opened here with
+    the clients' (or, for drop cover, the gateways') keys. Either works.
+    ``None`` for a payload neither explains.
+    """
+
+    def __init__(self, client_keys, gateway_keys, bodies):
+        self.clients = {k.public_key: i for i, k in enumerate(client_keys)}
+        self.client_keys = client_keys
+        self.gateways = {k.public_key: k for k in gateway_keys}
+        self.legacy = [LegacyLoopCover(k.private_key) for k in client_keys]
+        self.bodies = {b: i for i, b in enumerate(bodies)}
+
+    def classify(self, destination, payload):
+        c = self.clients.get(destination)
+        if c is not None:
+            if self.legacy[c].is_own_cover(payload):
+                return LOOP, c, -1
+            if payload in self.bodies:
+                return REAL, c, self.bodies[payload]
+            opened = self._open(self.client_keys[c], payload)
+            if opened is not None:
+                kind, data = opened
+                if kind == REAL:
+                    m = self.bodies.get(data)
+                    return (REAL, c, m) if m is not None else None
+                return kind, c, -1
+        # drop cover may be sealed to the gateway that discards it
+        for gateway in self.gateways.values():
+            opened = self._open(gateway, payload)
+            if opened is not None and opened[0] == DROP:
+                return DROP, -1, -1
+        return None
+
+    def _open(self, keys, payload):
+        layer = _message_layer
+        if layer is None:
+            return None
+        try:
+            value = layer.open_payload(keys.private_key, keys.public_key, payload)
+        except Exception:
+            return None
+        if isinstance(value, layer.Fragment):
+            return REAL, value.data
+        if isinstance(value, layer.LoopCover):
+            return LOOP, None
+        if isinstance(value, layer.DropCover):
+            return DROP, None
+        return None
+
+
+def observed_count(data):
+    """How many messages a pull answer shows an observer who reads it, or
+    None when its bytes are not plaintext frames (then only sizes show)."""
+    try:
+        bodies = F.FrameDecoder().feed(data)
+        if len(bodies) != 1:
+            return None
+        value = F.parse_gateway_frame(bodies[0])
+    except (F.FrameError, ValueError):
+        return None
+    return len(value.messages) if isinstance(value, F.Messages) else None
+
+
+def counts_from_sizes(sizes):
+    """What sizes alone show: with every answer one size, nothing (-1 each);
+    else the number of size steps over the smallest answer (an empty one)."""
+    sizes = np.asarray(sizes, dtype=float)
+    if len(sizes) == 0 or np.all(sizes == sizes[0]):
+        return np.full(len(sizes), -1, dtype=np.int64)
+    over = sizes - sizes.min()
+    step = over[over > 0].min()
+    return np.rint(over / step).astype(np.int64)
+
+
+def to_trace(cap):
+    """The :class:`Trace` of a capture: (trace, problems, stats).
+
+    Every recorded packet is peeled with its receiving node's key; a packet
+    the truth cannot explain (a peel that fails, a hop no earlier hop
+    forwarded, a payload the classifier cannot read, a sender the route
+    contradicts) is a problem named in the list.
+    """
+    problems = list(cap.problems)
+    n = len(cap.clients)
+    topology = Topology(clients=list(cap.clients), mix_layers=list(cap.mix_layers),
+                        gateways=list(cap.gateways), client_gateway=list(cap.client_gateway))
+    first_gateway = topology.first_gateway
+    node_keys, client_keys = _load_keys(cap)
+    classifier = Classifier(client_keys, [node_keys[first_gateway + k]
+                                          for k in range(len(cap.gateways))], cap.message_body)
+
+    def name(node):
+        return topology.node_name(node) if node >= 0 else "an unknown address"
+
+    # packet state while chaining: per packet its hops and what it is
+    p_sender, p_sent, p_delays, p_kind, p_recipient, p_message = [], [], [], [], [], []
+    p_last = []                     # the node each packet was last seen at
+    hops = []                       # (time, src, dst, size, packet)
+    expected = {}                   # bytes a node forwarded -> (packet, hop, next node)
+
+    def follow(hop, index, position, node, where, chained=True):
+        """Note what *hop* (peeled at *node*) says; True if the packet goes on."""
+        p_delays[index][position] = hop.delay_ns / 1e9
+        if isinstance(hop, ForwardHop):
+            nxt = cap.node_address.get(hop.next_address, -1)
+            if nxt < 0:
+                problems.append(f"{where}: forwarded to an address that is no node's")
+                return False
+            if chained:
+                expected[hop.packet] = (index, position + 1, nxt)
+            return True
+        if node < first_gateway:
+            problems.append(f"{where}: the route ends at a mixnode")
+        kind = classifier.classify(hop.destination, hop.message)
+        if kind is None:
+            problems.append(f"{where}: its payload is neither a workload message nor"
+                            f" cover (destination {hop.destination.hex()[:16]}…)")
+            kind = (-1, -1, -1)
+        p_kind[index], p_recipient[index], p_message[index] = kind
+        sender = p_sender[index]
+        if kind[0] == LOOP and kind[1] != sender:
+            problems.append(f"{where}: loop cover of {name(kind[1])} came from {name(sender)}")
+        if kind[0] == REAL and cap.message_sender[kind[2]] != sender:
+            problems.append(f"{where}: message {kind[2]} of"
+                            f" {name(cap.message_sender[kind[2]])} came from {name(sender)}")
+        return False
+    for t, dst, src, packet in sorted(cap.packets, key=lambda r: r[0]):
+        where = f"a packet at {name(dst)} from {name(src)} at {t - cap.start:.3f} s"
+        if src < 0:
+            problems.append(f"{where}: its sender's address is no node's")
+        try:
+            hop = process_packet(node_keys[dst].private_key, packet)
+        except SphinxError as e:
+            problems.append(f"{where} cannot be peeled: {e}")
+            continue
+        earlier = expected.pop(packet, None)
+        if earlier is None:
+            if not 0 <= src < n:
+                problems.append(f"{where}: no earlier hop forwarded it, and it does not"
+                                " come from a client")
+                continue
+            index = len(p_sender)
+            p_sender.append(src)
+            p_sent.append(t)
+            p_delays.append([np.nan] * 5)
+            p_kind.append(-1)
+            p_recipient.append(-1)
+            p_message.append(-1)
+            p_last.append(src)
+            position = 0
+        else:
+            index, position, next_node = earlier
+            if next_node != dst:
+                problems.append(f"{where}: its route named {name(next_node)}")
+            if src != p_last[index]:
+                problems.append(f"{where}: the previous hop was at {name(p_last[index])}")
+        if position >= 5:
+            problems.append(f"{where}: more than five hops")
+            continue
+        p_last[index] = dst
+        hops.append((t, src, dst, len(packet), index))
+        follow(hop, index, position, dst, where)
+
+    # Packets still inside a node when the recording ended: the adversary
+    # saw only their first hops, but the truth knows the rest, since every
+    # node's key is at hand: peel them to the end.
+    for packet, (index, position, node) in list(expected.items()):
+        where = f"a packet left inside {name(node)} at the end"
+        while True:
+            if node not in node_keys or position >= 5:
+                problems.append(f"{where}: its route goes to {name(node)}")
+                break
+            try:
+                hop = process_packet(node_keys[node].private_key, packet)
+            except SphinxError as e:
+                problems.append(f"{where} cannot be peeled: {e}")
+                break
+            if not follow(hop, index, position, node, where, chained=False):
+                break
+            packet, position, node = hop.packet, position + 1, \
+                cap.node_address.get(hop.next_address, -1)
+
+    # ---- the capture window: packets sent in [start, end]
+    p_sent = np.asarray(p_sent, dtype=float) - cap.start
+    end = cap.end - cap.start
+    # (packets sent before the workload began are left out whole: the model
+    # too starts with empty mixes)
+    keep = (p_sent >= 0) & (p_sent <= end)
+    new_index = np.cumsum(keep) - 1
+    h = [(t - cap.start, s, d, size, int(new_index[p])) for t, s, d, size, p in hops
+         if keep[p] and t - cap.start <= end]
+    h.sort(key=lambda x: x[0])
+    hop_time = np.array([x[0] for x in h], dtype=float)
+    hop_src = np.array([x[1] for x in h], dtype=np.int64)
+    hop_dst = np.array([x[2] for x in h], dtype=np.int64)
+    hop_size = np.array([x[3] for x in h], dtype=np.int64)
+    hop_packet = np.array([x[4] for x in h], dtype=np.int64)
+
+    kind = np.asarray(p_kind, dtype=np.int64)[keep]
+    message = np.asarray(p_message, dtype=np.int64)[keep]
+
+    # ---- messages: every one that left its client must have been found
+    m_count = len(cap.message_sender)
+    found = np.zeros(m_count, dtype=bool)
+    found[message[(kind == REAL) & (message >= 0)]] = True
+    unsent = [i for i, why in enumerate(cap.message_unsent) if why is not None]
+    for i in range(m_count):
+        if cap.message_unsent[i] is None and not found[i]:
+            problems.append(f"message {i} ({name(cap.message_sender[i])} to"
+                            f" {name(cap.message_recipient[i])}) left its client but was"
+                            " never seen at its gateway")
+
+    # ---- pulls
+    pulls = [p for p in cap.pulls if cap.start <= p[0] <= cap.end and p[1] >= 0]
+    pull_time = np.array([p[0] - cap.start for p in pulls], dtype=float)
+    pull_client = np.array([p[1] for p in pulls], dtype=np.int64)
+    pull_true = np.array([p[3] for p in pulls], dtype=np.int64)
+    read = [observed_count(p[2]) for p in pulls]
+    if all(r is not None for r in read):
+        pull_count = np.array(read, dtype=np.int64)
+    else:
+        pull_count = counts_from_sizes([len(p[2]) for p in pulls])
+
+    trace = Trace(
+        topology=topology, duration=float(end),
+        hop_time=hop_time, hop_src=hop_src, hop_dst=hop_dst, hop_size=hop_size,
+        hop_packet=hop_packet,
+        packet_sender=np.asarray(p_sender, dtype=np.int64)[keep], packet_kind=kind,
+        packet_recipient=np.asarray(p_recipient, dtype=np.int64)[keep],
+        packet_message=message, packet_sent=p_sent[keep],
+        packet_delays=np.asarray(p_delays, dtype=float).reshape(-1, 5)[keep],
+        message_sender=np.asarray(cap.message_sender, dtype=np.int64),
+        message_recipient=np.asarray(cap.message_recipient, dtype=np.int64),
+        message_queued=np.asarray(cap.message_queued, dtype=float),
+        pull_time=pull_time, pull_client=pull_client, pull_count=pull_count,
+        pull_true_count=pull_true,
+        phases=list(cap.phases))
+    stats = {"messages": m_count, "messages found": int(found.sum()),
+             "messages not sent by the end": len(unsent),
+             "packets tapped": len(cap.packets),
+             "packets sent before the workload (left out)": int(np.sum(p_sent < 0))}
+    return trace, problems, stats
