@@ -154,7 +154,9 @@ class Command(SynchronousTestCase):
 
     def run_cli(self, *args):
         out, err = io.StringIO(), io.StringIO()
-        code = cli.main(list(args), out=out, err=err)
+        # the model: the real network (the default) has its own tests,
+        # tests/test_measure_network.py
+        code = cli.main(["--simulate"] + list(args), out=out, err=err)
         return code, out.getvalue(), err.getvalue()
 
     def test_writes_the_report(self):

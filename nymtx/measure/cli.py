@@ -64,9 +64,10 @@ def load_workload(path, clients):
 
 class Options(usage.Options):
     synopsis = "nym-measure [options]"
-    longdesc = ("Runs a workload on a model of the nymtx network, records what a global"
-                " passive adversary sees and the truth apart, scores a suite of attacks"
-                " against the truth and writes a report folder (docs/anonymity.md).")
+    longdesc = ("Runs a workload on a real local nymtx network in this process (or, with"
+                " --simulate, on a model of it), records what a global passive adversary"
+                " sees and the truth apart, scores a suite of attacks against the truth"
+                " and writes a report folder (docs/anonymity.md).")
     optParameters = [
         ["clients", None, 5, "number of clients", int],
         ["minutes", None, 10.0, "length of the workload", float],
@@ -74,8 +75,9 @@ class Options(usage.Options):
         ["seed", None, 0, "random seed", int],
         ["workload", None, None, "a JSON workload file (default: idle, conversations,"
                                  " a flood, bursts, idle)"],
-        ["cover", None, "loopix", "cover design: loopix (this release) or legacy"
-                                  " (the previous release, to show its weakness)"],
+        ["cover", None, None, "the model's cover design: loopix (the default) or legacy"
+                              " (the previous release, to show its weakness); a real"
+                              " network's is its code's"],
         ["mixnodes-per-layer", None, 1, "mixnodes in each layer", int],
         ["gateways", None, 1, "gateways", int],
         ["send-gap", None, 0.5, "mean gap of the sending stream, s", float],
@@ -83,7 +85,9 @@ class Options(usage.Options):
         ["hop-delay", None, 0.2, "mean delay at each hop, s", float],
         ["fetch-gap", None, 1.0, "mean gap between pulls, s", float],
     ]
-    optFlags = [["simulate", None, "use the model (the only mode in this build)"],
+    optFlags = [["network", None, "measure a real local network, every node and client"
+                                  " in this process (the default)"],
+                ["simulate", None, "measure the model of the protocol instead"],
                 ["json", None, "print the attack scores as JSON"]]
 
     def postOptions(self):
@@ -91,6 +95,14 @@ class Options(usage.Options):
             raise usage.UsageError("--clients must be at least 2")
         if not (math.isfinite(self["minutes"]) and self["minutes"] > 0):
             raise usage.UsageError("--minutes must be a positive number")
+        if self["network"] and self["simulate"]:
+            raise usage.UsageError("--network and --simulate exclude each other")
+        self.mode = "simulated" if self["simulate"] else "network"
+        if self["cover"] is None:
+            self["cover"] = "loopix"
+        elif self.mode == "network":
+            raise usage.UsageError("--cover chooses the model's design: a real network's"
+                                   " cover is its code's (add --simulate)")
         if self["cover"] not in ("loopix", "legacy"):
             raise usage.UsageError("--cover must be loopix or legacy")
         try:
@@ -114,6 +126,45 @@ def measure(settings, phases, duration, seed):
     return trace, scores, checks.run_all(trace, settings)
 
 
+def measure_network(settings, phases, duration, seed, err):
+    """Trace, scores, checks and problems of one run of the real network.
+
+    Runs the reactor until the capture is done (so, once per process)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from nymtx.measure import network
+    outcome = []
+
+    def run():
+        d = Deferred.fromCoroutine(network.capture(
+            reactor, settings, phases, duration, seed=seed, timing=network.QUICK_TIMING,
+            log=lambda line: print(f"nym-measure: {line}", file=err, flush=True)))
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+    reactor.callWhenRunning(run)
+    reactor.run()
+    if not outcome:
+        raise RuntimeError("the reactor stopped before the measurement ended")
+    if isinstance(outcome[0], Failure):
+        raise RuntimeError(f"the network measurement failed:"
+                           f" {type(outcome[0].value).__name__}: {outcome[0].getErrorMessage()}")
+    cap = outcome[0]
+    try:
+        trace, problems, stats = network.to_trace(cap)
+    finally:
+        network.remove_home(cap)
+    settings = network.observed_settings(settings, trace)
+    view = trace.view()
+    posteriors = attacks.run_all(view, settings, trace.target_recipients())
+    truth = trace.target_senders()
+    scores = {name: attacks.score(p, truth) for name, p in posteriors.items()}
+    result = checks.run_all(trace, settings)
+    result["network"] = network.link_checks(cap, trace)
+    return trace, settings, scores, result, problems, stats
+
+
 def main(argv=None, out=sys.stdout, err=sys.stderr):
     if _missing is not None:
         print(f"nym-measure: {_missing}; it needs the measure extra:"
@@ -133,21 +184,33 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
         else:
             phases = sim.default_workload(options["clients"], options["minutes"])
         started = time.monotonic()
-        trace, scores, result = measure(options.settings, phases, duration, options["seed"])
-        problems = trace.check_complete()
-        if problems:
-            print("nym-measure: the truth is incomplete: " + "; ".join(problems), file=err)
-            return 1
-        meta = {"title": f"{options['clients']} clients, {options['minutes']:g} minutes,"
-                         f" {options['cover']} cover (model)",
-                "mode": "simulated", "seed": options["seed"],
+        settings, problems, stats = options.settings, [], {}
+        if options.mode == "network":
+            trace, settings, scores, result, problems, stats = measure_network(
+                settings, phases, duration, options["seed"], err)
+            title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
+                     f" the real network ({settings.cover} cover seen)")
+        else:
+            trace, scores, result = measure(settings, phases, duration, options["seed"])
+            title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
+                     f" {options['cover']} cover (model)")
+        problems = problems + trace.check_complete()
+        meta = {"title": title, "mode": options.mode, "seed": options["seed"],
                 "packets": int(len(trace.packet_sender)),
                 "real messages": int(len(trace.message_sender)),
+                **stats,
                 "seconds to compute": round(time.monotonic() - started, 1)}
-        summary = report.write(options["out"], trace, options.settings, scores, result, meta)
-    except (OSError, ValueError) as e:
+        if options.mode == "network":
+            meta["problems (packets the truth cannot explain)"] = (
+                "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more"
+                                            if len(problems) > 20 else "")) or "none"
+        summary = report.write(options["out"], trace, settings, scores, result, meta)
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"nym-measure: {e}", file=err)
         return 1
+    if problems:
+        print(f"nym-measure: the truth is incomplete ({len(problems)} problems, listed in"
+              f" {summary}): " + "; ".join(problems[:5]), file=err)
     if options["json"]:
         print(json.dumps({k: {f: v for f, v in s.items() if f != "entropy_bits"}
                           for k, s in scores.items()}, indent=1), file=out)
@@ -160,4 +223,4 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                       f" {s['messages']} messages (chance {100 * s['chance']:.1f}%),"
                       f" entropy {s['mean_entropy_bits']:.2f} of {s['max_entropy_bits']:.2f}"
                       " bits", file=out)
-    return 0
+    return 1 if problems else 0

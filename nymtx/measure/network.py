@@ -32,6 +32,7 @@ and a list of problems: every packet the truth cannot explain is named
 there, none is dropped silently.
 """
 
+import collections
 import os
 import tempfile
 
@@ -58,6 +59,9 @@ except ImportError:   # pragma: no cover - depends on what main holds
 
 #: the directions of a client–gateway chunk
 UP, DOWN = 0, 1
+#: seconds past its due time after which a packet that never reached its next
+#: hop, though the recording went on, is lost (a problem), not in flight
+LOST_AFTER = 2.0
 
 
 def debug_ms(settings):
@@ -507,7 +511,8 @@ def to_trace(cap):
     n = len(cap.clients)
     topology = Topology(clients=list(cap.clients), mix_layers=list(cap.mix_layers),
                         gateways=list(cap.gateways), client_gateway=list(cap.client_gateway))
-    first_gateway = topology.first_gateway
+    first_mix, first_gateway = topology.first_mix, topology.first_gateway
+    layers = max(cap.mix_layers)
     node_keys, client_keys = _load_keys(cap)
     classifier = Classifier(client_keys, [node_keys[first_gateway + k]
                                           for k in range(len(cap.gateways))], cap.message_body)
@@ -518,6 +523,7 @@ def to_trace(cap):
     # packet state while chaining: per packet its hops and what it is
     p_sender, p_sent, p_delays, p_kind, p_recipient, p_message = [], [], [], [], [], []
     p_last = []                     # the node each packet was last seen at
+    p_last_time = []                # and when
     hops = []                       # (time, src, dst, size, packet)
     expected = {}                   # bytes a node forwarded -> (packet, hop, next node)
 
@@ -534,6 +540,8 @@ def to_trace(cap):
             return True
         if node < first_gateway:
             problems.append(f"{where}: the route ends at a mixnode")
+        if position != layers:
+            problems.append(f"{where}: a route of {position + 1} hops, not {layers + 1}")
         kind = classifier.classify(hop.destination, hop.message)
         if kind is None:
             problems.append(f"{where}: its payload is neither a workload message nor"
@@ -562,6 +570,8 @@ def to_trace(cap):
                 problems.append(f"{where}: no earlier hop forwarded it, and it does not"
                                 " come from a client")
                 continue
+            if not (first_mix <= dst < first_gateway and cap.mix_layers[dst - first_mix] == 1):
+                problems.append(f"{where}: a first hop to {name(dst)}, not a layer-1 mixnode")
             index = len(p_sender)
             p_sender.append(src)
             p_sent.append(t)
@@ -570,6 +580,7 @@ def to_trace(cap):
             p_recipient.append(-1)
             p_message.append(-1)
             p_last.append(src)
+            p_last_time.append(t)
             position = 0
         else:
             index, position, next_node = earlier
@@ -581,6 +592,7 @@ def to_trace(cap):
             problems.append(f"{where}: more than five hops")
             continue
         p_last[index] = dst
+        p_last_time[index] = t
         hops.append((t, src, dst, len(packet), index))
         follow(hop, index, position, dst, where)
 
@@ -588,7 +600,13 @@ def to_trace(cap):
     # saw only their first hops, but the truth knows the rest, since every
     # node's key is at hand: peel them to the end.
     for packet, (index, position, node) in list(expected.items()):
-        where = f"a packet left inside {name(node)} at the end"
+        where = f"a packet left inside {name(p_last[index])} at the end"
+        due = p_last_time[index] + p_delays[index][position - 1]
+        if due < cap.end - LOST_AFTER:
+            problems.append(
+                f"a packet {name(p_last[index])} received at {p_last_time[index] - cap.start:.3f} s"
+                f" was due at {name(node)} {due - p_last_time[index]:.3f} s later, and never"
+                " arrived")
         while True:
             if node not in node_keys or position >= 5:
                 problems.append(f"{where}: its route goes to {name(node)}")
@@ -663,3 +681,83 @@ def to_trace(cap):
              "packets tapped": len(cap.packets),
              "packets sent before the workload (left out)": int(np.sum(p_sent < 0))}
     return trace, problems, stats
+
+
+# ---- what the command needs besides the trace -------------------------------
+
+#: How fast the nodes talk to the directory during a measurement: the
+#: network is ready sooner, and the directory's traffic is not measured.
+QUICK_TIMING = Timing(presence_interval=0.2, metrics_interval=1.0, expiry=5.0)
+
+
+def remove_home(cap):
+    """Delete the capture's home (its keys and mailboxes), once peeled."""
+    import shutil
+    shutil.rmtree(cap.home, ignore_errors=True)
+
+
+def observed_settings(settings, trace):
+    """*settings* with the cover design and pull pattern the truth shows.
+
+    The real network's design is its code's: drop cover on the sending
+    stream means this release's (``loopix``), loops only the previous one's
+    (``legacy``); pulls whose gaps vary like exponential ones are Poisson.
+    """
+    cover = "loopix" if np.any(trace.packet_kind == DROP) else "legacy"
+    cvs = []
+    for c in range(trace.topology.n_clients):
+        gaps = np.diff(trace.pull_time[trace.pull_client == c])
+        if len(gaps) > 2 and gaps.mean() > 0:
+            cvs.append(gaps.std() / gaps.mean())
+    pulls = "poisson" if cvs and np.median(cvs) > 0.5 else "grid"
+    drops = trace.packet_kind == DROP
+    drop_to = "client" if np.any(trace.packet_recipient[drops] >= 0) else "gateway"
+    return attrs.evolve(settings, cover=cover, pulls=pulls, drop_to=drop_to)
+
+
+def _summary(x):
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return {"n": 0}
+    return {"n": int(len(x)), "mean": float(x.mean()), "median": float(np.median(x)),
+            "p99": float(np.percentile(x, 99)), "min": float(x.min()), "max": float(x.max())}
+
+
+def link_checks(cap, trace):
+    """What only a real network shows.
+
+    - ``lateness``: per hop, the time between a packet's arrival at a node
+      and at the next, less the delay its sender chose there (the nodes'
+      processing, the reactor's scheduling, loopback): the delays the nodes
+      really apply;
+    - ``gateway_link``: the sizes of the client–gateway chunks each way and
+      of the pull answers, against the number of messages each held.
+    """
+    out = {"lateness": []}
+    order = np.lexsort((trace.hop_time, trace.hop_packet))
+    packet, time = trace.hop_packet[order], trace.hop_time[order]
+    same = packet[1:] == packet[:-1]
+    position = np.zeros(len(packet), dtype=np.int64)
+    for i in range(1, len(packet)):
+        position[i] = position[i - 1] + 1 if same[i - 1] else 0
+    for hop in range(int(position.max()) if len(position) else 0):
+        at = np.nonzero(same & (position[:-1] == hop))[0]
+        chosen = trace.packet_delays[packet[at], hop]
+        out["lateness"].append(dict(_summary(time[at + 1] - time[at] - chosen), hop=hop + 1))
+    up = [c[3] for c in cap.chunks if c[2] == UP and c[1] >= 0]
+    down = [c[3] for c in cap.chunks if c[2] == DOWN and c[1] >= 0]
+    answers = [len(p[2]) for p in cap.pulls]
+    true = [p[3] for p in cap.pulls]
+    by_count = collections.defaultdict(set)
+    for size, count in zip(answers, true):
+        by_count[count].add(size)
+    out["gateway_link"] = {
+        "chunks up": len(up), "distinct sizes up": len(set(up)),
+        "chunks down": len(down), "distinct sizes down": len(set(down)),
+        "pull answers": len(answers), "distinct answer sizes": len(set(answers)),
+        "answer size grows with the messages it holds": bool(
+            len(set(answers)) > 1 and np.corrcoef(answers, true)[0, 1] > 0.5)
+        if len(answers) > 2 and np.std(true) > 0 and np.std(answers) > 0 else False,
+        "answer sizes by messages held": {str(k): sorted(v)[:5] for k, v in
+                                          sorted(by_count.items())[:10]}}
+    return out

@@ -1,0 +1,269 @@
+"""nym-measure on the real network: a local network in this process, tapped, peeled.
+
+One short real measurement (three clients, fast rates, a few seconds) is
+checked for a complete truth, attacks scored against it and one packet size;
+then the same capture, altered, must make the truth name what it cannot
+explain. The parts with no network (the tap hook, the classifier, what a
+pull answer shows) are tested on their own.
+"""
+
+import io
+import json
+import os
+import sys
+
+import attrs
+import numpy as np
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nymtx.client.cover import LoopCover
+from nymtx.gateway import frames as F
+from nymtx.keys import KeyPair
+from nymtx.localnet import Timing
+from nymtx.measure import attacks, checks, cli, network, sim
+from nymtx.measure.trace import LOOP, REAL
+from nymtx.wire import BoundedFactory
+
+FAST = sim.Settings(clients=3, send_gap=0.05, loop_gap=0.1, hop_delay=0.02, fetch_gap=0.1)
+WORKLOAD = [sim.Phase(0.0, 1.5, "idle"),
+            sim.Phase(1.5, 3.0, "conversations", (sim.Conversation(0, 1, 8.0),)),
+            sim.Phase(3.0, 4.5, "bursts", (sim.Conversation(2, 1, 8.0),)),
+            sim.Phase(4.5, 6.0, "idle")]
+TIMING = Timing(presence_interval=0.1, metrics_interval=0.5, expiry=2.0)
+
+
+class RealMeasurement(TestCase):
+    timeout = 60
+
+    def test_the_truth_is_complete_and_the_attacks_are_scored_against_it(self):
+        return Deferred.fromCoroutine(self._measure())
+
+    async def _measure(self):
+        cap = await network.capture(reactor, FAST, WORKLOAD, 6.0, seed=3,
+                                    home=self.mktemp(), timing=TIMING)
+        trace, problems, stats = network.to_trace(cap)
+
+        # every tapped packet peeled and explained, every message found
+        self.assertEqual(problems, [])
+        self.assertEqual(trace.check_complete(), [])
+        self.assertGreater(len(cap.packets), 500)
+        self.assertGreater(len(trace.message_sender), 15)
+        self.assertEqual(stats["messages found"], len(trace.message_sender))
+        self.assertEqual(stats["messages not sent by the end"], 0)
+        real = trace.packet_kind == REAL
+        self.assertEqual(sorted(trace.packet_message[real]), list(range(len(trace.message_sender))))
+        # each message came from its workload sender (by the connection's
+        # address, not by anything the packet says) to its recipient
+        m = trace.packet_message[real]
+        self.assertTrue(np.all(trace.packet_sender[real] == trace.message_sender[m]))
+        self.assertTrue(np.all(trace.packet_recipient[real] == trace.message_recipient[m]))
+        # today's clients: loop cover, each back to its sender
+        loops = trace.packet_kind == LOOP
+        self.assertTrue(np.all(trace.packet_recipient[loops] == trace.packet_sender[loops]))
+        # three mixes and the gateway for nearly every packet; the hops of the view
+        # go client -> layer 1 -> layer 2 -> layer 3 -> gateway
+        per_packet = np.bincount(trace.hop_packet, minlength=len(trace.packet_sender))
+        self.assertGreater(np.mean(per_packet == 4), 0.95)
+        topo = trace.topology
+        self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_mix] < topo.n_clients))
+        self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_gateway]
+                               == topo.first_gateway - 1))
+        # the delays peeled are the ones the nodes applied: no packet leaves a
+        # mix before its delay (the clocks are one), and none very late
+        lateness = network.link_checks(cap, trace)["lateness"]
+        self.assertEqual([h["hop"] for h in lateness], [1, 2, 3])
+        for hop in lateness:
+            self.assertGreater(hop["n"], 100)
+            self.assertGreater(hop["min"], -0.001, hop)
+            self.assertLess(hop["median"], 0.25, hop)
+
+        # one size on every mix link
+        self.assertEqual(set(trace.hop_size), {1372})
+        self.assertEqual({len(p[3]) for p in cap.packets}, {1372})
+        self.assertEqual(checks.packet_sizes(trace)["sizes"], [1372])
+
+        # the attacks read the view and are scored against the truth
+        settings = network.observed_settings(FAST, trace)
+        self.assertEqual(settings.cover, "legacy")
+        view = trace.view()
+        self.assertEqual(len(view.targets), len(trace.message_sender))
+        posteriors = attacks.run_all(view, settings, trace.target_recipients())
+        for name, p in posteriors.items():
+            score = attacks.score(p, trace.target_senders())
+            self.assertEqual(score["messages"], len(trace.message_sender), name)
+            self.assertTrue(0.0 <= score["success"] <= 1.0, name)
+        # today's plaintext link shows every pull's count, and the deficit
+        # attack reads it: the weakness the tool must find (its window fitted
+        # to these fast rates: ten sending gaps either side)
+        self.assertTrue(np.all(trace.pull_count == trace.pull_true_count))
+        self.assertGreater(trace.pull_true_count.sum(), 0)
+        deficit = attacks.score(attacks.deficit(view, FAST.hop_delay, FAST.fetch_gap,
+                                                window=10 * FAST.send_gap),
+                                trace.target_senders())
+        self.assertGreater(deficit["success"], 0.6)
+
+        self._what_the_truth_cannot_explain(cap)
+
+    def _what_the_truth_cannot_explain(self, cap):
+        # a packet no node's key opens
+        bogus = attrs.evolve(cap, packets=cap.packets + [
+            (cap.end - 0.5, len(cap.clients), 0, bytes(1372))])
+        _, problems, _ = network.to_trace(bogus)
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("cannot be peeled", problems[0])
+        # a packet from the middle of a route, sent again by a client straight
+        # to that node (a replay): no route starts past the first layer
+        t, dst, src, packet = next(p for p in cap.packets if p[2] >= len(cap.clients))
+        replay = attrs.evolve(cap, packets=cap.packets + [(cap.end - 0.5, dst, 0, packet)])
+        _, problems, _ = network.to_trace(replay)
+        self.assertTrue(any("not a layer-1 mixnode" in p for p in problems), problems)
+        # a first hop whose sender is misattributed contradicts the truth
+        i, first = next((i, p) for i, p in enumerate(cap.packets) if p[2] == 0)
+        wrong = list(cap.packets)
+        wrong[i] = (first[0], first[1], 1, first[3])
+        _, problems, _ = network.to_trace(attrs.evolve(cap, packets=wrong))
+        self.assertTrue(any("came from client c1" in p for p in problems), problems)
+        # a message that left its client but never reached its gateway (the
+        # truth still knows where it went)
+        trace, _, _ = network.to_trace(cap)
+        exit_time = trace.hop_time[trace.exits()[0]] + cap.start
+        gateway = len(cap.clients) + len(cap.mixnodes)
+        lost = [p for p in cap.packets if not (p[1] == gateway and abs(p[0] - exit_time) < 1e-6)]
+        self.assertEqual(len(lost), len(cap.packets) - 1)
+        _, problems, _ = network.to_trace(attrs.evolve(cap, packets=lost))
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("never arrived", problems[0])
+
+
+class TapHook(SynchronousTestCase):
+
+    def test_without_a_tap_the_protocol_is_the_factorys(self):
+        factory = BoundedFactory(None, 10, None)
+        factory.protocol = Protocol
+        self.assertIs(type(factory.buildProtocol(None)), Protocol)
+
+    def test_a_tap_sees_each_protocol_and_its_peer_and_may_replace_it(self):
+        factory = BoundedFactory(None, 10, None)
+        factory.protocol = Protocol
+        seen, other = [], Protocol()
+        factory.tap = lambda protocol, addr: seen.append((protocol, addr)) or other
+        self.assertIs(factory.buildProtocol("peer"), other)
+        self.assertEqual(seen[0][1], "peer")
+        self.assertIsInstance(seen[0][0], Protocol)
+
+    def test_the_source_bound_reactor_binds_every_outgoing_connection(self):
+        calls = []
+
+        class Reactor:
+            def connectTCP(self, *args):
+                calls.append(args)
+
+            def seconds(self):
+                return 7.0
+        bound = network.SourceBoundReactor(Reactor(), "127.0.1.9")
+        bound.connectTCP("127.0.0.1", 1789, "factory")
+        bound.connectTCP("127.0.0.1", 1789, "factory", 5, ("127.0.0.1", 0))
+        self.assertEqual(calls, [("127.0.0.1", 1789, "factory", 30, ("127.0.1.9", 0)),
+                                 ("127.0.0.1", 1789, "factory", 5, ("127.0.0.1", 0))])
+        self.assertEqual(bound.seconds(), 7.0)
+        self.assertNotEqual(network.source_host("client", 3), network.source_host("mixnode", 3))
+        self.assertEqual(network.source_host("client", 250), "127.1.1.1")
+
+
+class Classifier(SynchronousTestCase):
+
+    def setUp(self):
+        self.alice, self.bob, self.gateway = (KeyPair.generate() for _ in range(3))
+        self.classifier = network.Classifier([self.alice, self.bob], [self.gateway],
+                                             [b"first", b"second"])
+
+    def test_loop_cover_is_known_by_its_clients_key_only(self):
+        cover = LoopCover(self.alice.private_key).make()
+        self.assertEqual(self.classifier.classify(self.alice.public_key, cover), (LOOP, 0, -1))
+        # Alice's cover in Bob's mailbox is no cover of Bob's, nor a message
+        self.assertIsNone(self.classifier.classify(self.bob.public_key, cover))
+
+    def test_workload_messages_and_the_unexplained(self):
+        self.assertEqual(self.classifier.classify(self.bob.public_key, b"second"), (REAL, 1, 1))
+        self.assertIsNone(self.classifier.classify(self.bob.public_key, b"third"))
+        self.assertIsNone(self.classifier.classify(bytes(32), b"first"))
+
+
+class PullAnswers(SynchronousTestCase):
+
+    def test_a_plaintext_answer_shows_its_count(self):
+        answer = F.encode(F.Messages(((1, b"a"), (2, b"bc"))))
+        self.assertEqual(network.observed_count(answer), 2)
+        self.assertEqual(network.observed_count(F.encode(F.Messages(()))), 0)
+
+    def test_other_bytes_show_no_count(self):
+        self.assertIsNone(network.observed_count(b"\x00\x00\x00\x05hello"))
+        self.assertIsNone(network.observed_count(bytes(40)))
+        self.assertIsNone(network.observed_count(F.encode(F.Authenticated())))
+
+    def test_sizes_alone(self):
+        self.assertEqual(list(network.counts_from_sizes([100, 100, 100])), [-1, -1, -1])
+        self.assertEqual(list(network.counts_from_sizes([20, 70, 120, 20])), [0, 1, 2, 0])
+        self.assertEqual(len(network.counts_from_sizes([])), 0)
+
+    def test_the_schedule_is_the_models(self):
+        schedule = network.message_schedule(WORKLOAD, 3, 0.05, np.random.default_rng(0))
+        times = [t for t, _, _ in schedule]
+        self.assertEqual(times, sorted(times))
+        self.assertTrue(all(1.5 <= t < 4.5 for t in times))
+        self.assertTrue(all(a == (0 if t < 3.0 else 2) for t, a, _ in schedule))
+        self.assertEqual({(a, b) for _, a, b in schedule}, {(0, 1), (2, 1)})
+        self.assertRaises(ValueError, network.message_schedule,
+                          [sim.Phase(0, 1, "x", (sim.Conversation(0, 5, 1.0),))], 3, 0.05,
+                          np.random.default_rng(0))
+
+
+class Command(TestCase):
+    """``nym-measure`` measures the real network by default (in a process of
+    its own: it runs the reactor)."""
+
+    timeout = 60
+
+    def test_the_default_is_the_real_network(self):
+        return Deferred.fromCoroutine(self._by_command())
+
+    async def _by_command(self):
+        folder = os.path.abspath(self.mktemp())
+        code, out, err = await run_command(
+            "--clients", "3", "--minutes", "0.03", "--send-gap", "0.05", "--loop-gap", "0.1",
+            "--hop-delay", "0.02", "--fetch-gap", "0.1", "--out", folder)
+        self.assertEqual(code, 0, err)
+        self.assertIn("names the sender of", out)
+        with open(os.path.join(folder, "figures.json")) as f:
+            figures = json.load(f)
+        self.assertEqual(figures["meta"]["mode"], "network")
+        self.assertEqual(figures["meta"]["problems (packets the truth cannot explain)"], "none")
+        self.assertEqual(figures["settings"]["cover"], "legacy")
+        self.assertEqual(figures["checks"]["packet_sizes"]["sizes"], [1372])
+        self.assertEqual(set(figures["attacks"]), set(attacks.ATTACKS))
+        self.assertIn("lateness", figures["checks"]["network"])
+        self.assertTrue(os.path.getsize(os.path.join(folder, "rates.png")) > 0)
+
+    def test_the_models_cover_is_not_the_networks(self):
+        code, _, err = self.main_in_process(["--cover", "legacy"])
+        self.assertEqual(code, 2)
+        self.assertIn("add --simulate", err)
+        code, _, err = self.main_in_process(["--network", "--simulate"])
+        self.assertEqual(code, 2)
+
+    def main_in_process(self, args):
+        # usage errors are found before any network starts: in this process
+        out, err = io.StringIO(), io.StringIO()
+        return cli.main(args, out=out, err=err), out.getvalue(), err.getvalue()
+
+
+async def run_command(*args):
+    """Run ``python -m nymtx.measure`` with *args*: (exit code, stdout, stderr)."""
+    from twisted.internet import utils
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out, err, code = await utils.getProcessOutputAndValue(
+        sys.executable, ("-m", "nymtx.measure") + args, env=env, reactor=reactor)
+    return code, out.decode(), err.decode()
