@@ -23,7 +23,7 @@ from nymtx.client.cover import LoopCover
 from nymtx.gateway import frames as F
 from nymtx.keys import KeyPair
 from nymtx.localnet import Timing
-from nymtx.measure import attacks, checks, cli, network, sim
+from nymtx.measure import attacks, checks, cli, compare, network, sim
 from nymtx.measure.trace import LOOP, REAL
 from nymtx.wire import BoundedFactory
 
@@ -267,3 +267,35 @@ async def run_command(*args):
     out, err, code = await utils.getProcessOutputAndValue(
         sys.executable, ("-m", "nymtx.measure") + args, env=env, reactor=reactor)
     return code, out.decode(), err.decode()
+
+
+class Comparison(SynchronousTestCase):
+
+    def test_wilson_interval(self):
+        lo, hi = compare.wilson(5, 10)
+        self.assertAlmostEqual(lo, 0.2366, places=3)
+        self.assertAlmostEqual(hi, 0.7634, places=3)
+        self.assertEqual(compare.wilson(0, 0), (None, None))
+        lo, hi = compare.wilson(20, 20)
+        self.assertEqual(hi, 1.0)
+        self.assertGreater(lo, 0.8)
+
+    def test_the_model_agrees_with_itself_and_not_with_another_design(self):
+        s = sim.Settings(clients=4, cover="legacy", pulls="grid")
+        phases = sim.default_workload(4, 1.0)
+
+        def scored(settings, seed):
+            trace = sim.simulate(settings, phases, 60.0, seed=seed)
+            posteriors = attacks.run_all(trace.view(), settings, trace.target_recipients())
+            return ({k: attacks.score(p, trace.target_senders()) for k, p in posteriors.items()},
+                    checks.run_all(trace, settings))
+        same = compare.compare(s, phases, 60.0, *scored(s, 99), seeds=4)
+        self.assertTrue(same["attacks"]["deficit"]["success agrees"])
+        self.assertEqual(set(same["attacks"]), set(attacks.ATTACKS))
+        # a run of the other design is told apart: its deficit is at chance
+        other = compare.compare(s, phases, 60.0,
+                                *scored(attrs.evolve(s, cover="loopix", pulls="poisson"), 99),
+                                seeds=4)
+        self.assertFalse(other["attacks"]["deficit"]["success agrees"])
+        lines = compare.markdown(other)
+        self.assertTrue(any(line.startswith("| deficit |") and "NO" in line for line in lines))

@@ -84,6 +84,8 @@ class Options(usage.Options):
         ["loop-gap", None, 1.0, "mean gap of the loop cover stream, s", float],
         ["hop-delay", None, 0.2, "mean delay at each hop, s", float],
         ["fetch-gap", None, 1.0, "mean gap between pulls, s", float],
+        ["compare", None, 0, "after a real run, run the model with the settings it showed"
+                             " for this many seeds and compare (docs/anonymity.md)", int],
     ]
     optFlags = [["network", None, "measure a real local network, every node and client"
                                   " in this process (the default)"],
@@ -98,6 +100,9 @@ class Options(usage.Options):
         if self["network"] and self["simulate"]:
             raise usage.UsageError("--network and --simulate exclude each other")
         self.mode = "simulated" if self["simulate"] else "network"
+        if self["compare"] < 0 or (self["compare"] and self.mode != "network"):
+            raise usage.UsageError("--compare N (N >= 0 seeds of the model) compares a real"
+                                   " network's run with the model")
         if self["cover"] is None:
             self["cover"] = "loopix"
         elif self.mode == "network":
@@ -165,6 +170,18 @@ def measure_network(settings, phases, duration, seed, err):
     return trace, settings, scores, result, problems, stats
 
 
+def _add_to_report(folder, comparison, lines):
+    import os
+    path = os.path.join(folder, "figures.json")
+    with open(path) as f:
+        figures = json.load(f)
+    figures["comparison"] = comparison
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=1)
+    with open(os.path.join(folder, "summary.md"), "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main(argv=None, out=sys.stdout, err=sys.stderr):
     if _missing is not None:
         print(f"nym-measure: {_missing}; it needs the measure extra:"
@@ -205,6 +222,12 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                 "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more"
                                             if len(problems) > 20 else "")) or "none"
         summary = report.write(options["out"], trace, settings, scores, result, meta)
+        comparison = None
+        if options["compare"]:
+            from nymtx.measure import compare
+            comparison = compare.compare(settings, phases, trace.duration, scores, result,
+                                         seeds=options["compare"])
+            _add_to_report(options["out"], comparison, compare.markdown(comparison))
     except (OSError, ValueError, RuntimeError) as e:
         print(f"nym-measure: {e}", file=err)
         return 1
@@ -212,8 +235,11 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
         print(f"nym-measure: the truth is incomplete ({len(problems)} problems, listed in"
               f" {summary}): " + "; ".join(problems[:5]), file=err)
     if options["json"]:
-        print(json.dumps({k: {f: v for f, v in s.items() if f != "entropy_bits"}
-                          for k, s in scores.items()}, indent=1), file=out)
+        printed = {k: {f: v for f, v in s.items() if f != "entropy_bits"}
+                   for k, s in scores.items()}
+        if comparison is not None:
+            printed["comparison"] = comparison
+        print(json.dumps(printed, indent=1), file=out)
     else:
         print(f"report: {summary}", file=out)
         for name in attacks.ATTACKS:
