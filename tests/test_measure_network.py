@@ -18,13 +18,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from unittest import skipIf
 
 from nymtx.client.cover import LoopCover
 from nymtx.gateway import frames as F
 from nymtx.keys import KeyPair
 from nymtx.localnet import Timing
 from nymtx.measure import attacks, checks, cli, compare, network, sim
-from nymtx.measure.trace import LOOP, REAL
+from nymtx.measure.trace import DROP, LOOP, REAL
 from nymtx.wire import BoundedFactory
 
 FAST = sim.Settings(clients=3, send_gap=0.05, loop_gap=0.1, hop_delay=0.02, fetch_gap=0.1)
@@ -190,6 +191,23 @@ class Classifier(SynchronousTestCase):
         self.assertEqual(self.classifier.classify(self.bob.public_key, b"second"), (REAL, 1, 1))
         self.assertIsNone(self.classifier.classify(self.bob.public_key, b"third"))
         self.assertIsNone(self.classifier.classify(bytes(32), b"first"))
+
+
+    @skipIf(network._message_layer is None, "the message layer (nymtx.message) is not here")
+    def test_the_message_layers_payloads_are_opened_with_the_keys(self):
+        from nymtx import message
+        body = message.fragment_message(message.Message(message.KIND_BINARY, b"second"))
+        self.assertEqual(len(body), 1)
+        sealed = message.seal_fragment(self.bob.public_key, body[0])
+        self.assertEqual(self.classifier.classify(self.bob.public_key, sealed), (REAL, 1, 1))
+        # sealed to Bob, it is nobody else's
+        self.assertIsNone(self.classifier.classify(self.alice.public_key, sealed))
+        loop = message.loop_cover_payload(self.alice.public_key)
+        self.assertEqual(self.classifier.classify(self.alice.public_key, loop), (LOOP, 0, -1))
+        drop = message.drop_cover_payload(self.gateway.public_key)
+        self.assertEqual(self.classifier.classify(self.gateway.public_key, drop), (DROP, -1, -1))
+        drop = message.drop_cover_payload(self.bob.public_key)
+        self.assertEqual(self.classifier.classify(self.bob.public_key, drop), (DROP, 1, -1))
 
 
 class PullAnswers(SynchronousTestCase):

@@ -448,7 +448,8 @@ class Classifier:
             if opened is not None:
                 kind, data = opened
                 if kind == REAL:
-                    m = self.bodies.get(data)
+                    # a workload message is one fragment: its kind byte, then the body
+                    m = self.bodies.get(data[1:], self.bodies.get(data))
                     return (REAL, c, m) if m is not None else None
                 return kind, c, -1
         # drop cover may be sealed to the gateway that discards it
