@@ -90,7 +90,9 @@ class Options(usage.Options):
     optFlags = [["network", None, "measure a real local network, every node and client"
                                   " in this process (the default)"],
                 ["simulate", None, "measure the model of the protocol instead"],
-                ["json", None, "print the attack scores as JSON"]]
+                ["json", None, "print the attack scores as JSON"],
+                ["save-trace", None, "also write the trace's arrays (the view and the truth)"
+                                     " to trace.npz in the report folder"]]
 
     def postOptions(self):
         if self["clients"] < 2:
@@ -170,6 +172,16 @@ def measure_network(settings, phases, duration, seed, err):
     return trace, settings, scores, result, problems, stats
 
 
+def _save_trace(folder, trace):
+    import os
+
+    import attrs
+    import numpy as np
+    arrays = {k: v for k, v in attrs.asdict(trace, recurse=False).items()
+              if isinstance(v, np.ndarray)}
+    np.savez_compressed(os.path.join(folder, "trace.npz"), **arrays)
+
+
 def _add_to_report(folder, comparison, lines):
     import os
     path = os.path.join(folder, "figures.json")
@@ -222,6 +234,8 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                 "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more"
                                             if len(problems) > 20 else "")) or "none"
         summary = report.write(options["out"], trace, settings, scores, result, meta)
+        if options["save-trace"]:
+            _save_trace(options["out"], trace)
         comparison = None
         if options["compare"]:
             from nymtx.measure import compare
