@@ -54,11 +54,6 @@ class BoundedFactory(Factory):
     log = Logger()
     #: what the log line calls this listener
     kind = "listener"
-    #: None, or ``tap(protocol, peer_address) -> protocol``: given each new
-    #: connection's protocol, returns the one to use (the same, or a wrapper).
-    #: A measurement (nymtx.measure.network) records the links with it;
-    #: nothing in a node sets it.
-    tap = None
 
     def __init__(self, clock, max_connections, idle_timeout):
         if max_connections < 1:
@@ -83,10 +78,7 @@ class BoundedFactory(Factory):
                     " until some close", kind=self.kind, n=self.max_connections)
             return None
         self._full = False
-        protocol = self.makeProtocol(addr)
-        if self.tap is not None:
-            protocol = self.tap(protocol, addr)
-        return protocol
+        return self.makeProtocol(addr)
 
     def makeProtocol(self, addr):
         p = self.protocol()

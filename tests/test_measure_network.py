@@ -16,7 +16,9 @@ import attrs
 import numpy as np
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from unittest import skipIf
 
@@ -26,7 +28,7 @@ from nymtx.keys import KeyPair
 from nymtx.localnet import Timing
 from nymtx.measure import attacks, checks, cli, compare, network, sim
 from nymtx.measure.trace import DROP, LOOP, REAL
-from nymtx.wire import BoundedFactory
+from nymtx.listening import ConnectionLimit
 
 FAST = sim.Settings(clients=3, send_gap=0.05, loop_gap=0.1, hop_delay=0.02, fetch_gap=0.1)
 WORKLOAD = [sim.Phase(0.0, 1.5, "idle"),
@@ -141,19 +143,27 @@ class RealMeasurement(TestCase):
 
 class TapHook(SynchronousTestCase):
 
-    def test_without_a_tap_the_protocol_is_the_factorys(self):
-        factory = BoundedFactory(None, 10, None)
-        factory.protocol = Protocol
-        self.assertIs(type(factory.buildProtocol(None)), Protocol)
-
-    def test_a_tap_sees_each_protocol_and_its_peer_and_may_replace_it(self):
-        factory = BoundedFactory(None, 10, None)
-        factory.protocol = Protocol
+    def test_a_tapped_listener_hands_each_protocol_and_its_peer_to_the_tap(self):
+        inner = Factory.forProtocol(Protocol)
+        inner.marker = "the node's factory"
+        limit = ConnectionLimit(inner, Clock(), 10)
         seen, other = [], Protocol()
-        factory.tap = lambda protocol, addr: seen.append((protocol, addr)) or other
-        self.assertIs(factory.buildProtocol("peer"), other)
-        self.assertEqual(seen[0][1], "peer")
+        network.tap_listener(limit, lambda protocol, addr: seen.append((protocol, addr)) or other)
+        peer = IPv4Address("TCP", "127.0.1.3", 5555)
+        built = limit.buildProtocol(peer)
+        # the listener's bounds still wrap what the tap returned
+        self.assertIs(built.wrappedProtocol, other)
+        self.assertEqual(seen[0][1], peer)
         self.assertIsInstance(seen[0][0], Protocol)
+        # everything else is still the node's factory
+        self.assertEqual(limit.wrappedFactory.marker, "the node's factory")
+
+    def test_a_factory_that_refuses_is_not_tapped(self):
+        class Refusing(Factory):
+            def buildProtocol(self, addr):
+                return None
+        tapped = network.TappingFactory(Refusing(), lambda p, a: self.fail("tapped"))
+        self.assertIsNone(tapped.buildProtocol(None))
 
     def test_the_source_bound_reactor_binds_every_outgoing_connection(self):
         calls = []

@@ -15,9 +15,12 @@ records, as a global passive observer would:
   gateway's listener reads and writes it (the client is again the
   connection's source address), and which answers are pull answers.
 
-The hooks are :attr:`nymtx.wire.BoundedFactory.tap` on the listeners and a
-reactor that binds outgoing connections; nothing in a node or a client
-changes when no measurement runs.
+No node or client has a hook for this: every listener is a
+:class:`nymtx.listening.ConnectionLimit`, a Twisted ``WrappingFactory``, and
+the measurement puts a :class:`TappingFactory` between it and the node's
+protocol factory (its ``wrappedFactory``); the clients and mixnodes get a
+reactor that binds their outgoing connections. A node that is not measured
+is the same code, untouched.
 
 :func:`to_trace` then finds the truth: it peels every recorded packet with
 the node keys, read from the home's key files
@@ -98,6 +101,32 @@ class SourceBoundReactor:
 
     def __getattr__(self, name):
         return getattr(self._reactor, name)
+
+
+class TappingFactory:
+    """A protocol factory that hands each protocol *factory* builds, with the
+    peer's address, to ``tap(protocol, addr)`` and uses what it returns.
+
+    Everything else is *factory*'s: put between a ConnectionLimit and the
+    factory it wraps, the listener's bounds and the node's protocol are
+    unchanged.
+    """
+
+    def __init__(self, factory, tap):
+        self._factory = factory
+        self._tap = tap
+
+    def buildProtocol(self, addr):
+        protocol = self._factory.buildProtocol(addr)
+        return None if protocol is None else self._tap(protocol, addr)
+
+    def __getattr__(self, name):
+        return getattr(self._factory, name)
+
+
+def tap_listener(limit, tap):
+    """Put *tap* into the listener whose ConnectionLimit is *limit*."""
+    limit.wrappedFactory = TappingFactory(limit.wrappedFactory, tap)
 
 
 class _TappedTransport:
@@ -260,10 +289,10 @@ class TappedNetwork(LocalNetwork):
                 self.reactor = real
         number = self.node_number(node.name)
         if node.kind == "mixnode":
-            service.factory.tap = self.recorder.mix_tap(number)
+            tap_listener(service.factory, self.recorder.mix_tap(number))
         elif node.kind == "gateway":
-            service.mix_factory.tap = self.recorder.mix_tap(number)
-            service.client_factory.tap = self.recorder.client_link_tap()
+            tap_listener(service.mix_listener.factory, self.recorder.mix_tap(number))
+            tap_listener(service.client_listener.factory, self.recorder.client_link_tap())
             service.client_factory.store = self.recorder.store_pull_tap(
                 service.client_factory.store)
         return service
