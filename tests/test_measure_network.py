@@ -69,7 +69,12 @@ class RealMeasurement(TestCase):
         # three mixes and the gateway for nearly every packet; the hops of the view
         # go client -> layer 1 -> layer 2 -> layer 3 -> gateway
         per_packet = np.bincount(trace.hop_packet, minlength=len(trace.packet_sender))
-        self.assertGreater(np.mean(per_packet == 4), 0.95)
+        self.assertTrue(set(per_packet) <= {1, 2, 3, 4})
+        # (the view holds fewer hops only of packets still on their way at the
+        # end; the truth has the rest: every packet has a kind)
+        short = per_packet < 4
+        self.assertTrue(np.all(trace.packet_sent[short] > trace.duration - 3.0))
+        self.assertGreater(np.mean(~short), 0.5)
         topo = trace.topology
         self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_mix] < topo.n_clients))
         self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_gateway]
