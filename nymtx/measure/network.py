@@ -407,10 +407,8 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             reactor.callLater(max(0.0, start + t - reactor.seconds()),
                               lambda i=index, a=sender, b=recipient, m=body, w=sends[-1]:
                               send(i, a, b, m).chainDeferred(w))
-        minute = 0
         while reactor.seconds() < start + duration:
             await _sleep(reactor, min(60.0, start + duration - reactor.seconds()))
-            minute += 1
             if reactor.seconds() < start + duration:
                 say(f"  {reactor.seconds() - start:.0f} s of {duration:g} s,"
                     f" {len(recorder.packets)} packets tapped")
