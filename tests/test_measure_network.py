@@ -13,6 +13,7 @@ import os
 import sys
 
 import attrs
+from hypothesis import given, settings as hsettings, strategies as st
 import numpy as np
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -332,3 +333,31 @@ class Comparison(SynchronousTestCase):
         self.assertFalse(other["attacks"]["deficit"]["success agrees"])
         lines = compare.markdown(other)
         self.assertTrue(any(line.startswith("| deficit |") and "NO" in line for line in lines))
+
+
+class TappedBytesFuzz(SynchronousTestCase):
+    """What the taps hand the truth is whatever came off the wire."""
+
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300) | st.builds(
+        lambda n, tail: F.frame(bytes([F.MESSAGES]) + n.to_bytes(2, "big") + tail),
+        st.integers(0, 0xFFFF), st.binary(max_size=100)))
+    def test_any_pull_answer_shows_a_count_or_none(self, data):
+        count = network.observed_count(data)
+        self.assertTrue(count is None or count >= 0)
+
+    @hsettings(max_examples=200, deadline=None)
+    @given(st.binary(min_size=32, max_size=32), st.binary(max_size=1000))
+    def test_any_final_hop_is_classified_or_unexplained(self, destination, payload):
+        keys = [KeyPair.from_private(bytes([i + 1]) * 32) for i in range(3)]
+        classifier = network.Classifier(keys[:2], keys[2:], [b"a body"])
+        for d in (destination, keys[0].public_key, keys[2].public_key):
+            kind = classifier.classify(d, payload)
+            self.assertTrue(kind is None or kind[0] in (REAL, LOOP, DROP))
+
+    @hsettings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 1 << 20), max_size=50))
+    def test_any_answer_sizes(self, sizes):
+        counts = network.counts_from_sizes(sizes)
+        self.assertEqual(len(counts), len(sizes))
+        self.assertTrue(np.all(counts >= -1))
