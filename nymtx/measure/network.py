@@ -268,13 +268,14 @@ class TappedNetwork(LocalNetwork):
     """A LocalNetwork whose listeners record through a :class:`Recorder`, and
     whose mixnodes connect from addresses of their own."""
 
-    def __init__(self, reactor, home, nodes, recorder, timing=Timing()):
+    def __init__(self, reactor, home, nodes, recorder, clients, timing=Timing()):
         super().__init__(reactor, home, nodes, timing=timing)
         self.recorder = recorder
         mixnodes = [n for n in nodes if n.kind == "mixnode"]
         self.mixnode_names = [n.name for n in sorted(mixnodes, key=lambda n: (n.layer, n.name))]
         self.gateway_names = [n.name for n in nodes if n.kind == "gateway"]
-        self.first_mix = None    # set by the capture, once clients are counted
+        # node numbers as in a Trace: clients first, then mixnodes, then gateways
+        self.first_mix = clients
 
     def _make(self, node):
         if node.kind != "mixnode":
@@ -344,8 +345,7 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
     home = home or tempfile.mkdtemp(prefix="nym-measure-")
     recorder = Recorder(reactor)
     nodes = plan(s.mixnodes_per_layer, s.gateways, 0)
-    net = TappedNetwork(reactor, home, nodes, recorder, timing=timing)
-    net.first_mix = s.clients
+    net = TappedNetwork(reactor, home, nodes, recorder, s.clients, timing=timing)
     for j in range(len(net.mixnode_names)):
         recorder.sources[source_host("mixnode", j)] = s.clients + j
     names = [f"c{i}" for i in range(s.clients)]
