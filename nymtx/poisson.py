@@ -28,7 +28,12 @@ class PoissonLoop:
 
     The next call is scheduled before ``f`` runs, so neither the time ``f``
     takes nor the Deferred it may return shifts the timing: traffic timing
-    must not reveal processing. An exception or a failing Deferred from
+    must not reveal processing. Each gap is counted from when the previous
+    call was *due*, not from when it ran: a busy reactor that runs calls
+    late would otherwise stretch every gap and send below the rate (and
+    the gaps would no longer be exponential). A loop more than
+    ``max_lag`` means behind (a suspended process) starts afresh from now
+    rather than firing the missed calls in one burst. An exception or a failing Deferred from
     ``f`` is logged and the loop goes on; a mixnet client must not go silent.
     Setting ``mean`` takes effect from the next gap drawn.
     """
@@ -41,7 +46,10 @@ class PoissonLoop:
     # Timing should not be predictable from outside, so the default source
     # is the operating system's; tests pass a seeded random.Random.
     rng: random.Random = attrs.field(default=None, converter=lambda r: r or random.SystemRandom())
+    #: how many means behind the loop may fall before it starts afresh
+    max_lag: float = 10.0
     _call: object = attrs.field(default=None, init=False)
+    _due: float = attrs.field(default=0.0, init=False)
 
     @property
     def running(self):
@@ -51,6 +59,7 @@ class PoissonLoop:
         """Start looping; with ``now``, call ``f`` once immediately as well."""
         if self.running:
             raise RuntimeError("this Poisson loop is already running")
+        self._due = self.clock.seconds()
         if now:
             self._tick()
         else:
@@ -63,7 +72,11 @@ class PoissonLoop:
             call.cancel()
 
     def _schedule(self):
-        self._call = self.clock.callLater(self.rng.expovariate(1.0 / self.mean), self._tick)
+        now = self.clock.seconds()
+        if now - self._due > self.max_lag * self.mean:
+            self._due = now
+        self._due += self.rng.expovariate(1.0 / self.mean)
+        self._call = self.clock.callLater(max(0.0, self._due - now), self._tick)
 
     def _tick(self):
         self._schedule()

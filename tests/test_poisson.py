@@ -111,6 +111,33 @@ class PoissonLoopTests(SynchronousTestCase):
         self.assertGreater(self.times[0], 0)
         self.assertEqual(exponential_problems(gaps_of([0.0] + self.times), 0.5), [])
 
+    def test_a_late_reactor_does_not_lower_the_rate(self):
+        # The reactor runs the calls late: here, only every 0.1 s, when the
+        # mean gap is 0.05 s. Counting each gap from when the call ran would
+        # send at under half the rate; counted from when it was due, the
+        # calls keep the rate (and the due times stay exponential).
+        due = []
+
+        def call():
+            self.record()
+            due.append(loop._due)   # the next call's due time, drawn just before
+        loop = self.make(call, mean=0.05)
+        loop.start()
+        for _ in range(2000):
+            self.clock.advance(0.1)
+        rate = len(self.times) / self.clock.seconds()
+        # four standard errors of a Poisson count
+        self.assertLess(abs(rate - 20.0), 20.0 * 4 / math.sqrt(len(self.times)))
+        self.assertEqual(exponential_problems(gaps_of([0.0] + due[:N]), 0.05)[:1], [])
+
+    def test_a_suspended_loop_starts_afresh_not_in_a_burst(self):
+        loop = self.make(mean=0.5)
+        loop.start()
+        run_until(self.clock, self.times, 3)
+        before = len(self.times)
+        self.clock.advance(3600)   # the process was suspended for an hour
+        self.assertLess(len(self.times) - before, 20)
+
     def test_start_now_calls_at_once(self):
         loop = self.make()
         loop.start(now=True)
