@@ -5,6 +5,8 @@ topology into the lines nym-localnet prints, and ``poll_topology`` is the one
 waiting loop behind both runners (in-process and ``--processes``).
 """
 
+import ipaddress
+
 import attrs
 from twisted.internet.task import deferLater
 
@@ -33,13 +35,24 @@ class Timing:
 
 @attrs.frozen
 class NodePlan:
-    """One node of the network: its name, kind, layer and ports (0 = any)."""
+    """One node of the network: its name, kind, layer, ports (0 = any) and host.
+
+    *host* is the address the node announces (and others dial); *bind*, if
+    set, is the address it listens on instead (``0.0.0.0``: every address of
+    its host, as a node behind NAT or on several interfaces would).
+    """
 
     name: str
     kind: str  # "directory", "mixnode" or "gateway"
     port: int
     layer: int = 0
     client_port: int = 0
+    host: str = HOST
+    bind: str = None
+
+    @property
+    def listen_host(self):
+        return self.bind or self.host
 
 
 def plan(mixnodes_per_layer=1, gateways=1, base_port=8080):
@@ -72,11 +85,20 @@ def count(n, word):
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _address_order(node):
+    # by host then port: on one host the ports count up, across hosts the addresses do
+    try:
+        host = (0, ipaddress.ip_address(node.address.host))
+    except ValueError:
+        host = (1, node.address.host)
+    return host, node.address.port
+
+
 def describe(topology, directory_url):
     """The topology as the lines nym-localnet prints."""
     lines = [f"directory  {directory_url}   (topology: {directory_url}/api/presence/topology)"]
     for layer in range(1, LAYERS + 1):
-        for m in sorted((m for m in topology.mixnodes if m.layer == layer), key=lambda m: m.address.port):
+        for m in sorted((m for m in topology.mixnodes if m.layer == layer), key=_address_order):
             lines.append(f"layer {layer}    {m.address}  {encode_key(m.public_key)}")
     for g in topology.gateways:
         lines.append(f"gateway    {g.address} (clients at {g.client_listener})  {encode_key(g.public_key)}")

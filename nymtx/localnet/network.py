@@ -21,7 +21,7 @@ from nymtx.directory.service import DirectoryService
 from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyFormatError, KeyPair
 from nymtx.localnet.model import (
-    HOST, LocalNetError, Timing, count, describe, poll_topology, why_failed)
+    LocalNetError, Timing, count, describe, poll_topology, why_failed)
 from nymtx.mixnode.service import MixnodeService
 from nymtx.observer import OneShot
 
@@ -39,12 +39,12 @@ def node_keys(home, name):
     return keys
 
 
-def _endpoint(reactor, port):
-    return TCP4ServerEndpoint(reactor, port, interface=HOST)
+def _endpoint(reactor, host, port):
+    return TCP4ServerEndpoint(reactor, port, interface=host)
 
 
-def _strport(port):
-    return f"tcp:{port}:interface={HOST}"
+def _strport(host, port):
+    return f"tcp:{port}:interface={host}"
 
 
 class LocalNetwork(MultiService):
@@ -70,7 +70,7 @@ class LocalNetwork(MultiService):
         self.registry = None
         directory = self.nodes["directory"]
         if directory.port:
-            self.directory_url = f"http://{HOST}:{directory.port}"
+            self.directory_url = f"http://{directory.host}:{directory.port}"
         self._ready = OneShot()
 
     # ---- building -------------------------------------------------------
@@ -78,18 +78,19 @@ class LocalNetwork(MultiService):
     def _make(self, node):
         if node.kind == "directory":
             self.registry = Registry(self.reactor, expiry=self.timing.expiry)
-            return DirectoryService(_endpoint(self.reactor, node.port),
-                                    make_site(self.registry), f"{HOST}:{node.port}",
+            return DirectoryService(_endpoint(self.reactor, node.listen_host, node.port),
+                                    make_site(self.registry), f"{node.host}:{node.port}",
                                     registry=self.registry)
         keys = node_keys(self.home, node.name)
         if node.kind == "mixnode":
             return MixnodeService(
-                self.reactor, keys, node.layer, _strport(node.port), HOST,
+                self.reactor, keys, node.layer, _strport(node.listen_host, node.port), node.host,
                 self.directory_url, presence_interval=self.timing.presence_interval,
                 metrics_interval=self.timing.metrics_interval)
         return GatewayService(
             self.reactor, keys, os.path.join(self.home, "localnet", node.name, "data"),
-            _strport(node.port), _strport(node.client_port), HOST, self.directory_url,
+            _strport(node.listen_host, node.port), _strport(node.listen_host, node.client_port),
+            node.host, self.directory_url,
             presence_interval=self.timing.presence_interval)
 
     async def _start_node(self, node):
@@ -105,7 +106,7 @@ class LocalNetwork(MultiService):
             raise LocalNetError(f"{node.name} could not listen: {why_failed(e)}")
         if node.kind == "directory":
             port = bound.getHost().port
-            self.directory_url = f"http://{HOST}:{port}"
+            self.directory_url = f"http://{node.host}:{port}"
             self.nodes[node.name] = attrs.evolve(node, port=port)
         elif node.kind == "gateway":
             # A restarted node comes back on the same ports, as a real one would.

@@ -13,7 +13,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from nymtx.directory.client import DirectoryClient
-from nymtx.localnet.model import HOST, LocalNetError, count, poll_topology
+from nymtx.localnet.model import LocalNetError, count, poll_topology
 
 
 class _ChildOutput(protocol.ProcessProtocol):
@@ -53,21 +53,27 @@ class ProcessNetwork(MultiService):
         self.reactor = reactor
         self.options = options
         self.nodes = options["plan"]
-        self.directory_url = f"http://{HOST}:{self.nodes[0].port}"
+        self.directory_url = f"http://{self.nodes[0].host}:{self.nodes[0].port}"
         self.children = {}
         self.exit_codes = {}
         self._all_ended = None
 
-    def _spawn(self, node):
-        args = [sys.executable, "-m", "nymtx.localnet", "--node", node.name,
+    def _command(self, node):
+        """The child's argv: its executable first."""
+        return [sys.executable, "-m", "nymtx.localnet", "--node", node.name,
                 "--home", self.options["home"],
                 "--base-port", str(self.options["base-port"]),
                 "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
-                "--gateways", str(self.options["gateways"])]
-        if self.options.get("log-level"):
-            args += ["--log-level", self.options["log-level"]]
+                "--gateways", str(self.options["gateways"])] + self._log_level()
+
+    def _log_level(self):
+        level = self.options.get("log-level")
+        return ["--log-level", level] if level else []
+
+    def _spawn(self, node):
+        args = self._command(node)
         self.children[node.name] = self.reactor.spawnProcess(
-            _ChildOutput(node.name, self), sys.executable, args, env=os.environ)
+            _ChildOutput(node.name, self), args[0], args, env=os.environ)
 
     def child_ended(self, name, code):
         self.exit_codes[name] = code

@@ -8,11 +8,16 @@ from twisted.internet import defer
 from twisted.python import usage
 
 from nymtx.exitstatus import exit_with
-from nymtx.localnet.model import MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, describe, plan
+from nymtx.localnet.model import (
+    MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, Timing, describe, plan)
+from nymtx.localnet.netns import NetnsNetwork, decode_plan
 from nymtx.localnet.network import LocalNetwork
 from nymtx.localnet.processes import ProcessNetwork, ParentWatch
 from nymtx.logfilter import LEVELS
 from nymtx.paths import nym_root
+
+#: client hosts of --netns; with 50 mixnodes a layer and 20 gateways, 245 hosts fit a /24
+MAX_CLIENT_HOSTS = 74
 
 
 # The coercers raise UsageError, not ValueError: twisted.python.usage would
@@ -36,6 +41,19 @@ def _level(text):
     return text
 
 
+def _clients(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--clients must be a whole number, not {text!r}")
+    if not 0 <= value <= MAX_CLIENT_HOSTS:
+        raise usage.UsageError(f"--clients must be 0 to {MAX_CLIENT_HOSTS}, not {value}")
+    return value
+
+
+_clients.coerceDoc = f"(0 to {MAX_CLIENT_HOSTS})"
+
+
 def _port(text):
     try:
         value = int(text)
@@ -48,11 +66,13 @@ def _port(text):
 
 class Options(usage.Options):
     synopsis = ("[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR]"
-                " [--processes] [--log-level LEVEL]")
+                " [--processes | --netns [--clients N]] [--log-level LEVEL]")
     longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1, "
                 "waits until the topology is complete, prints it, and runs until interrupted.")
     optFlags = [
         ["processes", None, "run one OS process per node (not under twistd)"],
+        ["netns", None, "every node in its own network namespace, on its own address"
+         " (root or CAP_NET_ADMIN; one process per node; not under twistd)"],
     ]
     optParameters = [
         ["mixnodes-per-layer", None, 1, "mixnodes in each of the 3 layers",
@@ -63,7 +83,10 @@ class Options(usage.Options):
         ["home", None, None, "where node keys and mailboxes live (default: $NYM_HOME or ~/.nym)"],
         ["log-level", None, None, "debug, info, warn, error or critical (default: info"
          " under twistd, warn for nym-localnet, which prints the network itself)", _level],
-        ["node", None, None, "(internal, with --processes) run only this node"],
+        ["clients", None, 2, "with --netns: namespaces made for clients (client-1 …)",
+         _clients],
+        ["node", None, None, "(internal, with --processes or --netns) run only this node"],
+        ["netns-plan", None, None, "(internal, with --netns) the network a --node runs in"],
     ]
 
     def opt_help(self):
@@ -71,12 +94,23 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self):
+        if self["processes"] and self["netns"]:
+            raise usage.UsageError("--netns runs one process per node already: not with"
+                                   " --processes")
         if self["processes"] and self["base-port"] == 0:
             raise usage.UsageError("--processes needs a fixed --base-port, not 0")
-        try:
-            self["plan"] = plan(self["mixnodes-per-layer"], self["gateways"], self["base-port"])
-        except LocalNetError as e:
-            raise usage.UsageError(str(e))
+        self["timing"] = Timing()
+        if self["netns-plan"] is not None:
+            try:
+                self["plan"], self["timing"] = decode_plan(self["netns-plan"])
+            except ValueError as e:
+                raise usage.UsageError(f"--netns-plan: {e}")
+        else:
+            try:
+                self["plan"] = plan(self["mixnodes-per-layer"], self["gateways"],
+                                    self["base-port"])
+            except LocalNetError as e:
+                raise usage.UsageError(str(e))
         if self["node"] is not None and self["node"] not in {n.name for n in self["plan"]}:
             raise usage.UsageError(f"--node {self['node']!r} is not a node of this network")
         self["home"] = str(nym_root(self["home"]))
@@ -95,10 +129,12 @@ def makeService(options, reactor=None, exit_with=exit_with):
     """
     if reactor is None:
         from twisted.internet import reactor
-    network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
-    if options["processes"]:
-        network.log.warn("--processes is for the nym-localnet command; under twistd the"
-                         " network runs in this one process")
+    network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"],
+                           timing=options["timing"])
+    for flag in ("processes", "netns"):
+        if options[flag]:
+            network.log.warn("--{flag} is for the nym-localnet command; under twistd the"
+                             " network runs in this one process on 127.0.0.1", flag=flag)
     # Under twistd nobody waits on whenReady(): a network that cannot start
     # must not leave twistd running with half of it. twistd starts services
     # before it runs the reactor, so the failure may come before it runs.
@@ -110,6 +146,19 @@ def makeService(options, reactor=None, exit_with=exit_with):
             reactor.callWhenRunning(reactor.stop)
     network.whenReady().addErrback(stop)
     return network
+
+
+def netns_lines(network):
+    """What --netns prints after the topology: the hosts, and how to run a client."""
+    lines = [f"bridge     {network.run.bridge} {network.run.subnet}"
+             f" (this machine: {network.run.bridge_address})"]
+    for name, host in network.hosts.items():
+        lines.append(f"host       {host.address:<15} {host.namespace}  ({name})")
+    for name in network.clients[:1]:
+        namespace = network.hosts[name].namespace
+        lines.append(f"a client:  ip netns exec {namespace} nym-client run --id Alice"
+                     f" --directory {network.directory_url}")
+    return lines
 
 
 def main(argv=None):
@@ -139,18 +188,26 @@ def main(argv=None):
         from twisted.internet import stdio
         reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
         stdio.StandardIO(ParentWatch(reactor), reactor=reactor)
-        network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"])
+        network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"],
+                               timing=options["timing"])
 
         def start_one():
             network.startService()
             network.whenReady().addErrback(fail)
         reactor.callWhenRunning(start_one)
     else:
-        network = (ProcessNetwork(reactor, options) if options["processes"]
-                   else LocalNetwork(reactor, options["home"], options["plan"]))
+        if options["netns"]:
+            network = NetnsNetwork(
+                reactor, options["home"], options["plan"],
+                clients=[f"client-{i}" for i in range(1, options["clients"] + 1)],
+                log_level=options["log-level"])
+        elif options["processes"]:
+            network = ProcessNetwork(reactor, options)
+        else:
+            network = LocalNetwork(reactor, options["home"], options["plan"])
 
         async def announce():
-            if options["processes"]:
+            if options["processes"] or options["netns"]:
                 topology = await network.start()
             else:
                 await network.whenReady()
@@ -158,7 +215,13 @@ def main(argv=None):
             print("nym-localnet: the network is up", flush=True)
             for line in describe(topology, network.directory_url):
                 print("  " + line, flush=True)
-            print(json.dumps({"directory": network.directory_url}), flush=True)
+            announcement = {"directory": network.directory_url}
+            if options["netns"]:
+                for line in netns_lines(network):
+                    print("  " + line, flush=True)
+                announcement["hosts"] = {name: {"namespace": h.namespace, "address": h.address}
+                                         for name, h in network.hosts.items()}
+            print(json.dumps(announcement), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
 
         def start():
