@@ -271,7 +271,7 @@ def clean(force=False, out=sys.stdout):
     """Remove what earlier runs left; a run whose owner still lives only with *force*."""
     kept = 0
     for number, owner in sorted(leftovers().items()):
-        if owner is not None and owner != os.getpid() and _alive(owner) and not force:
+        if owner is not None and _alive(owner) and not force:
             print(f"run {number}: kept, its process {owner} still runs (--force removes it)",
                   file=out)
             kept += 1

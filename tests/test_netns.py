@@ -1,0 +1,379 @@
+"""nym-localnet --netns: every node and client on its own host (a network namespace).
+
+The end-to-end tests need root (or CAP_NET_ADMIN) and Linux; where a
+namespace cannot be made they are skipped, saying why. Every run removes
+its namespaces, veths and bridge; the tests check that it did.
+"""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import attrs
+from hypothesis import given, strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+import nymtx
+from nymtx.addressing import encode_client_address
+from nymtx.client.config import ClientConfig
+from nymtx.directory.client import DirectoryClient
+from nymtx.keys import encode_key
+from nymtx.localnet import LocalNetError, Options, Timing, plan, poll_topology
+from nymtx.localnet import netns
+from nymtx.localnet.netns import NetnsNetwork, Namespaces, decode_plan, encode_plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nymtx.__file__)))
+TIMING = Timing(presence_interval=0.3, metrics_interval=1.0, expiry=5.0)
+# milliseconds, as in config.toml's [debug]
+FAST = ["--average-packet-delay", "5", "--loop-cover-traffic-average-delay", "100",
+        "--message-sending-average-delay", "10", "--fetch-message-delay", "50",
+        "--topology-refresh-rate", "250"]
+
+
+def _why_not():
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux's"
+    return netns.unavailable()
+
+
+UNAVAILABLE = _why_not()
+
+
+def _env():
+    # the children run in a temporary cwd: they need this source tree by its absolute path
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    return env
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def coroutine(f):
+    def test(self):
+        return Deferred.fromCoroutine(f(self))
+    test.__name__ = f.__name__
+    return test
+
+
+class Child(ProcessProtocol):
+    """A process's output, and ``ended`` firing with its exit code."""
+
+    def __init__(self, name):
+        self.name = name
+        self.out = b""
+        self.err = b""
+        self.ended = Deferred()
+        self.code = None
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.code = reason.value.exitCode
+        self.ended.callback(self.code)
+
+
+def spawn(case, argv, name):
+    child = Child(name)
+    transport = reactor.spawnProcess(child, argv[0], argv, env=_env())
+
+    def stop():
+        if child.code is None:
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass
+        return child.ended
+    case.addCleanup(stop)
+    return child
+
+
+def listening(run, name):
+    """The local addresses that listen for TCP in host *name*'s namespace."""
+    out = subprocess.run(run.exec_args(name) + ["ss", "-ltnH"], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(line.split()[3] for line in out.splitlines() if line.strip())
+
+
+def run_leftovers(number):
+    names = [n for n in netns.namespaces() if n.startswith(f"nymtx-{number}-")]
+    links = [link for link in netns.links()
+             if link.startswith(f"nymtx{number}b") or link.startswith(f"nymtx{number}v")]
+    return names + links
+
+
+class NetnsNetworkTests(TestCase):
+    skip = UNAVAILABLE
+    timeout = 120
+
+    async def _network(self, nodes, clients=()):
+        home = os.path.abspath(self.mktemp())
+        network = NetnsNetwork(reactor, home, nodes, clients=clients, timing=TIMING)
+        network.startService()
+        self.addCleanup(self._gone, network)
+        self.addCleanup(network.stopService)
+        topology = await network.start()
+        return home, network, topology
+
+    def _gone(self, network):
+        # runs after stopService: nothing of the run may be left
+        self.assertEqual(run_leftovers(network.run.number), [])
+
+    @coroutine
+    async def test_alice_and_bob_at_two_gateways_in_their_own_namespaces(self):
+        nodes = plan(1, 2, 0)
+        # Binding every address of its host while announcing the namespace's
+        # one: gateway-2 serves Bob, and mix-2-1 carries every packet.
+        nodes = [attrs.evolve(n, bind="0.0.0.0") if n.name in ("gateway-2", "mix-2-1") else n
+                 for n in nodes]
+        home, network, topology = await self._network(nodes, ["alice", "bob", "mix-cli"])
+        run = network.run
+        address = {name: host.address for name, host in run.hosts.items()}
+        self.assertEqual(len(set(address.values())), len(address))
+
+        # every node announces its own address; nothing of a node listens on 127.0.0.1
+        self.assertEqual(
+            sorted(str(m.address) for m in topology.mixnodes),
+            sorted(f"{address[n]}:1789" for n in ("mix-1-1", "mix-2-1", "mix-3-1")))
+        gateways = {g.address.host: g for g in topology.gateways}
+        self.assertEqual(sorted(gateways), sorted([address["gateway-1"], address["gateway-2"]]))
+        for name in ("gateway-1", "gateway-2"):
+            self.assertEqual(str(gateways[address[name]].client_listener),
+                             f"{address[name]}:9000")
+        self.assertEqual(listening(run, "directory"), [f"{address['directory']}:8080"])
+        self.assertEqual(listening(run, "mix-1-1"), [f"{address['mix-1-1']}:1789"])
+        self.assertEqual(listening(run, "mix-2-1"), ["0.0.0.0:1789"])
+        self.assertEqual(listening(run, "gateway-1"), sorted(
+            [f"{address['gateway-1']}:1789", f"{address['gateway-1']}:9000"]))
+        self.assertEqual(listening(run, "gateway-2"), ["0.0.0.0:1789", "0.0.0.0:9000"])
+
+        # A second layer-2 mixnode set up as an operator would: nym-mixnode
+        # init --host 0.0.0.0 --announce-host, then run. Each packet takes
+        # one of the two at random, so if it did not work about half of the
+        # 40 messages would be lost.
+        python = [sys.executable, "-m"]
+        init = spawn(self, run.exec_args("mix-cli") + python + [
+            "nymtx.mixnode.cli", "init", "--id", "cli", "--layer", "2", "--host", "0.0.0.0",
+            "--announce-host", address["mix-cli"], "--directory", network.directory_url,
+            "--home", home], "mix-cli init")
+        self.assertEqual(await init.ended, 0, init.err.decode())
+        spawn(self, run.exec_args("mix-cli") + python + [
+            "nymtx.mixnode.cli", "run", "--id", "cli", "--home", home], "mix-cli")
+
+        # the clients: nym-client init at a chosen gateway, then nym-client run
+        inits = {}
+        for name, gateway in (("Alice", "gateway-1"), ("Bob", "gateway-2")):
+            key = gateways[address[gateway]].public_key
+            inits[name] = spawn(self, run.exec_args(name.lower()) + python + [
+                "nymtx.client.cli", "init", "--id", name, "--home", home,
+                "--directory", network.directory_url, "--gateway", encode_key(key),
+                "--socket-type", "websocket", "--port", "9001"] + FAST, f"{name} init")
+        for name, child in inits.items():
+            self.assertEqual(await child.ended, 0, child.err.decode())
+        keys = {name: ClientConfig.load(home, name).load_keys().public_key for name in inits}
+        client_address = {name: encode_client_address(key) for name, key in keys.items()}
+
+        directory = DirectoryClient(network.directory_url, reactor=reactor)
+        self.addCleanup(directory.close)
+
+        def missing(t):
+            if len([m for m in t.mixnodes if m.layer == 2]) < 2:
+                return "the nym-mixnode run mixnode is not in the topology"
+            if not set(keys.values()) <= set(t.clients()):
+                return "a client is not in the topology"
+            return None
+        topology = await poll_topology(reactor, directory, missing, 30.0)
+        cli = [m for m in topology.mixnodes if m.layer == 2 and m.address.host == address["mix-cli"]]
+        self.assertEqual([str(m.address) for m in cli], [f"{address['mix-cli']}:1789"])
+        self.assertEqual(listening(run, "mix-cli"), ["0.0.0.0:1789"])
+
+        for name in inits:
+            spawn(self, run.exec_args(name.lower()) + python + [
+                "nymtx.client.cli", "run", "--id", name, "--home", home], name)
+        drivers = {}
+        for name, peer in (("Alice", "Bob"), ("Bob", "Alice")):
+            drivers[name] = spawn(self, run.exec_args(name.lower()) + python + [
+                "tests.netns_driver", "ws://127.0.0.1:9001/mix", client_address[peer], "20",
+                name], f"{name} driver")
+        results = {}
+        for name, child in drivers.items():
+            self.assertEqual(await child.ended, 0, child.err.decode())
+            results[name] = json.loads(child.out.decode().strip().splitlines()[-1])
+        for name, peer in (("Alice", "Bob"), ("Bob", "Alice")):
+            self.assertEqual(results[name]["address"], client_address[name])
+            self.assertEqual(results[name]["errors"], [])
+            self.assertEqual(len(results[name]["sent"]), 20)
+            # every message of the peer, each exactly once
+            self.assertEqual(sorted(results[name]["received"]), sorted(results[peer]["sent"]))
+        # the client API is the one thing on 127.0.0.1, in its own namespace
+        self.assertEqual(listening(run, "alice"), ["127.0.0.1:9001"])
+        self.assertEqual(listening(run, "bob"), ["127.0.0.1:9001"])
+
+    @coroutine
+    async def test_a_node_that_cannot_listen_fails_the_start_and_leaves_nothing(self):
+        # 192.0.2.77 (TEST-NET-1) is no address of mix-1-1's namespace
+        nodes = [attrs.evolve(n, bind="192.0.2.77") if n.name == "mix-1-1" else n
+                 for n in plan(1, 1, 0)]
+        network = NetnsNetwork(reactor, os.path.abspath(self.mktemp()), nodes, timing=TIMING)
+        network.startService()
+        with self.assertRaises(LocalNetError) as caught:
+            await network.start()
+        self.assertIn("mix-1-1 exited with code 1", str(caught.exception))
+        number = network.run.number
+        self.assertNotEqual(run_leftovers(number), [])
+        await network.stopService()
+        self.assertEqual(run_leftovers(number), [])
+
+    def test_clean_removes_what_a_dead_run_left_and_keeps_a_live_one(self):
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        live = subprocess.Popen(["sleep", "60"])
+        self.addCleanup(live.wait)
+        self.addCleanup(live.kill)
+        left = Namespaces.create(["a", "b"], owner=dead.pid)
+        self.addCleanup(left.remove)
+        going = Namespaces.create(["c"], owner=live.pid)
+        self.addCleanup(going.remove)
+        runs = netns.leftovers()
+        self.assertEqual(runs[left.number], dead.pid)
+        self.assertEqual(runs[going.number], live.pid)
+        self.assertEqual(len(run_leftovers(left.number)), 5)  # 2 namespaces, 2 veths, the bridge
+
+        out = []
+
+        class Lines:
+            def write(self, text):
+                out.append(text)
+        netns.clean(out=Lines())
+        self.assertEqual(run_leftovers(left.number), [])
+        self.assertNotEqual(run_leftovers(going.number), [])
+        self.assertIn(f"run {going.number}: kept", "".join(out))
+        netns.clean(force=True, out=Lines())
+        self.assertEqual(run_leftovers(going.number), [])
+
+    def test_hosts_reach_each_other_and_nothing_else(self):
+        run = Namespaces.create(["a", "b"])
+        self.addCleanup(run.remove)
+        b = run.hosts["b"].address
+        server = subprocess.Popen(run.exec_args("b") + [sys.executable, "-c", (
+            "import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 7000)); s.listen();"
+            " print('up', flush=True); c, _ = s.accept(); c.sendall(b'hello from b')"), b],
+            stdout=subprocess.PIPE, text=True)
+        self.addCleanup(server.wait)
+        self.addCleanup(server.kill)
+        self.assertEqual(server.stdout.readline(), "up\n")
+        client = (
+            "import socket, sys\n"
+            "print(socket.create_connection((sys.argv[1], 7000), timeout=5).recv(100).decode())\n"
+            "try:\n"
+            "    socket.create_connection(('192.0.2.1', 80), timeout=5)\n"
+            "except OSError as e:\n"
+            "    print(e.errno)\n")
+        done = subprocess.run(run.exec_args("a") + [sys.executable, "-c", client, b],
+                              capture_output=True, text=True, timeout=30)
+        # b answers; an address off the bridge has no route at all
+        self.assertEqual(done.stdout.split("\n")[:2], ["hello from b", str(errno.ENETUNREACH)],
+                         done.stderr)
+        routes = subprocess.run(run.exec_args("a") + ["ip", "-4", "route", "show"],
+                                capture_output=True, text=True, check=True).stdout
+        # only the bridge's /24: no default route, nothing leaves the machine
+        self.assertEqual([r.split()[0] for r in routes.splitlines()], [str(run.subnet)])
+
+
+class NoCapabilityTests(TestCase):
+    skip = UNAVAILABLE or (None if shutil.which("capsh") and os.geteuid() == 0
+                           else "needs root and capsh to drop CAP_NET_ADMIN")
+
+    def test_without_cap_net_admin_one_line_and_exit_1(self):
+        home = os.path.abspath(self.mktemp())
+        command = (f"{sys.executable} -m nymtx.localnet --netns --home {home}")
+        done = subprocess.run(["capsh", "--drop=cap_net_admin,cap_sys_admin", "--", "-c",
+                               command], capture_output=True, text=True, env=_env(), timeout=60)
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout, "")
+        lines = done.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, done.stderr)
+        self.assertTrue(lines[0].startswith(
+            "nym-localnet: error: cannot create network namespaces (this needs root or"
+            " CAP_NET_ADMIN)"), lines[0])
+
+
+class NetnsOptionsTests(SynchronousTestCase):
+    """No namespace needed: the flags and the plan a node process is given."""
+
+    def parse(self, *args):
+        options = Options()
+        options.parseOptions(["--home", self.mktemp(), *args])
+        return options
+
+    def test_netns_and_processes_exclude_each_other(self):
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--netns", "--processes")
+        self.assertIn("--netns", str(caught.exception))
+
+    def test_clients_must_be_a_small_count(self):
+        self.assertEqual(self.parse("--netns", "--clients", "0")["clients"], 0)
+        for bad in ("-1", "x", "75", "1.5"):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse("--netns", "--clients", bad)
+            self.assertIn("--clients must be", str(caught.exception))
+
+    def test_a_node_reads_its_network_from_the_plan(self):
+        nodes = [attrs.evolve(n, host=f"10.231.7.{10 + i}", bind="0.0.0.0" if i == 2 else None)
+                 for i, n in enumerate(plan(1, 2, 0))]
+        text = encode_plan(nodes, TIMING)
+        self.assertEqual(decode_plan(text), (nodes, TIMING))
+        options = self.parse("--node", "mix-2-1", "--netns-plan", text)
+        self.assertEqual(options["plan"], nodes)
+        self.assertEqual(options["timing"], TIMING)
+
+    def test_a_bad_plan_is_a_usage_error(self):
+        good = json.loads(encode_plan(plan(1, 1, 0), TIMING))
+        bad_host = json.loads(json.dumps(good))
+        bad_host["nodes"][1]["host"] = "example.org"
+        no_directory = json.loads(json.dumps(good))
+        no_directory["nodes"] = no_directory["nodes"][1:]
+        bad_kind = json.loads(json.dumps(good))
+        bad_kind["nodes"][1]["kind"] = "router"
+        for value, why in ((bad_host, "not an IPv4 address"), (no_directory, "directory"),
+                           (bad_kind, "unknown kind"), ([], "not a plan"),
+                           ({"nodes": [{"nme": 1}], "timing": {}}, "not a plan")):
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse("--netns-plan", json.dumps(value))
+            self.assertIn(why, str(caught.exception))
+
+    @given(st.one_of(st.text(), st.builds(json.dumps, st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))))
+    def test_any_text_is_a_plan_or_a_value_error(self, text):
+        try:
+            nodes, timing = decode_plan(text)
+        except ValueError:
+            return
+        self.assertEqual(nodes[0].kind, "directory")
+
+    def test_names_follow_the_prefix_that_clean_removes(self):
+        run = Namespaces(17, ["directory", "gateway-1"])
+        self.assertEqual(run.bridge, "nymtx17b")
+        self.assertEqual(run.hosts["gateway-1"].namespace, "nymtx-17-gateway-1")
+        self.assertEqual(run.hosts["gateway-1"].address, "10.231.17.11")
+        self.assertEqual(run.hosts["directory"].veth, "nymtx17v0")
+        for name in (run.bridge, run.hosts["gateway-1"].veth):
+            self.assertLessEqual(len(name), 15)  # IFNAMSIZ - 1
+            self.assertTrue(netns._LINK.match(name))
+        self.assertFalse(netns._LINK.match("nymtx17bx"))
+        self.assertEqual(run.exec_args("directory")[-3:], ["netns", "exec", "nymtx-17-directory"])
