@@ -16,6 +16,7 @@ import attrs
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python import usage
@@ -222,6 +223,65 @@ class NetnsNetworkTests(TestCase):
         # the client API is the one thing on 127.0.0.1, in its own namespace
         self.assertEqual(listening(run, "alice"), ["127.0.0.1:9001"])
         self.assertEqual(listening(run, "bob"), ["127.0.0.1:9001"])
+
+    async def _command(self):
+        """nym-localnet --netns as a command, once it has printed its JSON line."""
+        argv = [sys.executable, "-m", "nymtx.localnet", "--netns", "--clients", "1",
+                "--home", os.path.abspath(self.mktemp())]
+        child = Child("nym-localnet")
+        transport = reactor.spawnProcess(child, argv[0], argv, env=_env())
+
+        def kill():
+            try:
+                transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+            return child.ended
+        self.addCleanup(kill)
+        deadline = reactor.seconds() + 60
+        while b"Press Ctrl-C" not in child.out:
+            self.assertIsNone(child.code, child.err.decode())
+            self.assertLess(reactor.seconds(), deadline, child.err.decode())
+            await sleep(0.1)
+        line = [x for x in child.out.decode().splitlines() if x.startswith("{")][0]
+        announced = json.loads(line)
+        number = int(announced["hosts"]["directory"]["namespace"].split("-")[1])
+        self.addCleanup(netns.remove_run, number)
+        self.assertEqual(announced["directory"],
+                         f"http://{announced['hosts']['directory']['address']}:8080")
+        self.assertEqual(announced["hosts"]["client-1"],
+                         {"namespace": f"nymtx-{number}-client-1",
+                          "address": f"10.231.{number}.15"})
+        self.assertIn(f"ip netns exec nymtx-{number}-client-1 nym-client run", child.out.decode())
+        return child, transport, number
+
+    @coroutine
+    async def test_the_command_stopped_by_sigterm_removes_everything(self):
+        child, transport, number = await self._command()
+        self.assertEqual(len(run_leftovers(number)), 6 + 6 + 1)  # namespaces, veths, bridge
+        transport.signalProcess("TERM")
+        self.assertEqual(await child.ended, 0, child.err.decode())
+        self.assertEqual(run_leftovers(number), [])
+
+    @coroutine
+    async def test_a_killed_command_leaves_namespaces_that_clean_removes(self):
+        child, transport, number = await self._command()
+        transport.signalProcess("KILL")
+        await child.ended
+        self.assertNotEqual(run_leftovers(number), [])
+        # the nodes stop by themselves once their parent is gone
+        names = [n for n in netns.namespaces() if n.startswith(f"nymtx-{number}-")]
+        deadline = reactor.seconds() + 20
+        while any(subprocess.run(["ip", "netns", "pids", n], capture_output=True,
+                                 text=True).stdout.strip() for n in names):
+            self.assertLess(reactor.seconds(), deadline, "a node outlived its parent")
+            await sleep(0.2)
+        done = subprocess.run([sys.executable, "-m", "nymtx.localnet.netns", "--clean"],
+                              capture_output=True, text=True, env=_env(), timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(f"run {number}: removed", done.stdout)
+        self.assertEqual(done.stderr, "")
+        self.assertEqual(run_leftovers(number), [])
 
     @coroutine
     async def test_a_node_that_cannot_listen_fails_the_start_and_leaves_nothing(self):

@@ -270,7 +270,11 @@ def _alive(pid):
 def clean(force=False, out=sys.stdout):
     """Remove what earlier runs left; a run whose owner still lives only with *force*."""
     kept = 0
-    for number, owner in sorted(leftovers().items()):
+    runs = leftovers()
+    if not runs:
+        print("nothing to remove: no bridge or namespace of nym-localnet --netns is left",
+              file=out)
+    for number, owner in sorted(runs.items()):
         if owner is not None and _alive(owner) and not force:
             print(f"run {number}: kept, its process {owner} still runs (--force removes it)",
                   file=out)

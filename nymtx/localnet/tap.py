@@ -10,7 +10,6 @@ from twisted.python import usage
 from nymtx.exitstatus import exit_with
 from nymtx.localnet.model import (
     MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, Timing, describe, plan)
-from nymtx.localnet.netns import NetnsNetwork, decode_plan
 from nymtx.localnet.network import LocalNetwork
 from nymtx.localnet.processes import ProcessNetwork, ParentWatch
 from nymtx.logfilter import LEVELS
@@ -101,6 +100,8 @@ class Options(usage.Options):
             raise usage.UsageError("--processes needs a fixed --base-port, not 0")
         self["timing"] = Timing()
         if self["netns-plan"] is not None:
+            # imported here: ``python -m nymtx.localnet.netns`` must find it not yet imported
+            from nymtx.localnet.netns import decode_plan
             try:
                 self["plan"], self["timing"] = decode_plan(self["netns-plan"])
             except ValueError as e:
@@ -197,6 +198,7 @@ def main(argv=None):
         reactor.callWhenRunning(start_one)
     else:
         if options["netns"]:
+            from nymtx.localnet.netns import NetnsNetwork
             network = NetnsNetwork(
                 reactor, options["home"], options["plan"],
                 clients=[f"client-{i}" for i in range(1, options["clients"] + 1)],
