@@ -276,8 +276,9 @@ class NetnsNetworkTests(TestCase):
                                  text=True).stdout.strip() for n in names):
             self.assertLess(reactor.seconds(), deadline, "a node outlived its parent")
             await sleep(0.2)
-        done = subprocess.run([sys.executable, "-m", "nymtx.localnet.netns", "--clean"],
-                              capture_output=True, text=True, env=_env(), timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "nymtx.localnet.netns", "--clean", str(number)],
+            capture_output=True, text=True, env=_env(), timeout=60)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn(f"run {number}: removed", done.stdout)
         self.assertEqual(done.stderr, "")
@@ -318,11 +319,12 @@ class NetnsNetworkTests(TestCase):
         class Lines:
             def write(self, text):
                 out.append(text)
-        netns.clean(out=Lines())
+        # only these runs: under trial -j2 another worker may be making one at this moment
+        netns.clean(out=Lines(), only={left.number, going.number})
         self.assertEqual(run_leftovers(left.number), [])
         self.assertNotEqual(run_leftovers(going.number), [])
         self.assertIn(f"run {going.number}: kept", "".join(out))
-        netns.clean(force=True, out=Lines())
+        netns.clean(force=True, out=Lines(), only={going.number})
         self.assertEqual(run_leftovers(going.number), [])
 
     def test_hosts_reach_each_other_and_nothing_else(self):
@@ -437,3 +439,36 @@ class NetnsOptionsTests(SynchronousTestCase):
             self.assertTrue(netns._LINK.match(name))
         self.assertFalse(netns._LINK.match("nymtx17bx"))
         self.assertEqual(run.exec_args("directory")[-3:], ["netns", "exec", "nymtx-17-directory"])
+
+    def test_under_twistd_netns_is_a_warning_and_one_process_on_loopback(self):
+        from twisted.logger import capturedLogs
+        from nymtx.localnet import LocalNetwork, makeService
+        options = self.parse("--netns")
+        with capturedLogs() as logs:
+            network = makeService(options, reactor=reactor, exit_with=lambda code: None)
+        self.assertIsInstance(network, LocalNetwork)
+        self.assertFalse(network.running)
+        self.assertEqual({n.host for n in network.nodes.values()}, {"127.0.0.1"})
+        warnings = [e for e in logs if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["flag"], "netns")
+
+    def test_a_node_killed_by_a_signal_is_named_with_it(self):
+        from twisted.internet.error import ProcessTerminated
+        from twisted.python.failure import Failure
+        from nymtx.localnet.processes import ProcessNetwork, _ChildOutput
+        network = ProcessNetwork(reactor, {"plan": plan(1, 1, 8080)})
+        _ChildOutput("gateway-1", network).processEnded(
+            Failure(ProcessTerminated(exitCode=None, signal=9)))
+        with self.assertRaises(LocalNetError) as caught:
+            network._check_children()
+        self.assertEqual(str(caught.exception), "gateway-1 was killed by signal 9 before the"
+                         " network was up (its output is above)")
+
+    def test_clean_usage(self):
+        from contextlib import redirect_stderr
+        import io
+        for argv in ([], ["--force"], ["--clean", "x"], ["--clean", "256"], ["--clean", "-v"]):
+            with redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(netns.main(argv), 2)
+            self.assertIn("usage: python -m nymtx.localnet.netns --clean", err.getvalue())

@@ -267,10 +267,13 @@ def _alive(pid):
     return True
 
 
-def clean(force=False, out=sys.stdout):
-    """Remove what earlier runs left; a run whose owner still lives only with *force*."""
+def clean(force=False, out=sys.stdout, only=None):
+    """Remove what earlier runs left; a run whose owner still lives only with *force*.
+
+    *only*: the run numbers to look at (default: every run).
+    """
     kept = 0
-    runs = leftovers()
+    runs = {n: owner for n, owner in leftovers().items() if only is None or n in only}
     if not runs:
         print("nothing to remove: no bridge or namespace of nym-localnet --netns is left",
               file=out)
@@ -381,16 +384,19 @@ class NetnsNetwork(ProcessNetwork):
 
 
 def main(argv=None):
-    """``python -m nymtx.localnet.netns --clean [--force]``: remove what runs left."""
+    """``python -m nymtx.localnet.netns --clean [--force] [N …]``: remove what runs left."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv not in (["--clean"], ["--clean", "--force"], ["--force", "--clean"]):
-        print("usage: python -m nymtx.localnet.netns --clean [--force]\n"
+    flags = [a for a in argv if a.startswith("-")]
+    numbers = [a for a in argv if not a.startswith("-")]
+    if "--clean" not in flags or set(flags) - {"--clean", "--force"} or not all(
+            n.isdigit() and int(n) < 256 for n in numbers):
+        print("usage: python -m nymtx.localnet.netns --clean [--force] [N …]\n"
               "  removes the bridges nymtx<N>b and namespaces nymtx-<N>-* that nym-localnet"
-              " --netns runs left\n  (--force: also those of runs still going)",
-              file=sys.stderr)
+              " --netns runs left\n  (--force: also those of runs still going; N: only"
+              " these runs)", file=sys.stderr)
         return 2
     try:
-        clean(force="--force" in argv)
+        clean(force="--force" in flags, only={int(n) for n in numbers} if numbers else None)
     except NetnsError as e:
         print(f"nymtx.localnet.netns: error: {e}", file=sys.stderr)
         return 1

@@ -35,7 +35,11 @@ class _ChildOutput(protocol.ProcessProtocol):
         self._lines(data, sys.stderr)
 
     def processEnded(self, reason):
-        self.network.child_ended(self.name, reason.value.exitCode)
+        code = reason.value.exitCode
+        if code is None:
+            # killed: say by which signal rather than "code None"
+            code = f"signal {reason.value.signal}"
+        self.network.child_ended(self.name, code)
 
 
 class ProcessNetwork(MultiService):
@@ -83,8 +87,8 @@ class ProcessNetwork(MultiService):
 
     def _check_children(self):
         for name, code in self.exit_codes.items():
-            raise LocalNetError(f"{name} exited with code {code} before the network was up"
-                                " (its output is above)")
+            how = f"was killed by {code}" if isinstance(code, str) else f"exited with code {code}"
+            raise LocalNetError(f"{name} {how} before the network was up (its output is above)")
 
     async def start(self):
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
