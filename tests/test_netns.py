@@ -6,6 +6,7 @@ its namespaces, veths and bridge; the tests check that it did.
 """
 
 import errno
+import ipaddress
 import json
 import os
 import shutil
@@ -472,3 +473,108 @@ class NetnsOptionsTests(SynchronousTestCase):
             with redirect_stderr(io.StringIO()) as err:
                 self.assertEqual(netns.main(argv), 2)
             self.assertIn("usage: python -m nymtx.localnet.netns --clean", err.getvalue())
+
+
+class FakeIp:
+    """``ip`` with a machine's namespaces and links as sets; *fail* maps an
+    argument tuple's start to the stderr it fails with (once)."""
+
+    def __init__(self, fail=None):
+        self.commands = []
+        self.namespaces = set()
+        self.links = set()
+        self.fail = dict(fail or {})
+        self.veths = {}  # namespace -> the veths that go with it
+
+    def __call__(self, *args, check=True):
+        self.commands.append(args)
+        for start, message in list(self.fail.items()):
+            if args[:len(start)] == start:
+                del self.fail[start]
+                if check:
+                    raise netns.NetnsError(f"'ip {' '.join(args)}' failed: {message}")
+                return subprocess.CompletedProcess(args, 2, "", message)
+        out = ""
+        if args[:2] == ("netns", "list"):
+            out = "".join(f"{n}\n" for n in sorted(self.namespaces))
+        elif args[:3] == ("-o", "link", "show") and len(args) == 3:
+            out = "".join(f"{i}: {name}: <UP>\n" for i, name in enumerate(sorted(self.links)))
+        elif args[:2] == ("netns", "add"):
+            self.namespaces.add(args[2])
+        elif args[:2] == ("netns", "del"):
+            self.namespaces.discard(args[2])
+            self.links -= {name for name in self.links if name in self.veths.get(args[2], ())}
+        elif args[:2] == ("link", "add"):
+            self.links.add(args[2])
+            if "netns" in args:
+                self.veths.setdefault(args[-1], set()).add(args[2])
+        elif args[:2] == ("link", "del"):
+            self.links.discard(args[2])
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+
+class NamespacesWithoutRootTests(SynchronousTestCase):
+    """What the run asks of ``ip``, with ``ip`` faked: no root needed."""
+
+    def setUp(self):
+        # the same number every time: shuffle leaves the list as it is
+        self.patch(netns.random, "shuffle", lambda numbers: None)
+
+    def test_hosts_get_a_bridge_and_no_route_out(self):
+        ip = FakeIp()
+        self.patch(netns, "_ip", ip)
+        run = Namespaces.create(["directory", "alice"], owner=42)
+        self.assertEqual(run.number, 0)
+        self.assertEqual(ip.namespaces, {"nymtx-0-directory", "nymtx-0-alice"})
+        self.assertEqual(ip.links, {"nymtx0b", "nymtx0v0", "nymtx0v1"})
+        self.assertIn(("link", "set", "nymtx0b", "alias", "nymtx localnet pid=42"), ip.commands)
+        self.assertIn(("-n", "nymtx-0-alice", "addr", "add", "10.231.0.11/24", "dev", "eth0"),
+                      ip.commands)
+        self.assertIn(("-n", "nymtx-0-alice", "link", "set", "lo", "up"), ip.commands)
+        # nothing routes, forwards or NATs anywhere
+        for command in ip.commands:
+            if "route" in command:
+                self.assertEqual(command[command.index("route") + 1], "show", command)
+            self.assertFalse({"default", "nat", "forwarding", "masquerade"} & set(command))
+        run.remove()
+        self.assertEqual((ip.namespaces, ip.links), (set(), set()))
+
+    def test_a_number_taken_meanwhile_is_skipped(self):
+        ip = FakeIp(fail={("link", "add", "nymtx0b"): "RTNETLINK answers: File exists"})
+        self.patch(netns, "_ip", ip)
+        run = Namespaces.create(["a"])
+        self.assertEqual(run.number, 1)
+        self.assertEqual(run.hosts["a"].address, "10.231.1.10")
+
+    def test_numbers_in_use_are_skipped(self):
+        ip = FakeIp()
+        ip.namespaces.add("nymtx-0-directory")  # a leftover of run 0
+        self.patch(netns, "_ip", ip)
+        # and 10.231.1.0/24 routed here already (a VPN, say)
+        self.patch(netns, "_used_networks", lambda: [ipaddress.ip_network("10.231.0.0/23")])
+        self.assertEqual(Namespaces.create(["a"]).number, 2)
+
+    def test_a_failure_midway_removes_what_was_made(self):
+        ip = FakeIp(fail={("netns", "add", "nymtx-0-b"): "Permission denied"})
+        self.patch(netns, "_ip", ip)
+        with self.assertRaises(netns.NetnsError) as caught:
+            Namespaces.create(["a", "b", "c"])
+        self.assertIn("netns add nymtx-0-b", str(caught.exception))
+        self.assertIn("Permission denied", str(caught.exception))
+        self.assertEqual((ip.namespaces, ip.links), (set(), set()))
+
+    def test_no_permission_is_one_line_naming_the_capability(self):
+        ip = FakeIp(fail={("link", "add"): "RTNETLINK answers: Operation not permitted"})
+        self.patch(netns, "_ip", ip)
+        with self.assertRaises(netns.NetnsError) as caught:
+            Namespaces.create(["a"])
+        self.assertEqual(str(caught.exception).splitlines(), [str(caught.exception)])
+        self.assertTrue(str(caught.exception).startswith(netns.CANNOT))
+
+    def test_bad_host_names_are_refused_before_anything_is_made(self):
+        ip = FakeIp()
+        self.patch(netns, "_ip", ip)
+        for names in (["a", "a"], [], ["../etc"], ["x" * 50]):
+            with self.assertRaises(netns.NetnsError):
+                Namespaces.create(names)
+        self.assertEqual(ip.commands, [])

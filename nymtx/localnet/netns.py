@@ -31,6 +31,7 @@ import subprocess
 import sys
 
 import attrs
+from twisted.internet.threads import deferToThreadPool
 
 from nymtx.localnet.model import LocalNetError, NodePlan, Timing
 from nymtx.localnet.processes import ProcessNetwork
@@ -109,6 +110,8 @@ def _used_networks():
     for args in (("-4", "route", "show", "table", "all"), ("-4", "-o", "addr", "show")):
         for line in _ip(*args, check=False).stdout.splitlines():
             for word in line.split():
+                if "." not in word:
+                    continue  # a metric, a device name, a keyword
                 try:
                     used.append(ipaddress.ip_network(word, strict=False))
                 except ValueError:
@@ -366,8 +369,12 @@ class NetnsNetwork(ProcessNetwork):
             "--home", self.options["home"],
             "--netns-plan", encode_plan(self.nodes, self.timing)] + self._log_level()
 
+    def _in_thread(self, f, *args):
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
     async def start(self):
-        self.run = Namespaces.create(host_names(self.nodes, self.clients))
+        # some seventy short ip commands: in a thread, not on the reactor
+        self.run = await self._in_thread(Namespaces.create, host_names(self.nodes, self.clients))
         self.nodes = place(self.nodes, self.run)
         directory = self.nodes[0]
         self.directory_url = f"http://{directory.host}:{directory.port}"
@@ -377,9 +384,9 @@ class NetnsNetwork(ProcessNetwork):
         d = super().stopService()
 
         def remove(result):
-            if self.run is not None:
-                self.run.remove()
-            return result
+            if self.run is None:
+                return result
+            return self._in_thread(self.run.remove).addCallback(lambda _: result)
         return d.addBoth(remove)
 
 
