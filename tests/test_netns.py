@@ -475,7 +475,7 @@ class NetnsOptionsTests(SynchronousTestCase):
             self.assertIn("usage: python -m nymtx.localnet.netns --clean", err.getvalue())
 
 
-class FakeIp:
+class ScriptedIp:
     """``ip`` with a machine's namespaces and links as sets; *fail* maps an
     argument tuple's start to the stderr it fails with (once)."""
 
@@ -521,7 +521,7 @@ class NamespacesWithoutRootTests(SynchronousTestCase):
         self.patch(netns.random, "shuffle", lambda numbers: None)
 
     def test_hosts_get_a_bridge_and_no_route_out(self):
-        ip = FakeIp()
+        ip = ScriptedIp()
         self.patch(netns, "_ip", ip)
         run = Namespaces.create(["directory", "alice"], owner=42)
         self.assertEqual(run.number, 0)
@@ -540,14 +540,14 @@ class NamespacesWithoutRootTests(SynchronousTestCase):
         self.assertEqual((ip.namespaces, ip.links), (set(), set()))
 
     def test_a_number_taken_meanwhile_is_skipped(self):
-        ip = FakeIp(fail={("link", "add", "nymtx0b"): "RTNETLINK answers: File exists"})
+        ip = ScriptedIp(fail={("link", "add", "nymtx0b"): "RTNETLINK answers: File exists"})
         self.patch(netns, "_ip", ip)
         run = Namespaces.create(["a"])
         self.assertEqual(run.number, 1)
         self.assertEqual(run.hosts["a"].address, "10.231.1.10")
 
     def test_numbers_in_use_are_skipped(self):
-        ip = FakeIp()
+        ip = ScriptedIp()
         ip.namespaces.add("nymtx-0-directory")  # a leftover of run 0
         self.patch(netns, "_ip", ip)
         # and 10.231.1.0/24 routed here already (a VPN, say)
@@ -555,7 +555,7 @@ class NamespacesWithoutRootTests(SynchronousTestCase):
         self.assertEqual(Namespaces.create(["a"]).number, 2)
 
     def test_a_failure_midway_removes_what_was_made(self):
-        ip = FakeIp(fail={("netns", "add", "nymtx-0-b"): "Permission denied"})
+        ip = ScriptedIp(fail={("netns", "add", "nymtx-0-b"): "Permission denied"})
         self.patch(netns, "_ip", ip)
         with self.assertRaises(netns.NetnsError) as caught:
             Namespaces.create(["a", "b", "c"])
@@ -564,7 +564,7 @@ class NamespacesWithoutRootTests(SynchronousTestCase):
         self.assertEqual((ip.namespaces, ip.links), (set(), set()))
 
     def test_no_permission_is_one_line_naming_the_capability(self):
-        ip = FakeIp(fail={("link", "add"): "RTNETLINK answers: Operation not permitted"})
+        ip = ScriptedIp(fail={("link", "add"): "RTNETLINK answers: Operation not permitted"})
         self.patch(netns, "_ip", ip)
         with self.assertRaises(netns.NetnsError) as caught:
             Namespaces.create(["a"])
@@ -572,7 +572,7 @@ class NamespacesWithoutRootTests(SynchronousTestCase):
         self.assertTrue(str(caught.exception).startswith(netns.CANNOT))
 
     def test_bad_host_names_are_refused_before_anything_is_made(self):
-        ip = FakeIp()
+        ip = ScriptedIp()
         self.patch(netns, "_ip", ip)
         for names in (["a", "a"], [], ["../etc"], ["x" * 50]):
             with self.assertRaises(netns.NetnsError):
