@@ -66,8 +66,9 @@ def _port(text):
 class Options(usage.Options):
     synopsis = ("[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR]"
                 " [--processes | --netns [--clients N]] [--log-level LEVEL]")
-    longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1, "
-                "waits until the topology is complete, prints it, and runs until interrupted.")
+    longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1 (with"
+                " --netns: each in its own network namespace, on its own address), waits until"
+                " the topology is complete, prints it, and runs until interrupted.")
     optFlags = [
         ["processes", None, "run one OS process per node (not under twistd)"],
         ["netns", None, "every node in its own network namespace, on its own address"
