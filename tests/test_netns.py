@@ -355,6 +355,14 @@ class NetnsNetworkTests(TestCase):
                                 capture_output=True, text=True, check=True).stdout
         # only the bridge's /24: no default route, nothing leaves the machine
         self.assertEqual([r.split()[0] for r in routes.splitlines()], [str(run.subnet)])
+        # and no IPv6 at all on the links of the run, not even link-local
+        inside = subprocess.run(run.exec_args("a") + ["ip", "-6", "-o", "addr", "show", "dev",
+                                                      "eth0"], capture_output=True, text=True)
+        self.assertEqual(inside.stdout, "")
+        for link in (run.bridge, run.hosts["a"].veth):
+            outside = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", link],
+                                     capture_output=True, text=True, check=True)
+            self.assertEqual(outside.stdout, "", link)
 
 
 class NoCapabilityTests(TestCase):

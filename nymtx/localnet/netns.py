@@ -9,8 +9,9 @@ on a /24 of 10.231.0.0/16 that no route of this machine uses yet:
 - host *i* (the directory first, then the mixnodes, the gateways, the
   clients) is the namespace ``nymtx-<N>-<name>`` with ``eth0`` at
   ``10.231.<N>.<10+i>`` and its own loopback, up;
-- no namespace has a default route, nothing is forwarded or NATed: packets
-  only go between the hosts of one run (and to this process).
+- no namespace has a default route, nothing is forwarded or NATed, and
+  IPv6 is off on the bridge and every veth: IPv4 packets only go between
+  the hosts of one run (and to this process).
 
 Each node runs as ``ip netns exec nymtx-<N>-<name> python -m nymtx.localnet
 --node NAME --netns-plan JSON``, listening on its own address with nym's
@@ -192,11 +193,17 @@ class Namespaces:
     def _build(self, owner):
         _ip("link", "set", self.bridge, "alias", f"nymtx localnet pid={owner}")
         _ip("addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
+        _no_ipv6(self.bridge)
         _ip("link", "set", self.bridge, "up")
         for host in self.hosts.values():
             _ip("netns", "add", host.namespace)
+            # before eth0 exists, so that it starts without IPv6
+            _ip("netns", "exec", host.namespace, "sysctl", "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                check=False)
             _ip("link", "add", host.veth, "type", "veth",
                 "peer", "name", "eth0", "netns", host.namespace)
+            _no_ipv6(host.veth)
             _ip("link", "set", host.veth, "master", self.bridge, "up")
             _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
             _ip("-n", host.namespace, "link", "set", "eth0", "up")
@@ -212,6 +219,16 @@ class Namespaces:
             return
         self.removed = True
         remove_run(self.number, [h.namespace for h in self.hosts.values()])
+
+
+def _no_ipv6(link):
+    """IPv6 off on a link of this namespace before it is up: the hosts speak IPv4 only,
+    and a link-local IPv6 address would send router solicitations and MLD reports."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # a kernel without IPv6 (or a test's scripted ip): nothing to turn off
 
 
 def _kill_inside(namespace):
