@@ -8,13 +8,17 @@ initialised for it), and ``systemd-analyze verify`` where it is installed.
 import inspect
 import io
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import urllib.request
 from contextlib import redirect_stdout
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import nymtx
 from nymtx.gateway import cli as gateway_cli
@@ -159,6 +163,47 @@ class UnitFileTests(SynchronousTestCase):
         self.assertEqual(gateway["config"].id, "node1")
         directory = self._parse_exec_start("nym-directory.service", home).subOptions
         self.assertEqual(directory["port"], "tcp:8080:interface=0.0.0.0")
+
+    def test_the_directory_unit_runs_as_systemd_would_run_it(self):
+        """Its ExecStart, on a free port: logs to stdout, writes no pid file, stops on TERM."""
+        twistd = _twistd()
+        if twistd is None:
+            raise SkipTest("no twistd installed here")
+        argv = twistd_argv(parse_unit(unit_text("nym-directory.service"),
+                                      "nym-directory.service"), "nym-directory.service")
+        argv = [twistd if a == INSTALLED_TWISTD else
+                "tcp:0:interface=127.0.0.1" if a.startswith("tcp:8080") else a for a in argv]
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(process.wait)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        # a directory that never says it listens must not hang the suite
+        watchdog = threading.Timer(60, process.kill)
+        watchdog.start()
+        self.addCleanup(watchdog.cancel)
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if "the directory listening on" in line:
+                break
+        self.assertTrue(seen and "host='127.0.0.1'" in seen[-1], "".join(seen))
+        port = int(re.search(r"port=(\d+)", seen[-1]).group(1))
+        # it answers: the reactor runs (and has its SIGTERM handler: the
+        # port may be bound before, in privilegedStartService)
+        url = f"http://127.0.0.1:{port}/api/presence/topology"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            self.assertEqual(answer.status, 200)
+        process.terminate()
+        rest = process.stdout.read()
+        # twistd shuts down, then exits by the signal it got (systemd counts
+        # SIGTERM as a clean stop of a service)
+        self.assertEqual(process.wait(timeout=30), -signal.SIGTERM, rest)
+        self.assertIn("Server Shut Down.", rest)
+        self.assertEqual(os.listdir(cwd), [])  # no twistd.pid, no twistd.log
 
     def test_the_open_files_limit_holds_the_default_connection_limits(self):
         gateway = GatewayConfig(id="g")
