@@ -20,14 +20,15 @@ from contextlib import redirect_stdout
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-import nymtx
 from nymtx.gateway import cli as gateway_cli
 from nymtx.gateway.config import GatewayConfig
 from nymtx.links import PacketLinks
 from nymtx.listening import FD_RESERVE
 from nymtx.mixnode.config import DEBUG as MIXNODE_DEBUG, init_mixnode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nymtx.__file__)))
+# the checkout (or, under .ci/run, the scratch folder that holds tests/,
+# docs/ and deploy/ beside an installed nymtx)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "deploy", "systemd")
 #: unit file -> the twistd plugin it runs
 TAPNAMES = {"nym-directory.service": "nym-directory", "nym-mixnode@.service": "nym-mixnode",
