@@ -305,6 +305,22 @@ class TcpTests(SynchronousTestCase):
         out = self.responses(transport)
         self.assertEqual([o["type"] for o in out], ["error", "fetch"])
 
+    def test_binary_over_json_lines_and_pushed_events(self):
+        proto, transport = self.connect()
+        data = bytes(range(256)) * 1000
+        proto.dataReceived(json.dumps({"type": "send", "recipient_address": BOB,
+                                       "data": base64.b64encode(data).decode()}).encode()
+                           + b"\n" + b'{"type":"subscribe"}\n')
+        self.assertEqual(self.responses(transport), [{"type": "send"}, {"type": "subscribe"}])
+        self.assertEqual(self.core.sent, [(BOB, Message.from_bytes(data))])
+        self.core.add(Message.from_bytes(data), Message.from_text("x" * 200_000))
+        self.assertEqual(self.responses(transport), [
+            {"type": "received", "data": base64.b64encode(data).decode()},
+            {"type": "received", "message": "x" * 200_000}])
+        self.assertEqual(self.core.inbox, [])
+        proto.connectionLost(None)
+        self.assertEqual(self.core.watchers, [])
+
     def test_non_loopback_peer_refused(self):
         proto, _ = self.connect("10.1.2.3")
         self.assertIsNone(proto)

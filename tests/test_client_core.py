@@ -706,3 +706,35 @@ class CoverIndependenceTests(SynchronousTestCase):
         # both are her loop cover stream alone: about λL·T = 300
         self.assertApproximates(n1 / self.SECONDS, 1.0, 0.2)
         self.assertLessEqual(abs(n1 - n2), 4 * math.sqrt(n1 + n2), (idle, busy))
+
+
+class EmbeddingTests(SynchronousTestCase):
+    def test_bytes_are_binary_text_is_text_both_ways(self):
+        from nymtx.client.embed import MixnetClient
+        network = Network()
+        bob = network.add_client()
+        config, keys = network.client_config(self.mktemp(), "Alice")
+        clock = Clock()
+        link, links = FakeGatewayLink(), FakeLinks()
+        client = MixnetClient(clock, config, directory=FakeDirectory(network.topology()),
+                              links=links, gateway_link=link)
+        client.start()
+        sent = [client.send(bob.public_text, b"\x00\xffbytes"),
+                client.send(bob.public_text, "tëxt")]
+        run_until(clock, 30)
+        for d in sent:
+            self.successResultOf(d)
+        receiver = Receiver(bob.private_key, bob.public_key, Reassembler(clock))
+        got = [receiver.receive(p) for d, p in opened(network, bob, links.packets)
+               if d == bob.public_key]
+        self.assertEqual(sorted((m for m in got if m is not None), key=lambda m: m.kind),
+                         [Message.from_text("tëxt"), Message.from_bytes(b"\x00\xffbytes")])
+        whole = []
+        client.on_received(whole.append)
+        link.mail = mail(keys, b"\x01\x02") + mail(keys, "hé", 2)
+        clock.advance(1)
+        self.assertEqual(whole, [Message.from_bytes(b"\x01\x02"), Message.from_text("hé")])
+        self.assertEqual(client.fetch(), [])
+        e = self.failureResultOf(client.send(bob.public_text, bytes((1 << 20) + 1)), SendError)
+        self.assertIn("maximum is 1048576", str(e.value))
+        self.successResultOf(client.stop())
