@@ -156,6 +156,16 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(self.core.sent, [(BOB, Message.from_bytes(b"\x00\xffbytes"))])
         self.assertError(self.api.answer_binary(b"\x09").response, "unknown binary request")
 
+    def test_the_documented_binary_vectors(self):
+        # docs/client.md, "Binary frames"
+        self.assertEqual(parse_binary_request(bytes.fromhex("00" + bytes(range(1, 33)).hex()
+                                                            + "6869")),
+                         ("4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw", b"hi"))
+        from nymtx.client.api import received_event
+        self.assertEqual(received_event(Message.from_bytes(b"hi"), True), (b"\x01hi", True))
+        self.assertEqual(received_event(Message.from_bytes(b"hi"), False),
+                         (b'{"type":"received","data":"aGk="}', False))
+
     @given(st.binary(max_size=120))
     def test_any_binary_frame_gets_a_response(self, frame):
         answer = self.api.answer_binary(frame)
