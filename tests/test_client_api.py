@@ -198,6 +198,34 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(self.core.inbox, [Message.from_text("stays")])
         self.assertFalse(push.active)
 
+    def test_a_subscriber_that_does_not_read_gets_no_more_until_it_does(self):
+        from twisted.internet.task import Clock
+        from nymtx.client.api import buffered
+        clock, unread, out = Clock(), [0], []
+
+        def write(data, binary):
+            out.append(data)
+            unread[0] += len(data)
+            return True
+        push = Push(self.core, write, binary_frames=True, backlog=lambda: unread[0],
+                    clock=clock, high_water=10_000)
+        push.start()
+        self.core.add(*[Message.from_bytes(bytes(4000)) for _ in range(10)])
+        # three events take it over the mark; the other seven wait in the inbox
+        self.assertEqual((len(out), len(self.core.inbox)), (3, 7))
+        clock.advance(1)
+        self.assertEqual(len(out), 3)
+        unread[0] = 0          # the application read them
+        clock.advance(0.1)
+        self.assertEqual((len(out), len(self.core.inbox)), (6, 4))
+        push.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+        class Transport:   # what a Twisted TCP transport holds unwritten
+            dataBuffer, offset, _tempDataLen = b"x" * 100, 30, 5
+        self.assertEqual(buffered(Transport()), 75)
+        self.assertEqual(buffered(object()), 0)
+
     def test_binary_push_as_base64_json_without_binary_frames(self):
         out = []
         push = Push(self.core, lambda data, binary: out.append((data, binary)) or True)
@@ -505,3 +533,56 @@ class OriginTests(SynchronousTestCase):
         self.flushLoggedErrors()
         Request.origin = "https://chat.example"
         self.assertIsNone(proto.onConnect(Request()))
+
+
+class PushBackpressureTests(TestCase):
+    """A real TCP subscriber that stops reading: the client stops pushing."""
+
+    async def test_a_subscriber_that_stops_reading_leaves_the_rest_in_the_inbox(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+        from twisted.internet.protocol import Factory
+        from twisted.internet.task import deferLater
+        from twisted.protocols.basic import LineReceiver
+        from nymtx.client.api import PUSH_HIGH_WATER, buffered
+
+        core = FakeCore()
+        factory = JsonLinesFactory(ApiDispatcher(core), reactor)
+        servers = []
+        build = factory.buildProtocol
+        factory.buildProtocol = lambda addr: servers.append(build(addr)) or servers[-1]
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+
+        class Reader(LineReceiver):
+            delimiter = b"\n"
+            MAX_LENGTH = 10 << 20
+
+            def connectionMade(self):
+                self.lines = []
+
+            def lineReceived(self, line):
+                self.lines.append(json.loads(line))
+
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(Reader))
+        self.addCleanup(client.transport.loseConnection)
+        client.sendLine(b'{"type":"subscribe"}')
+        while not client.lines:
+            await deferLater(reactor, 0.01, lambda: None)
+        client.transport.pauseProducing()   # the application stops reading
+        data = bytes(1 << 20)
+        core.add(*[Message.from_bytes(data) for _ in range(40)])   # 56 MB of base64 events
+        await deferLater(reactor, 0.5, lambda: None)
+        waiting = len(core.inbox)
+        self.assertGreater(waiting, 0)
+        # what the client holds for the reader: at most the mark and one event
+        self.assertLessEqual(buffered(servers[0].transport), PUSH_HIGH_WATER + 1_500_000)
+        client.transport.resumeProducing()
+        for _ in range(600):
+            if len(client.lines) == 41:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(client.lines), 41)
+        self.assertEqual(core.inbox, [])
+        self.assertTrue(all(base64.b64decode(e["data"]) == data for e in client.lines[1:]))

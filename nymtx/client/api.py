@@ -118,6 +118,21 @@ def received_event(message, binary_frames):
                             "data": base64.b64encode(message.data).decode("ascii")}), False
 
 
+def buffered(transport):
+    """Bytes *transport* holds that the peer has not read yet (a Twisted TCP
+    transport's write buffer; 0 for a transport that does not say)."""
+    try:
+        return (len(transport.dataBuffer) - transport.offset) + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return 0
+
+
+#: a subscriber's unread events past which no more are pushed until it reads
+PUSH_HIGH_WATER = 4 << 20
+#: seconds between looks at a subscriber that has not read its events
+PUSH_RETRY = 0.1
+
+
 @attrs.define(eq=False)
 class Push:
     """Pushes the inbox's messages to one connection that asked (``subscribe``).
@@ -128,6 +143,12 @@ class Push:
     loses nothing: the message waits for the next fetch or subscriber.
     *binary_frames*: binary messages as binary websocket frames; else as
     ``{"type":"received","data":"<base64>"}``.
+
+    *backlog()* (optional) is how many bytes the connection holds unread:
+    past ``high_water`` nothing more is pushed (the messages wait in the
+    inbox, whose bound then pauses the pulls from the gateway) and the push
+    looks again every PUSH_RETRY seconds on *clock*. So an application that
+    subscribes and never reads cannot make the client's memory grow.
     """
 
     log = Logger()
@@ -135,8 +156,12 @@ class Push:
     core: object
     write: object
     binary_frames: bool = False
+    backlog: object = None
+    clock: object = None
+    high_water: int = PUSH_HIGH_WATER
     _cancel: object = None
     _draining: bool = False
+    _retry: object = None
 
     @property
     def active(self):
@@ -151,6 +176,16 @@ class Push:
         cancel, self._cancel = self._cancel, None
         if cancel is not None:
             cancel()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def _full(self):
+        if self.backlog is None or self.backlog() <= self.high_water:
+            return False
+        if self.clock is not None and (self._retry is None or not self._retry.active()):
+            self._retry = self.clock.callLater(PUSH_RETRY, self.drain)
+        return True
 
     def drain(self):
         if self._draining or self._cancel is None:
@@ -164,6 +199,8 @@ class Push:
                 if not rows:
                     return
                 for row_id, message in rows:
+                    if self._full():
+                        return
                     data, is_binary = received_event(_as_message(message), self.binary_frames)
                     if not self.write(data, is_binary):
                         self.stop()
