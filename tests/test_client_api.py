@@ -539,6 +539,14 @@ class PushBackpressureTests(TestCase):
     """A real TCP subscriber that stops reading: the client stops pushing."""
 
     async def test_a_subscriber_that_stops_reading_leaves_the_rest_in_the_inbox(self):
+        await self.stalled_subscriber(wrapped=False)
+
+    async def test_the_same_behind_the_listeners_connection_limit(self):
+        # as nymtx.client.service.api_factory serves it: the transport is the
+        # wrapper, which passes the write buffer's state through
+        await self.stalled_subscriber(wrapped=True)
+
+    async def stalled_subscriber(self, wrapped):
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
         from twisted.internet.protocol import Factory
@@ -547,11 +555,15 @@ class PushBackpressureTests(TestCase):
         from nymtx.client.api import PUSH_HIGH_WATER, buffered
 
         core = FakeCore()
-        factory = JsonLinesFactory(ApiDispatcher(core), reactor)
+        factory = JsonLinesFactory(ApiDispatcher(core), reactor=reactor)
         servers = []
         build = factory.buildProtocol
         factory.buildProtocol = lambda addr: servers.append(build(addr)) or servers[-1]
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        listening = factory
+        if wrapped:
+            from nymtx.listening import ConnectionLimit
+            listening = ConnectionLimit(factory, reactor, 16, backpressure=True)
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(listening)
         self.addCleanup(port.stopListening)
 
         class Reader(LineReceiver):
