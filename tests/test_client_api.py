@@ -295,7 +295,7 @@ class DispatcherTests(SynchronousTestCase):
     @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                         lambda c: st.lists(c, max_size=3)
                         | st.dictionaries(st.sampled_from(
-                            ["type", "message", "recipient_address", "x"]), c, max_size=4),
+                            ["type", "message", "recipient_address", "data", "x"]), c, max_size=4),
                         max_leaves=10))
     def test_any_json_gets_a_response(self, value):
         response = self.api.handle_text(json.dumps(value))
