@@ -70,10 +70,13 @@ def init(options):
             f"gateway {config.id!r} is already initialised ({path}); edit that file instead")
     keys = KeyPair.generate()
     keys.save(C.data_dir(config.id, home))
+    from nymtx.trust.identity import IdentityKey
+    identity = IdentityKey.load_or_generate(str(C.data_dir(config.id, home)))
     C.save(config, home)
     print(f"Initialised gateway {config.id!r}\n"
           f"  config:     {path}\n"
           f"  public key: {keys.public_text}\n"
+          f"  identity:   {identity.public_text} (for a directory's allow list)\n"
           f"  mix port {config.mix_port}, client port {config.clients_port},"
           f" announced as {config.announce_host}")
     return 0

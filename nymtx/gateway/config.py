@@ -35,6 +35,7 @@ class GatewayConfig:
     message_retrieval_limit: int = 100
     max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
+    more_directories: tuple = ()
     mix_max_connections: int = 1024
     mix_idle_timeout_ms: int = 300_000
     client_max_connections: int = 10_000
@@ -59,6 +60,11 @@ class GatewayConfig:
 
 def _endpoint(port, host):
     return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+def _directory_list(value, name):
+    from nymtx.trust.wiring import directory_list
+    return directory_list(value, name)
 
 
 def _location(value, name):
@@ -127,6 +133,9 @@ LAYOUT = (
         Key("presence_directory_server", lambda v, n: shared.url(v, n, empty=True),
             field="directory",
             comment="The directory to announce this gateway to; empty to announce nowhere."),
+        Key("presence_directory_servers", lambda v, n: _directory_list(v, n),
+            field="more_directories",
+            comment="Further directories it announces to as well (a list of URLs), signed."),
         Key("presence_sending_delay", shared.delay, field="presence_sending_delay_ms",
             comment="Milliseconds between two announcements."),
     ]),

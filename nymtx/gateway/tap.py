@@ -32,16 +32,26 @@ class Options(LogLevelOption, usage.Options):
         except KeyFormatError as e:
             raise Unusable(f"gateway {self['id']!r}: {e}")
         self["data_dir"] = data
+        from nymtx.trust.wiring import node_identity
+        try:
+            self["identity"] = node_identity(data)
+        except (KeyFormatError, OSError) as e:
+            raise Unusable(f"gateway {self['id']!r}: identity key: {e}")
 
 
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    from nymtx.trust.wiring import DirectoryCloser, all_directories, node_directory
     config = options["config"]
-    return GatewayService(
+    # every presence goes out signed, to each directory
+    directory = node_directory(
+        reactor, all_directories(config.directory, config.more_directories),
+        options["identity"])
+    service = GatewayService(
         reactor, options["keys"], options["data_dir"],
         config.mix_endpoint(), config.client_endpoint(), config.announce_host,
-        config.directory or None,
+        directory=directory,
         quota_messages=config.quota_messages, quota_bytes=config.quota_bytes,
         commit_interval=config.commit_interval_ms / 1000, commit_batch=config.commit_batch,
         max_pull=config.message_retrieval_limit, max_clients=config.max_clients,
@@ -52,3 +62,6 @@ def makeService(options, reactor=None):
         client_handshake_timeout=config.client_handshake_timeout_ms / 1000,
         client_idle_timeout=config.client_idle_timeout_ms / 1000,
         location=config.location)
+    if directory is not None:
+        DirectoryCloser(directory).setServiceParent(service)
+    return service

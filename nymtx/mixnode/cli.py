@@ -69,11 +69,13 @@ def init(sub):
         sub["announce-port"], sub["directory"], sub["location"], sub["home"],
         sub["force"], sub["log-level"])
     keys = config.load_keys()
+    identity = config.load_identity()
     print(f"Initialised mixnode {config.id} (layer {config.layer})\n"
           f"  config:      {config_path(config.id, sub['home'])}\n"
           f"  listening:   {config.listening_address}\n"
           f"  announcing:  {config.announce_address}\n"
           f"  public key:  {keys.public_text}\n"
+          f"  identity:    {identity.public_text} (for a directory's allow list)\n"
           f"Run it with: nym-mixnode run --id {config.id}")
     return 0
 

@@ -42,6 +42,9 @@ DEBUG = {
     "presence_directory_server": (
         DEFAULT_DIRECTORY, partial(shared.url, empty=True),
         "The directory this node announces itself and its metrics to; empty: none."),
+    "presence_directory_servers": (
+        (), lambda v, n: _directory_list(v, n),
+        "Further directories it announces to as well (a list of URLs), each signed."),
     "presence_sending_delay": (
         1500, _ms(), "How often the node announces itself (ms). nym: 1500."),
     "metrics_sending_delay": (
@@ -71,6 +74,11 @@ DEBUG = {
         300000, _ms(1000),
         "An incoming connection that brings no whole packet for this long is closed (ms)."),
 }
+
+
+def _directory_list(value, name):
+    from nymtx.trust.wiring import directory_list
+    return directory_list(value, name)
 
 
 def check_layer(layer, name="layer"):
@@ -156,6 +164,15 @@ class MixnodeConfig:
         except KeyFormatError as e:
             raise ConfigFileError(str(e))
 
+    def load_identity(self):
+        """The node's Ed25519 identity key beside its Sphinx key (created,
+        and logged, if there is none: a node from before identity keys)."""
+        from nymtx.trust.wiring import node_identity
+        try:
+            return node_identity(os.path.dirname(self.private_sphinx_key_file))
+        except (KeyFormatError, OSError) as e:
+            raise ConfigFileError(f"identity key: {e}")
+
     def to_toml(self):
         values = {**attrs.asdict(self, recurse=False), **self.debug}
         return shared.render(LAYOUT, values, header=(
@@ -216,6 +233,7 @@ def init_mixnode(node_id, layer, host=DEFAULT_HOST, port=DEFAULT_PORT,
         KeyPair.generate().save(str(data))
     else:
         config.load_keys()
+    config.load_identity()
     path.parent.mkdir(parents=True, exist_ok=True)
     config.save(path)
     return config

@@ -24,15 +24,22 @@ class Options(LogLevelOption, usage.Options):
         try:
             self.config = load_config(self["id"], self["home"])
             self.keys = self.config.load_keys()
+            self.identity = self.config.load_identity()
         except ConfigError as e:
             raise usage_error(e)
 
 
-def service_from_config(config, keys, reactor):
+def service_from_config(config, keys, reactor, identity=None):
+    from nymtx.trust.wiring import all_directories, node_directory
     debug = config.debug
-    return MixnodeService(
+    if identity is None:
+        identity = config.load_identity()
+    # every presence and report goes out signed, to each directory
+    directory = node_directory(reactor, all_directories(
+        debug["presence_directory_server"], debug["presence_directory_servers"]), identity)
+    service = MixnodeService(
         reactor, keys, config.layer, config.listen_endpoint,
-        config.announce_address.host, debug["presence_directory_server"] or None,
+        config.announce_address.host, directory=directory,
         announce_port=config.announce_address.port,
         presence_interval=debug["presence_sending_delay"] / 1000,
         metrics_interval=debug["metrics_sending_delay"] / 1000,
@@ -45,9 +52,13 @@ def service_from_config(config, keys, reactor):
         max_connections=debug["maximum_connections"],
         idle_timeout=debug["connection_idle_timeout"] / 1000,
         location=config.location)
+    # built here, closed by the node when it stops (its children are its
+    # heartbeats only)
+    service._owns_directory = directory is not None
+    return service
 
 
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
-    return service_from_config(options.config, options.keys, reactor)
+    return service_from_config(options.config, options.keys, reactor, options.identity)
