@@ -120,6 +120,11 @@ def parse_endpoint(value, name="listening_endpoint"):
     return shared.endpoint(value, name)
 
 
+def _trust(check, value, name):
+    from nymtx.trust import wiring
+    return getattr(wiring, check)(value, name)
+
+
 def _root(value, name):
     return shared.text(str(value) if isinstance(value, Path) else value, name, empty=False)
 
@@ -130,6 +135,17 @@ LAYOUT = (
             comment="Human readable ID of this particular client."),
         Key("directory_server", shared.url, comment=(
             "URL of the directory server the client fetches the network topology from.")),
+        Key("directory_servers", lambda v, n: _trust("directory_list", v, n),
+            field="more_directories", comment=(
+                "Further directories, beside directory_server (a list of URLs). Several\n"
+                "directories need their keys pinned in directory_keys.")),
+        Key("directory_keys", lambda v, n: _trust("directory_keys", v, n), comment=(
+            "The directories' public keys (base58, from their operators: nym-directory\n"
+            "logs it, its public_identity.key holds it). With keys pinned the client\n"
+            "routes only on a topology signed by directory_threshold of them; [] (the\n"
+            "default) trusts the one directory_server unsigned, as nym v0.5 did.")),
+        Key("directory_threshold", lambda v, n: _trust("directory_threshold", v, n),
+            comment="How many of directory_keys must agree; 0: a majority."),
         Key("private_identity_key_file", shared.text,
             comment="Path to file containing private identity key."),
         Key("public_identity_key_file", shared.text,
@@ -213,6 +229,9 @@ class ClientConfig:
     id: str = attrs.field()
     root: Path = attrs.field(converter=Path)
     directory_server: str = attrs.field(default=DEFAULT_DIRECTORY)
+    more_directories: tuple = attrs.field(default=(), converter=tuple)
+    directory_keys: tuple = attrs.field(default=(), converter=tuple)
+    directory_threshold: int = attrs.field(default=0)
     private_identity_key_file: str = attrs.field(default="")
     public_identity_key_file: str = attrs.field(default="")
     provider_id: str = attrs.field(default="")
@@ -250,6 +269,24 @@ class ClientConfig:
                 f"[message] send_queue_bytes ({self.send_queue_bytes}) must be at least"
                 f" [message] maximum_message_size + 1 ({self.maximum_message_size + 1}):"
                 " the queue must hold one largest message")
+        urls = 1 + len([u for u in self.more_directories if u != self.directory_server])
+        if urls > 1 and not self.directory_keys:
+            raise ConfigError(f"{_WHERE['more_directories']}: several directories need their"
+                              f" keys pinned in {_WHERE['directory_keys']}: a client cannot"
+                              " tell which of them to believe otherwise")
+        if self.directory_threshold > len(self.directory_keys):
+            raise ConfigError(f"{_WHERE['directory_threshold']} {self.directory_threshold} is"
+                              f" more than the {len(self.directory_keys)} directory_keys")
+        threshold = self.directory_threshold or len(self.directory_keys) // 2 + 1
+        if self.directory_keys and threshold > urls:
+            raise ConfigError(f"{_WHERE['directory_threshold']}: {threshold} directories must"
+                              f" agree, but {urls} are given")
+
+    @property
+    def directory_urls(self):
+        """directory_server, then the further ones."""
+        from nymtx.trust.wiring import all_directories
+        return all_directories(self.directory_server, self.more_directories)
 
     @classmethod
     def new(cls, root, client_id, **values):

@@ -267,6 +267,8 @@ class ClientCore:
     _expiring: _Periodic = attrs.field(init=False)
     _blocked: object = None
     _directory_down: bool = False
+    # why no signed topology is current (TopologyExpired), else None
+    _expired: object = None
     _gateway_down: bool = False
     _inbox_full: bool = False
     state: CoreState = CoreState.NEW
@@ -399,6 +401,7 @@ class ClientCore:
             self.log.info("topology: {mixnodes} mixnodes, {gateways} gateways",
                           mixnodes=len(topology.mixnodes), gateways=len(topology.gateways))
         self._directory_down = False
+        self._expired = None
         self.topology = topology
         # A mixnode that left the topology is never the first hop again:
         # its link must not redial it for as long as packets wait there.
@@ -418,6 +421,17 @@ class ClientCore:
                 self.gateway_link.start()
 
     def _no_topology(self, failure):
+        from nymtx.trust.client import TopologyExpired
+        if failure.check(TopologyExpired):
+            # the last good signed topology is too old to route on
+            if self._expired is None:
+                self.log.error("no current signed topology ({why}): the client stops"
+                               " sending until its directories agree again",
+                               why=failure.getErrorMessage())
+            self._expired = failure.getErrorMessage()
+            self.topology = None
+            self._directory_down = True
+            return
         if not self._directory_down:
             self.log.warn("cannot fetch the topology ({why}); keeping the last one",
                           why=failure.getErrorMessage())
@@ -451,6 +465,8 @@ class ClientCore:
         client_key, gateway_key = parse_recipient(recipient)
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):
             return fail(ClientStopped("the client has stopped: the message was not queued"))
+        if self._expired is not None:
+            raise SendError(f"no current signed topology: {self._expired}")
         if self.topology is not None:
             if gateway_key is None and self.topology.gateway_for(client_key) is None:
                 raise SendError(
@@ -482,7 +498,7 @@ class ClientCore:
     def _sending_tick(self):
         if len(self._sendq):
             if self.topology is None:
-                self._blocked_by("no topology yet")
+                self._blocked_by(self._expired or "no topology yet")
             elif self._sendq.peek(self._gateway_of) is None:
                 self._blocked_by("no recipient of a queued message is in the topology")
         self._stream.tick()

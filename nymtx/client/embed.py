@@ -32,10 +32,12 @@ class InitError(Exception):
     """Initialisation failed (no gateway, registration refused, …); says why."""
 
 
-def _default_directory(url, reactor):
-    from nymtx.directory.client import DirectoryClient
-    # its reactor times requests out: tests with a Clock see no stray timers
-    return DirectoryClient(url, reactor=reactor)
+def _default_directory(config, reactor):
+    from nymtx.trust.wiring import client_directory
+    # its reactor times requests out: tests with a Clock see no stray timers;
+    # with keys pinned, a TrustedDirectoryClient over every directory
+    return client_directory(reactor, config.directory_urls, config.directory_keys,
+                            config.directory_threshold)
 
 
 def _default_links(reactor):
@@ -55,7 +57,8 @@ def _default_register(reactor, address, keys, gateway_key):
 
 def init_client(reactor, root, client_id, directory_url, socket_type="none", port=0,
                 gateway=None, force=False, directory=None, register=None,
-                rng=None, **debug_ms):
+                rng=None, more_directories=(), directory_keys=(), directory_threshold=0,
+                **debug_ms):
     """Create keys, register at a gateway, write config.toml.
 
     *gateway* is a base58 gateway key; without it one is picked at random
@@ -73,7 +76,8 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
         config = ClientConfig.new(
             root, client_id, directory_server=parse_directory(directory_url),
             socket_type=parse_socket_type(socket_type, "socket type"),
-            listening_port=parse_port(port, "port"), **values)
+            listening_port=parse_port(port, "port"), more_directories=more_directories,
+            directory_keys=directory_keys, directory_threshold=directory_threshold, **values)
         gateway_key = None
         if gateway:
             try:
@@ -88,7 +92,7 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
     except ConfigError as e:
         return fail(e)
     owned = directory is None
-    directory = directory or _default_directory(config.directory_server, reactor)
+    directory = directory or _default_directory(config, reactor)
     register = register or _default_register
     rng = rng or random.SystemRandom()
     d = Deferred.fromCoroutine(
@@ -178,7 +182,7 @@ class MixnetClient:
                 f"client {self.config.id!r} has no gateway: run nym-client init first")
         keys = self.config.load_keys()
         if self.directory is None:
-            self.directory = _default_directory(self.config.directory_server, self.reactor)
+            self.directory = _default_directory(self.config, self.reactor)
             self._owns_directory = True
         if self.links is None:
             self.links = _default_links(self.reactor)

@@ -28,6 +28,13 @@ class Options(LogLevelOption, usage.Options):
         ["directory", None, None, "URL of the directory server."],
         ["home", None, None, "Config root (default $NYM_HOME or ~/.nym)."],
         ["gateway", None, None, "Gateway key (base58) to register at, if the id is new."],
+        ["directories", None, None,
+         "Further directory URLs, comma-separated (directory_servers); needs --directory-keys."],
+        ["directory-keys", None, None,
+         "The directories' public keys (base58, comma-separated) to pin: the client then "
+         "routes only on a topology a threshold of them signed."],
+        ["directory-threshold", None, None,
+         "How many of the pinned directories must agree (default: a majority)."],
     ] + [[flag, None, None, f"[debug] {name} in milliseconds (default {DEBUG_DEFAULTS[name]})."]
          for flag, name in _DELAY_FLAGS]
 
@@ -65,10 +72,31 @@ def overrides_from(options):
         overrides["listening_port"] = parse_port(options["port"], "--port")
     if options["directory"] is not None:
         overrides["directory_server"] = parse_directory(options["directory"], "--directory")
+    from nymtx.trust.wiring import directory_keys, directory_list, directory_threshold
+    for flag, name, check in (("directories", "more_directories", directory_list),
+                              ("directory-keys", "directory_keys", directory_keys)):
+        if options[flag] is not None:
+            items = [item.strip() for item in options[flag].split(",") if item.strip()]
+            overrides[name] = check(items, f"--{flag}")
+    if options["directory-threshold"] is not None:
+        overrides["directory_threshold"] = directory_threshold(
+            parse_whole(options["directory-threshold"], "--directory-threshold"),
+            "--directory-threshold")
     for flag, name in _DELAY_FLAGS:
         if options[flag] is not None:
             overrides[name] = parse_delay(options[flag], f"--{flag}")
     return overrides
+
+
+def parse_whole(text, name):
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text!r}")
+
+
+#: the config fields a new id is initialised with, from the flags
+TRUST_FIELDS = ("more_directories", "directory_keys", "directory_threshold")
 
 
 def makeService(options, reactor=None):
@@ -77,7 +105,8 @@ def makeService(options, reactor=None):
     init_options = {}
     if options["gateway"]:
         init_options["gateway"] = options["gateway"]
-    debug = {name: v for name, v in options["overrides"].items() if name in DEBUG_DEFAULTS}
+    debug = {name: v for name, v in options["overrides"].items()
+             if name in DEBUG_DEFAULTS or name in TRUST_FIELDS}
     init_options.update(debug)
     launcher = ClientLauncher(reactor, options["root"], options["id"],
                               overrides=options["overrides"], init_options=init_options)
