@@ -42,7 +42,7 @@ class Options(LogLevelOption, usage.Options):
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
-    from nymtx.trust.wiring import DirectoryCloser, all_directories, node_directory
+    from nymtx.trust.wiring import all_directories, hand_over, node_directory
     config = options["config"]
     # every presence goes out signed, to each directory
     directory = node_directory(
@@ -62,6 +62,5 @@ def makeService(options, reactor=None):
         client_handshake_timeout=config.client_handshake_timeout_ms / 1000,
         client_idle_timeout=config.client_idle_timeout_ms / 1000,
         location=config.location)
-    if directory is not None:
-        DirectoryCloser(directory).setServiceParent(service)
+    hand_over(service, directory)
     return service

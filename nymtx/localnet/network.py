@@ -58,11 +58,15 @@ class LocalNetwork(MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor, home, nodes, timing=Timing(), only=None):
+    def __init__(self, reactor, home, nodes, timing=Timing(), only=None, directories=1):
         super().__init__()
         self.reactor = reactor
         self.home = str(home)
-        self.nodes = {n.name: n for n in nodes}
+        from nymtx.trust.localnet import more_directories
+        self.nodes = {n.name: n for n in more_directories(nodes, directories)}
+        # several directories sign, and the nodes announce to each (issue 15)
+        self.signed = directories > 1
+        self.directory_urls = {}
         self.timing = timing
         self.only = only
         self.node_services = {}
@@ -76,6 +80,9 @@ class LocalNetwork(MultiService):
     # ---- building -------------------------------------------------------
 
     def _make(self, node):
+        if self.signed:
+            from nymtx.trust.localnet import make_signed
+            return make_signed(self, node)
         if node.kind == "directory":
             self.registry = Registry(self.reactor, expiry=self.timing.expiry)
             return DirectoryService(_endpoint(self.reactor, node.listen_host, node.port),
@@ -106,7 +113,8 @@ class LocalNetwork(MultiService):
             raise LocalNetError(f"{node.name} could not listen: {why_failed(e)}")
         if node.kind == "directory":
             port = bound.getHost().port
-            self.directory_url = f"http://{node.host}:{port}"
+            self.directory_urls[node.name] = f"http://{node.host}:{port}"
+            self.directory_url = self.directory_urls.get("directory", self.directory_url)
             self.nodes[node.name] = attrs.evolve(node, port=port)
         elif node.kind == "gateway":
             # A restarted node comes back on the same ports, as a real one would.
@@ -157,7 +165,7 @@ class LocalNetwork(MultiService):
 
     async def wait_for_topology(self, timeout=30.0, poll=0.1):
         """The topology once every running node of the plan is in it."""
-        directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        directory = self._reader()
         try:
             return await self._wait_for_topology(directory, timeout, poll)
         finally:
@@ -181,7 +189,7 @@ class LocalNetwork(MultiService):
 
     async def wait_for_clients(self, client_keys, timeout=30.0, poll=0.1):
         """The topology once the gateways list every key in *client_keys*."""
-        directory = DirectoryClient(self.directory_url, reactor=self.reactor)
+        directory = self._reader()
         wanted = set(client_keys)
 
         def missing(topology):
@@ -191,6 +199,12 @@ class LocalNetwork(MultiService):
             return await poll_topology(self.reactor, directory, missing, timeout, poll)
         finally:
             await directory.close()
+
+    def _reader(self):
+        if self.signed:
+            from nymtx.trust.localnet import trusted_reader
+            return trusted_reader(self)
+        return DirectoryClient(self.directory_url, reactor=self.reactor)
 
     async def stop_node(self, name):
         """Stop one node; ``start_node(name)`` brings it back on the same ports."""

@@ -78,6 +78,8 @@ class Options(usage.Options):
         ["mixnodes-per-layer", None, 1, "mixnodes in each of the 3 layers",
          _count("--mixnodes-per-layer", MAX_PER_LAYER)],
         ["gateways", None, 1, "number of gateways", _count("--gateways", MAX_GATEWAYS)],
+        ["directories", None, 1, "directories; more than 1 sign, the nodes announce to each"
+         " and a client needs a majority (docs/trust.md)", _count("--directories", 9)],
         ["base-port", None, 8080, "the directory's port; the nodes take the ports after it"
          " (0: any free ports, in one process only)", _port],
         ["home", None, None, "where node keys and mailboxes live (default: $NYM_HOME or ~/.nym)"],
@@ -99,6 +101,9 @@ class Options(usage.Options):
                                    " --processes")
         if self["processes"] and self["base-port"] == 0:
             raise usage.UsageError("--processes needs a fixed --base-port, not 0")
+        if self["directories"] > 1 and (self["processes"] or self["netns"]):
+            raise usage.UsageError("--directories runs in one process: not with --processes"
+                                   " or --netns")
         self["timing"] = Timing()
         if self["netns-plan"] is not None:
             # imported here: ``python -m nymtx.localnet.netns`` must find it not yet imported
@@ -132,7 +137,8 @@ def makeService(options, reactor=None, exit_with=exit_with):
     if reactor is None:
         from twisted.internet import reactor
     network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"],
-                           timing=options["timing"])
+                           timing=options["timing"],
+                           directories=options["directories"])
     for flag in ("processes", "netns"):
         if options[flag]:
             network.log.warn("--{flag} is for the nym-localnet command; under twistd the"
@@ -207,7 +213,8 @@ def main(argv=None):
         elif options["processes"]:
             network = ProcessNetwork(reactor, options)
         else:
-            network = LocalNetwork(reactor, options["home"], options["plan"])
+            network = LocalNetwork(reactor, options["home"], options["plan"],
+                                   directories=options["directories"])
 
         async def announce():
             if options["processes"] or options["netns"]:
@@ -224,6 +231,14 @@ def main(argv=None):
                     print("  " + line, flush=True)
                 announcement["hosts"] = {name: {"namespace": h.namespace, "address": h.address}
                                          for name, h in network.hosts.items()}
+            if getattr(network, "signed", False):
+                from nymtx.trust.localnet import client_settings
+                trust = client_settings(network)
+                print("  clients pin: nym-client init --directory " + trust["directory_url"]
+                      + " --directories " + ",".join(trust["more_directories"])
+                      + " --directory-keys " + ",".join(trust["directory_keys"]), flush=True)
+                announcement.update(directories=list(network.directory_urls.values()),
+                                    directory_keys=trust["directory_keys"])
             print(json.dumps(announcement), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
 

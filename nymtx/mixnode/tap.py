@@ -30,7 +30,7 @@ class Options(LogLevelOption, usage.Options):
 
 
 def service_from_config(config, keys, reactor, identity=None):
-    from nymtx.trust.wiring import all_directories, node_directory
+    from nymtx.trust.wiring import all_directories, hand_over, node_directory
     debug = config.debug
     if identity is None:
         identity = config.load_identity()
@@ -52,9 +52,7 @@ def service_from_config(config, keys, reactor, identity=None):
         max_connections=debug["maximum_connections"],
         idle_timeout=debug["connection_idle_timeout"] / 1000,
         location=config.location)
-    # built here, closed by the node when it stops (its children are its
-    # heartbeats only)
-    service._owns_directory = directory is not None
+    hand_over(service, directory)
     return service
 
 

@@ -161,3 +161,15 @@ def _trusted(reactor, urls, keys, threshold, treq=None):
         trust = _FirstAnswers()
     clients = [_plain(url, reactor, treq) for url in urls]
     return TrustedDirectoryClient(clients, trust, reactor)
+
+
+def hand_over(service, directory):
+    """Make a MixnodeService or Gateway given *directory* close it when it
+    stops (as it does the one it builds from a URL)."""
+    if directory is None:
+        return
+    if hasattr(service, "_owns_directory"):
+        # a mixnode's children are its heartbeats only
+        service._owns_directory = True
+    else:
+        DirectoryCloser(directory).setServiceParent(service)
