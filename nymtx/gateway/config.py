@@ -36,6 +36,8 @@ class GatewayConfig:
     max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
     more_directories: tuple = ()
+    directory_keys: tuple = ()
+    directory_threshold: int = 0
     mix_max_connections: int = 1024
     mix_idle_timeout_ms: int = 300_000
     client_max_connections: int = 10_000
@@ -63,8 +65,12 @@ def _endpoint(port, host):
 
 
 def _directory_list(value, name):
-    from nymtx.trust.wiring import directory_list
-    return directory_list(value, name)
+    return _trust("directory_list", value, name)
+
+
+def _trust(check, value, name):
+    from nymtx.trust import wiring
+    return getattr(wiring, check)(value, name)
 
 
 def _location(value, name):
@@ -136,6 +142,12 @@ LAYOUT = (
         Key("presence_directory_servers", lambda v, n: _directory_list(v, n),
             field="more_directories",
             comment="Further directories it announces to as well (a list of URLs), signed."),
+        Key("directory_keys", lambda v, n: _trust("directory_keys", v, n), comment=(
+            "The directories' keys (base58). When pinned, the mix port admits only the\n"
+            "last layer's mixnodes of the topology directory_threshold of them signed\n"
+            "(by their addresses; docs/trust.md); [] admits anyone, as the seed did.")),
+        Key("directory_threshold", lambda v, n: _trust("directory_threshold", v, n),
+            comment="How many of directory_keys must agree; 0: a majority."),
         Key("presence_sending_delay", shared.delay, field="presence_sending_delay_ms",
             comment="Milliseconds between two announcements."),
     ]),

@@ -32,6 +32,14 @@ class Options(LogLevelOption, usage.Options):
         except KeyFormatError as e:
             raise Unusable(f"gateway {self['id']!r}: {e}")
         self["data_dir"] = data
+        from nymtx.trust.wiring import all_directories, check_pins
+        config = self["config"]
+        try:
+            check_pins(all_directories(config.directory, config.more_directories),
+                       config.directory_keys, config.directory_threshold,
+                       "[debug] directory_keys")
+        except C.ConfigError as e:
+            raise Unusable(f"gateway {self['id']!r}: {e}")
         from nymtx.trust.wiring import node_identity
         try:
             self["identity"] = node_identity(data)
@@ -47,7 +55,7 @@ def makeService(options, reactor=None):
     # every presence goes out signed, to each directory
     directory = node_directory(
         reactor, all_directories(config.directory, config.more_directories),
-        options["identity"])
+        options["identity"], config.directory_keys, config.directory_threshold)
     service = GatewayService(
         reactor, options["keys"], options["data_dir"],
         config.mix_endpoint(), config.client_endpoint(), config.announce_host,
@@ -63,4 +71,7 @@ def makeService(options, reactor=None):
         client_idle_timeout=config.client_idle_timeout_ms / 1000,
         location=config.location)
     hand_over(service, directory)
+    if config.directory_keys and directory is not None:
+        from nymtx.trust.admission import guard_mix_port
+        guard_mix_port(service, directory, reactor)
     return service

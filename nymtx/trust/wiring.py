@@ -78,6 +78,19 @@ def all_directories(primary, more=()):
     return urls
 
 
+def check_pins(urls, keys, threshold, where="directory_keys"):
+    """ConfigError unless *threshold* of the pinned *keys* can be met by *urls*."""
+    if not keys:
+        return
+    needed = threshold or len(keys) // 2 + 1
+    if needed > len(keys):
+        raise ConfigError(f"{where}: a threshold of {needed} is more than the {len(keys)}"
+                          " keys pinned")
+    if needed > len(urls):
+        raise ConfigError(f"{where}: {needed} directories must agree, but {len(urls)}"
+                          " are given")
+
+
 def node_identity(data_dir):
     """The identity key in *data_dir*, created (and logged) if there is none."""
     import os

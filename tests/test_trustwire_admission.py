@@ -1,0 +1,254 @@
+"""The gateway's mix port admits only the last layer's mixnodes of the
+signed topology: single-hop packets from anyone else no longer fill Bob's
+quota (issue 15: 0 of 20 of Alice's messages got through)."""
+
+import attrs
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nymtx.addressing import NodeAddress
+from nymtx.client.connect import connect
+from nymtx.client.core import IDENTIFIER
+from nymtx.client.embed import init_client
+from nymtx.directory.resource import make_site
+from nymtx.directory.signed import SignedRegistry
+from nymtx.gateway import cli as gateway_cli, config as G, tap as gateway_tap
+from nymtx.keys import KeyPair
+from nymtx.links import CONNECT_TIMEOUT, PacketLinks
+from nymtx.mixnode.service import MixnodeService
+from nymtx.sphinx import build_packet
+from nymtx.topology import Hop, MixNodeInfo, Topology
+from nymtx.trust.admission import AdmittingFactory, LastLayerAdmission
+from nymtx.trust.client import TopologyExpired
+from nymtx.trust.identity import IdentityKey
+from nymtx.trust.wiring import hand_over, node_directory
+
+from tests.test_trustwire_nodes import run
+
+FAST = dict(average_packet_delay=5, loop_cover_traffic_average_delay=100,
+            message_sending_average_delay=10, fetch_message_delay=50,
+            topology_refresh_rate=200)
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def topology(*hosts):
+    mixnodes = [MixNodeInfo(NodeAddress.parse(f"[{h}]:1789" if ":" in h else f"{h}:1789"),
+                            KeyPair.generate().public_key, layer)
+                for layer, h in hosts]
+    return Topology(mixnodes, [])
+
+
+class _Directory:
+    def __init__(self):
+        self.answer = None
+
+    def get_topology(self):
+        return self.answer
+
+
+class _Addr:
+    def __init__(self, host):
+        self.host = host
+
+
+class _Inner:
+    def __init__(self):
+        self.built = []
+
+    def buildProtocol(self, addr):
+        self.built.append(addr.host)
+        return object()
+
+
+class AdmissionTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.directory = _Directory()
+        self.admission = LastLayerAdmission(self.clock, self.directory, interval=10)
+        self.inner = _Inner()
+        self.factory = AdmittingFactory(self.inner, self.admission)
+
+    def test_nobody_before_the_first_topology(self):
+        self.assertIsNone(self.factory.buildProtocol(_Addr("127.0.0.3")))
+
+    def test_only_the_last_layer(self):
+        from twisted.internet.defer import succeed
+        self.directory.answer = succeed(topology((1, "10.0.0.1"), (2, "10.0.0.2"),
+                                                 (3, "10.0.0.3"), (3, "::ffff:10.0.0.4")))
+        self.admission.startService()
+        self.assertIsNotNone(self.factory.buildProtocol(_Addr("10.0.0.3")))
+        self.assertIsNotNone(self.factory.buildProtocol(_Addr("::ffff:10.0.0.3")))
+        self.assertIsNotNone(self.factory.buildProtocol(_Addr("10.0.0.4")))
+        for host in ("10.0.0.1", "10.0.0.2", "10.0.0.9", "", "garbage"):
+            self.assertIsNone(self.factory.buildProtocol(_Addr(host)), host)
+        self.assertEqual(self.admission.refused, 5)
+        self.assertEqual(self.inner.built, ["10.0.0.3", "::ffff:10.0.0.3", "10.0.0.4"])
+        self.admission.stopService()
+
+    def test_retries_every_second_until_the_first_topology(self):
+        from twisted.internet.defer import fail
+        from nymtx.directory.client import DirectoryError
+        calls = []
+
+        def answer():
+            calls.append(self.clock.seconds())
+            return (fail(DirectoryError("down")) if len(calls) < 3
+                    else succeed(topology((3, "10.0.0.3"))))
+        self.directory.get_topology = answer
+        self.admission.startService()
+        self.clock.pump([1] * 30)
+        self.assertEqual(calls, [0, 1, 2, 12, 22])
+        self.admission.stopService()
+
+    def test_a_failure_keeps_the_last_layer_an_expiry_drops_it(self):
+        from twisted.internet.defer import fail
+        from nymtx.directory.client import DirectoryError
+        self.directory.answer = succeed(topology((3, "10.0.0.3")))
+        self.admission.startService()
+        self.directory.answer = fail(DirectoryError("down"))
+        self.clock.advance(10)
+        self.assertTrue(self.admission.admits("10.0.0.3"))
+        self.directory.answer = fail(TopologyExpired("0 of 2 current; 2 needed"))
+        self.clock.advance(10)
+        self.assertFalse(self.admission.admits("10.0.0.3"))
+        self.directory.answer = succeed(topology((3, "10.0.0.3")))
+        self.clock.advance(10)
+        self.assertTrue(self.admission.admits("10.0.0.3"))
+        self.admission.stopService()
+
+    def test_the_inner_factorys_attributes_show_through(self):
+        self.inner.noisy = False
+        self.assertIs(self.factory.noisy, False)
+
+
+def bound_endpoint(source):
+    """Outgoing links from *source*: a node on a host of its own."""
+    def endpoint_for(reactor, address):
+        return TCP4ClientEndpoint(reactor, address.host, address.port,
+                                  timeout=CONNECT_TIMEOUT, bindAddress=(source, 0))
+    return endpoint_for
+
+
+class MixPortTests(TestCase):
+    timeout = 90
+
+    def test_direct_packets_do_not_fill_bobs_quota(self):
+        return Deferred.fromCoroutine(self._scenario())
+
+    async def listen(self, registry):
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            make_site(registry))
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    async def _scenario(self):
+        keys = [IdentityKey.generate() for _ in range(2)]
+        registries = [SignedRegistry(reactor, k) for k in keys]
+        urls = [await self.listen(r) for r in registries]
+        pins = [k.public_text for k in keys]
+        # the last layer on a host of its own (127.0.0.3); the attacker is
+        # on 127.0.0.1 with the first two layers
+        for layer, host in ((1, "127.0.0.1"), (2, "127.0.0.1"), (3, "127.0.0.3")):
+            node = MixnodeService(
+                reactor, KeyPair.generate(), layer, f"tcp:0:interface={host}", host,
+                directory=node_directory(reactor, urls, IdentityKey.generate()),
+                presence_interval=0.1, metrics_interval=1)
+            hand_over(node, node.directory)
+            node.links._endpoint_for = bound_endpoint(host)
+            node.startService()
+            self.addCleanup(node.stopService)
+            await node.whenListening()
+        home = self.mktemp()
+        code, _, err = run(gateway_cli.main, "init", "--id", "G1", "--home", home,
+                           "--mix-port", "0", "--clients-port", "0", "--host", "127.0.0.1",
+                           "--directory", urls[0])
+        self.assertEqual(code, 0, err)
+        G.save(attrs.evolve(G.load("G1", home), more_directories=(urls[1],),
+                            directory_keys=tuple(pins), presence_sending_delay_ms=100,
+                            quota_messages=10), home)
+        options = gateway_tap.Options()
+        options.parseOptions(["--id", "G1", "--home", home])
+        gateway = gateway_tap.makeService(options, reactor)
+        [admission] = [s for s in gateway if isinstance(s, LastLayerAdmission)]
+        gateway.startService()
+        self.addCleanup(gateway.stopService)
+        await gateway.whenListening()
+
+        for _ in range(100):
+            if all(r.signed_topology().document.gateways for r in registries):
+                break
+            await sleep(0.05)
+        root = self.mktemp()
+        clients = []
+        for name in ("Alice", "Bob"):
+            await init_client(reactor, root, name, urls[0], more_directories=urls[1:],
+                              directory_keys=pins, gateway=gateway.keys.public_text)
+            # Bob's own cover traffic slow, so that it does not fill his
+            # small quota itself
+            settings = dict(FAST, message_sending_average_delay=2000,
+                            loop_cover_traffic_average_delay=2000) if name == "Bob" else FAST
+            client = await connect(reactor, root, name, **settings)
+            self.addCleanup(client.stop)
+            clients.append(client)
+        alice, bob = clients
+        for _ in range(100):
+            await admission.refresh()
+            if admission.allowed and bob.core.topology is not None \
+                    and bob.core.keys.public_key in bob.core.topology.clients():
+                break
+            await sleep(0.1)
+        self.assertEqual({str(ip) for ip in admission.allowed}, {"127.0.0.3"})
+
+        # the attack: 20 single-hop packets for Bob, straight to the mix port
+        [info] = bob.core.topology.gateways
+        attacker = PacketLinks(reactor)
+        self.addCleanup(attacker.stop)
+        hop = Hop(address=info.address.to_bytes(), public_key=info.public_key)
+        for i in range(20):
+            attacker.send(info.address, build_packet(
+                [hop], bob.core.keys.public_key, IDENTIFIER, b"flood %d" % i, [0]))
+        await sleep(0.5)
+
+        sent = [f"message {i}" for i in range(5)]
+        for text in sent:
+            await alice.send(bob.address, text.encode())
+        received = []
+        for _ in range(200):
+            received.extend(bob.fetch())
+            if len(received) >= len(sent):
+                break
+            await sleep(0.05)
+        self.assertEqual(sorted(m.decode() for m in received), sorted(sent),
+                         (dict(gateway.handler.dropped), admission.refused,
+                          gateway.handler.received))
+        self.assertGreater(admission.refused, 0)
+
+
+class GatewayPinsTests(SynchronousTestCase):
+
+    def test_pins_the_directories_cannot_meet_are_refused_at_start(self):
+        from nymtx.cli import Unusable
+        home = self.mktemp()
+        run(gateway_cli.main, "init", "--id", "G1", "--home", home, "--directory",
+            "http://127.0.0.1:9")
+        keys = tuple(IdentityKey.generate().public_text for _ in range(3))
+        G.save(attrs.evolve(G.load("G1", home), directory_keys=keys), home)
+        e = self.assertRaises(Unusable, gateway_tap.Options().parseOptions,
+                              ["--id", "G1", "--home", home])
+        self.assertIn("2 directories must agree, but 1", str(e))
+        G.save(attrs.evolve(G.load("G1", home), directory_keys=keys[:1],
+                            directory_threshold=2), home)
+        e = self.assertRaises(Unusable, gateway_tap.Options().parseOptions,
+                              ["--id", "G1", "--home", home])
+        self.assertIn("more than the 1", str(e))
+        text = G.config_path("G1", home).read_text().replace(
+            "directory_keys = [", 'directory_keys = ["bad", ')
+        e = self.assertRaises(G.ConfigError, G.parse, text)
+        self.assertIn("[debug] directory_keys[0]", str(e))
