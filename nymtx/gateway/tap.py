@@ -32,12 +32,14 @@ class Options(LogLevelOption, usage.Options):
         except KeyFormatError as e:
             raise Unusable(f"gateway {self['id']!r}: {e}")
         self["data_dir"] = data
-        from nymtx.trust.wiring import all_directories, check_pins
+        from nymtx.trust.wiring import all_directories, check_pins, replay_log
         config = self["config"]
         try:
             check_pins(all_directories(config.directory, config.more_directories),
                        config.directory_keys, config.directory_threshold,
                        "[debug] directory_keys")
+            # a packet seen before a restart is refused after it
+            self["replays"] = replay_log(data)
         except C.ConfigError as e:
             raise Unusable(f"gateway {self['id']!r}: {e}")
         from nymtx.trust.wiring import node_identity
@@ -71,6 +73,9 @@ def makeService(options, reactor=None):
         client_idle_timeout=config.client_idle_timeout_ms / 1000,
         location=config.location)
     hand_over(service, directory)
+    from nymtx.trust.wiring import OnStop
+    service.handler.replay_cache = options["replays"]
+    OnStop(options["replays"].close).setServiceParent(service)
     if config.directory_keys and directory is not None:
         from nymtx.trust.admission import guard_mix_port
         guard_mix_port(service, directory, reactor)

@@ -1,5 +1,7 @@
 """twistd plugin ``nym-mixnode``: run an initialised mixnode from its config.toml."""
 
+import os
+
 from twisted.python import usage
 
 from nymtx.cli import LogLevelOption, usage_error
@@ -25,11 +27,15 @@ class Options(LogLevelOption, usage.Options):
             self.config = load_config(self["id"], self["home"])
             self.keys = self.config.load_keys()
             self.identity = self.config.load_identity()
+            # a packet seen before a restart is refused after it
+            from nymtx.trust.wiring import replay_log
+            self.replays = replay_log(os.path.dirname(self.config.private_sphinx_key_file),
+                                      self.config.debug["replay_cache_size"])
         except ConfigError as e:
             raise usage_error(e)
 
 
-def service_from_config(config, keys, reactor, identity=None):
+def service_from_config(config, keys, reactor, identity=None, replays=None):
     from nymtx.trust.wiring import all_directories, hand_over, node_directory
     debug = config.debug
     if identity is None:
@@ -53,10 +59,13 @@ def service_from_config(config, keys, reactor, identity=None):
         idle_timeout=debug["connection_idle_timeout"] / 1000,
         location=config.location)
     hand_over(service, directory)
+    if replays is not None:
+        service.node.replay_cache = replays
     return service
 
 
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
-    return service_from_config(options.config, options.keys, reactor, options.identity)
+    return service_from_config(options.config, options.keys, reactor, options.identity,
+                               options.replays)

@@ -103,6 +103,27 @@ def node_identity(data_dir):
     return identity
 
 
+class OnStop(Service):
+    """A child service that calls *close* when its parent stops."""
+
+    def __init__(self, close):
+        self.close = close
+
+    def stopService(self):
+        super().stopService()
+        return self.close()
+
+
+def replay_log(data_dir, capacity=1 << 20):
+    """The node's PersistentReplayCache in *data_dir*; ConfigError if unusable."""
+    import os
+    from nymtx.trust.replaylog import REPLAY_LOG_NAME, PersistentReplayCache, ReplayLogError
+    try:
+        return PersistentReplayCache(os.path.join(str(data_dir), REPLAY_LOG_NAME), capacity)
+    except ReplayLogError as e:
+        raise ConfigError(str(e))
+
+
 class DirectoryCloser(Service):
     """A child service that closes a directory client its parent did not
     create (and so does not close) when the parent stops."""
