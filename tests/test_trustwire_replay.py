@@ -192,3 +192,20 @@ class RestartTests(TestCase):
         self.assertEqual(node.node.dropped.get("ReplayError"), 5)
 
 
+
+
+class ReplayLogVectorTests(SynchronousTestCase):
+
+    def test_the_vector_in_docs_trust_md(self):
+        path = self.mktemp()
+        cache = PersistentReplayCache(path)
+        cache.insert(tag(1))
+        cache.insert(tag(2))
+        cache.close()
+        with open(path, "rb") as f:
+            data = f.read()
+        docs = os.path.join(os.path.dirname(__file__), "..", "docs", "trust.md")
+        with open(docs, encoding="utf-8") as f:
+            text = f.read()
+        block = "\n".join(data[i:i + 16].hex() for i in range(0, len(data), 16))
+        self.assertIn("```hex\n" + block + "\n```", text)
