@@ -252,3 +252,83 @@ class GatewayPinsTests(SynchronousTestCase):
             "directory_keys = [", 'directory_keys = ["bad", ')
         e = self.assertRaises(G.ConfigError, G.parse, text)
         self.assertIn("[debug] directory_keys[0]", str(e))
+
+
+class MixnodeLayerTests(TestCase):
+    """A layer-2 mixnode from its config, with pinned directory keys:
+    packets from the layer-1 node's address get in, packets from anywhere
+    else do not."""
+
+    timeout = 60
+
+    def test_only_the_previous_layer_gets_in(self):
+        return Deferred.fromCoroutine(self._scenario())
+
+    async def _scenario(self):
+        from nymtx.mixnode import tap as mixnode_tap
+        from nymtx.mixnode.config import init_mixnode
+        keys = [IdentityKey.generate() for _ in range(2)]
+        registries = [SignedRegistry(reactor, k) for k in keys]
+        urls = []
+        for registry in registries:
+            port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+                make_site(registry))
+            self.addCleanup(port.stopListening)
+            urls.append(f"http://127.0.0.1:{port.getHost().port}")
+        first = MixnodeService(
+            reactor, KeyPair.generate(), 1, "tcp:0:interface=127.0.0.4", "127.0.0.4",
+            directory=node_directory(reactor, urls, IdentityKey.generate()),
+            presence_interval=0.1, metrics_interval=1)
+        hand_over(first, first.directory)
+        first.links._endpoint_for = bound_endpoint("127.0.0.4")
+        first.startService()
+        self.addCleanup(first.stopService)
+        await first.whenListening()
+
+        home = self.mktemp()
+        config = init_mixnode("M2", 2, port=36230, directory=urls[0], root=home)
+        debug = dict(config.debug, presence_directory_servers=(urls[1],),
+                     directory_keys=tuple(k.public_text for k in keys),
+                     presence_sending_delay=100)
+        options = mixnode_tap.Options()
+        options.config = attrs.evolve(config, debug=debug)
+        options.keys = config.load_keys()
+        options.identity = config.load_identity()
+        options.replays = None
+        second = mixnode_tap.makeService(options, reactor)
+        admission = second.factory.wrappedFactory.admission
+        self.assertEqual(admission.layer, 1)
+        second.startService()
+        self.addCleanup(second.stopService)
+        await second.whenListening()
+        for _ in range(100):
+            await admission.refresh()
+            if admission.allowed:
+                break
+            await sleep(0.1)
+        self.assertEqual({str(ip) for ip in admission.allowed}, {"127.0.0.4"})
+
+        second_address = NodeAddress.parse("127.0.0.1:36230")
+        sink = NodeAddress.parse("127.0.0.1:36231")
+        route = [Hop(address=second_address.to_bytes(), public_key=second.keys.public_key),
+                 Hop(address=sink.to_bytes(), public_key=KeyPair.generate().public_key)]
+        attacker = PacketLinks(reactor)
+        self.addCleanup(attacker.stop)
+        for _ in range(5):
+            attacker.send(second_address, build_packet(
+                route, KeyPair.generate().public_key, IDENTIFIER, b"skip", [0, 0]))
+        await sleep(0.5)
+        self.assertEqual(second.node.received, 0)
+        self.assertGreater(admission.refused, 0)
+        # through the first layer: admitted
+        first_hop = Hop(address=first.announce_address.to_bytes(),
+                        public_key=first.keys.public_key)
+        for _ in range(5):
+            first.node.handle_packet(build_packet(
+                [first_hop] + route, KeyPair.generate().public_key, IDENTIFIER, b"ok",
+                [0, 0, 0]))
+        for _ in range(100):
+            if second.node.received == 5:
+                break
+            await sleep(0.05)
+        self.assertEqual(second.node.received, 5)

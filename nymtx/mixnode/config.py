@@ -45,6 +45,13 @@ DEBUG = {
     "presence_directory_servers": (
         (), lambda v, n: _directory_list(v, n),
         "Further directories it announces to as well (a list of URLs), each signed."),
+    "directory_keys": (
+        (), lambda v, n: _trust("directory_keys", v, n),
+        "Pinned directory keys (base58): a node of layer 2 or 3 then admits only the\n"
+        "previous layer's mixnodes of the signed topology, by address (docs/trust.md)."),
+    "directory_threshold": (
+        0, lambda v, n: _trust("directory_threshold", v, n),
+        "How many of directory_keys must agree; 0: a majority."),
     "presence_sending_delay": (
         1500, _ms(), "How often the node announces itself (ms). nym: 1500."),
     "metrics_sending_delay": (
@@ -77,8 +84,12 @@ DEBUG = {
 
 
 def _directory_list(value, name):
-    from nymtx.trust.wiring import directory_list
-    return directory_list(value, name)
+    return _trust("directory_list", value, name)
+
+
+def _trust(check, value, name):
+    from nymtx.trust import wiring
+    return getattr(wiring, check)(value, name)
 
 
 def check_layer(layer, name="layer"):

@@ -28,7 +28,12 @@ class Options(LogLevelOption, usage.Options):
             self.keys = self.config.load_keys()
             self.identity = self.config.load_identity()
             # a packet seen before a restart is refused after it
-            from nymtx.trust.wiring import replay_log
+            from nymtx.trust.wiring import all_directories, check_pins, replay_log
+            debug = self.config.debug
+            check_pins(all_directories(debug["presence_directory_server"],
+                                       debug["presence_directory_servers"]),
+                       debug["directory_keys"], debug["directory_threshold"],
+                       "[debug] directory_keys")
             self.replays = replay_log(os.path.dirname(self.config.private_sphinx_key_file),
                                       self.config.debug["replay_cache_size"])
         except ConfigError as e:
@@ -42,7 +47,8 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
         identity = config.load_identity()
     # every presence and report goes out signed, to each directory
     directory = node_directory(reactor, all_directories(
-        debug["presence_directory_server"], debug["presence_directory_servers"]), identity)
+        debug["presence_directory_server"], debug["presence_directory_servers"]), identity,
+        debug["directory_keys"], debug["directory_threshold"])
     service = MixnodeService(
         reactor, keys, config.layer, config.listen_endpoint,
         config.announce_address.host, directory=directory,
@@ -61,6 +67,9 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
     hand_over(service, directory)
     if replays is not None:
         service.node.replay_cache = replays
+    if debug["directory_keys"] and directory is not None:
+        from nymtx.trust.admission import guard_mixnode
+        guard_mixnode(service, directory, reactor)
     return service
 
 

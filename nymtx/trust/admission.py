@@ -43,7 +43,10 @@ class LastLayerAdmission(Service):
 
     log = Logger()
 
-    def __init__(self, clock, directory, interval=REFRESH_INTERVAL):
+    def __init__(self, clock, directory, interval=REFRESH_INTERVAL, layer=LAYERS):
+        #: the layer whose mixnodes may connect: the last for a gateway, the
+        #: previous one for a mixnode of layer 2 or 3
+        self.layer = layer
         self.clock = clock
         self.directory = directory
         self.interval = interval
@@ -78,9 +81,9 @@ class LastLayerAdmission(Service):
 
     def _got(self, topology):
         allowed = frozenset(_ip(m.address.host) for m in topology.mixnodes
-                            if m.layer == LAYERS)
+                            if m.layer == self.layer)
         if allowed != self.allowed or self._problem is not None:
-            self.log.info("mix port admits the last layer: {hosts}",
+            self.log.info("mix port admits layer {layer}: {hosts}", layer=self.layer,
                           hosts=", ".join(sorted(map(str, allowed))) or "nobody")
         self.allowed, self._problem = allowed, None
         if self.running and self._loop is not None and self._loop.interval < self.interval:
@@ -107,9 +110,9 @@ class LastLayerAdmission(Service):
             self.refused += 1
             if not self._warned:
                 self._warned = True
-                self.log.warn("mix port refused a link from {host}: not a last-layer mixnode"
-                              " of the signed topology (further refusals are counted, not"
-                              " logged)", host=host)
+                self.log.warn("mix port refused a link from {host}: not a layer-{layer}"
+                              " mixnode of the signed topology (further refusals are"
+                              " counted, not logged)", host=host, layer=self.layer)
         return ok
 
 
@@ -117,17 +120,42 @@ class AdmittingFactory:
     """Wraps the mix listener's inner factory: no protocol (the connection
     is closed) for a peer the admission does not admit."""
 
-    def __init__(self, wrapped, admission):
+    def __init__(self, wrapped, admission, run_admission=False):
         self.wrapped = wrapped
         self.admission = admission
+        # with *run_admission*, the admission runs while the port listens
+        self.run_admission = run_admission
 
     def __getattr__(self, name):
         return getattr(self.wrapped, name)
+
+    def doStart(self):
+        if self.run_admission and not self.admission.running:
+            self.admission.startService()
+        self.wrapped.doStart()
+
+    def doStop(self):
+        if self.run_admission and self.admission.running:
+            self.admission.stopService()
+        self.wrapped.doStop()
 
     def buildProtocol(self, addr):
         if not self.admission.admits(getattr(addr, "host", "")):
             return None
         return self.wrapped.buildProtocol(addr)
+
+
+def guard_mixnode(mixnode, directory, clock, interval=REFRESH_INTERVAL):
+    """Admit to a layer-2 or -3 *mixnode* only the previous layer's mixnodes
+    (layer 1 takes packets from clients, so anyone); returns the admission,
+    or None for layer 1. It runs while the node's port listens."""
+    if mixnode.layer < 2:
+        return None
+    admission = LastLayerAdmission(clock, directory, interval, layer=mixnode.layer - 1)
+    limit = mixnode.factory
+    limit.wrappedFactory = AdmittingFactory(limit.wrappedFactory, admission,
+                                            run_admission=True)
+    return admission
 
 
 def guard_mix_port(gateway, directory, clock, interval=REFRESH_INTERVAL):
