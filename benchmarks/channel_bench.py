@@ -20,9 +20,9 @@
   connection through the private link (``PrivateClientFactory`` and
   ``private_link.connect``: channel, padding, sqlite), ``--window`` pulls
   in flight, each answer's ids acked in a later pull. Baseline: today's
-  plaintext link (``GatewayLink`` and ``ClientServerFactory``), 100
-  messages per pull then an ack, as ``benchmarks/gateway_bench.py`` runs
-  it. The issue's target: ≥ 0.5 of the baseline and ≥ 20,000/s.
+  plaintext link of the release before (``legacy_plaintext.py``: its
+  server, and a client that logs in and then pulls 100 messages and acks
+  them, as that release's link did). The issue's target: ≥ 0.5 of the baseline and ≥ 20,000/s.
 
 Each measure runs A B A B for ``--rounds`` rounds; the ratio is the median
 of the rounds' floor/actual time ratios, so a slow moment of the machine
@@ -41,18 +41,18 @@ import time
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.task import Clock, react
 
-from nymtx.addressing import NodeAddress
 from nymtx.gateway import padded as P
 from nymtx.gateway.channel import Channel
-from nymtx.gateway.link import GatewayLink, register
 from nymtx.gateway.private_link import connect
-from nymtx.gateway.private_server import PrivateClientFactory
-from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.private_server import PrivateClientFactory, listener_factory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import legacy_plaintext as L  # noqa: E402
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 MESSAGE = os.urandom(975)
@@ -217,7 +217,8 @@ async def private_round(reactor, directory, n, window):
     store = filled_store(reactor, os.path.join(directory, f"p{os.getpid()}{time.time()}"),
                          n, client)
     factory = PrivateClientFactory(store, GATEWAY, clock=reactor)
-    port = await listening(reactor, factory)
+    limited = listener_factory(factory, clock=reactor)
+    port = await listening(reactor, limited)
     link = await connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
                          client, GATEWAY.public_key, reactor)
     to_ack, done = [], Deferred()
@@ -247,7 +248,7 @@ async def private_round(reactor, directory, n, window):
     elapsed = time.perf_counter() - start
     assert store.usage(client.public_key) == (0, 0), store.usage(client.public_key)
     await link.close()
-    await factory.close_all()
+    await limited.close_all()
     await port.stopListening()
     store.close()
     return n / elapsed
@@ -257,24 +258,21 @@ async def plaintext_round(reactor, directory, n):
     client = KeyPair.generate()
     store = filled_store(reactor, os.path.join(directory, f"t{os.getpid()}{time.time()}"),
                          n, client)
-    factory = ClientServerFactory(store, GATEWAY)
+    factory = L.ClientServerFactory(store, GATEWAY)
     port = await listening(reactor, factory)
-    address = NodeAddress.parse(f"127.0.0.1:{port.getHost().port}")
-    token = await register(reactor, address, client)
-    link = GatewayLink(reactor, address, client, token)
-    link.start()
-    await link.when_ready()
+    proto = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), L.PlaintextClient())
+    await proto.login(client)
     start, got = time.perf_counter(), 0
     while True:
-        batch = await link.pull(100)
+        batch = (await proto.request(L.Pull(100))).messages
         if not batch:
             break
         got += len(batch)
-        await link.ack([i for i, _ in batch])
+        await proto.request(L.Ack(tuple(i for i, _ in batch)))
     elapsed = time.perf_counter() - start
     assert got == n, (got, n)
-    await link.stop()
-    await factory.close_all()
+    proto.transport.loseConnection()
     await port.stopListening()
     store.close()
     return n / elapsed

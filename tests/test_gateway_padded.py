@@ -68,8 +68,8 @@ class Encoding(SynchronousTestCase):
                       P.Messages((), 6),
                       P.Error(256, "")):
             self.assertRaises(ValueError, P.encode_answer, value)
-        self.assertRaises(TypeError, P.encode_request, F.Pull(1))
-        self.assertRaises(TypeError, P.encode_answer, F.Acked(1))
+        self.assertRaises(TypeError, P.encode_request, P.Messages())
+        self.assertRaises(TypeError, P.encode_answer, P.Pull())
 
     def test_long_error_text_cut_on_a_character(self):
         value = P.parse_answer(P.encode_answer(P.Error(1, "a" + "é" * 1000)))

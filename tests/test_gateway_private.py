@@ -18,7 +18,8 @@ from nymtx.gateway import channel as C
 from nymtx.gateway import frames as F
 from nymtx.gateway import padded as P
 from nymtx.gateway.private_link import ClientChannel, PrivateLinkError, connect
-from nymtx.gateway.private_server import IDLE_TIMEOUT, PrivateClientFactory
+from nymtx.gateway.private_server import (
+    IDLE_TIMEOUT, PrivateClientFactory, RegistrationLimit, listener_factory)
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
 
@@ -55,16 +56,17 @@ class Private(SynchronousTestCase):
         self.store = MailboxStore.open(self.clock, self.mktemp())
         self.addCleanup(self.store.close)
         self.factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock)
+        self.listener = listener_factory(self.factory)
 
     def connect(self, keys=ALICE, gateway_key=GATEWAY.public_key):
-        server = self.factory.buildProtocol(None)
+        server = self.listener.buildProtocol(None)
+        self.server = server.wrappedProtocol
         client = ClientChannel(keys, gateway_key, self.clock)
         self.client_bytes = Recorder(server)
         self.server_bytes = Recorder(client)
         st = FakeTransport(server, isServer=True)
         ct = FakeTransport(client, isServer=False)
         self.pump = iosim_connect(server, st, client, ct, clock=self.clock)
-        self.server = server
         return client
 
     def established(self, client):
@@ -245,17 +247,18 @@ class Private(SynchronousTestCase):
         self.assertTrue(link._lost)
 
     def test_handshake_timeout_frees_the_slot(self):
-        self.factory.max_connections = 1
-        server = self.factory.buildProtocol(None)
+        self.listener.max_connections = 1
+        server = self.listener.buildProtocol(None)
         transport = StringTransport()
         server.makeConnection(transport)
-        self.assertIsNone(self.factory.buildProtocol(None))
-        self.assertEqual(self.factory.refused, 1)
+        self.assertIsNone(self.listener.buildProtocol(None))
+        self.assertEqual(self.listener.refused, 1)
         self.clock.advance(C.HANDSHAKE_TIMEOUT)
         self.assertTrue(transport.disconnecting)
+        self.assertIn("handshake not finished", server.wrappedProtocol.close_reason)
         server.connectionLost(None)
         self.assertEqual(self.factory.channels, set())
-        self.assertIsNotNone(self.factory.buildProtocol(None))
+        self.assertIsNotNone(self.listener.buildProtocol(None))
 
     def test_answers_wait_while_the_client_does_not_read(self):
         link = self.established(self.connect())
@@ -301,13 +304,14 @@ class OverTCP(TestCase):
         self.store = MailboxStore.open(reactor, self.mktemp())
         self.addCleanup(self.store.close)
         self.factory = PrivateClientFactory(self.store, GATEWAY, clock=reactor)
-        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        self.listener = listener_factory(self.factory)
+        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.listener)
         return d.addCallback(self._listening)
 
     def _listening(self, port):
         self.port = port
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.factory.close_all)
+        self.addCleanup(self.listener.close_all, abort=True)
 
     def endpoint(self):
         return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
