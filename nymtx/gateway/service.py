@@ -74,6 +74,9 @@ class Gateway(MultiService):
         self.location = location
         self.version = version or getattr(nymtx, "__version__", "0.5.0")
         self.mix_port = self.client_port = None
+        #: the client port the presence announces, if not the bound one (a
+        #: port forwarded to this one; the capture test puts a relay there)
+        self.announce_client_port = None
         self.registration_idle = registration_idle
         self._housekeeping = LoopingCall(self.housekeeping)
         self._housekeeping.clock = clock
@@ -146,7 +149,8 @@ class Gateway(MultiService):
         return {
             "host": mix_address,
             "mixnetListener": mix_address,
-            "clientListener": _host_port(self.announce_host, self.client_port),
+            "clientListener": _host_port(self.announce_host,
+                                         self.announce_client_port or self.client_port),
             "pubKey": self.keys.public_text,
             "registeredClients": [{"pubKey": encode_key(k)}
                                   for k in self.store.registered_clients()],
