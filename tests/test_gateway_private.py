@@ -169,7 +169,10 @@ class Private(SynchronousTestCase):
         failure = self.failureResultOf(self.call_failing(link.pull()), PrivateLinkError)
         self.assertIn("unknown-client", str(failure.value))
         self.assertEqual(self.factory.errors["unknown-client"], 1)
-        # the same connection can register and go on
+        # that connection is closed; a new one may register and go on
+        self.pump.flush()
+        self.assertTrue(link._lost)
+        link = self.established(self.connect(BOB))
         self.call(link.register())
         self.assertEqual(self.call(link.pull()).messages, ())
 

@@ -194,3 +194,64 @@ class CapturedLastHop(TestCase):
             for chunk in session["down"]:
                 for text in waiting:
                     self.assertNotIn(text.encode("utf-8"), chunk)
+
+
+class PreviousRelease(TestCase):
+    """A client initialised by the release before the private link: its
+    config.toml holds ``provider_authtoken`` and the gateway's ledger its key."""
+
+    timeout = 30
+
+    @coroutine
+    async def test_an_old_config_keeps_working_and_its_token_never_leaves(self):
+        import os
+
+        from nymtx.addressing import NodeAddress
+        from nymtx.client.config import ClientConfig
+        from nymtx.client.embed import MixnetClient
+        from nymtx.gateway.service import GatewayService
+        from nymtx.keys import KeyPair, encode_key
+        from nymtx.testing import FakeDirectory, FakeLinks, FakeNetwork
+        from nymtx.topology import GatewayInfo, Topology
+
+        gateway_keys = KeyPair.generate()
+        gateway = GatewayService(reactor, gateway_keys, self.mktemp(), "tcp:0:interface=127.0.0.1",
+                                 "tcp:0:interface=127.0.0.1", "127.0.0.1", commit_interval=0.001)
+        gateway.startService()
+        self.addCleanup(gateway.stopService)
+        mix_port, client_port = await gateway.whenListening()
+        # what the old release's registration left behind, at both ends
+        keys, token = KeyPair.generate(), os.urandom(32)
+        gateway.store.register(keys.public_key, token)
+        root = self.mktemp()
+        old = ClientConfig.new(root, "Old", provider_id=gateway_keys.public_text,
+                               provider_authtoken=encode_key(token), socket_type="None")
+        old.save_keys(keys)
+        old.save()
+        with open(old.config_path, encoding="utf-8") as f:
+            self.assertIn(f'provider_authtoken = "{encode_key(token)}"', f.read())
+        self.assertIsNone(gateway.store.add(keys.public_key, b"kept from before the upgrade"))
+        gateway.store.flush()
+
+        tap = Tap(client_port)
+        relay = await tap.listen()
+        self.addCleanup(tap.port.stopListening)
+        topology = Topology(FakeNetwork().mixnodes, [GatewayInfo(
+            NodeAddress.parse(f"127.0.0.1:{mix_port}"), NodeAddress.parse(f"127.0.0.1:{relay}"),
+            gateway_keys.public_key, (keys.public_key,))])
+        client = MixnetClient(reactor, ClientConfig.load(root, "Old"),
+                              directory=FakeDirectory(topology), links=FakeLinks())
+        await client.start()
+        self.addCleanup(client.stop)
+        got = []
+        for _ in range(200):
+            got += client.core.fetch()
+            if got and gateway.store.usage(keys.public_key) == (0, 0):
+                break
+            await sleep(0.05)
+        self.assertEqual(got, [b"kept from before the upgrade"])
+        self.assertEqual(gateway.store.usage(keys.public_key), (0, 0))   # acked
+        wire = tap.wire()
+        self.assertGreater(len(wire), C.MESSAGE1_SIZE)
+        for secret in (token, token[:8], encode_key(token).encode(), keys.public_key[:8]):
+            self.assertNotIn(secret, wire)

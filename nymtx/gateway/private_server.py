@@ -182,6 +182,14 @@ class PrivateClientProtocol(Protocol):
             self.transport.write(P.encode_answer(answer))
             if isinstance(answer, P.Error):
                 self.errors += 1
+                if answer.code == F.E_UNKNOWN_CLIENT:
+                    # a proven key with no registration asked for mail: it
+                    # has nothing here (a real client registers first)
+                    self.log.info("closing the private link of {client}: {why}",
+                                  client=self.address, why=answer.message)
+                    self.transport.loseConnection()
+                    pending.clear()
+                    return
                 if self.errors >= self.factory.max_errors:
                     self.log.info("closing the private link of {client} after {n} errors",
                                   client=self.address, n=self.errors)
