@@ -236,3 +236,78 @@ class Attacks(TestCase):
         await self.closed(proto, within=HANDSHAKE_TIMEOUT + 3)
         self.assertLogged("handshake not finished within")
         await self.assertMailIntact()
+
+
+class Admission(TestCase):
+    """Registrations expire when unused, cost a flood, and tell nothing early."""
+
+    timeout = 30
+
+    async def start(self, **kw):
+        self.gateway_keys = KeyPair.generate()
+        kw.setdefault("commit_interval", 0.001)
+        self.gateway = GatewayService(reactor, self.gateway_keys, self.mktemp(), LOCAL, LOCAL,
+                                      "127.0.0.1", **kw)
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        _, port = await self.gateway.whenListening()
+        self.address = NodeAddress.parse(f"127.0.0.1:{port}")
+        self.port = port
+
+    def register(self, keys):
+        return register(reactor, self.address, keys, self.gateway_keys.public_key)
+
+    @coroutine
+    async def test_unused_registrations_expire_used_ones_do_not(self):
+        await self.start(registration_idle=0.6, housekeeping_interval=0.1)
+        idle, used = KeyPair.generate(), KeyPair.generate()
+        await self.register(idle)
+        await self.register(used)
+        self.gateway.store.add(idle.public_key, b"mail nobody fetches")
+        link = GatewayLink(reactor, self.address, used, self.gateway_keys.public_key)
+        link.start()
+        self.addCleanup(link.stop)
+        await link.when_ready()
+        for _ in range(30):   # 1.5 s: the idle time twice and more
+            await link.pull()
+            await sleep(0.05)
+        store = self.gateway.store
+        self.assertFalse(store.is_registered(idle.public_key))
+        self.assertEqual(store.usage(idle.public_key), (0, 0))
+        # a live connection keeps its client registered, past the idle time
+        self.assertTrue(store.is_registered(used.public_key))
+
+    @coroutine
+    async def test_a_registration_flood_is_rate_limited_per_source(self):
+        await self.start()
+        keys = [KeyPair.generate() for _ in range(4)]
+        for k in keys[:3]:
+            await self.register(k)
+        e = await self.assertFailure(self.register(keys[3]), Exception)
+        self.assertIn("rate-limited", str(e))
+        self.assertIn("127.0.0.1", str(e))
+        self.assertFalse(self.gateway.store.is_registered(keys[3].public_key))
+        # a key already registered re-registers (its link does so on every
+        # connection) without spending anything
+        for _ in range(5):
+            await self.register(keys[0])
+
+    @coroutine
+    async def test_registered_and_unknown_keys_look_the_same_until_proven(self):
+        await self.start()
+        alice, stranger = KeyPair.generate(), KeyPair.generate()
+        await self.register(alice)
+        seen = []
+        for keys in (alice, stranger):
+            channel = C.Channel.client(keys, self.gateway_keys.public_key, reactor)
+            proto = await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), Raw())
+            proto.transport.write(channel.start())
+            await sleep(0.3)
+            seen.append(len(proto.received))
+            # message 2 decrypts for both: the gateway proved itself to both
+            self.assertEqual(channel.receive(bytes(proto.received)), [])
+            self.assertFalse(proto.lost.called)
+            proto.transport.loseConnection()
+            await proto.lost
+        self.assertEqual(seen, [2 + C.MESSAGE2_SIZE] * 2)

@@ -432,3 +432,66 @@ class FuzzRequests(SynchronousTestCase):
                 self.assertIn(kept, P.parse_request(data).acks)
         finally:
             store.close()
+
+
+class RegistrationLimits(SynchronousTestCase):
+    def peer(self, host):
+        from twisted.internet.address import IPv4Address, IPv6Address
+        return (IPv6Address if ":" in host else IPv4Address)("TCP", host, 1234)
+
+    def test_per_source_burst_then_one_per_period(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, per_source_burst=2, per_source_seconds=100,
+                                  total_burst=100, total_seconds=0.001)
+        a = self.peer("192.0.2.1")
+        self.assertIsNone(limit.allow(a))
+        self.assertIsNone(limit.allow(a))
+        self.assertIn("from 192.0.2.1", limit.allow(a))
+        self.assertIsNone(limit.allow(self.peer("192.0.2.2")))   # another source
+        clock.advance(100)
+        self.assertIsNone(limit.allow(a))
+        self.assertIsNotNone(limit.allow(a))
+
+    def test_ipv6_counts_by_64_and_mapped_ipv4_as_ipv4(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, per_source_burst=1, total_burst=100)
+        self.assertIsNone(limit.allow(self.peer("2001:db8:1:2::1")))
+        self.assertIn("2001:db8:1:2::/64", limit.allow(self.peer("2001:db8:1:2::ffff")))
+        self.assertIsNone(limit.allow(self.peer("2001:db8:1:3::1")))
+        self.assertIsNone(limit.allow(self.peer("::ffff:192.0.2.9")))
+        self.assertIsNotNone(limit.allow(self.peer("192.0.2.9")))
+
+    def test_total_bound_whatever_the_sources(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, total_burst=5, total_seconds=10)
+        results = [limit.allow(self.peer(f"198.51.100.{i}")) for i in range(50)]
+        self.assertEqual(results[:5], [None] * 5)
+        self.assertTrue(all("at this gateway" in r for r in results[5:]))
+        clock.advance(10)
+        self.assertIsNone(limit.allow(self.peer("203.0.113.1")))
+
+    def test_memory_bounded_by_max_sources(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, total_burst=10**6, total_seconds=1e-6,
+                                  max_sources=100)
+        for i in range(1000):
+            limit.allow(self.peer(f"10.0.{i // 256}.{i % 256}"))
+            self.assertLessEqual(len(limit._sources), 100)
+
+    def test_the_gateway_refuses_over_the_limit(self):
+        clock = Clock()
+        store = MailboxStore.open(clock, ":memory:")
+        self.addCleanup(store.close)
+        factory = PrivateClientFactory(store, GATEWAY, clock=clock,
+                                       admission=RegistrationLimit(clock, per_source_burst=1))
+        answers = []
+        for keys in (ALICE, BOB, ALICE):
+            inner = factory.accept(keys.public_key)
+            transport = StringTransport(peerAddress=self.peer("192.0.2.7"))
+            inner.makeConnection(transport)
+            inner.dataReceived(P.encode_request(P.Register()))
+            answers.append(P.parse_answer(transport.value()))
+        self.assertEqual(answers[0], P.Registered())
+        self.assertEqual(P.error_name(answers[1].code), "rate-limited")
+        self.assertEqual(answers[2], P.Registered())   # already registered: free
+        self.assertEqual(factory.errors["rate-limited"], 1)

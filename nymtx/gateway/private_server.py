@@ -261,7 +261,8 @@ class PrivateClientProtocol(Protocol):
 
     def _touch(self, force=False):
         now = self.factory.clock.seconds()
-        if force or self._touched_at is None or now - self._touched_at >= TOUCH_INTERVAL:
+        if force or self._touched_at is None \
+                or now - self._touched_at >= self.factory.touch_interval:
             # a registration in use does not expire (MailboxStore.expire_idle)
             self.factory.store.touch(self.client_key)
             self._touched_at = now
@@ -304,13 +305,16 @@ class PrivateClientFactory(Factory):
     noisy = False
 
     def __init__(self, store, keys, clock=None, randbytes=os.urandom, max_errors=5,
-                 handshake_timeout=HANDSHAKE_TIMEOUT, admission=None):
+                 handshake_timeout=HANDSHAKE_TIMEOUT, admission=None,
+                 touch_interval=TOUCH_INTERVAL):
         self.store = store
         self.keys = keys
         self.clock = store.clock if clock is None else clock
         self.randbytes = randbytes
         self.max_errors = max_errors
         self.handshake_timeout = handshake_timeout
+        #: seconds between two records of a live connection's client as seen
+        self.touch_interval = touch_interval
         self.admission = admission if admission is not None else RegistrationLimit(self.clock)
         self.errors = collections.Counter()
         #: proven client connections (their inner protocols)

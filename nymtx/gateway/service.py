@@ -214,7 +214,11 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
     handler = FinalHopHandler(reactor, keys.private_key, store, max_delay=max_delay)
     client_factory = PrivateClientFactory(store, keys, clock=reactor, randbytes=randbytes,
                                           handshake_timeout=client_handshake_timeout,
-                                          admission=admission)
+                                          admission=admission,
+                                          # a client connected for longer than the
+                                          # idle time must not expire under it
+                                          touch_interval=min(private_server.TOUCH_INTERVAL,
+                                                             registration_idle / 4))
     mix_listener = ListeningService(
         mix_endpoint, mix.listener_factory(handler, mix_max_connections, mix_idle_timeout),
         "gateway mix listener", reactor=reactor,
