@@ -181,6 +181,25 @@ class Gateway(MultiService):
         self.log.info("gateway stopped; {n} messages committed this run", n=self.store.stored)
 
 
+def _open_store(reactor, path, **kwargs):
+    try:
+        return MailboxStore.open(reactor, path, **kwargs)
+    except StoreError as e:
+        raise StoreError(
+            f"{e}. The gateway does not start on a store it cannot read. Restore the file"
+            f" from a backup, or start with an empty store by moving it aside:"
+            f" mv {path} {path}.unreadable (the mail in it is then not delivered; each"
+            f" client's link registers its key again on its next connection)") from e
+
+
+def check_store(reactor, data_dir):
+    """Open (upgrading it if it is older) and close the store under
+    *data_dir*: StoreError, saying what to run, if it cannot be read."""
+    path = os.path.join(str(data_dir), DATABASE_NAME)
+    if os.path.exists(path):
+        _open_store(reactor, path).close()
+
+
 def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
                    announce_host, directory_url=None, *, quota_messages=1000,
                    quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
@@ -206,7 +225,7 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
     _host_port(announce_host, 1)  # before the store is opened
     data_dir = str(data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    store = MailboxStore.open(
+    store = _open_store(
         reactor, os.path.join(data_dir, DATABASE_NAME),
         quota_messages=quota_messages, quota_bytes=quota_bytes,
         commit_interval=commit_interval, commit_batch=commit_batch,
