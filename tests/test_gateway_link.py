@@ -122,6 +122,7 @@ class LinkLifecycle(SynchronousTestCase):
         self.assertEqual(self.successResultOf(pulled), [])
         self.assertEqual(self.successResultOf(acked), 1)
         self.assertEqual(self.gateway.store.usage(self.alice.public_key), (0, 0))
+        self.reactor.advance(0)   # the store commits the turn's acks
 
         # the gateway drops the connection: the link waits, then redials
         with capturedLogs() as events:
