@@ -9,12 +9,12 @@
   responder, each one libsodium ``crypto_scalarmult``: the ephemeral key
   (``crypto_scalarmult_base``), then ``es``, ``ss`` (reading message 1),
   ``ee``, ``se`` (writing message 2) — five in all. Target ≥ 0.5.
-- ``answer_us`` / ``request_us``: one padded frame (4927 / 42 bytes)
+- ``answer_us`` / ``request_us``: one padded frame (9852 / 82 bytes)
   through ``Channel.send`` on one side and ``Channel.receive`` on the
   other. Floor: ChaCha20-Poly1305 encrypt + decrypt of the same bytes with
   a ready cipher object, nothing else.
 - ``pull_us``: one whole pull as the link will run it: request encoded,
-  sent, received, parsed; answer of 5 full slots encoded, sent, received,
+  sent, received, parsed; answer of 10 full slots encoded, sent, received,
   parsed. Floor: the two frames' ChaCha20-Poly1305 alone.
 - ``pulled_per_s``: messages pulled and acknowledged over a loopback TCP
   connection through the private link (``PrivateClientFactory`` and
@@ -184,8 +184,8 @@ def report(args, results):
     h = results["handshakes_per_s"]
     print(f"handshakes at the gateway: {h['rate']:,.0f}/s; five X25519 operations:"
           f" {h['floor']:,.0f}/s; ratio {h['ratio']:.2f} (target >= 0.5)")
-    for name, what in (("answer_us", "answer frame (4927 B)"),
-                       ("request_us", "request frame (42 B)"),
+    for name, what in (("answer_us", "answer frame (9852 B)"),
+                       ("request_us", "request frame (82 B)"),
                        ("pull_us", "whole pull (request + 5-slot answer)")):
         r = results[name]
         print(f"{what}: {r['us']:.1f} us; ChaCha20-Poly1305 alone {r['floor_us']:.1f} us;"

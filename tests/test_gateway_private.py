@@ -86,17 +86,17 @@ class Private(SynchronousTestCase):
         link = self.established(self.connect())
         self.assertIsNone(self.call(link.register()))
         self.assertTrue(self.store.is_registered(ALICE.public_key))
-        self.deliver(ALICE, *[b"m%d" % i for i in range(7)])
+        self.deliver(ALICE, *[b"m%d" % i for i in range(12)])
         first = self.call(link.pull())
-        self.assertEqual([b for _, b in first.messages], [b"m%d" % i for i in range(5)])
+        self.assertEqual([b for _, b in first.messages], [b"m%d" % i for i in range(10)])
         self.assertEqual(first.acked, 0)
         # once per connection: the next pull goes on from there
         second = self.call(link.pull())
-        self.assertEqual([b for _, b in second.messages], [b"m5", b"m6"])
+        self.assertEqual([b for _, b in second.messages], [b"m10", b"m11"])
         self.assertEqual(self.call(link.pull()).messages, ())
         # acks may come later than the next pull
         answer = self.call(link.pull([i for i, _ in first.messages]))
-        self.assertEqual((answer.acked, answer.messages), (5, ()))
+        self.assertEqual((answer.acked, answer.messages), (10, ()))
         # what is not acked comes again on the next connection
         link.close()
         self.pump.flush()
@@ -123,11 +123,11 @@ class Private(SynchronousTestCase):
     def test_pipelined_pulls(self):
         link = self.established(self.connect())
         self.call(link.register())
-        self.deliver(ALICE, *[b"%d" % i for i in range(23)])
+        self.deliver(ALICE, *[b"%d" % i for i in range(43)])
         ds = [link.pull() for _ in range(6)]
         self.pump.flush()
         got = [b for d in ds for _, b in self.successResultOf(d).messages]
-        self.assertEqual(got, [b"%d" % i for i in range(23)])
+        self.assertEqual(got, [b"%d" % i for i in range(43)])
 
     def test_store_pull_after(self):
         self.store.register(ALICE.public_key, b"t" * 32)
@@ -146,8 +146,8 @@ class Private(SynchronousTestCase):
         self.call(link.pull([ident]))
         self.call(link.pull())
         up, down = self.client_bytes.messages(), self.server_bytes.messages()
-        self.assertEqual([len(m) for m in up], [98] + [61] * 4)
-        self.assertEqual([len(m) for m in down], [50] + [4946] * 4)
+        self.assertEqual([len(m) for m in up], [98] + [101] * 4)
+        self.assertEqual([len(m) for m in down], [50] + [9871] * 4)
         wire = b"".join(up + down)
         for needle in (secret, secret[:8], ALICE.public_key, ALICE.public_key[:8],
                        struct.pack(">Q", ident)):
@@ -228,7 +228,7 @@ class Private(SynchronousTestCase):
         answers = []
         link.dataReceived = lambda data: answers.append(P.parse_answer(data))
         for n in range(5):
-            client.transport.write(client.channel.send(b"\x09" + b"\x00" * 41))
+            client.transport.write(client.channel.send(b"\x09" + b"\x00" * (P.REQUEST_SIZE - 1)))
             self.pump.flush()
         self.assertEqual([a.code for a in answers], [F.E_UNKNOWN_TYPE] * 5)
         self.pump.flush()
@@ -291,13 +291,13 @@ class Private(SynchronousTestCase):
     def test_client_refuses_a_broken_answer(self):
         link = self.established(self.connect())
         d = link.pull()
-        link.dataReceived(b"\x84\x09" + b"\x00" * (P.ANSWER_SIZE - 2))
+        link.dataReceived(b"\x84\x0b" + b"\x00" * (P.ANSWER_SIZE - 2))
         self.failureResultOf(d, PrivateLinkError)
         self.assertIn("broken answer", str(link.error))
 
     def test_pull_of_too_many_acks(self):
         link = self.established(self.connect())
-        self.failureResultOf(link.pull(range(1, 7)), ValueError)
+        self.failureResultOf(link.pull(range(1, P.PULL_SIZE + 2)), ValueError)
 
 
 class OverTCP(TestCase):
@@ -386,8 +386,8 @@ class OverTCP(TestCase):
                 stream = stream[2 + n:]
             return out
         up, down = messages(captured["up"]), messages(captured["down"])
-        self.assertEqual([len(m) for m in up], [98] + [61] * 6)
-        self.assertEqual([len(m) for m in down], [50] + [4946] * 6)
+        self.assertEqual([len(m) for m in up], [98] + [101] * 6)
+        self.assertEqual([len(m) for m in down], [50] + [9871] * 6)
         wire = b"".join(captured["up"] + captured["down"])
         for needle in (secret, secret[:10], cover, ALICE.public_key, ALICE.public_key[:10],
                        GATEWAY.public_key[:10]):
@@ -409,7 +409,7 @@ class OverTCP(TestCase):
 
 
 class FuzzRequests(SynchronousTestCase):
-    """Any 42 bytes a proven client sends get exactly one well-formed answer."""
+    """Any REQUEST_SIZE bytes a proven client sends get exactly one well-formed answer."""
 
     @given(st.binary(min_size=P.REQUEST_SIZE, max_size=P.REQUEST_SIZE))
     def test_any_request(self, data):

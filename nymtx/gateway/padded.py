@@ -25,7 +25,7 @@ from nymtx.gateway.frames import (
 from nymtx.sphinx import MAX_MESSAGE_SIZE
 
 #: Message slots in every pull answer, and ack slots in every request.
-PULL_SIZE = 5
+PULL_SIZE = 10
 #: Room for one stored message: a Sphinx packet's plaintext room.
 MESSAGE_ROOM = MAX_MESSAGE_SIZE
 ID_SIZE = 8

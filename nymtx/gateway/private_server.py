@@ -4,7 +4,7 @@
 :class:`~nymtx.gateway.channel.Channel` (gateway side) and, once the
 client's key is proven on that connection, a :class:`PrivateClientProtocol`
 for that key. The protocol answers every 42-byte request with exactly one
-4927-byte answer, in order (``docs/gateway-channel.md``): a pull deletes
+9852-byte answer, in order (``docs/gateway-channel.md``): a pull deletes
 the ids it acknowledges and answers with exactly ``PULL_SIZE`` slots,
 holding the oldest messages not yet sent on this connection; a take-none
 pull deletes its acks and answers with no slots filled, the same size.
