@@ -26,7 +26,8 @@ def answers(draw):
 
 requests = st.one_of(
     st.just(P.Register()),
-    st.lists(ids, max_size=P.PULL_SIZE).map(lambda l: P.Pull(tuple(l))))
+    st.builds(lambda l, take: P.Pull(tuple(l), take),
+              st.lists(ids, max_size=P.PULL_SIZE), st.booleans()))
 
 
 class Sizes(SynchronousTestCase):
