@@ -127,8 +127,9 @@ def main(argv=None):
 
     # ---- padded frames --------------------------------------------------
     c, g = open_pair(clock)
-    answer = P.encode_answer(P.Messages(tuple((i, os.urandom(975)) for i in range(1, 6)), 5))
-    request = P.encode_request(P.Pull((1, 2, 3, 4, 5)))
+    answer = P.encode_answer(P.Messages(tuple((i, os.urandom(975)) for i in range(1, P.PULL_SIZE + 1)),
+                        P.PULL_SIZE))
+    request = P.encode_request(P.Pull(tuple(range(1, P.PULL_SIZE + 1))))
     aead = ChaCha20Poly1305(os.urandom(32))
     nonce = bytes(12)
 
@@ -148,10 +149,11 @@ def main(argv=None):
         t, f, ratio = interleaved(actual, floor, args.frames, args.rounds)
         results[name] = {"us": t * 1e6, "floor_us": f * 1e6, "ratio": ratio}
 
-    messages = P.Messages(tuple((i, os.urandom(975)) for i in range(1, 6)), 5)
+    messages = P.Messages(tuple((i, os.urandom(975)) for i in range(1, P.PULL_SIZE + 1)),
+                        P.PULL_SIZE)
 
     def pull():
-        [req] = g.receive(c.send(P.encode_request(P.Pull((1, 2, 3, 4, 5)))))
+        [req] = g.receive(c.send(P.encode_request(P.Pull(tuple(range(1, P.PULL_SIZE + 1))))))
         P.parse_request(req)
         [ans] = c.receive(g.send(P.encode_answer(messages)))
         P.parse_answer(ans)
@@ -186,7 +188,7 @@ def report(args, results):
           f" {h['floor']:,.0f}/s; ratio {h['ratio']:.2f} (target >= 0.5)")
     for name, what in (("answer_us", "answer frame (9852 B)"),
                        ("request_us", "request frame (82 B)"),
-                       ("pull_us", "whole pull (request + 5-slot answer)")):
+                       ("pull_us", f"whole pull (request + {P.PULL_SIZE}-slot answer)")):
         r = results[name]
         print(f"{what}: {r['us']:.1f} us; ChaCha20-Poly1305 alone {r['floor_us']:.1f} us;"
               f" ratio {r['ratio']:.2f}")
@@ -195,7 +197,7 @@ def report(args, results):
     if "pulled_per_s" in results:
         r = results["pulled_per_s"]
         print(f"pulled and acked over loopback: private link {r['rate']:,.0f}/s"
-              f" (window {args.window}); today's plaintext link {r['baseline']:,.0f}/s;"
+              f" (window {args.window}); the old plaintext link {r['baseline']:,.0f}/s;"
               f" ratio {r['ratio']:.2f} (target >= 0.5 and >= 20,000/s)")
 
 
