@@ -1,18 +1,16 @@
 """The plaintext client link of the release before the private link: a baseline only.
 
 The gateway no longer speaks it: every byte of it, a token at login and
-every message, crossed the wire in the clear (issue 10). It lives here so
-that ``channel_bench.py`` can measure the private link against it in the
-same run, as the issue asks; nothing in ``nymtx`` imports it.
+every message, crossed the wire in the clear (issue 10). Its server and a
+client live here so that ``channel_bench.py`` can measure the private link
+against it in the same run, as the issue asks; nothing in ``nymtx``
+imports this module. The frames' pure codec is ``nymtx.gateway.frames``.
 """
 
 import collections
-import hashlib
 import hmac
 import os
-import struct
 
-import attrs
 from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from twisted.internet.defer import Deferred
@@ -23,247 +21,12 @@ from zope.interface import implementer
 
 from nymtx.addressing import encode_client_address
 from nymtx.gateway.frames import (
-    E_ALREADY, E_BAD_PROOF, E_BAD_TOKEN, E_INTERNAL, E_FULL, E_MALFORMED,
-    E_NOT_AUTHENTICATED, E_TOO_LARGE, E_UNKNOWN_CLIENT, E_UNKNOWN_TYPE, ERROR_NAMES,
-    KEY_SIZE, MAX_PULL, MAX_ERROR_TEXT, TOKEN_SIZE, FrameError)
+    Ack, Acked, Authenticate, Authenticated, E_ALREADY, E_BAD_PROOF, E_BAD_TOKEN, E_FULL,
+    E_INTERNAL, E_NOT_AUTHENTICATED, E_UNKNOWN_CLIENT, ERROR_NAMES, MAX_CLIENT_FRAME_SIZE,
+    MAX_FRAME_SIZE, MAX_PULL, NONCE_SIZE, PROTOCOL_VERSION, TOKEN_SIZE, Error, FrameDecoder,
+    FrameError, FrameTooLarge, Hello, Messages, Pull, Register, Registered, encode,
+    parse_client_frame, parse_gateway_frame, registration_proof)
 from nymtx.gateway.store import StoreError
-
-NONCE_SIZE = 32
-PROOF_SIZE = 32
-LENGTH_SIZE = 4
-MAX_FRAME_SIZE = 256 * 1024
-MAX_ACK = 1000
-MAX_CLIENT_FRAME_SIZE = 3 + 8 * MAX_ACK
-PROTOCOL_VERSION = 1
-REGISTER_CONTEXT = b"nymtx gateway register v1"
-REGISTER, AUTHENTICATE, PULL, ACK = 0x01, 0x02, 0x03, 0x04
-HELLO, REGISTERED, AUTHENTICATED, MESSAGES, ACKED, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF
-
-
-class FrameTooLarge(FrameError):
-    def __init__(self, length, maximum, bodies=()):
-        super().__init__(
-            E_TOO_LARGE, f"frame of {length} bytes is over the maximum of {maximum}")
-        self.bodies = list(bodies)
-
-
-# ---- values ---------------------------------------------------------------
-
-@attrs.frozen
-class Register:
-    client_key: bytes
-    proof: bytes
-
-
-@attrs.frozen
-class Authenticate:
-    client_key: bytes
-    token: bytes
-
-
-@attrs.frozen
-class Pull:
-    limit: int
-
-
-@attrs.frozen
-class Ack:
-    ids: tuple
-
-
-@attrs.frozen
-class Hello:
-    version: int
-    gateway_key: bytes
-    nonce: bytes
-
-
-@attrs.frozen
-class Registered:
-    token: bytes
-
-
-@attrs.frozen
-class Authenticated:
-    pass
-
-
-@attrs.frozen
-class Messages:
-    messages: tuple  # of (id, bytes)
-
-
-@attrs.frozen
-class Acked:
-    deleted: int
-
-
-@attrs.frozen
-class Error:
-    code: int
-    message: str
-
-
-# ---- the length prefix ----------------------------------------------------
-
-def frame(body):
-    return struct.pack(">I", len(body)) + body
-
-
-class FrameDecoder:
-    """Cuts a byte stream into frame bodies."""
-
-    def __init__(self, max_size=MAX_FRAME_SIZE):
-        self.max_size = max_size
-        self._buffer = bytearray()
-
-    def feed(self, data):
-        """Frame bodies completed by *data*; FrameTooLarge on an oversized prefix."""
-        buf = self._buffer
-        buf += data
-        bodies = []
-        while len(buf) >= LENGTH_SIZE:
-            (length,) = struct.unpack_from(">I", buf)
-            if length > self.max_size:
-                raise FrameTooLarge(length, self.max_size, bodies)
-            if len(buf) < LENGTH_SIZE + length:
-                break
-            bodies.append(bytes(buf[LENGTH_SIZE:LENGTH_SIZE + length]))
-            del buf[:LENGTH_SIZE + length]
-        return bodies
-
-    @property
-    def pending(self):
-        return len(self._buffer)
-
-
-# ---- encoding -------------------------------------------------------------
-
-def encode(value):
-    """The complete frame (length prefix included) for one frame value."""
-    if isinstance(value, Register):
-        body = bytes([REGISTER]) + _exact(value.client_key, KEY_SIZE) + _exact(value.proof, PROOF_SIZE)
-    elif isinstance(value, Authenticate):
-        body = bytes([AUTHENTICATE]) + _exact(value.client_key, KEY_SIZE) + _exact(value.token, TOKEN_SIZE)
-    elif isinstance(value, Pull):
-        body = struct.pack(">BH", PULL, value.limit)
-    elif isinstance(value, Ack):
-        body = struct.pack(">BH", ACK, len(value.ids)) + b"".join(
-            struct.pack(">Q", i) for i in value.ids)
-    elif isinstance(value, Hello):
-        body = bytes([HELLO, value.version]) + _exact(value.gateway_key, KEY_SIZE) + _exact(value.nonce, NONCE_SIZE)
-    elif isinstance(value, Registered):
-        body = bytes([REGISTERED]) + _exact(value.token, TOKEN_SIZE)
-    elif isinstance(value, Authenticated):
-        body = bytes([AUTHENTICATED])
-    elif isinstance(value, Messages):
-        parts = [struct.pack(">BH", MESSAGES, len(value.messages))]
-        for ident, message in value.messages:
-            parts.append(struct.pack(">QH", ident, len(message)))
-            parts.append(message)
-        body = b"".join(parts)
-    elif isinstance(value, Acked):
-        body = struct.pack(">BI", ACKED, value.deleted)
-    elif isinstance(value, Error):
-        text = value.message.encode("utf-8")[:MAX_ERROR_TEXT]
-        body = bytes([ERROR, value.code]) + text
-    else:
-        raise TypeError(f"not a gateway frame: {value!r}")
-    return frame(body)
-
-
-def _exact(data, size):
-    if len(data) != size:
-        raise ValueError(f"expected {size} bytes, got {len(data)}")
-    return bytes(data)
-
-
-# ---- parsing --------------------------------------------------------------
-
-def _need(body, size, name):
-    if len(body) != size:
-        raise FrameError(
-            E_MALFORMED, f"{name} frame is {len(body)} bytes, expected {size}")
-
-
-def parse_client_frame(body):
-    """A frame value from a frame body sent by a client."""
-    if not body:
-        raise FrameError(E_MALFORMED, "empty frame (no type byte)")
-    kind = body[0]
-    if kind == REGISTER:
-        _need(body, 1 + KEY_SIZE + PROOF_SIZE, "register")
-        return Register(body[1:33], body[33:65])
-    if kind == AUTHENTICATE:
-        _need(body, 1 + KEY_SIZE + TOKEN_SIZE, "authenticate")
-        return Authenticate(body[1:33], body[33:65])
-    if kind == PULL:
-        _need(body, 3, "pull")
-        (limit,) = struct.unpack_from(">H", body, 1)
-        if not 1 <= limit <= MAX_PULL:
-            raise FrameError(E_MALFORMED, f"pull limit {limit} is not in 1-{MAX_PULL}")
-        return Pull(limit)
-    if kind == ACK:
-        if len(body) < 3:
-            raise FrameError(E_MALFORMED, f"ack frame is {len(body)} bytes, at least 3 needed")
-        (count,) = struct.unpack_from(">H", body, 1)
-        if count > MAX_ACK:
-            raise FrameError(E_MALFORMED, f"ack of {count} ids is over the maximum of {MAX_ACK}")
-        _need(body, 3 + 8 * count, f"ack ({count} ids)")
-        return Ack(struct.unpack_from(f">{count}Q", body, 3))
-    raise FrameError(E_UNKNOWN_TYPE, f"unknown client frame type 0x{kind:02x}")
-
-
-def parse_gateway_frame(body):
-    """A frame value from a frame body sent by a gateway."""
-    if not body:
-        raise FrameError(E_MALFORMED, "empty frame (no type byte)")
-    kind = body[0]
-    if kind == HELLO:
-        _need(body, 2 + KEY_SIZE + NONCE_SIZE, "hello")
-        return Hello(body[1], body[2:34], body[34:66])
-    if kind == REGISTERED:
-        _need(body, 1 + TOKEN_SIZE, "registered")
-        return Registered(body[1:33])
-    if kind == AUTHENTICATED:
-        _need(body, 1, "authenticated")
-        return Authenticated()
-    if kind == MESSAGES:
-        if len(body) < 3:
-            raise FrameError(E_MALFORMED, "messages frame is shorter than 3 bytes")
-        (count,) = struct.unpack_from(">H", body, 1)
-        offset, messages = 3, []
-        for n in range(count):
-            if len(body) < offset + 10:
-                raise FrameError(E_MALFORMED, f"messages frame truncated in message {n}")
-            ident, size = struct.unpack_from(">QH", body, offset)
-            offset += 10
-            if len(body) < offset + size:
-                raise FrameError(E_MALFORMED, f"messages frame truncated in message {n}")
-            messages.append((ident, body[offset:offset + size]))
-            offset += size
-        if offset != len(body):
-            raise FrameError(
-                E_MALFORMED, f"messages frame has {len(body) - offset} bytes after its last message")
-        return Messages(tuple(messages))
-    if kind == ACKED:
-        _need(body, 5, "acked")
-        return Acked(struct.unpack_from(">I", body, 1)[0])
-    if kind == ERROR:
-        if len(body) < 2:
-            raise FrameError(E_MALFORMED, "error frame has no code")
-        return Error(body[1], body[2:].decode("utf-8", errors="replace"))
-    raise FrameError(E_UNKNOWN_TYPE, f"unknown gateway frame type 0x{kind:02x}")
-
-
-# ---- registration proof ---------------------------------------------------
-
-def registration_proof(shared_secret, nonce, client_key):
-    """HMAC-SHA256 keyed by the client-gateway X25519 secret over the nonce and key."""
-    return hmac.new(shared_secret, REGISTER_CONTEXT + nonce + client_key,
-                    hashlib.sha256).digest()
-
-
 
 # ---- the gateway side -------------------------------------------------------
 
