@@ -149,8 +149,16 @@ class IInbox(Interface):
     """The client's durable inbox (``nymtx.client.inbox.Inbox``)."""
 
     def store(messages):
-        """Commit (gateway_id | None, body) pairs at once; return the bodies stored
+        """Commit (gateway_id | None, body) pairs at once (a body: a
+        nymtx.message.Message, or bytes for text); return the bodies stored
         (a repeat of a stored but unacknowledged id is not)."""
+
+    def commit(gateway_ids, messages):
+        """In one transaction: remember *gateway_ids* as pulled but not acknowledged
+        and store *messages* (Messages); return the Messages stored."""
+
+    def seen(gateway_ids):
+        """The ids among *gateway_ids* committed and not acknowledged yet (a set)."""
 
     def acked(gateway_ids):
         """The gateway deleted these ids: they may be reused from now on."""
@@ -159,10 +167,10 @@ class IInbox(Interface):
         """Gateway ids stored but not acknowledged yet, ascending."""
 
     def take_all():
-        """Remove and return every stored message (bytes), oldest first."""
+        """Remove and return every stored message (nymtx.message.Message), oldest first."""
 
     def peek(max_bytes=None):
-        """(id, body) pairs, oldest first, bodies adding up to at most *max_bytes*;
+        """(id, Message) pairs, oldest first, data adding up to at most *max_bytes*;
         nothing leaves the inbox."""
 
     def delete(ids):
@@ -180,19 +188,28 @@ class IClientCore(Interface):
 
     address = Attribute("str: this client's base58 address")
 
-    def send(recipient, message):
-        """Queue *message* for *recipient* (``CLIENT`` or ``CLIENT@GATEWAY``).
+    max_message_size = Attribute("int: the longest message it sends, in bytes")
 
-        Raises SendError at once for a bad message or recipient; returns a
-        Deferred that fires when the packet leaves (or fails with ClientStopped).
+    def send(recipient, message):
+        """Queue *message* (str: text, bytes: binary, or a nymtx.message.Message)
+        for *recipient* (``CLIENT`` or ``CLIENT@GATEWAY``).
+
+        Raises SendError at once for a bad message or recipient, one too long,
+        or a full send queue; returns a Deferred that fires when its last
+        fragment leaves (or fails with ClientStopped).
         """
 
     def fetch():
         """Remove and return the messages received so far (list[bytes])."""
 
     def peek(max_bytes=None):
-        """Stored (id, bytes) pairs, oldest first, within *max_bytes*; they stay
-        until delete(ids): the API deletes them once its answer is sent."""
+        """Stored (id, nymtx.message.Message) pairs, oldest first, within
+        *max_bytes*; they stay until delete(ids): the API deletes them once
+        its answer (or pushed event) is sent."""
+
+    def watch_inbox(callback):
+        """Call *callback()* after each commit of new messages; returns a
+        function that stops it (the API's pushed events)."""
 
     def delete(ids):
         """Forget the messages *ids* (from peek): the application has them."""

@@ -12,7 +12,11 @@ by a ``task.Clock`` can be checked without a network or real time::
         links=links, gateway_link=FakeGatewayLink()))
 
 ``FakeNetwork.unwrap(packet)`` peels a packet the client sent (it holds the
-mixnodes' and the gateway's keys) and returns (destination, message, delays).
+mixnodes' and the gateway's keys) and returns (destination, payload, delays);
+the payload is an end-to-end envelope (docs/message-format.md), which
+``messages_to(keys, packets)`` opens and reassembles into the messages a
+recipient gets. ``mail_for(recipient, message)`` seals a message into the
+``(id, payload)`` pairs a FakeGatewayLink's ``mail`` hands to a client.
 docs/embedding.md, "Testing your code against it", shows the whole of it.
 """
 
@@ -109,6 +113,36 @@ class FakeNetwork:
             assert isinstance(hop, ForwardHop)
             packet = hop.packet
         raise AssertionError("the route did not end at the gateway")
+
+    def messages_to(self, keys, packets):
+        """The data (bytes) of every whole message *packets* (``FakeLinks.packets``:
+        (address, packet) pairs) carry to *keys* (a KeyPair), in completion order."""
+        from nymtx.message import Reassembler, Receiver
+        receiver = Receiver(keys.private_key, keys.public_key, Reassembler(lambda: 0.0))
+        out = []
+        for _, packet in packets:
+            destination, payload, _ = self.unwrap(packet)
+            if destination == keys.public_key:
+                message = receiver.receive(payload)
+                if message is not None:
+                    out.append(message.data)
+        return out
+
+    @staticmethod
+    def mail_for(recipient, message, first_id=1):
+        """``(gateway id, payload)`` pairs that carry *message* (str: text, bytes:
+        binary) to *recipient* (a KeyPair, a 32-byte key or a base58 address),
+        ids from *first_id*: what a gateway would hand its client."""
+        from nymtx.addressing import decode_client_address
+        from nymtx.message import Message, fragment_message, seal_fragment
+        if isinstance(recipient, KeyPair):
+            recipient = recipient.public_key
+        elif isinstance(recipient, str):
+            recipient = decode_client_address(recipient)
+        message = Message.from_text(message) if isinstance(message, str) \
+            else Message.from_bytes(message)
+        return [(first_id + i, seal_fragment(recipient, f))
+                for i, f in enumerate(fragment_message(message, max_message_size=1 << 62))]
 
 
 @implementer(IDirectoryClient)

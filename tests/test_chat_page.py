@@ -109,7 +109,7 @@ class ChatPageTests(TestCase):
         self.assertIn(stranger, shown)
         self.assertIn("send to", shown)
         await alice_page.evaluate(f"""(() => {{
-            document.getElementById('message').value = 'x'.repeat(976);
+            document.getElementById('message').value = 'x'.repeat(1048577);
             document.querySelector('#clients li[data-address={js(bob)}]').click();
             document.getElementById('send').click(); }})()""")
         await alice_page.wait_for(

@@ -17,11 +17,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.client import tap
 from nymtx.client.cli import main as cli_main
-from nymtx.client.config import ClientConfig, ConfigError, DEBUG_DEFAULTS
+from nymtx.client.config import ClientConfig, ConfigError, DEBUG_DEFAULTS, MESSAGE_DEFAULTS
 from nymtx.client.embed import InitError, init_client
 from nymtx.client.inbox import Inbox, InboxError
 from nymtx.client.service import ClientLauncher
 from nymtx.keys import KeyPair, encode_key
+from nymtx.message import KIND_TEXT, Message
 
 from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork as Network
 
@@ -123,7 +124,8 @@ class ConfigFileTests(SynchronousTestCase):
                "id", "directory_server", "provider_id", "provider_authtoken",
                "nym_root_directory")] + [("socket", k) for k in (
                "socket_type", "listening_port", "allowed_origins")]
-               + [("debug", k) for k in DEBUG_DEFAULTS]),
+               + [("debug", k) for k in DEBUG_DEFAULTS]
+               + [("message", k) for k in MESSAGE_DEFAULTS]),
            st.one_of(st.integers(-10, 100000), st.booleans(), st.text(max_size=30),
                      st.lists(st.text(max_size=12), max_size=3)))
     def test_any_value_of_any_key(self, where, value):
@@ -280,6 +282,29 @@ class LauncherTests(SynchronousTestCase):
         self.assertEqual(list(launcher), [])
 
 
+class MessageSectionTests(SynchronousTestCase):
+    def test_defaults_round_trip_and_bounds(self):
+        config = ClientConfig.new(self.mktemp(), "Alice")
+        self.assertEqual((config.maximum_message_size, config.send_queue_messages,
+                          config.send_queue_bytes), (1 << 20, 1000, 16 << 20))
+        text = config.to_toml()
+        self.assertIn("[message]", text)
+        self.assertIn("maximum_message_size = 1048576", text)
+        bigger = ClientConfig.from_toml(text.replace(
+            "maximum_message_size = 1048576", "maximum_message_size = 8388608"))
+        self.assertEqual(bigger.maximum_message_size, 8 << 20)
+        with self.assertRaises(ConfigError) as cm:
+            ClientConfig.from_toml(text.replace("maximum_message_size = 1048576",
+                                                "maximum_message_size = 33554432"))
+        self.assertIn("send_queue_bytes (16777216) must be at least", str(cm.exception))
+        self.assertIn("33554433", str(cm.exception))
+        for bad in ("0", "-1", '"1"', "1.5", "true"):
+            with self.assertRaises(ConfigError) as cm:
+                ClientConfig.from_toml(text.replace("send_queue_messages = 1000",
+                                                    f"send_queue_messages = {bad}"))
+            self.assertIn("[message] send_queue_messages", str(cm.exception))
+
+
 class InboxFileTests(SynchronousTestCase):
     def test_messages_survive_reopening(self):
         path = os.path.join(self.mktemp() + ".sqlite")
@@ -289,7 +314,7 @@ class InboxFileTests(SynchronousTestCase):
         inbox = Inbox(path, Clock())
         self.assertEqual(inbox.unacked(), [1])
         self.assertEqual(inbox.store([(1, b"one again")]), [])
-        self.assertEqual(inbox.take_all(), [b"one", b"two"])
+        self.assertEqual(inbox.take_all(), [Message.from_text("one"), Message.from_text("two")])
         inbox.close()
         inbox = Inbox(path, Clock())
         self.assertEqual(len(inbox), 0)
@@ -311,9 +336,56 @@ class InboxFileTests(SynchronousTestCase):
         self.patch(sqlite3, "connect", connect)
         with self.assertRaises(InboxError) as cm:
             Inbox(path, Clock())
-        self.assertIn("empty version table", str(cm.exception))
+        self.assertIn("damaged version table (0 rows)", str(cm.exception))
         # closed: using the connection now is a ProgrammingError
         self.assertRaises(sqlite3.ProgrammingError, opened[0].execute, "SELECT 1")
+
+    def test_kinds_are_kept(self):
+        path = self.mktemp()
+        inbox = Inbox(path, Clock())
+        binary = Message.from_bytes(b"\xff\x00 not text")
+        inbox.commit([5, 6], [Message.from_text("héllo"), binary])
+        inbox.close()
+        inbox = Inbox(path, Clock())
+        self.assertEqual(inbox.seen([5, 6, 7]), {5, 6})
+        self.assertEqual([m for _, m in inbox.peek()], [Message.from_text("héllo"), binary])
+        inbox.close()
+
+    def test_a_v1_inbox_is_upgraded_in_place_its_messages_as_text(self):
+        # written as the seed's Inbox wrote it: v1.sql, then its version row
+        import sqlite3
+        from importlib import resources
+        path = self.mktemp()
+        v1 = resources.files("nymtx.client").joinpath("schema/v1.sql").read_text()
+        db = sqlite3.connect(path)
+        db.executescript(v1 + ";INSERT INTO version VALUES (1);")
+        db.executemany("INSERT INTO messages (body, received_at) VALUES (?, ?)",
+                       [(b"old one", 1.0), (b"old \xfe two", 2.0)])
+        db.execute("INSERT INTO unacked VALUES (41)")
+        db.commit()
+        db.close()
+        inbox = Inbox(path, Clock())
+        self.assertEqual(inbox.unacked(), [41])
+        self.assertEqual([m for _, m in inbox.peek()],
+                         [Message(KIND_TEXT, b"old one"), Message(KIND_TEXT, b"old \xfe two")])
+        inbox.commit([], [Message.from_bytes(b"new")])
+        inbox.close()
+        db = sqlite3.connect(path)
+        self.assertEqual(db.execute("SELECT version FROM version").fetchall(), [(2,)])
+        self.assertEqual(db.execute("SELECT kind, body FROM messages ORDER BY id").fetchall(),
+                         [(1, b"old one"), (1, b"old \xfe two"), (2, b"new")])
+        db.close()
+
+    def test_a_newer_inbox_is_refused_and_left_alone(self):
+        import sqlite3
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.executescript("CREATE TABLE version (version INTEGER NOT NULL);"
+                         "INSERT INTO version VALUES (3);")
+        db.close()
+        with self.assertRaises(InboxError) as cm:
+            Inbox(path, Clock())
+        self.assertIn("schema version 3", str(cm.exception))
 
     def test_not_an_inbox(self):
         path = self.mktemp()

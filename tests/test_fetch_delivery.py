@@ -73,7 +73,24 @@ class WebSocketFetch(TestCase):
                                                 separators=(",", ":")).encode()), MAX_FRAME)
             got += answer["messages"]
         self.assertEqual(got, [b.decode() for b in BODIES])
-        self.assertEqual(answers, 2)  # 66 fit in 64 KiB, then the other 9
+        # the frame limit holds one largest message (1 MiB), escaped: all 75 at once
+        self.assertEqual(answers, 1)
+        self.assertEqual(len(core.inbox), 0)
+        await api.close()
+
+    async def test_a_mebibyte_message_of_the_costliest_bytes_is_fetched_whole(self):
+        # \x01 is the costliest byte in JSON text (\u0001): 6 bytes for 1, so a
+        # 1 MiB message takes a 6 MiB answer, which the websocket must carry
+        body = b"\x01" * (1 << 20)
+        core = core_with(self, [body, b"after"])
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            websocket_site(ApiDispatcher(core), reactor))
+        self.addCleanup(port.stopListening)
+        api = await connect_api(reactor, f"ws://127.0.0.1:{port.getHost().port}/mix")
+        first = await api.request({"type": "fetch"})
+        self.assertEqual(first["messages"][0], body.decode())
+        got = first["messages"][1:] or (await api.request({"type": "fetch"}))["messages"]
+        self.assertEqual(got, ["after"])
         self.assertEqual(len(core.inbox), 0)
         await api.close()
 
@@ -146,10 +163,14 @@ class NotSentNotDeleted(SynchronousTestCase):
 
     def test_one_message_of_the_largest_worst_size_fits_alone(self):
         # \x01 is the costliest byte in JSON text (\u0001): 6 bytes for 1
-        core = core_with(self, [b"\x01" * MAX_MESSAGE, b"x"])
+        core = core_with(self, [b"\x01" * (1 << 20), b"x"])
         answer = ApiDispatcher(core).answer_bytes(b'{"type":"fetch"}')
         self.assertLessEqual(len(answer.data), MAX_ANSWER)
         self.assertEqual(len(answer.response["messages"]), 2)
+        # and at the seed's 64 KiB limit, 66 of the 975-byte messages fit
+        core = core_with(self, BODIES)
+        answer = ApiDispatcher(core).answer_bytes(b'{"type":"fetch"}', 64 * 1024)
+        self.assertEqual(len(answer.response["messages"]), 66)
 
     @settings(max_examples=30, deadline=None)
     @given(st.lists(st.binary(max_size=MAX_MESSAGE), max_size=60),

@@ -145,7 +145,7 @@ class QuietClientTests(SynchronousTestCase):
             clock.advance(0.1)
         core.stop()
         # the cover did come back every second, and the core said so at debug ...
-        covers = [e for e in everything if "loop cover discarded" in e["log_format"]]
+        covers = [e for e in everything if "payload(s)" in e["log_format"]]
         self.assertGreater(len(covers), 30)
         self.assertTrue(all(e["log_level"] == LogLevel.debug for e in covers))
         # ... which the log at info never shows: what it shows is a few lines, once

@@ -23,7 +23,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from unittest import skipIf
 
-from nymtx.client.cover import LoopCover
 from nymtx.gateway import frames as F
 from nymtx.keys import KeyPair
 from nymtx.localnet import Timing
@@ -96,7 +95,7 @@ class RealMeasurement(TestCase):
 
         # the attacks read the view and are scored against the truth
         settings = network.observed_settings(FAST, trace)
-        self.assertEqual(settings.cover, "legacy")
+        self.assertEqual(settings.cover, "loopix")   # drop cover on the sending stream (issue 11)
         view = trace.view()
         self.assertEqual(len(view.targets), len(trace.message_sender))
         posteriors = attacks.run_all(view, settings, trace.target_recipients())
@@ -112,10 +111,18 @@ class RealMeasurement(TestCase):
         self.assertTrue(np.all(trace.pull_count == -1))
         self.assertEqual(len({len(p[2]) for p in cap.pulls}), 1)
         self.assertGreater(trace.pull_true_count.sum(), 0)
+        # The deficit attack (issue 11) read "sent minus own loops returned":
+        # with drop cover on the sending stream the loops return at their own
+        # rate whatever a client sends, so the attack is left near guessing.
+        # Its posterior keeps most of the entropy (the seed's cover: 0.36 of
+        # 2.32 bits; here about 1.50 of 1.58 in the runs made; the bound is
+        # three quarters).
         deficit = attacks.score(attacks.deficit(view, FAST.hop_delay, FAST.fetch_gap,
                                                 window=10 * FAST.send_gap),
                                 trace.target_senders())
         self.assertLessEqual(deficit["success"], 1 / topo.n_clients + 1e-9)
+        self.assertGreater(deficit["mean_entropy_bits"], 0.75 * deficit["max_entropy_bits"],
+                           deficit)
 
         self._what_the_truth_cannot_explain(cap)
 
@@ -132,12 +139,19 @@ class RealMeasurement(TestCase):
         replay = attrs.evolve(cap, packets=cap.packets + [(cap.end - 0.5, dst, 0, packet)])
         _, problems, _ = network.to_trace(replay)
         self.assertTrue(any("not a layer-1 mixnode" in p for p in problems), problems)
-        # a first hop whose sender is misattributed contradicts the truth
-        i, first = next((i, p) for i, p in enumerate(cap.packets) if p[2] == 0)
-        wrong = list(cap.packets)
-        wrong[i] = (first[0], first[1], 1, first[3])
-        _, problems, _ = network.to_trace(attrs.evolve(cap, packets=wrong))
-        self.assertTrue(any("came from client c1" in p for p in problems), problems)
+        # a first hop whose sender is misattributed contradicts the truth when
+        # the truth knows its sender (a loop comes back to it, a message is the
+        # workload's); drop cover ends at a gateway and names no sender, so
+        # the first of c0's packets that is not a drop is the one moved
+        found = []
+        for i, first in [(i, p) for i, p in enumerate(cap.packets) if p[2] == 0][:40]:
+            wrong = list(cap.packets)
+            wrong[i] = (first[0], first[1], 1, first[3])
+            _, problems, _ = network.to_trace(attrs.evolve(cap, packets=wrong))
+            if problems:
+                found = problems
+                break
+        self.assertTrue(any("came from client c1" in p for p in found), found)
         # a message that left its client but never reached its gateway (the
         # truth still knows where it went)
         trace, _, _ = network.to_trace(cap)
@@ -200,8 +214,9 @@ class Classifier(SynchronousTestCase):
         self.classifier = network.Classifier([self.alice, self.bob], [self.gateway],
                                              [b"first", b"second"])
 
+    @skipIf(network.LegacyLoopCover is None, "the seed's loop cover (nymtx.client.cover) is gone")
     def test_loop_cover_is_known_by_its_clients_key_only(self):
-        cover = LoopCover(self.alice.private_key).make()
+        cover = network.LegacyLoopCover(self.alice.private_key).make()
         self.assertEqual(self.classifier.classify(self.alice.public_key, cover), (LOOP, 0, -1))
         # Alice's cover in Bob's mailbox is no cover of Bob's, nor a message
         self.assertIsNone(self.classifier.classify(self.bob.public_key, cover))
@@ -278,7 +293,7 @@ class Command(TestCase):
             figures = json.load(f)
         self.assertEqual(figures["meta"]["mode"], "network")
         self.assertEqual(figures["meta"]["problems (packets the truth cannot explain)"], "none")
-        self.assertEqual(figures["settings"]["cover"], "legacy")
+        self.assertEqual(figures["settings"]["cover"], "loopix")
         self.assertEqual(figures["checks"]["packet_sizes"]["sizes"], [1372])
         self.assertEqual(set(figures["attacks"]), set(attacks.ATTACKS))
         self.assertIn("lateness", figures["checks"]["network"])

@@ -29,7 +29,12 @@ class FakesTests(SynchronousTestCase):
         self.successResultOf(sent)
         # every packet went to the first mixnode, and one of them is ours
         unwrapped = [network.unwrap(packet) for _, packet in links.packets]
-        self.assertIn((keys.public_key, b"hello"), [(d, m) for d, m, _ in unwrapped])
+        self.assertIn(keys.public_key, [d for d, _, _ in unwrapped])
+        self.assertEqual(network.messages_to(keys, links.packets), [b"hello"])
+        # and what the fake gateway hands back is opened and stored
+        gateway.mail = network.mail_for(keys, "back")
+        clock.advance(1)
+        self.assertEqual(client.fetch(), [b"back"])
         self.assertTrue(gateway.started)
         self.successResultOf(client.stop())
 

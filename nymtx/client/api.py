@@ -1,8 +1,12 @@
 """The JSON requests of the websocket and TCP APIs, on plain objects.
 
-The shapes are nym v0.5's (send / fetch / getClients / ownDetails / error).
-Every bad request gets an ``error`` response saying what is wrong; nothing
-a peer sends can raise out of ``handle_text``.
+The shapes are nym v0.5's (send / fetch / getClients / ownDetails / error),
+answered exactly as the seed did, except that a message may be as long as
+``[message] maximum_message_size``. Added (docs/client.md): binary messages
+(``"data"``: base64 in JSON; binary websocket frames, ``parse_binary_request``),
+and ``subscribe``: pushed ``received`` events (``Push``) for an application
+that asks for them. Every bad request gets an ``error`` response saying what
+is wrong; nothing a peer sends can raise out of ``handle_text``.
 
 A transport asks for an :class:`Answer` (``answer_bytes``): its encoding
 fits the transport's limit, and a fetch takes messages out of the inbox
@@ -12,23 +16,44 @@ next fetch. (Before, a websocket fetch over 64 KiB took every message out,
 failed to send, dropped the connection, and the messages were gone.)
 """
 
+import base64
+import binascii
 import json
 
 import attrs
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nymtx.addressing import encode_client_address
 from nymtx.client.core import SendError
 from nymtx.interfaces import IApiDispatcher
+from nymtx.keys import encode_key
+from nymtx.message import DEFAULT_MAX_MESSAGE_SIZE, KIND_TEXT, Message
 
-REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails")
+REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails", "subscribe", "unsubscribe")
 
-#: The largest answer the transports send (a websocket message, a TCP line).
-MAX_ANSWER = 64 * 1024
-#: A gateway message is at most nymtx.gateway.frames.MAX_MESSAGE (4096)
-#: bytes, and JSON text takes at most 6 bytes for one (\u00XX): one message
-#: always fits an answer alone, so none can block the ones after it.
+
+def frame_limit(max_message_size):
+    """The largest request or answer (a websocket message, a TCP line) for
+    messages of up to *max_message_size* bytes.
+
+    JSON takes at most 6 bytes for one byte of text (``\\u00XX``) and base64
+    4 for 3, so one largest message, with its recipient and the JSON around
+    it, always fits: a fetch of it can never be too big to send, and nothing
+    blocks the messages after it.
+    """
+    return 6 * max_message_size + 64 * 1024
+
+
+#: The answer limit for the default maximum message size (1 MiB).
+MAX_ANSWER = frame_limit(DEFAULT_MAX_MESSAGE_SIZE)
 _EMPTY_FETCH = len(b'{"type":"fetch","messages":[]}')
+
+#: Binary websocket frames (docs/client.md, "Binary frames"): first byte.
+BINARY_SEND = 0x00          # 0x00 || recipient key (32) || data
+BINARY_SEND_VIA = 0x01      # 0x01 || recipient key (32) || gateway key (32) || data
+BINARY_RECEIVED = 0x01      # to the application: 0x01 || data
+KEY_SIZE = 32
 
 
 @attrs.frozen
@@ -58,6 +83,137 @@ class _BadRequest(Exception):
     pass
 
 
+def parse_binary_request(frame):
+    """(recipient text, data) of a binary send frame, or ValueError saying why."""
+    frame = bytes(frame)
+    if not frame:
+        raise ValueError("an empty binary frame: its first byte is the request type")
+    kind = frame[0]
+    if kind == BINARY_SEND:
+        if len(frame) < 1 + KEY_SIZE:
+            raise ValueError(f"a binary send frame is 0x00, the {KEY_SIZE}-byte recipient key,"
+                             f" then the data: {len(frame)} bytes is too short")
+        recipient = encode_client_address(frame[1:1 + KEY_SIZE])
+        return recipient, frame[1 + KEY_SIZE:]
+    if kind == BINARY_SEND_VIA:
+        if len(frame) < 1 + 2 * KEY_SIZE:
+            raise ValueError(f"a binary send-via frame is 0x01, the {KEY_SIZE}-byte recipient"
+                             f" key, its gateway's {KEY_SIZE}-byte key, then the data:"
+                             f" {len(frame)} bytes is too short")
+        recipient = (encode_client_address(frame[1:1 + KEY_SIZE]) + "@"
+                     + encode_key(frame[1 + KEY_SIZE:1 + 2 * KEY_SIZE]))
+        return recipient, frame[1 + 2 * KEY_SIZE:]
+    raise ValueError(f"unknown binary request type 0x{kind:02x}; allowed: 0x00 (send),"
+                     " 0x01 (send via a gateway)")
+
+
+def received_event(message, binary_frames):
+    """What a subscribed connection gets for *message*: (data, is_binary)."""
+    if message.kind == KIND_TEXT:
+        text = message.data.decode("utf-8", errors="replace")
+        return encode_response({"type": "received", "message": text}), False
+    if binary_frames:
+        return bytes((BINARY_RECEIVED,)) + message.data, True
+    return encode_response({"type": "received",
+                            "data": base64.b64encode(message.data).decode("ascii")}), False
+
+
+def buffered(transport):
+    """Bytes *transport* holds that the peer has not read yet (a Twisted TCP
+    transport's write buffer; 0 for a transport that does not say)."""
+    try:
+        return (len(transport.dataBuffer) - transport.offset) + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return 0
+
+
+#: a subscriber's unread events past which no more are pushed until it reads
+PUSH_HIGH_WATER = 4 << 20
+#: seconds between looks at a subscriber that has not read its events
+PUSH_RETRY = 0.1
+
+
+@attrs.define(eq=False)
+class Push:
+    """Pushes the inbox's messages to one connection that asked (``subscribe``).
+
+    *write(data, is_binary)* hands one event to the transport and returns
+    False when it cannot (the connection is closing). A message leaves the
+    inbox only once its event was handed over, so a connection that drops
+    loses nothing: the message waits for the next fetch or subscriber.
+    *binary_frames*: binary messages as binary websocket frames; else as
+    ``{"type":"received","data":"<base64>"}``.
+
+    *backlog()* (optional) is how many bytes the connection holds unread:
+    past ``high_water`` nothing more is pushed (the messages wait in the
+    inbox, whose bound then pauses the pulls from the gateway) and the push
+    looks again every PUSH_RETRY seconds on *clock*. So an application that
+    subscribes and never reads cannot make the client's memory grow.
+    """
+
+    log = Logger()
+
+    core: object
+    write: object
+    binary_frames: bool = False
+    backlog: object = None
+    clock: object = None
+    high_water: int = PUSH_HIGH_WATER
+    _cancel: object = None
+    _draining: bool = False
+    _retry: object = None
+
+    @property
+    def active(self):
+        return self._cancel is not None
+
+    def start(self):
+        if self._cancel is None:
+            self._cancel = self.core.watch_inbox(self.drain)
+        self.drain()
+
+    def stop(self):
+        cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def _full(self):
+        if self.backlog is None or self.backlog() <= self.high_water:
+            return False
+        if self.clock is not None and (self._retry is None or not self._retry.active()):
+            self._retry = self.clock.callLater(PUSH_RETRY, self.drain)
+        return True
+
+    def drain(self):
+        if self._draining or self._cancel is None:
+            return  # a write that re-enters (a synchronous transport) or stopped
+        self._draining = True
+        try:
+            budget = getattr(self.core, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+            while self._cancel is not None:
+                # a budget of one largest message: at least one each time
+                rows = self.core.peek(budget)
+                if not rows:
+                    return
+                for row_id, message in rows:
+                    if self._full():
+                        return
+                    data, is_binary = received_event(_as_message(message), self.binary_frames)
+                    if not self.write(data, is_binary):
+                        self.stop()
+                        return
+                    self.core.delete([row_id])
+        finally:
+            self._draining = False
+
+
+def _as_message(body):
+    return body if isinstance(body, Message) else Message(KIND_TEXT, bytes(body))
+
+
 @implementer(IApiDispatcher)
 @attrs.define(eq=False)
 class ApiDispatcher:
@@ -71,15 +227,41 @@ class ApiDispatcher:
     log = Logger()
 
     core: object
+    _push: object = attrs.field(default=None, init=False)
 
-    def answer_bytes(self, data, max_size=MAX_ANSWER):
-        """The :class:`Answer` to one request, its encoding at most *max_size* bytes.
+    @property
+    def max_frame(self):
+        """The largest request or answer for this client's maximum message size."""
+        return frame_limit(getattr(self.core, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE))
+
+    def answer_bytes(self, data, max_size=None, push=None):
+        """The :class:`Answer` to one request, its encoding at most *max_size*
+        bytes (default ``max_frame``).
 
         Call ``sent()`` on it once the transport has taken ``data``; until
-        then a fetch has removed nothing from the inbox.
+        then a fetch has removed nothing from the inbox (and a subscribe
+        pushes nothing). *push* is the connection's :class:`Push`, for
+        ``subscribe``; without one, subscribe is an error.
         """
-        response, on_sent = self._respond_bytes(data, max_size)
+        max_size = self.max_frame if max_size is None else max_size
+        self._push = push
+        try:
+            response, on_sent = self._respond_bytes(data, max_size)
+        finally:
+            self._push = None
         return Answer(response, encode_response(response), on_sent)
+
+    def answer_binary(self, frame):
+        """The :class:`Answer` to one binary websocket frame (a binary send)."""
+        try:
+            recipient, data = parse_binary_request(frame)
+            response = self._queue(recipient, Message.from_bytes(data))
+        except ValueError as e:
+            response = error(f"received invalid request. err: {e}")
+        except Exception as e:
+            self.log.failure("binary request failed")
+            response = error(f"internal error: {type(e).__name__}")
+        return Answer(response, encode_response(response))
 
     def handle_text(self, text):
         """Response (a dict) to one JSON text request, committed at once."""
@@ -122,12 +304,16 @@ class ApiDispatcher:
             kind = self._field(request, "type")
             handler = {"send": self._send, "fetch": self._fetch,
                        "getClients": self._get_clients,
-                       "ownDetails": self._own_details}.get(kind)
+                       "ownDetails": self._own_details,
+                       "subscribe": self._subscribe,
+                       "unsubscribe": self._unsubscribe}.get(kind)
             if handler is None:
                 raise _BadRequest(f"unknown request type {kind[:60]!r};"
                                   f" allowed: {', '.join(REQUEST_TYPES)}")
             if kind == "fetch":
                 return self._fetch(request, max_size)
+            if kind in ("subscribe", "unsubscribe"):
+                return handler(request)
             return handler(request), None
         except _BadRequest as e:
             return error(f"received invalid request. err: {e}"), None
@@ -147,19 +333,48 @@ class ApiDispatcher:
         return value
 
     def _send(self, request):
+        if "data" in request:
+            # binary: base64 of the bytes (docs/client.md)
+            if "message" in request:
+                raise _BadRequest("a send has 'message' (text) or 'data' (base64), not both")
+            data = self._field(request, "data")
+            recipient = self._field(request, "recipient_address")
+            try:
+                raw = base64.b64decode(data.encode("ascii"), validate=True)
+            except (UnicodeEncodeError, binascii.Error, ValueError) as e:
+                raise _BadRequest(f"field 'data' is not base64: {e}")
+            return self._queue(recipient, Message.from_bytes(raw))
         message = self._field(request, "message")
         recipient = self._field(request, "recipient_address")
         try:
-            encoded = message.encode("utf-8")
+            message.encode("utf-8")
         except UnicodeEncodeError:
             # JSON can carry lone surrogates, which no UTF-8 message can hold.
             raise _BadRequest("field 'message' holds text that is not valid Unicode")
-        d = self.core.send(recipient, encoded)
+        return self._queue(recipient, message)
+
+    def _queue(self, recipient, message):
+        d = self.core.send(recipient, message)
         # A reply goes out once queued, as nym did; a message that never leaves
         # (the client stopped) is logged, not left as an unhandled error.
         d.addErrback(lambda f: self.log.warn("message not sent: {why}",
                                              why=f.getErrorMessage()))
         return {"type": "send"}
+
+    def _subscribe(self, request):
+        push = self._push
+        if push is None:
+            raise _BadRequest("subscribe needs a connection that can push (the websocket"
+                              " or TCP API)")
+        # pushing starts once the answer is out: it comes first on the wire
+        return {"type": "subscribe"}, push.start
+
+    def _unsubscribe(self, request):
+        push = self._push
+        if push is None:
+            raise _BadRequest("unsubscribe needs a connection that can push")
+        push.stop()
+        return {"type": "unsubscribe"}, None
 
     def _fetch(self, request, max_size):
         # Each message's JSON takes at least its own bytes, so a peek of that
@@ -167,8 +382,10 @@ class ApiDispatcher:
         # are counted as they are encoded.
         budget = None if max_size is None else max_size - _EMPTY_FETCH
         messages, ids, used = [], [], 0
-        for row_id, body in self.core.peek(budget):
-            text = body.decode("utf-8", errors="replace")
+        for row_id, message in self.core.peek(budget):
+            # A binary message is given as text too, as the seed gave any
+            # bytes: a client that wants its bytes subscribes (docs/client.md).
+            text = _as_message(message).data.decode("utf-8", errors="replace")
             size = len(json.dumps(text, ensure_ascii=False).encode("utf-8")) + bool(messages)
             if budget is not None and used + size > budget:
                 break

@@ -30,6 +30,13 @@ DEBUG_DEFAULTS = {
     "topology_refresh_rate": 10000,
 }
 
+#: [message] keys: sizes in bytes, counts in messages (docs/client.md).
+MESSAGE_DEFAULTS = {
+    "maximum_message_size": 1 << 20,
+    "send_queue_messages": 1000,
+    "send_queue_bytes": 16 << 20,
+}
+
 # Any case on input; nym's spelling in the file and on the config object.
 SOCKET_TYPES = {"websocket": "WebSocket", "ws": "WebSocket",
                 "tcp": "TCP", "none": "None"}
@@ -155,6 +162,19 @@ LAYOUT = (
             "A key every connection to the socket API must show (docs/client.md, \"API\n"
             "key\"); \"\" (the default) lets any program on this machine use it, as nym does.")),
     ]),
+    Section("message", comment=(
+        "end-to-end message options (docs/message-format.md); sizes in bytes"), keys=[
+        Key("maximum_message_size", shared.count, comment=(
+            "The longest message this client sends or accepts, in bytes of application\n"
+            "data. A message is cut into fragments of 907 bytes, one per packet of the\n"
+            "sending stream; a longer one is refused with an error naming both sizes.")),
+        Key("send_queue_messages", shared.count, comment=(
+            "Messages that may wait for the sending stream at once; past it a send is\n"
+            "refused (the application's backpressure signal), never buffered.")),
+        Key("send_queue_bytes", shared.count, comment=(
+            "Bytes of messages that may wait for the sending stream at once; at least\n"
+            "maximum_message_size + 1.")),
+    ]),
     shared.logging_section(
         "logging configuration options: nym-client logs to stderr, twistd to its --logfile"),
     Section("debug", comment=(
@@ -214,6 +234,9 @@ class ClientConfig:
         default=DEBUG_DEFAULTS["message_sending_average_delay"])
     fetch_message_delay: int = attrs.field(default=DEBUG_DEFAULTS["fetch_message_delay"])
     topology_refresh_rate: int = attrs.field(default=DEBUG_DEFAULTS["topology_refresh_rate"])
+    maximum_message_size: int = attrs.field(default=MESSAGE_DEFAULTS["maximum_message_size"])
+    send_queue_messages: int = attrs.field(default=MESSAGE_DEFAULTS["send_queue_messages"])
+    send_queue_bytes: int = attrs.field(default=MESSAGE_DEFAULTS["send_queue_bytes"])
 
     def __attrs_post_init__(self):
         # Validate on every construction (load, evolve, flags, the Python
@@ -221,6 +244,12 @@ class ClientConfig:
         for section in LAYOUT:
             for key in section.keys:
                 key.check(getattr(self, key.attribute), _WHERE[key.attribute])
+        # the queue must hold one largest message (framed: one kind byte more)
+        if self.send_queue_bytes < self.maximum_message_size + 1:
+            raise ConfigError(
+                f"[message] send_queue_bytes ({self.send_queue_bytes}) must be at least"
+                f" [message] maximum_message_size + 1 ({self.maximum_message_size + 1}):"
+                " the queue must hold one largest message")
 
     @classmethod
     def new(cls, root, client_id, **values):

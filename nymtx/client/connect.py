@@ -129,7 +129,7 @@ class ResolvingClient(MixnetClient):
         """Deferred that fires when the packet leaves; fails with SendError
         (also when a plain recipient is still unlisted after resolve_timeout)."""
         try:
-            check_message(message)
+            check_message(message, self.config.maximum_message_size)
             client_key, gateway_key = parse_recipient(recipient)
         except SendError as e:
             return fail(e)

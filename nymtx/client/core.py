@@ -1,13 +1,26 @@
 """The client core: topology, the two Poisson streams, and the fetch loop.
 
-Real messages wait in a queue until the sending stream fires; only then is
-the route drawn from the current topology and the packet built, so a
+Every payload that leaves is an end-to-end envelope (nymtx.message,
+docs/message-format.md), 975 bytes whatever it carries. Messages of any
+size up to ``[message] maximum_message_size`` wait in a bounded SendQueue
+as fragments; each tick of the sending stream (``SendingStream.tick``)
+sends the next fragment or, with none queued, drop cover to a gateway that
+discards it. Loop cover has its own independent stream, sealed to this
+client and routed back to it. So what a client sends, and what comes back
+to it, does not depend on whether it is sending (Loopix; docs/decisions.md).
+
+The route is drawn from the current topology only when a tick sends, so a
 message queued while the network changes still takes a live route. When no
-route can be built the message stays queued (the log says why) instead of
-being dropped, which is what nym v0.5 did.
+route can be built the fragment stays queued (the log says why) and the
+tick sends drop cover instead, rather than dropping the message as nym
+v0.5 did.
+
+Each pulled payload is opened by a ``Receiver``: what is not for this key,
+and cover, is discarded; fragments are reassembled in bounded memory; whole
+messages are committed to the inbox with their kind before the gateway is
+told to delete what was pulled.
 """
 
-import collections
 import enum
 import random
 
@@ -18,21 +31,28 @@ from zope.interface import implementer
 
 from nymtx.addressing import AddressError, NodeAddress, decode_client_address, \
     encode_client_address
-from nymtx.client.cover import LoopCover
 from nymtx.interfaces import IClientCore
 from nymtx.links import LogThrottle
 from nymtx.observer import OneShot
 from nymtx.keys import KeyFormatError, decode_key, encode_key
 from nymtx.poisson import PoissonLoop
-from nymtx.sphinx import MAX_MESSAGE_SIZE, SphinxError, build_packet, sample_delays
+from nymtx.message import (
+    DEFAULT_MAX_MESSAGE_SIZE, FRAGMENT_DATA_SIZE, KIND_BINARY, KIND_TEXT, MessageLayerError,
+    Message,
+    QueueFull, Reassembler, Receiver, SendingStream, SendQueue, drop_gateway,
+    loop_cover_payload)
+from nymtx.sphinx import SphinxError, build_packet, sample_delays
 from nymtx.topology import TopologyError
 
-#: Loop cover and real messages alike carry a zero SURB identifier, as in nym v0.5.
+#: Every packet carries a zero SURB identifier, as in nym v0.5.
 IDENTIFIER = bytes(16)
+#: seconds between sweeps of reassembly sets that stopped receiving fragments
+EXPIRE_INTERVAL = 10.0
 
 
 class SendError(ValueError):
-    """A message that cannot be sent: too long, or to an unknown recipient."""
+    """A message that cannot be sent: too long, to an unknown recipient, or
+    the send queue is full (the message says which bound)."""
 
 
 class ClientStopped(Exception):
@@ -72,24 +92,30 @@ def parse_recipient(text):
     return client_key, gateway_key
 
 
-def check_message(message):
+def to_message(message):
+    """A Message from what an application hands over: text (str) is a text
+    message, bytes a binary one, a Message itself. SendError otherwise."""
+    if isinstance(message, Message):
+        if message.kind not in (KIND_TEXT, KIND_BINARY) or not isinstance(message.data, bytes):
+            raise SendError(f"unknown message kind {message.kind!r}")
+        return message
     if isinstance(message, str):
-        message = message.encode("utf-8")
-    if not isinstance(message, (bytes, bytearray, memoryview)):
-        raise SendError(f"a message is bytes or text, not {type(message).__name__}")
-    message = bytes(message)
-    if len(message) > MAX_MESSAGE_SIZE:
-        raise SendError(f"message too long. Sent {len(message)} bytes,"
-                        f" but the maximum is {MAX_MESSAGE_SIZE}")
+        try:
+            return Message.from_text(message)
+        except UnicodeEncodeError:
+            raise SendError("the message holds text that is not valid Unicode")
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return Message.from_bytes(bytes(message))
+    raise SendError(f"a message is bytes or text, not {type(message).__name__}")
+
+
+def check_message(message, max_size=DEFAULT_MAX_MESSAGE_SIZE):
+    """to_message(*message*), refused with the seed's words past *max_size* bytes."""
+    message = to_message(message)
+    if len(message.data) > max_size:
+        raise SendError(f"message too long. Sent {len(message.data)} bytes,"
+                        f" but the maximum is {max_size}")
     return message
-
-
-@attrs.define(eq=False)
-class _Outgoing:
-    recipient: bytes
-    gateway_key: object
-    message: bytes
-    sent: Deferred
 
 
 @attrs.define(eq=False)
@@ -139,6 +165,8 @@ class _PoissonRuns:
         if d.called:
             d.addErrback(self._failed)
             return
+        if d in self._in_flight:
+            return   # the same operation still running (one Deferred handed back twice)
         self._in_flight[d] = self.clock.callLater(limit, self._stall, limit)
         d.addErrback(self._failed)
         d.addBoth(self._done, d)
@@ -304,24 +332,34 @@ class ClientCore:
     # the topology, so without a link one is made when the topology lists it.
     connect_gateway: object = None
     rng: random.Random = attrs.field(factory=random.SystemRandom)
-    #: real messages waiting for the sending stream; past it send() refuses,
-    #: since the stream drains only one every message_sending_average_delay
-    max_queued: int = 1000
     #: messages kept for the app; past it the fetch loop's pulls take nothing
     #: (same schedule, same frames) and the mail waits at the gateway
     #: (whose per-client quota then applies)
     max_inbox: int = 10000
     topology: object = None
+    #: packets of real fragments sent
     sent_real: int = 0
+    #: whole messages whose last fragment has left
+    sent_messages: int = 0
+    #: cover packets sent: loop cover (sent_loop) and drop cover (sent_drop)
     sent_cover: int = 0
+    sent_loop: int = 0
+    sent_drop: int = 0
     skipped_cover: int = 0
-    _queue: collections.deque = attrs.field(factory=collections.deque)
+    #: payloads pulled from the gateway, and how many were this client's own loops
+    pulled: int = 0
+    loops_returned: int = 0
     _listeners: list = attrs.field(factory=list)
-    _cover: LoopCover = attrs.field(init=False)
+    _observers: list = attrs.field(factory=list)
+    _sendq: SendQueue = attrs.field(init=False)
+    _stream: SendingStream = attrs.field(init=False)
+    _receiver: Receiver = attrs.field(init=False)
+    _unstored: list = attrs.field(factory=list, init=False)
     _sending: PoissonLoop = attrs.field(init=False)
     _looping: PoissonLoop = attrs.field(init=False)
     _refresh: _Periodic = attrs.field(init=False)
     _fetching: _PoissonRuns = attrs.field(init=False)
+    _expiring: _Periodic = attrs.field(init=False)
     _blocked: object = None
     _directory_down: bool = False
     _gateway_down: bool = False
@@ -331,7 +369,15 @@ class ClientCore:
 
     def __attrs_post_init__(self):
         c = self.config
-        self._cover = LoopCover(self.keys.private_key)
+        self._sendq = SendQueue(max_message_size=c.maximum_message_size,
+                                max_messages=c.send_queue_messages,
+                                max_bytes=c.send_queue_bytes)
+        self._stream = SendingStream(self._sendq, self._send_real, self._send_drop,
+                                     on_sent=self._message_sent, sendable=self._gateway_of)
+        self._receiver = Receiver(
+            self.keys.private_key, self.keys.public_key,
+            Reassembler(self.reactor, max_message_size=c.maximum_message_size),
+            on_loop=self._loop_returned)
         self._sending = PoissonLoop(self._sending_tick, c.message_sending_average_delay / 1000,
                                     self.reactor, self.rng)
         self._looping = PoissonLoop(self._cover_tick, c.loop_cover_traffic_average_delay / 1000,
@@ -341,6 +387,8 @@ class ClientCore:
         self._fetching = _PoissonRuns(self.reactor, c.fetch_message_delay / 1000,
                                       self.fetch_from_gateway, "fetch from the gateway",
                                       rng=self.rng)
+        self._expiring = _Periodic(self.reactor, EXPIRE_INTERVAL,
+                                   self._receiver.reassembler.expire, "reassembly expiry")
 
     @property
     def address(self):
@@ -348,7 +396,27 @@ class ClientCore:
 
     @property
     def queued(self):
-        return len(self._queue)
+        """Messages waiting (wholly or in part) for the sending stream."""
+        return len(self._sendq)
+
+    @property
+    def queued_bytes(self):
+        """Bytes of queued messages not sent yet."""
+        return self._sendq.queued_bytes
+
+    @property
+    def max_message_size(self):
+        return self.config.maximum_message_size
+
+    @property
+    def receive_stats(self):
+        """nymtx.message.ReceiveStats: what the pulled payloads were."""
+        return self._receiver.stats
+
+    @property
+    def reassembly(self):
+        """The Reassembler (its stats, partial_sets, buffered_bytes)."""
+        return self._receiver.reassembler
 
     # -- life cycle -----------------------------------------------------------
 
@@ -374,6 +442,7 @@ class ClientCore:
         self._sending.start()
         self._looping.start()
         self._fetching.start()
+        self._expiring.start()
 
         def started(result):
             if self.state is CoreState.STARTING:
@@ -394,10 +463,10 @@ class ClientCore:
         self._stopping = OneShot()
         self._sending.stop()
         self._looping.stop()
-        waits = [self._refresh.stop(), self._fetching.stop()]
-        queue, self._queue = self._queue, collections.deque()
-        for item in queue:
-            item.sent.errback(ClientStopped("the client stopped before the message was sent"))
+        waits = [self._refresh.stop(), self._fetching.stop(), self._expiring.stop()]
+        for outgoing in self._sendq.clear():
+            outgoing.context.errback(
+                ClientStopped("the client stopped before the message was sent"))
         d = Deferred.fromCoroutine(self._wait(waits))
         if not was_new:
             d.addCallback(lambda _: self.gateway_link.stop() if self.gateway_link else None)
@@ -464,14 +533,17 @@ class ClientCore:
     # -- sending --------------------------------------------------------------
 
     def send(self, recipient, message):
-        """Queue *message* for the sending stream.
+        """Queue *message* for the sending stream: text (str) or bytes (binary),
+        or a nymtx.message.Message.
 
-        Raises SendError at once for a bad message or recipient; returns a
-        Deferred that fires when the packet is handed to the first mixnode's
-        link, or fails with ClientStopped (the client stopped before it
-        left, or had stopped already).
+        Raises SendError at once for a bad message or recipient, a message
+        over ``[message] maximum_message_size``, or a full send queue (the
+        error names the bound); returns a Deferred that fires when the last
+        fragment is handed to the first mixnode's link, or fails with
+        ClientStopped (the client stopped before it left, or had stopped
+        already).
         """
-        message = check_message(message)
+        message = check_message(message, self.config.maximum_message_size)
         client_key, gateway_key = parse_recipient(recipient)
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):
             return fail(ClientStopped("the client has stopped: the message was not queued"))
@@ -484,54 +556,34 @@ class ClientCore:
                 raise SendError(
                     f"unknown gateway {encode_key(gateway_key)} in {recipient}:"
                     " it is not in the topology")
-        if len(self._queue) >= self.max_queued:
-            raise SendError(
-                f"the send queue is full: {len(self._queue)} messages wait for the sending"
-                f" stream, which sends one every {self.config.message_sending_average_delay}"
-                " ms on average; try again later")
-        item = _Outgoing(client_key, gateway_key, message, Deferred())
-        self._queue.append(item)
-        return item.sent
+        sent = Deferred()
+        try:
+            self._sendq.enqueue(client_key, message, destination=gateway_key, context=sent)
+        except QueueFull as e:
+            raise SendError(f"{e} (the sending stream sends one fragment of"
+                            f" {FRAGMENT_DATA_SIZE} bytes every"
+                            f" {self.config.message_sending_average_delay} ms on average)")
+        except MessageLayerError as e:  # a recipient key nothing can be sealed to
+            raise SendError(f"invalid recipient_address: {e}")
+        return sent
+
+    def _gateway_of(self, outgoing):
+        """The gateway a queued message goes to, or None (not in the topology)."""
+        if self.topology is None:
+            return None
+        if outgoing.destination is not None:
+            return self.topology.gateway_by_key(outgoing.destination)
+        return self.topology.gateway_for(outgoing.recipient_key)
 
     def _sending_tick(self):
-        if not self._send_real():
-            self._send_cover()
+        if len(self._sendq):
+            if self.topology is None:
+                self._blocked_by("no topology yet")
+            elif self._sendq.peek(self._gateway_of) is None:
+                self._blocked_by("no recipient of a queued message is in the topology")
+        self._stream.tick()
 
     def _cover_tick(self):
-        self._send_cover()
-
-    def _send_real(self):
-        if not self._queue:
-            return False
-        if self.topology is None:
-            return self._blocked_by("no topology yet")
-        for item in self._queue:
-            if item.gateway_key is not None:
-                gateway = self.topology.gateway_by_key(item.gateway_key)
-            else:
-                gateway = self.topology.gateway_for(item.recipient)
-            if gateway is not None:
-                break
-        else:
-            return self._blocked_by("no recipient of a queued message is in the topology")
-        try:
-            self._send_packet(gateway, item.recipient, item.message)
-        except (TopologyError, SphinxError, AddressError) as e:
-            return self._blocked_by(f"no route: {e}")
-        self._queue.remove(item)
-        self._blocked = None
-        self.sent_real += 1
-        item.sent.callback(None)
-        return True
-
-    def _blocked_by(self, why):
-        # Log a reason when it changes, not on every tick of the stream.
-        if why != self._blocked:
-            self.log.warn("{n} real message(s) stay queued: {why}", n=len(self._queue), why=why)
-            self._blocked = why
-        return False
-
-    def _send_cover(self):
         gateway = None
         if self.topology is not None and self.config.gateway_key is not None:
             gateway = self.topology.gateway_by_key(self.config.gateway_key)
@@ -539,33 +591,93 @@ class ClientCore:
             self.skipped_cover += 1
             return
         try:
-            self._send_packet(gateway, self.keys.public_key, self._cover.make())
+            self._send_packet(gateway, self.keys.public_key,
+                              loop_cover_payload(self.keys.public_key))
         except (TopologyError, SphinxError, AddressError) as e:
             self.log.debug("loop cover skipped: {why}", why=str(e))
             self.skipped_cover += 1
             return
+        self.sent_loop += 1
         self.sent_cover += 1
 
-    def _send_packet(self, gateway, destination, message):
+    def _send_real(self, outgoing, payload):
+        gateway = self._gateway_of(outgoing)
+        if gateway is None:
+            return self._blocked_by("no recipient of a queued message is in the topology")
+        try:
+            self._send_packet(gateway, outgoing.recipient_key, payload)
+        except (TopologyError, SphinxError, AddressError) as e:
+            return self._blocked_by(f"no route: {e}")
+        self._blocked = None
+        self.sent_real += 1
+        return True
+
+    def _message_sent(self, outgoing):
+        self.sent_messages += 1
+        outgoing.context.callback(None)
+
+    def _send_drop(self, seal):
+        gateway = drop_gateway(self.topology, self.rng) if self.topology is not None else None
+        if gateway is None:
+            self.skipped_cover += 1
+            return
+        try:
+            self._send_packet(gateway, gateway.public_key, seal(gateway.public_key))
+        except (TopologyError, SphinxError, AddressError) as e:
+            self.log.debug("drop cover skipped: {why}", why=str(e))
+            self.skipped_cover += 1
+            return
+        self.sent_drop += 1
+        self.sent_cover += 1
+
+    def _blocked_by(self, why):
+        # Log a reason when it changes, not on every tick of the stream.
+        if why != self._blocked:
+            self.log.warn("{n} real message(s) stay queued: {why}", n=len(self._sendq), why=why)
+            self._blocked = why
+        return False
+
+    def _send_packet(self, gateway, destination, payload):
         route = self.topology.route(gateway, self.rng)
         delays = sample_delays(len(route), self.config.average_packet_delay / 1000, self.rng)
-        packet = build_packet(route, destination, IDENTIFIER, message, delays)
+        packet = build_packet(route, destination, IDENTIFIER, payload, delays)
         self.links.send(NodeAddress.from_bytes(route[0].address), packet)
 
     # -- receiving ------------------------------------------------------------
 
     def on_message(self, callback):
-        """Push mode: *callback(body: bytes)* for each message, which then
-        leaves the inbox (``fetch`` will not return it)."""
-        self._listeners.append(callback)
+        """Push mode: *callback(data: bytes)* for each message (text as its
+        UTF-8 bytes), which then leaves the inbox (``fetch`` will not return it)."""
+        self._listeners.append((callback, False))
         self._deliver()
 
+    def on_received(self, callback):
+        """Push mode: *callback(message: nymtx.message.Message)* (kind and data)
+        for each message, which then leaves the inbox."""
+        self._listeners.append((callback, True))
+        self._deliver()
+
+    def watch_inbox(self, callback):
+        """Call *callback()* after each commit of new messages to the inbox (a
+        transport that pushes them then peeks and deletes); returns a function
+        that stops the calls."""
+        self._observers.append(callback)
+
+        def cancel():
+            if callback in self._observers:
+                self._observers.remove(callback)
+        return cancel
+
     def fetch(self):
-        """Remove and return every stored message, oldest first."""
+        """Remove and return every stored message's data (bytes), oldest first."""
+        return [m.data for m in self.inbox.take_all()]
+
+    def fetch_messages(self):
+        """Remove and return every stored Message (kind and data), oldest first."""
         return self.inbox.take_all()
 
     def peek(self, max_bytes=None):
-        """Stored ``(id, body)`` pairs, oldest first, bodies adding up to at
+        """Stored ``(id, Message)`` pairs, oldest first, data adding up to at
         most *max_bytes*; they stay in the inbox until ``delete(ids)``."""
         return self.inbox.peek(max_bytes)
 
@@ -595,20 +707,37 @@ class ClientCore:
         self.log.failure("cannot store pulled messages in the inbox; they stay at the"
                          " gateway and are pulled again", failure)
 
+    def _loop_returned(self, loop_id):
+        self.loops_returned += 1
+
     def _pulled(self, pulled):
         if self._gateway_down:
             self.log.info("gateway reachable again")
         self._gateway_down = False
         if not pulled:
             return None
-        real = [(i, body) for i, body in pulled if not self._cover.is_own_cover(body)]
-        # Commit first: the gateway deletes what we ack, so an ack before the
-        # commit could lose a message in a crash.
-        stored = self.inbox.store(real)
         ids = [i for i, _ in pulled]
-        self.log.debug("stored {n} message(s), {c} loop cover discarded",
-                       n=len(stored), c=len(pulled) - len(real))
-        self._deliver()
+        # Payloads committed before but not acked (the ack was lost) are not
+        # opened again: after a restart the reassembler would not know them.
+        seen = self.inbox.seen(ids)
+        complete = self._unstored
+        for gateway_id, body in pulled:
+            if gateway_id in seen:
+                continue
+            self.pulled += 1
+            message = self._receiver.receive(body)
+            if message is not None:
+                complete.append(message)
+        # Commit first: the gateway deletes what we ack, so an ack before the
+        # commit could lose a message in a crash. A failed commit keeps the
+        # completed messages here (their fragments come back, but the
+        # reassembler knows those sets are done) for the next pull's commit.
+        self._unstored = complete
+        stored = self.inbox.commit(ids, complete)
+        self._unstored = []
+        self.log.debug("pulled {n} payload(s): {m} message(s) completed",
+                       n=len(pulled), m=len(stored))
+        self._deliver(bool(stored))
         # The ack rides on the next pull: waiting for it here would wait for
         # that pull (the fetch loop does not wait anyway; see _PoissonRuns).
         d = self.gateway_link.ack(ids)
@@ -621,12 +750,17 @@ class ClientCore:
             self.log.warn("cannot fetch from the gateway: {why}", why=failure.getErrorMessage())
         self._gateway_down = True
 
-    def _deliver(self):
-        if not self._listeners:
-            return
-        for body in self.inbox.take_all():
-            for callback in list(self._listeners):
+    def _deliver(self, new=True):
+        if self._listeners:
+            for message in self.inbox.take_all():
+                for callback, whole in list(self._listeners):
+                    try:
+                        callback(message if whole else message.data)
+                    except Exception:
+                        self.log.failure("message callback {cb!r} failed", cb=callback)
+        if new:
+            for observer in list(self._observers):
                 try:
-                    callback(body)
+                    observer()
                 except Exception:
-                    self.log.failure("message callback {cb!r} failed", cb=callback)
+                    self.log.failure("inbox observer {cb!r} failed", cb=observer)

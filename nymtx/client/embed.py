@@ -5,8 +5,10 @@
     config = await init_client(reactor, root, "Alice", "http://127.0.0.1:8080")
     client = MixnetClient(reactor, config)
     await client.start()
-    await client.send(bob_address, b"hello")
-    client.on_message(print)
+    await client.send(bob_address, b"hello")      # bytes: a binary message
+    await client.send(bob_address, "hello")       # str: a text message
+    client.on_message(print)                      # each message's bytes
+    client.on_received(lambda m: print(m.kind, m.data))  # nymtx.message.Message
     await client.stop()
 """
 
@@ -240,21 +242,35 @@ class MixnetClient:
         return self._stopped.when_fired()
 
     def send(self, recipient, message):
-        """Deferred that fires when the packet leaves; fails with SendError."""
+        """Send *message*: bytes (a binary message) or str (a text message), up
+        to ``[message] maximum_message_size`` bytes, in fragments through the
+        sending stream. The Deferred fires when its last fragment leaves;
+        fails with SendError (too long, unknown recipient, send queue full:
+        the error names the bound)."""
         try:
             return self.core.send(recipient, message)
         except SendError as e:
             return fail(e)
 
     def fetch(self):
-        """Remove and return the messages received so far (bytes)."""
+        """Remove and return the messages received so far (bytes; a text
+        message as its UTF-8)."""
         return self.core.fetch()
+
+    def fetch_messages(self):
+        """Remove and return the messages received so far as
+        nymtx.message.Message (``kind``: KIND_TEXT or KIND_BINARY, ``data``)."""
+        return self.core.fetch_messages()
 
     def on_message(self, callback):
         """Call *callback(message: bytes)* for each message: those the inbox holds
         now, then each one as it arrives. They leave the inbox (``fetch`` will
         not return them)."""
         self.core.on_message(callback)
+
+    def on_received(self, callback):
+        """As on_message, with a nymtx.message.Message: text and binary told apart."""
+        self.core.on_received(callback)
 
     def clients(self):
         return self.core.clients()

@@ -1,36 +1,43 @@
 """The client's inbox: a sqlite file in its data directory.
 
-Messages are committed here before the gateway is told to delete them, so
+Whole messages (reassembled from their fragments, with their kind) are
+committed here before the gateway is told to delete them, so
 a crash between pull and ack loses nothing; the gateway ids of stored but
 unacknowledged messages are kept too, so a message the gateway sends again
 after a lost ack is not stored twice.
 """
 
 import sqlite3
-from importlib import resources
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nymtx.interfaces import IInbox
+from nymtx.message import KIND_TEXT, Message
+from nymtx.schema import SchemaError, open_versioned
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class InboxError(Exception):
     """The inbox file cannot be opened or is not a nymtx inbox."""
 
 
-def _schema(version):
-    return resources.files("nymtx.client").joinpath(f"schema/v{version}.sql").read_text()
+def _message(body):
+    # Bytes alone are text, as every message of the seed (and of a v1 inbox) was.
+    if isinstance(body, Message):
+        return body
+    return Message(KIND_TEXT, bytes(body))
 
 
 @implementer(IInbox)
 class Inbox:
+    """Whole messages (``nymtx.message.Message``: kind and bytes), oldest first."""
+
     log = Logger()
 
     def __init__(self, path, clock):
-        """Open (creating it if new) the inbox at *path*, or ``:memory:``."""
+        """Open (creating it if new, upgrading a v1 one) the inbox at *path*, or ``:memory:``."""
         self._clock = clock
         self.path = str(path)
         try:
@@ -41,36 +48,44 @@ class Inbox:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
+            open_versioned(self._db, self.path, "nymtx.client", "client inbox", SCHEMA_VERSION)
         except BaseException as e:
             # a file we refuse is not held open behind the error
             self._db.close()
-            if isinstance(e, sqlite3.Error):
+            if isinstance(e, (sqlite3.Error, SchemaError)):
                 raise InboxError(f"cannot open the inbox {self.path}: {e}")
             raise
 
-    def _migrate(self):
-        tables = {row[0] for row in self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-        if "version" not in tables:
-            if tables:
-                raise InboxError(f"{self.path} has tables but is not a nymtx inbox")
-            self._db.executescript(
-                "BEGIN;" + _schema(SCHEMA_VERSION)
-                + f";INSERT INTO version VALUES ({SCHEMA_VERSION});COMMIT;")
-            return
-        row = self._db.execute("SELECT version FROM version").fetchone()
-        if row is None:
-            raise InboxError(f"{self.path} has an empty version table: it is not a"
-                             " nymtx inbox, or a damaged one")
-        version = row[0]
-        if version != SCHEMA_VERSION:
-            raise InboxError(
-                f"{self.path} is inbox version {version}; this nymtx reads version"
-                f" {SCHEMA_VERSION}")
+    def commit(self, gateway_ids, messages):
+        """In one transaction: remember *gateway_ids* as pulled but not yet
+        acknowledged, and store *messages* (Messages, or bytes for text).
+
+        The client calls it with every id of a pull (fragments and cover
+        included) and the messages they completed, before it acks them.
+        Returns the Messages stored.
+        """
+        now = self._clock.seconds()
+        stored = [_message(m) for m in messages]
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany("INSERT OR IGNORE INTO unacked VALUES (?)",
+                            [(i,) for i in gateway_ids])
+            cur.executemany("INSERT INTO messages (kind, body, received_at) VALUES (?, ?, ?)",
+                            [(m.kind, m.data, now) for m in stored])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return stored
+
+    def seen(self, gateway_ids):
+        """The ids among *gateway_ids* committed here and not acknowledged yet."""
+        return {i for i in gateway_ids if self._seen(self._db, i)}
 
     def store(self, messages):
-        """Commit ``(gateway_id, body)`` pairs in one transaction.
+        """Commit ``(gateway_id, body)`` pairs in one transaction; a body is a
+        Message, or bytes for a text message.
 
         A gateway id of None stores the body unconditionally. Returns the
         bodies actually stored: a repeat of a stored-but-unacked id is not.
@@ -85,9 +100,10 @@ class Inbox:
                     if self._seen(cur, gateway_id):
                         continue
                     cur.execute("INSERT INTO unacked VALUES (?)", (gateway_id,))
-                cur.execute("INSERT INTO messages (body, received_at) VALUES (?, ?)",
-                            (bytes(body), now))
-                stored.append(bytes(body))
+                message = _message(body)
+                cur.execute("INSERT INTO messages (kind, body, received_at) VALUES (?, ?, ?)",
+                            (message.kind, message.data, now))
+                stored.append(body)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -109,14 +125,15 @@ class Inbox:
             "SELECT gateway_id FROM unacked ORDER BY gateway_id")]
 
     def peek(self, max_bytes=None):
-        """``(id, body)`` pairs, oldest first, whose bodies add up to at most
+        """``(id, Message)`` pairs, oldest first, whose data add up to at most
         *max_bytes* (all if None); nothing leaves the inbox."""
         rows, used = [], 0
-        for row_id, body in self._db.execute("SELECT id, body FROM messages ORDER BY id"):
+        for row_id, kind, body in self._db.execute(
+                "SELECT id, kind, body FROM messages ORDER BY id"):
             used += len(body)
             if max_bytes is not None and used > max_bytes:
                 break
-            rows.append((row_id, bytes(body)))
+            rows.append((row_id, Message(kind, bytes(body))))
         return rows
 
     def delete(self, ids):
@@ -124,18 +141,18 @@ class Inbox:
         self._db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
 
     def take_all(self):
-        """Remove and return every stored message, oldest first."""
+        """Remove and return every stored Message, oldest first."""
         cur = self._db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            rows = cur.execute("SELECT id, body FROM messages ORDER BY id").fetchall()
+            rows = cur.execute("SELECT id, kind, body FROM messages ORDER BY id").fetchall()
             if rows:
                 cur.execute("DELETE FROM messages WHERE id <= ?", (rows[-1][0],))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return [bytes(body) for _, body in rows]
+        return [Message(kind, bytes(body)) for _, kind, body in rows]
 
     def __len__(self):
         return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]

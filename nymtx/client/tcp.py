@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from nymtx.client.api import encode_response, error
+from nymtx.client.api import Push, buffered, encode_response, error
 from nymtx.client.websocket import MAX_FRAME, is_loopback, key_matches
 
 
@@ -30,14 +30,32 @@ class JsonLinesProtocol(LineReceiver):
         # with an API key, the first request must be {"type": "auth", "api_key": KEY}
         self.api_key = api_key
         self._authenticated = not api_key
+        # one line holds one largest message, escaped
+        self.MAX_LENGTH = getattr(dispatcher, "max_frame", MAX_FRAME)
         self._skipping = False
         self._pending = None
         self._read_closed = False
+        self._push = None
 
     def connectionMade(self):
         # pauseProducing/resumeProducing come from LineReceiver: paused, it
         # handles no line and pauses the transport's reading
         self.transport.registerProducer(self, True)
+        # pushed events (after a subscribe): binary messages as base64 JSON
+        self._push = Push(self.dispatcher.core, self._write,
+                          backlog=lambda: buffered(self.transport),
+                          clock=getattr(getattr(self, "factory", None), "reactor", None))
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self._push is not None:
+            self._push.stop()
+
+    def _write(self, data, is_binary):
+        if self.transport.disconnecting or not self.connected:
+            return False
+        self.sendLine(data)
+        return True
 
     def dataReceived(self, data):
         super().dataReceived(data)
@@ -91,7 +109,7 @@ class JsonLinesProtocol(LineReceiver):
         if not self._authenticated:
             self._authenticate(line)
             return
-        answer = self.dispatcher.answer_bytes(line, MAX_FRAME)
+        answer = self.dispatcher.answer_bytes(line, self.MAX_LENGTH, self._push)
         if self.transport.disconnecting or not self.connected:
             return  # cannot be sent: a fetch's messages stay in the inbox
         self.sendLine(answer.data)
@@ -136,9 +154,13 @@ class JsonLinesFactory(Factory):
     log = Logger()
     noisy = False
 
-    def __init__(self, dispatcher, api_key=""):
+    def __init__(self, dispatcher, api_key="", reactor=None):
         self.dispatcher = dispatcher
         self.api_key = api_key
+        if reactor is None:
+            from twisted.internet import reactor
+        # times a subscriber's push that waits for it to read
+        self.reactor = reactor
 
     def buildProtocol(self, addr):
         if not is_loopback(addr):

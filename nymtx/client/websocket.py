@@ -13,11 +13,13 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nymtx.client.api import Answer, encode_response, error
+from nymtx.client.api import MAX_ANSWER, Push, buffered
 
 PATH = b"mix"
-#: Far above any valid request (975 bytes of message, escaped, plus a key).
-MAX_FRAME = 64 * 1024
+#: The frame limit for the default maximum message size: one largest
+#: message fits, escaped (nymtx.client.api.frame_limit); a client with another
+#: ``maximum_message_size`` gets its dispatcher's ``max_frame``.
+MAX_FRAME = MAX_ANSWER
 
 
 #: Pages on this machine may use the API without being listed.
@@ -107,16 +109,34 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
                                  " KEY' header or ?api_key=KEY in the URL")
         return None
 
-    def onMessage(self, payload, isBinary):
-        if isBinary:
-            response = error("binary messages aren't supported: send JSON as a text frame")
-            answer = Answer(response, encode_response(response))
-        else:
-            # at most MAX_FRAME: autobahn refuses to send a longer message
-            answer = self.factory.dispatcher.answer_bytes(payload, MAX_FRAME)
+    _push = None
+
+    def onOpen(self):
+        # pushed events (after a subscribe): binary messages as binary frames
+        self._push = Push(self.factory.dispatcher.core, self._write, binary_frames=True,
+                          backlog=lambda: buffered(self.transport),
+                          clock=self.factory.reactor)
+
+    def onClose(self, wasClean, code, reason):
+        if self._push is not None:
+            self._push.stop()
+
+    def _write(self, data, is_binary):
+        # autobahn raises Disconnected unless the connection is open
         try:
-            self.sendMessage(answer.data, isBinary=False)
+            self.sendMessage(data, isBinary=is_binary)
         except Disconnected:
+            return False
+        return True
+
+    def onMessage(self, payload, isBinary):
+        dispatcher = self.factory.dispatcher
+        if isBinary:
+            answer = dispatcher.answer_binary(payload)
+        else:
+            # at most the frame limit: autobahn refuses to send a longer message
+            answer = dispatcher.answer_bytes(payload, self.factory.max_frame, self._push)
+        if not self._write(answer.data, False):
             return  # closing: not sent, so a fetch's messages stay in the inbox
         answer.sent()
 
@@ -129,15 +149,16 @@ class MixWebSocketFactory(WebSocketServerFactory):
         self.dispatcher = dispatcher
         self.allowed_origins = tuple(allowed_origins)
         self.api_key = api_key
-        # Over MAX_FRAME autobahn must end the connection (it cannot skip a
+        self.max_frame = getattr(dispatcher, "max_frame", MAX_FRAME)
+        # Over the limit autobahn must end the connection (it cannot skip a
         # message it refused to buffer); failByDrop=False makes that a close
         # frame with code 1009 and a reason rather than a silent TCP reset.
         # allowNullOrigin: autobahn would refuse "Origin: null" and
         # "Origin: file://" (it maps both to null) before onConnect, where
         # origin_allowed decides; setProtocolOptions turns it off whenever
         # it is not passed.
-        self.setProtocolOptions(maxFramePayloadSize=MAX_FRAME,
-                                maxMessagePayloadSize=MAX_FRAME,
+        self.setProtocolOptions(maxFramePayloadSize=self.max_frame,
+                                maxMessagePayloadSize=self.max_frame,
                                 failByDrop=False,
                                 allowNullOrigin=True)
 
