@@ -9,20 +9,20 @@
   responder, each one libsodium ``crypto_scalarmult``: the ephemeral key
   (``crypto_scalarmult_base``), then ``es``, ``ss`` (reading message 1),
   ``ee``, ``se`` (writing message 2) — five in all. Target ≥ 0.5.
-- ``answer_us`` / ``request_us``: one padded frame (4927 / 42 bytes)
+- ``answer_us`` / ``request_us``: one padded frame (9852 / 82 bytes)
   through ``Channel.send`` on one side and ``Channel.receive`` on the
   other. Floor: ChaCha20-Poly1305 encrypt + decrypt of the same bytes with
   a ready cipher object, nothing else.
 - ``pull_us``: one whole pull as the link will run it: request encoded,
-  sent, received, parsed; answer of 5 full slots encoded, sent, received,
+  sent, received, parsed; answer of 10 full slots encoded, sent, received,
   parsed. Floor: the two frames' ChaCha20-Poly1305 alone.
 - ``pulled_per_s``: messages pulled and acknowledged over a loopback TCP
   connection through the private link (``PrivateClientFactory`` and
   ``private_link.connect``: channel, padding, sqlite), ``--window`` pulls
   in flight, each answer's ids acked in a later pull. Baseline: today's
-  plaintext link (``GatewayLink`` and ``ClientServerFactory``), 100
-  messages per pull then an ack, as ``benchmarks/gateway_bench.py`` runs
-  it. The issue's target: ≥ 0.5 of the baseline and ≥ 20,000/s.
+  plaintext link of the release before (``legacy_plaintext.py``: its
+  server, and a client that logs in and then pulls 100 messages and acks
+  them, as that release's link did). The issue's target: ≥ 0.5 of the baseline and ≥ 20,000/s.
 
 Each measure runs A B A B for ``--rounds`` rounds; the ratio is the median
 of the rounds' floor/actual time ratios, so a slow moment of the machine
@@ -41,18 +41,18 @@ import time
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.task import Clock, react
 
-from nymtx.addressing import NodeAddress
 from nymtx.gateway import padded as P
 from nymtx.gateway.channel import Channel
-from nymtx.gateway.link import GatewayLink, register
 from nymtx.gateway.private_link import connect
-from nymtx.gateway.private_server import PrivateClientFactory
-from nymtx.gateway.server import ClientServerFactory
+from nymtx.gateway.private_server import PrivateClientFactory, listener_factory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import legacy_plaintext as L  # noqa: E402
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 MESSAGE = os.urandom(975)
@@ -127,8 +127,9 @@ def main(argv=None):
 
     # ---- padded frames --------------------------------------------------
     c, g = open_pair(clock)
-    answer = P.encode_answer(P.Messages(tuple((i, os.urandom(975)) for i in range(1, 6)), 5))
-    request = P.encode_request(P.Pull((1, 2, 3, 4, 5)))
+    answer = P.encode_answer(P.Messages(tuple((i, os.urandom(975)) for i in range(1, P.PULL_SIZE + 1)),
+                        P.PULL_SIZE))
+    request = P.encode_request(P.Pull(tuple(range(1, P.PULL_SIZE + 1))))
     aead = ChaCha20Poly1305(os.urandom(32))
     nonce = bytes(12)
 
@@ -148,10 +149,11 @@ def main(argv=None):
         t, f, ratio = interleaved(actual, floor, args.frames, args.rounds)
         results[name] = {"us": t * 1e6, "floor_us": f * 1e6, "ratio": ratio}
 
-    messages = P.Messages(tuple((i, os.urandom(975)) for i in range(1, 6)), 5)
+    messages = P.Messages(tuple((i, os.urandom(975)) for i in range(1, P.PULL_SIZE + 1)),
+                        P.PULL_SIZE)
 
     def pull():
-        [req] = g.receive(c.send(P.encode_request(P.Pull((1, 2, 3, 4, 5)))))
+        [req] = g.receive(c.send(P.encode_request(P.Pull(tuple(range(1, P.PULL_SIZE + 1))))))
         P.parse_request(req)
         [ans] = c.receive(g.send(P.encode_answer(messages)))
         P.parse_answer(ans)
@@ -184,9 +186,9 @@ def report(args, results):
     h = results["handshakes_per_s"]
     print(f"handshakes at the gateway: {h['rate']:,.0f}/s; five X25519 operations:"
           f" {h['floor']:,.0f}/s; ratio {h['ratio']:.2f} (target >= 0.5)")
-    for name, what in (("answer_us", "answer frame (4927 B)"),
-                       ("request_us", "request frame (42 B)"),
-                       ("pull_us", "whole pull (request + 5-slot answer)")):
+    for name, what in (("answer_us", "answer frame (9852 B)"),
+                       ("request_us", "request frame (82 B)"),
+                       ("pull_us", f"whole pull (request + {P.PULL_SIZE}-slot answer)")):
         r = results[name]
         print(f"{what}: {r['us']:.1f} us; ChaCha20-Poly1305 alone {r['floor_us']:.1f} us;"
               f" ratio {r['ratio']:.2f}")
@@ -195,7 +197,7 @@ def report(args, results):
     if "pulled_per_s" in results:
         r = results["pulled_per_s"]
         print(f"pulled and acked over loopback: private link {r['rate']:,.0f}/s"
-              f" (window {args.window}); today's plaintext link {r['baseline']:,.0f}/s;"
+              f" (window {args.window}); the old plaintext link {r['baseline']:,.0f}/s;"
               f" ratio {r['ratio']:.2f} (target >= 0.5 and >= 20,000/s)")
 
 
@@ -217,7 +219,8 @@ async def private_round(reactor, directory, n, window):
     store = filled_store(reactor, os.path.join(directory, f"p{os.getpid()}{time.time()}"),
                          n, client)
     factory = PrivateClientFactory(store, GATEWAY, clock=reactor)
-    port = await listening(reactor, factory)
+    limited = listener_factory(factory, clock=reactor)
+    port = await listening(reactor, limited)
     link = await connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
                          client, GATEWAY.public_key, reactor)
     to_ack, done = [], Deferred()
@@ -247,7 +250,7 @@ async def private_round(reactor, directory, n, window):
     elapsed = time.perf_counter() - start
     assert store.usage(client.public_key) == (0, 0), store.usage(client.public_key)
     await link.close()
-    await factory.close_all()
+    await limited.close_all()
     await port.stopListening()
     store.close()
     return n / elapsed
@@ -257,24 +260,21 @@ async def plaintext_round(reactor, directory, n):
     client = KeyPair.generate()
     store = filled_store(reactor, os.path.join(directory, f"t{os.getpid()}{time.time()}"),
                          n, client)
-    factory = ClientServerFactory(store, GATEWAY)
+    factory = L.ClientServerFactory(store, GATEWAY)
     port = await listening(reactor, factory)
-    address = NodeAddress.parse(f"127.0.0.1:{port.getHost().port}")
-    token = await register(reactor, address, client)
-    link = GatewayLink(reactor, address, client, token)
-    link.start()
-    await link.when_ready()
+    proto = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), L.PlaintextClient())
+    await proto.login(client)
     start, got = time.perf_counter(), 0
     while True:
-        batch = await link.pull(100)
+        batch = (await proto.request(L.Pull(100))).messages
         if not batch:
             break
         got += len(batch)
-        await link.ack([i for i, _ in batch])
+        await proto.request(L.Ack(tuple(i for i, _ in batch)))
     elapsed = time.perf_counter() - start
     assert got == n, (got, n)
-    await link.stop()
-    await factory.close_all()
+    proto.transport.loseConnection()
     await port.stopListening()
     store.close()
     return n / elapsed

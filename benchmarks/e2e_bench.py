@@ -13,8 +13,9 @@
    hop, fetch every 1000 ms), Alice's messages to Bob are timed from
    MixnetClient.send until Bob's client has them in its inbox. The median
    is compared with the model's median (a Monte Carlo of an Exp(0.5 s)
-   sending wait + four Exp(0.2 s) hop delays + a Uniform(0, 1 s) fetch
-   wait); sends are spaced so that the queue stays empty.
+   sending wait + four Exp(0.2 s) hop delays + an Exp(1 s) fetch wait:
+   the client pulls on its own Poisson clock, so the wait from a message's
+   arrival at the gateway to the next pull is memoryless, mean 1 s); sends are spaced so that the queue stays empty.
 """
 
 import argparse
@@ -132,7 +133,7 @@ def median_interval(values):
 
 def model_median(samples=200_000, rng=random.Random(3)):
     totals = [rng.expovariate(2.0) + sum(rng.expovariate(5.0) for _ in range(4))
-              + rng.uniform(0, 1.0) for _ in range(samples)]
+              + rng.expovariate(1 / 1.0) for _ in range(samples)]
     return statistics.median(totals)
 
 

@@ -8,82 +8,13 @@ the open-files budget) live in :mod:`nymtx.listening`; the names
 ``connection_budget`` and ``raise_fd_limit`` are kept here for old callers.
 """
 
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Protocol
 
 from nymtx.listening import FD_RESERVE, activity, connection_budget, raise_fd_limit
 from nymtx.sphinx import PACKET_SIZE
 
 __all__ = ["FD_RESERVE", "connection_budget", "raise_fd_limit", "PacketReceiver",
-           "BoundedPacketReceiver", "BoundedFactory", "IdleTimeout"]
-
-
-# The old bounds, kept only for nymtx.gateway.private_server (issue 10, not
-# wired yet), which was written on them; every listener that runs uses
-# nymtx.listening.ConnectionLimit. Move it there and delete these.
-class IdleTimeout(TimeoutMixin):
-    """Closes a connection its factory's ``idle_timeout`` seconds after its last byte.
-
-    The timer runs on the factory's ``clock``; ``dataReceived`` must call
-    ``resetTimeout()``. The connection is aborted, not closed: a peer that
-    is idle may also be one that never reads, and a graceful close would
-    wait on it for ever.
-    """
-
-    def start_idle_timeout(self):
-        self.callLater = self.factory.clock.callLater
-        self.setTimeout(self.factory.idle_timeout)
-
-    def timeoutConnection(self):
-        self.transport.abortConnection()
-
-
-class BoundedFactory(Factory):
-    """A listener's factory: at most ``max_connections`` connections at once.
-
-    Past the bound ``buildProtocol`` returns None, and Twisted closes the
-    accepted socket at once: the peer sees the connection reset, and the
-    descriptor is free again before the next accept. The bound is logged
-    once each time it is reached, not once per refused connection, which
-    would be a log line per connection attempt of a flood. Protocols add
-    themselves to ``connections`` when made and remove themselves when lost.
-    """
-
-    noisy = False
-    log = Logger()
-    #: what the log line calls this listener
-    kind = "listener"
-
-    def __init__(self, clock, max_connections, idle_timeout):
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
-        self.clock = clock
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.connections = set()
-        #: connections closed at once because the listener was full
-        self.refused = 0
-        self._full = False
-
-    def buildProtocol(self, addr):
-        if len(self.connections) >= self.max_connections:
-            self.refused += 1
-            if not self._full:
-                self._full = True
-                self.log.warn(
-                    "{kind} has {n} connections, its maximum: refusing new ones"
-                    " until some close", kind=self.kind, n=self.max_connections)
-            return None
-        self._full = False
-        return self.makeProtocol(addr)
-
-    def makeProtocol(self, addr):
-        p = self.protocol()
-        p.factory = self
-        return p
+           "BoundedPacketReceiver"]
 
 
 class PacketReceiver(Protocol):

@@ -88,6 +88,13 @@ def make_core(case, topology="default", **config_values):
     return core, network, bob, clock
 
 
+def run(clock, seconds, step=0.05):
+    """Advance *clock* by *seconds* in small steps: a Clock runs each call
+    due once per advance, so a loop needs many advances to tick often."""
+    for _ in range(int(seconds / step)):
+        clock.advance(step)
+
+
 class ParseRecipientTests(SynchronousTestCase):
     def test_plain_and_at_gateway(self):
         a, g = KeyPair.generate(), KeyPair.generate()
@@ -401,23 +408,91 @@ class FetchTests(SynchronousTestCase):
         self.assertEqual(core.gateway_link.mail, [])  # all acked: nothing is pulled again
         core.stop()
 
-    def test_full_inbox_stops_pulling_until_the_app_fetches(self):
+    def test_full_inbox_keeps_pulling_but_takes_nothing_until_the_app_fetches(self):
         core, network, bob, clock = make_core(self)
         core.max_inbox = 2
-        core.gateway_link.mail = (mail(core.keys, "one") + mail(core.keys, "two", 2)
-                                  + mail(core.keys, "three", 3))
-        core.gateway_link.pull = lambda limit=100, link=core.gateway_link: (
-            link.events.append(("pull",)), succeed(list(link.mail[:2])))[1]
+        link = core.gateway_link
+        link.mail = (mail(core.keys, "one") + mail(core.keys, "two", 2)
+                     + mail(core.keys, "three", 3))
+
+        def pull(limit=5):
+            link.events.append(("pull", limit))
+            return succeed(list(link.mail[:min(limit, 2)]))
+        link.pull = pull
         core.start()
         self.assertEqual(len(core.inbox), 2)
-        events = len(core.gateway_link.events)
-        clock.advance(core.config.fetch_message_delay / 1000)
-        # full: no pull, the third message waits at the gateway
-        self.assertEqual(len(core.gateway_link.events), events)
-        self.assertEqual([i for i, _ in core.gateway_link.mail], [3])
+        before = len([e for e in link.events if e[0] == "pull"])
+        run(clock, 20)
+        # full: the pulls keep their schedule (so the gateway sees nothing
+        # change) but take nothing; the third message waits at the gateway
+        pulls = [e for e in link.events if e[0] == "pull"][before:]
+        self.assertGreater(len(pulls), 5)
+        self.assertEqual(set(pulls), {("pull", 0)})
+        self.assertEqual([i for i, _ in link.mail], [3])
         self.assertEqual(core.fetch(), [b"one", b"two"])
-        clock.advance(core.config.fetch_message_delay / 1000)
+        run(clock, 20)
         self.assertEqual(core.fetch(), [b"three"])
+        core.stop()
+
+    def test_pulls_run_on_a_poisson_clock_that_answers_do_not_move(self):
+        # The gaps are exponential with the configured mean, and a slow
+        # answer does not delay the next pull: the times carry no information.
+        core, network, bob, clock = make_core(self)
+        times, answers = [], []
+
+        def pull(limit=5):
+            times.append(clock.seconds())
+            d = Deferred()
+            answers.append(d)
+            return d
+        core.gateway_link.pull = pull
+        core.start()
+        # a gateway that does not answer: pulls go on to max_in_flight, no more
+        run(clock, 50)
+        self.assertEqual(len(times), core._fetching.max_in_flight)
+        self.assertGreater(core._fetching.skipped, 10)
+        for d in answers:
+            d.callback([])
+        answers.clear()
+        times.clear()
+        for _ in range(4000):
+            clock.advance(0.05)
+            for d in answers:
+                if not d.called:
+                    d.callback([])
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        mean = sum(gaps) / len(gaps)
+        sd = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5
+        self.assertLess(abs(mean - core.config.fetch_message_delay / 1000), 0.25)
+        self.assertLess(abs(sd / mean - 1.0), 0.3)  # exponential, not a grid
+        core.stop()
+
+    def test_an_ack_answered_only_by_the_next_pull_does_not_stall_the_loop(self):
+        # The private link carries acks on the next pull: a core that waited
+        # for ack() before pulling again would never pull again.
+        core, network, bob, clock = make_core(self)
+        link = core.gateway_link
+        link.mail = [m for i in range(1, 11) for m in mail(core.keys, f"m{i}", i)]
+        carried = []
+
+        def ack(ids):
+            d = Deferred()
+            carried.append((list(ids), d))
+            return d
+
+        def pull(limit=5):
+            for ids, d in carried:
+                if not d.called:
+                    link.mail = [(i, m) for i, m in link.mail if i not in ids]
+                    d.callback(len(ids))
+            sent = [m for m in link.mail if m[0] not in {i for ids, _ in carried for i in ids}]
+            return succeed(sent[:limit])
+        link.ack, link.pull = ack, pull
+        core.start()
+        run(clock, 30)
+        self.assertEqual(core.fetch(), [b"m%d" % i for i in range(1, 11)])
+        self.assertEqual(link.mail, [])
+        self.assertTrue(all(d.called for _, d in carried))
         core.stop()
 
     def test_inbox_failure_is_logged_nothing_acked_and_the_message_kept(self):
@@ -495,9 +570,11 @@ class FetchTests(SynchronousTestCase):
             return fail(Exception("down"))
         core.gateway_link.pull = broken
         core.start()
-        clock.advance(1)
-        clock.advance(1)
-        self.assertEqual(len(calls), 3)
+        run(clock, 10)
+        first = len(calls)
+        self.assertGreater(first, 1)
+        run(clock, 10)
+        self.assertGreater(len(calls), first)
         core.stop()
 
     def test_stop_waits_for_a_pull_in_flight(self):
@@ -625,12 +702,12 @@ class PeriodicFailureTests(SynchronousTestCase):
             raise RuntimeError("the inbox is closed")  # synchronously, not a Deferred
         core.gateway_link.pull = broken
         core.start()
-        for _ in range(120):
-            clock.advance(1)
-        self.assertEqual(len(calls), 121)  # the loop goes on
+        for _ in range(1200):
+            clock.advance(0.1)
+        self.assertGreater(len(calls), 60)  # the loop goes on
         # heard, with the traceback: the first time, then once a minute
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
-        self.assertEqual(core._fetching.failures, 121)
+        self.assertIn(len(self.flushLoggedErrors(RuntimeError)), (2, 3))
+        self.assertEqual(core._fetching.failures, len(calls))
         core.stop()
 
     def test_a_run_that_never_finishes_is_heard(self):
@@ -732,7 +809,7 @@ class EmbeddingTests(SynchronousTestCase):
         whole = []
         client.on_received(whole.append)
         link.mail = mail(keys, b"\x01\x02") + mail(keys, "hé", 2)
-        clock.advance(1)
+        run(clock, 10)   # pulls come on the client's Poisson clock (mean 1 s)
         self.assertEqual(whole, [Message.from_bytes(b"\x01\x02"), Message.from_text("hé")])
         self.assertEqual(client.fetch(), [])
         e = self.failureResultOf(client.send(bob.public_text, bytes((1 << 20) + 1)), SendError)

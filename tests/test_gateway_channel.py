@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, strategies as st
-from nacl.bindings import crypto_scalarmult
 from noise.backends.default.keypairs import KeyPair25519
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -21,10 +20,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.gateway import channel as C
-from nymtx.gateway import frames as F
 from nymtx.gateway import padded as P
-from nymtx.gateway.server import ClientServerFactory
-from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
 
 GATEWAY = KeyPair.generate()
@@ -538,60 +534,6 @@ class Glue(SynchronousTestCase):
         self.assertTrue(ct.disconnecting)
         self.assertFalse(self.client_inner.made)
 
-
-class TodaysProtocolInside(SynchronousTestCase):
-    """Today's request/answer server runs unchanged inside the channel."""
-
-    def test_register_authenticate_pull_ack(self):
-        clock = Clock()
-        store = MailboxStore.open(clock, self.mktemp())
-        self.addCleanup(store.close)
-        factory = ClientServerFactory(store, GATEWAY)
-        answers = []
-
-        class Raw(Protocol):
-            def connectionMade(self):
-                self.decoder = F.FrameDecoder()
-
-            def dataReceived(self, data):
-                answers.extend(F.parse_gateway_frame(b) for b in self.decoder.feed(data))
-
-        def accept(key):
-            # the channel proved the key: hand it to today's protocol
-            return factory.buildProtocol(None)
-
-        raw = Raw()
-        client, server, pump = connectedServerAndClient(
-            lambda: C.ChannelProtocol(C.Channel.gateway(GATEWAY, clock), accept, clock),
-            lambda: C.ChannelProtocol(C.Channel.client(CLIENT, GATEWAY.public_key, clock),
-                                      lambda key: raw, clock),
-            clock=clock)
-        # today's hello is the inner protocol's first frame, sent once the
-        # client's first frame proves its key; the client speaks first
-        raw.transport.write(F.encode(F.Pull(1)))
-        pump.flush()
-        hello, refused = answers
-        self.assertIsInstance(hello, F.Hello)
-        self.assertEqual(refused.code, F.E_NOT_AUTHENTICATED)
-        proof = F.registration_proof(crypto_scalarmult(CLIENT.private_key, GATEWAY.public_key),
-                                     hello.nonce, CLIENT.public_key)
-        raw.transport.write(F.encode(F.Register(CLIENT.public_key, proof)))
-        pump.flush()
-        token = answers[-1].token
-        raw.transport.write(F.encode(F.Authenticate(CLIENT.public_key, token)))
-        pump.flush()
-        store.add(CLIENT.public_key, b"secret mail")
-        store.flush()
-        raw.transport.write(F.encode(F.Pull(10)))
-        pump.flush()
-        [(ident, body)] = answers[-1].messages
-        self.assertEqual(body, b"secret mail")
-        raw.transport.write(F.encode(F.Ack((ident,))))
-        pump.flush()
-        self.assertEqual(answers[-1], F.Acked(1))
-
-
-# ---- test vectors ------------------------------------------------------------
 
 def _key(label):
     return hashlib.sha256(label.encode()).digest()

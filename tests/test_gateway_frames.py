@@ -121,3 +121,37 @@ class Proof(SynchronousTestCase):
         self.assertNotEqual(p, F.registration_proof(b"s" * 32, b"m" * 32, b"k" * 32))
         self.assertNotEqual(p, F.registration_proof(b"s" * 32, b"n" * 32, b"j" * 32))
         self.assertNotEqual(p, F.registration_proof(b"t" * 32, b"n" * 32, b"k" * 32))
+
+
+class Shared(SynchronousTestCase):
+    def test_every_code_has_one_name(self):
+        codes = [v for k, v in vars(F).items() if k.startswith("E_")]
+        self.assertEqual(sorted(codes), sorted(F.ERROR_NAMES))
+        self.assertEqual(len(set(F.ERROR_NAMES.values())), len(codes))
+
+    def test_nothing_speaks_the_plaintext_frames(self):
+        # The old link sent a token at login and every message in the clear.
+        # Its codec stays for reading that release's captures; no part of the
+        # gateway or the client may use it to send anything.
+        import os
+        root = os.path.join(os.path.dirname(__file__), os.pardir, "nymtx")
+        self.assertFalse(os.path.exists(os.path.join(root, "gateway", "server.py")))
+        names = ("F.encode", "F.Authenticate", "F.Hello", "F.FrameDecoder", "F.Register(",
+                 "F.Pull(", "F.Ack(", "registration_proof", "legacy_plaintext")
+        for folder in ("gateway", "client"):
+            for name in os.listdir(os.path.join(root, folder)):
+                if not name.endswith(".py") or name == "frames.py":
+                    continue
+                with open(os.path.join(root, folder, name), encoding="utf-8") as f:
+                    text = f.read()
+                for needle in names:
+                    self.assertNotIn(needle, text, f"{folder}/{name} uses {needle}")
+        from nymtx.gateway.private_server import PrivateClientFactory
+        from nymtx.gateway.service import GatewayService
+        from twisted.internet.task import Clock
+        from nymtx.keys import KeyPair
+        gateway = GatewayService(Clock(), KeyPair.generate(), self.mktemp(), "tcp:0", "tcp:0",
+                                 "127.0.0.1")
+        self.addCleanup(gateway.store.close)
+        self.assertIsInstance(gateway.client_factory, PrivateClientFactory)
+        self.assertIs(gateway.client_listener.factory.wrappedFactory, gateway.client_factory)

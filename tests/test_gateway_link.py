@@ -1,71 +1,19 @@
+"""The client's gateway link: its lifecycle over the private link.
+
+The link's frames and the channel are tested in test_gateway_private and
+test_gateway_channel; here a real private client listener (channel,
+padded requests, sqlite) runs on a MemoryReactorClock, reached through iosim.
+"""
+
 from hypothesis import given, strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.addressing import NodeAddress
-from nymtx.gateway import frames as F
-from nymtx.gateway.link import GatewayLink, GatewayLinkError, _LinkProtocol
+from nymtx.gateway.link import GatewayLink, GatewayLinkError
 from nymtx.keys import KeyPair
 
 ADDRESS = NodeAddress.parse("127.0.0.1:9000")
-
-
-def connected(gateway_key=None):
-    proto = _LinkProtocol(ADDRESS, gateway_key)
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    return proto, transport
-
-
-class LinkProtocol(SynchronousTestCase):
-    def test_answers_matched_in_order(self):
-        proto, transport = connected()
-        proto.dataReceived(F.encode(F.Hello(1, b"g" * 32, b"n" * 32)))
-        self.assertEqual(self.successResultOf(proto.hello).nonce, b"n" * 32)
-        first, second = proto.request(F.Pull(1)), proto.request(F.Ack((1,)))
-        self.assertEqual(transport.value(), F.encode(F.Pull(1)) + F.encode(F.Ack((1,))))
-        proto.dataReceived(F.encode(F.Messages(())) + F.encode(F.Error(F.E_BAD_TOKEN, "no")))
-        self.assertEqual(self.successResultOf(first), F.Messages(()))
-        e = self.failureResultOf(second, GatewayLinkError).value
-        self.assertIn("bad-token", str(e))
-
-    def test_wrong_gateway_key(self):
-        proto, transport = connected(gateway_key=b"x" * 32)
-        proto.dataReceived(F.encode(F.Hello(1, b"g" * 32, b"n" * 32)))
-        self.assertIn("public key", str(self.failureResultOf(proto.hello).value))
-        self.assertTrue(transport.disconnected)
-
-    def test_wrong_version(self):
-        proto, _ = connected()
-        proto.dataReceived(F.encode(F.Hello(9, b"g" * 32, b"n" * 32)))
-        self.assertIn("version 9", str(self.failureResultOf(proto.hello).value))
-
-    def test_garbage_instead_of_hello(self):
-        proto, transport = connected()
-        proto.dataReceived(b"\x00\x00\x00\x01\x42")
-        self.failureResultOf(proto.hello, GatewayLinkError)
-        self.assertTrue(transport.disconnected)
-
-    def test_oversized(self):
-        proto, transport = connected()
-        proto.dataReceived(b"\xff\xff\xff\xff")
-        self.assertIn("maximum", str(self.failureResultOf(proto.hello).value))
-
-    @given(st.binary(max_size=200))
-    def test_fuzz(self, data):
-        proto, _ = connected()
-        pending = proto.request(F.Pull(1))
-        proto.dataReceived(data)
-        proto.connectionLost(_Reason())
-        self.assertTrue(proto.hello.called)
-        self.assertTrue(pending.called)
-        pending.addErrback(lambda f: f.trap(GatewayLinkError))
-        proto.hello.addErrback(lambda f: f.trap(GatewayLinkError))
-
-
-class _Reason:
-    def getErrorMessage(self):
-        return "test"
 
 
 class Link(SynchronousTestCase):
@@ -93,7 +41,7 @@ from twisted.test import iosim
 
 from nymtx.backoff import backoff_policy
 from nymtx.gateway import link as link_module
-from nymtx.gateway.server import ClientServerFactory, listener_factory
+from nymtx.gateway.private_server import PrivateClientFactory, listener_factory
 from nymtx.gateway.store import MailboxStore
 
 
@@ -105,7 +53,8 @@ class Gateway:
         self.store = MailboxStore.open(reactor, case.mktemp())
         case.addCleanup(self.store.close)
         self.keys = KeyPair.generate()
-        self.factory = listener_factory(ClientServerFactory(self.store, self.keys), clock=reactor)
+        self.inner = PrivateClientFactory(self.store, self.keys, clock=reactor)
+        self.factory = listener_factory(self.inner)
         self.pumps = []
 
     def accept(self, index=-1, greet=True):
@@ -124,9 +73,9 @@ class Gateway:
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
 
 
-def make_link(case, reactor, keys, token, gateway_key=None, **kwargs):
+def make_link(case, reactor, keys, gateway_key=b"g" * 32, **kwargs):
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", 9000)
-    link = GatewayLink(reactor, ADDRESS, keys, token, gateway_key,
+    link = GatewayLink(reactor, ADDRESS, keys, gateway_key,
                        initial_backoff=0.5, maximum_backoff=30.0, endpoint=endpoint, **kwargs)
     return link
 
@@ -144,8 +93,8 @@ class LinkLifecycle(SynchronousTestCase):
         self.token = os.urandom(32)
         self.gateway.store.register(self.alice.public_key, self.token)
 
-    def link(self, token=None, **kwargs):
-        link = make_link(self, self.reactor, self.alice, token or self.token,
+    def link(self, keys=None, **kwargs):
+        link = make_link(self, self.reactor, keys or self.alice,
                          self.gateway.keys.public_key, rng=random.Random(1), **kwargs)
         return link
 
@@ -167,7 +116,13 @@ class LinkLifecycle(SynchronousTestCase):
         self.assertEqual(body, b"hello")
         acked = link.ack([mid])
         pump.flush()
+        self.assertNoResult(acked)  # it rides on the next pull
+        pulled = link.pull()
+        pump.flush()
+        self.assertEqual(self.successResultOf(pulled), [])
         self.assertEqual(self.successResultOf(acked), 1)
+        self.assertEqual(self.gateway.store.usage(self.alice.public_key), (0, 0))
+        self.reactor.advance(0)   # the store commits the turn's acks
 
         # the gateway drops the connection: the link waits, then redials
         with capturedLogs() as events:
@@ -223,7 +178,7 @@ class LinkLifecycle(SynchronousTestCase):
         delays = set()
         for seed in range(20):
             reactor = MemoryReactorClock()
-            link = make_link(self, reactor, self.alice, self.token, rng=random.Random(seed))
+            link = make_link(self, reactor, self.alice, rng=random.Random(seed))
             link.start()
             for _ in range(8):  # well past the cap
                 reactor.tcpClients[-1][2].clientConnectionFailed(
@@ -236,20 +191,22 @@ class LinkLifecycle(SynchronousTestCase):
         self.assertGreater(len(delays), 15)  # not in lockstep
         self.assertTrue(all(15.0 < d <= 30.0 for d in delays), delays)
 
-    def test_bad_token_backs_off_like_a_refused_connection(self):
-        link = self.link(token=b"\x00" * 32)
+    def test_refused_key_backs_off_like_a_refused_connection(self):
+        # the gateway is full: a new key is refused inside the channel
+        self.gateway.store.max_clients = 1
+        link = self.link(keys=KeyPair.generate())
         link.start()
         delays = []
         for _ in range(4):
             self.gateway.accept().flush()
             self.assertIs(link.state, link_module.LinkState.WAITING)
-            self.assertIn("bad-token", str(link.last_error))
+            self.assertIn("(full)", str(link.last_error))
             delays.append(pending_delay(self.reactor))
             self.reactor.advance(delays[-1])
         # the TCP connection came up each time, yet the wait grows
         self.assertTrue(delays[3] > 1.0 > delays[0], delays)
         e = self.failureResultOf(link.pull(), GatewayLinkError).value
-        self.assertIn("bad-token", str(e))
+        self.assertIn("(full)", str(e))
         d = link.stop()
         for pump in self.gateway.pumps:
             pump.flush()
@@ -262,7 +219,7 @@ class LinkLifecycle(SynchronousTestCase):
         factory = self.reactor.tcpClients[-1][2]
         client = factory.buildProtocol(None)
         transport = StringTransport()
-        client.makeConnection(transport)  # TCP up, but no hello ever comes
+        client.makeConnection(transport)  # TCP up, but no message 2 ever comes
         self.assertIs(link.state, link_module.LinkState.CONNECTING)
         self.reactor.advance(5.0)
         self.assertTrue(transport.disconnecting)
@@ -288,14 +245,13 @@ class LinkLifecycle(SynchronousTestCase):
     def test_stop_during_the_handshake_closes_the_connection(self):
         link = self.link()
         link.start()
-        pump = self.gateway.accept(greet=False)  # connected, hello not read yet
+        pump = self.gateway.accept(greet=False)  # connected, handshake not done yet
         self.assertIs(link.state, link_module.LinkState.CONNECTING)
         d = link.stop()
         pump.flush()
         self.successResultOf(d)
         self.assertIs(link.state, link_module.LinkState.STOPPED)
-        self.assertEqual(self.gateway.factory.connections, set())
-
+        self.assertEqual(self.gateway.inner.channels, set())
 
     def test_stop_from_callbacks_of_the_link_itself(self):
         # Deferred callbacks re-enter: a when_ready() waiter that stops the
@@ -306,7 +262,7 @@ class LinkLifecycle(SynchronousTestCase):
         pump = self.gateway.accept()
         pump.flush()
         self.assertIs(link.state, link_module.LinkState.STOPPED)
-        self.assertFalse(self.gateway.factory.connections)
+        self.assertFalse(self.gateway.inner.channels)
 
         link.start()
         pump = self.gateway.accept()

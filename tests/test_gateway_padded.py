@@ -26,15 +26,17 @@ def answers(draw):
 
 requests = st.one_of(
     st.just(P.Register()),
-    st.lists(ids, max_size=P.PULL_SIZE).map(lambda l: P.Pull(tuple(l))))
+    st.builds(lambda l, take: P.Pull(tuple(l), take),
+              st.lists(ids, max_size=P.PULL_SIZE), st.booleans()))
 
 
 class Sizes(SynchronousTestCase):
     def test_the_sizes(self):
         self.assertEqual(P.MESSAGE_ROOM, 975)
-        self.assertEqual(P.REQUEST_SIZE, 42)
+        self.assertEqual(P.PULL_SIZE, 10)
+        self.assertEqual(P.REQUEST_SIZE, 82)
         self.assertEqual(P.SLOT_SIZE, 985)
-        self.assertEqual(P.ANSWER_SIZE, 4927)
+        self.assertEqual(P.ANSWER_SIZE, 9852)
 
     def test_every_request_one_size(self):
         for value in (P.Register(), P.Pull(), P.Pull((1,)), P.Pull((1, 2, 3, 4, 5))):
@@ -48,8 +50,9 @@ class Sizes(SynchronousTestCase):
 
     def test_layout(self):
         self.assertEqual(P.encode_request(P.Pull((1, 258))).hex(),
-                         "0202" + "0000000000000001" + "0000000000000102" + "00" * 24)
-        self.assertEqual(P.encode_request(P.Register()), b"\x01" + b"\x00" * 41)
+                         "0202" + "0000000000000001" + "0000000000000102" + "00" * 64)
+        self.assertEqual(P.encode_request(P.Register()), b"\x01" + b"\x00" * 81)
+        self.assertEqual(P.encode_request(P.Pull(take=False)), b"\x03" + b"\x00" * 81)
         answer = P.encode_answer(P.Messages(((7, b"ab"),), 1))
         self.assertEqual(answer[:14].hex(), "8401" + "0000000000000007" + "0002" + "6162")
         self.assertEqual(answer[14:], b"\x00" * (P.ANSWER_SIZE - 14))
@@ -59,17 +62,17 @@ class Sizes(SynchronousTestCase):
 
 class Encoding(SynchronousTestCase):
     def test_refuses_what_does_not_fit(self):
-        for value in (P.Pull((1,) * 6), P.Pull((0,)), P.Pull((1 << 63,)), P.Pull(("1",))):
+        for value in (P.Pull((1,) * 11), P.Pull((0,)), P.Pull((1 << 63,)), P.Pull(("1",))):
             self.assertRaises(ValueError, P.encode_request, value)
-        for value in (P.Messages(tuple((i, b"") for i in range(1, 7))),
+        for value in (P.Messages(tuple((i, b"") for i in range(1, 12))),
                       P.Messages(((1, b"x" * 976),)),
                       P.Messages(((0, b""),)),
                       P.Messages(((1, b""), (1, b""))),
-                      P.Messages((), 6),
+                      P.Messages((), 11),
                       P.Error(256, "")):
             self.assertRaises(ValueError, P.encode_answer, value)
-        self.assertRaises(TypeError, P.encode_request, F.Pull(1))
-        self.assertRaises(TypeError, P.encode_answer, F.Acked(1))
+        self.assertRaises(TypeError, P.encode_request, P.Messages())
+        self.assertRaises(TypeError, P.encode_answer, P.Pull())
 
     def test_long_error_text_cut_on_a_character(self):
         value = P.parse_answer(P.encode_answer(P.Error(1, "a" + "é" * 1000)))
@@ -99,12 +102,12 @@ class Parsing(SynchronousTestCase):
 
     def test_bad_requests(self):
         good = bytearray(P.encode_request(P.Pull((1, 2))))
-        self.assertMalformed(P.parse_request, bytes(good[:-1]), "41 bytes, expected 42")
-        self.assertMalformed(P.parse_request, bytes(good) + b"\x00", "43 bytes")
+        self.assertMalformed(P.parse_request, bytes(good[:-1]), "81 bytes, expected 82")
+        self.assertMalformed(P.parse_request, bytes(good) + b"\x00", "83 bytes")
         self.assertMalformed(P.parse_request, b"\x07" + bytes(good[1:]), "type 0x07",
                              F.E_UNKNOWN_TYPE)
         self.assertMalformed(P.parse_request, b"\x01\x01" + bytes(good[2:]), "register request")
-        self.assertMalformed(P.parse_request, b"\x02\x06" + bytes(good[2:]), "6 ids, at most 5")
+        self.assertMalformed(P.parse_request, b"\x02\x0b" + bytes(good[2:]), "11 ids, at most 10")
         bad = bytearray(good)
         bad[-1] = 1
         self.assertMalformed(P.parse_request, bytes(bad), "padding after 2 ids is not zero")
@@ -116,9 +119,9 @@ class Parsing(SynchronousTestCase):
 
     def test_bad_answers(self):
         good = P.encode_answer(P.Messages(((7, b"ab"), (8, b"c")), 2))
-        self.assertMalformed(P.parse_answer, good[:-1], "4926 bytes, expected 4927")
+        self.assertMalformed(P.parse_answer, good[:-1], "9851 bytes, expected 9852")
         self.assertMalformed(P.parse_answer, b"\x85" + good[1:], "type 0x85", F.E_UNKNOWN_TYPE)
-        self.assertMalformed(P.parse_answer, b"\x84\x06" + good[2:], "6 acked")
+        self.assertMalformed(P.parse_answer, b"\x84\x0b" + good[2:], "11 acked")
 
         def at(offset, data, base=good):
             b = bytearray(base)

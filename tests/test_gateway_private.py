@@ -18,7 +18,8 @@ from nymtx.gateway import channel as C
 from nymtx.gateway import frames as F
 from nymtx.gateway import padded as P
 from nymtx.gateway.private_link import ClientChannel, PrivateLinkError, connect
-from nymtx.gateway.private_server import IDLE_TIMEOUT, PrivateClientFactory
+from nymtx.gateway.private_server import (
+    IDLE_TIMEOUT, PrivateClientFactory, RegistrationLimit, listener_factory)
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
 
@@ -55,16 +56,17 @@ class Private(SynchronousTestCase):
         self.store = MailboxStore.open(self.clock, self.mktemp())
         self.addCleanup(self.store.close)
         self.factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock)
+        self.listener = listener_factory(self.factory)
 
     def connect(self, keys=ALICE, gateway_key=GATEWAY.public_key):
-        server = self.factory.buildProtocol(None)
+        server = self.listener.buildProtocol(None)
+        self.server = server.wrappedProtocol
         client = ClientChannel(keys, gateway_key, self.clock)
         self.client_bytes = Recorder(server)
         self.server_bytes = Recorder(client)
         st = FakeTransport(server, isServer=True)
         ct = FakeTransport(client, isServer=False)
         self.pump = iosim_connect(server, st, client, ct, clock=self.clock)
-        self.server = server
         return client
 
     def established(self, client):
@@ -84,17 +86,17 @@ class Private(SynchronousTestCase):
         link = self.established(self.connect())
         self.assertIsNone(self.call(link.register()))
         self.assertTrue(self.store.is_registered(ALICE.public_key))
-        self.deliver(ALICE, *[b"m%d" % i for i in range(7)])
+        self.deliver(ALICE, *[b"m%d" % i for i in range(12)])
         first = self.call(link.pull())
-        self.assertEqual([b for _, b in first.messages], [b"m%d" % i for i in range(5)])
+        self.assertEqual([b for _, b in first.messages], [b"m%d" % i for i in range(10)])
         self.assertEqual(first.acked, 0)
         # once per connection: the next pull goes on from there
         second = self.call(link.pull())
-        self.assertEqual([b for _, b in second.messages], [b"m5", b"m6"])
+        self.assertEqual([b for _, b in second.messages], [b"m10", b"m11"])
         self.assertEqual(self.call(link.pull()).messages, ())
         # acks may come later than the next pull
         answer = self.call(link.pull([i for i, _ in first.messages]))
-        self.assertEqual((answer.acked, answer.messages), (5, ()))
+        self.assertEqual((answer.acked, answer.messages), (10, ()))
         # what is not acked comes again on the next connection
         link.close()
         self.pump.flush()
@@ -121,11 +123,11 @@ class Private(SynchronousTestCase):
     def test_pipelined_pulls(self):
         link = self.established(self.connect())
         self.call(link.register())
-        self.deliver(ALICE, *[b"%d" % i for i in range(23)])
+        self.deliver(ALICE, *[b"%d" % i for i in range(43)])
         ds = [link.pull() for _ in range(6)]
         self.pump.flush()
         got = [b for d in ds for _, b in self.successResultOf(d).messages]
-        self.assertEqual(got, [b"%d" % i for i in range(23)])
+        self.assertEqual(got, [b"%d" % i for i in range(43)])
 
     def test_store_pull_after(self):
         self.store.register(ALICE.public_key, b"t" * 32)
@@ -144,8 +146,8 @@ class Private(SynchronousTestCase):
         self.call(link.pull([ident]))
         self.call(link.pull())
         up, down = self.client_bytes.messages(), self.server_bytes.messages()
-        self.assertEqual([len(m) for m in up], [98] + [61] * 4)
-        self.assertEqual([len(m) for m in down], [50] + [4946] * 4)
+        self.assertEqual([len(m) for m in up], [98] + [101] * 4)
+        self.assertEqual([len(m) for m in down], [50] + [9871] * 4)
         wire = b"".join(up + down)
         for needle in (secret, secret[:8], ALICE.public_key, ALICE.public_key[:8],
                        struct.pack(">Q", ident)):
@@ -167,7 +169,10 @@ class Private(SynchronousTestCase):
         failure = self.failureResultOf(self.call_failing(link.pull()), PrivateLinkError)
         self.assertIn("unknown-client", str(failure.value))
         self.assertEqual(self.factory.errors["unknown-client"], 1)
-        # the same connection can register and go on
+        # that connection is closed; a new one may register and go on
+        self.pump.flush()
+        self.assertTrue(link._lost)
+        link = self.established(self.connect(BOB))
         self.call(link.register())
         self.assertEqual(self.call(link.pull()).messages, ())
 
@@ -223,7 +228,7 @@ class Private(SynchronousTestCase):
         answers = []
         link.dataReceived = lambda data: answers.append(P.parse_answer(data))
         for n in range(5):
-            client.transport.write(client.channel.send(b"\x09" + b"\x00" * 41))
+            client.transport.write(client.channel.send(b"\x09" + b"\x00" * (P.REQUEST_SIZE - 1)))
             self.pump.flush()
         self.assertEqual([a.code for a in answers], [F.E_UNKNOWN_TYPE] * 5)
         self.pump.flush()
@@ -245,17 +250,18 @@ class Private(SynchronousTestCase):
         self.assertTrue(link._lost)
 
     def test_handshake_timeout_frees_the_slot(self):
-        self.factory.max_connections = 1
-        server = self.factory.buildProtocol(None)
+        self.listener.max_connections = 1
+        server = self.listener.buildProtocol(None)
         transport = StringTransport()
         server.makeConnection(transport)
-        self.assertIsNone(self.factory.buildProtocol(None))
-        self.assertEqual(self.factory.refused, 1)
+        self.assertIsNone(self.listener.buildProtocol(None))
+        self.assertEqual(self.listener.refused, 1)
         self.clock.advance(C.HANDSHAKE_TIMEOUT)
         self.assertTrue(transport.disconnecting)
+        self.assertIn("handshake not finished", server.wrappedProtocol.close_reason)
         server.connectionLost(None)
         self.assertEqual(self.factory.channels, set())
-        self.assertIsNotNone(self.factory.buildProtocol(None))
+        self.assertIsNotNone(self.listener.buildProtocol(None))
 
     def test_answers_wait_while_the_client_does_not_read(self):
         link = self.established(self.connect())
@@ -285,13 +291,13 @@ class Private(SynchronousTestCase):
     def test_client_refuses_a_broken_answer(self):
         link = self.established(self.connect())
         d = link.pull()
-        link.dataReceived(b"\x84\x09" + b"\x00" * (P.ANSWER_SIZE - 2))
+        link.dataReceived(b"\x84\x0b" + b"\x00" * (P.ANSWER_SIZE - 2))
         self.failureResultOf(d, PrivateLinkError)
         self.assertIn("broken answer", str(link.error))
 
     def test_pull_of_too_many_acks(self):
         link = self.established(self.connect())
-        self.failureResultOf(link.pull(range(1, 7)), ValueError)
+        self.failureResultOf(link.pull(range(1, P.PULL_SIZE + 2)), ValueError)
 
 
 class OverTCP(TestCase):
@@ -301,13 +307,14 @@ class OverTCP(TestCase):
         self.store = MailboxStore.open(reactor, self.mktemp())
         self.addCleanup(self.store.close)
         self.factory = PrivateClientFactory(self.store, GATEWAY, clock=reactor)
-        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        self.listener = listener_factory(self.factory)
+        d = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.listener)
         return d.addCallback(self._listening)
 
     def _listening(self, port):
         self.port = port
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.factory.close_all)
+        self.addCleanup(self.listener.close_all, abort=True)
 
     def endpoint(self):
         return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
@@ -379,8 +386,8 @@ class OverTCP(TestCase):
                 stream = stream[2 + n:]
             return out
         up, down = messages(captured["up"]), messages(captured["down"])
-        self.assertEqual([len(m) for m in up], [98] + [61] * 6)
-        self.assertEqual([len(m) for m in down], [50] + [4946] * 6)
+        self.assertEqual([len(m) for m in up], [98] + [101] * 6)
+        self.assertEqual([len(m) for m in down], [50] + [9871] * 6)
         wire = b"".join(captured["up"] + captured["down"])
         for needle in (secret, secret[:10], cover, ALICE.public_key, ALICE.public_key[:10],
                        GATEWAY.public_key[:10]):
@@ -402,7 +409,7 @@ class OverTCP(TestCase):
 
 
 class FuzzRequests(SynchronousTestCase):
-    """Any 42 bytes a proven client sends get exactly one well-formed answer."""
+    """Any REQUEST_SIZE bytes a proven client sends get exactly one well-formed answer."""
 
     @given(st.binary(min_size=P.REQUEST_SIZE, max_size=P.REQUEST_SIZE))
     def test_any_request(self, data):
@@ -425,3 +432,66 @@ class FuzzRequests(SynchronousTestCase):
                 self.assertIn(kept, P.parse_request(data).acks)
         finally:
             store.close()
+
+
+class RegistrationLimits(SynchronousTestCase):
+    def peer(self, host):
+        from twisted.internet.address import IPv4Address, IPv6Address
+        return (IPv6Address if ":" in host else IPv4Address)("TCP", host, 1234)
+
+    def test_per_source_burst_then_one_per_period(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, per_source_burst=2, per_source_seconds=100,
+                                  total_burst=100, total_seconds=0.001)
+        a = self.peer("192.0.2.1")
+        self.assertIsNone(limit.allow(a))
+        self.assertIsNone(limit.allow(a))
+        self.assertIn("from 192.0.2.1", limit.allow(a))
+        self.assertIsNone(limit.allow(self.peer("192.0.2.2")))   # another source
+        clock.advance(100)
+        self.assertIsNone(limit.allow(a))
+        self.assertIsNotNone(limit.allow(a))
+
+    def test_ipv6_counts_by_64_and_mapped_ipv4_as_ipv4(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, per_source_burst=1, total_burst=100)
+        self.assertIsNone(limit.allow(self.peer("2001:db8:1:2::1")))
+        self.assertIn("2001:db8:1:2::/64", limit.allow(self.peer("2001:db8:1:2::ffff")))
+        self.assertIsNone(limit.allow(self.peer("2001:db8:1:3::1")))
+        self.assertIsNone(limit.allow(self.peer("::ffff:192.0.2.9")))
+        self.assertIsNotNone(limit.allow(self.peer("192.0.2.9")))
+
+    def test_total_bound_whatever_the_sources(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, total_burst=5, total_seconds=10)
+        results = [limit.allow(self.peer(f"198.51.100.{i}")) for i in range(50)]
+        self.assertEqual(results[:5], [None] * 5)
+        self.assertTrue(all("at this gateway" in r for r in results[5:]))
+        clock.advance(10)
+        self.assertIsNone(limit.allow(self.peer("203.0.113.1")))
+
+    def test_memory_bounded_by_max_sources(self):
+        clock = Clock()
+        limit = RegistrationLimit(clock, total_burst=10**6, total_seconds=1e-6,
+                                  max_sources=100)
+        for i in range(1000):
+            limit.allow(self.peer(f"10.0.{i // 256}.{i % 256}"))
+            self.assertLessEqual(len(limit._sources), 100)
+
+    def test_the_gateway_refuses_over_the_limit(self):
+        clock = Clock()
+        store = MailboxStore.open(clock, ":memory:")
+        self.addCleanup(store.close)
+        factory = PrivateClientFactory(store, GATEWAY, clock=clock,
+                                       admission=RegistrationLimit(clock, per_source_burst=1))
+        answers = []
+        for keys in (ALICE, BOB, ALICE):
+            inner = factory.accept(keys.public_key)
+            transport = StringTransport(peerAddress=self.peer("192.0.2.7"))
+            inner.makeConnection(transport)
+            inner.dataReceived(P.encode_request(P.Register()))
+            answers.append(P.parse_answer(transport.value()))
+        self.assertEqual(answers[0], P.Registered())
+        self.assertEqual(P.error_name(answers[1].code), "rate-limited")
+        self.assertEqual(answers[2], P.Registered())   # already registered: free
+        self.assertEqual(factory.errors["rate-limited"], 1)

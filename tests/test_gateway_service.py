@@ -59,9 +59,8 @@ class GatewayEndToEnd(TestCase):
         return NodeAddress.parse(f"127.0.0.1:{port}")
 
     @inlineCallbacks
-    def link(self, service, keys, token):
-        link = GatewayLink(reactor, self.address(service), keys, token,
-                           gateway_key=self.keys.public_key)
+    def link(self, service, keys, token=None):
+        link = GatewayLink(reactor, self.address(service), keys, self.keys.public_key)
         link.start()
         self.addCleanup(link.stop)
         yield link.when_ready()
@@ -94,6 +93,7 @@ class GatewayEndToEnd(TestCase):
         service = yield self.start()
         token = yield register(reactor, self.address(service), self.alice,
                                gateway_key=self.keys.public_key)
+        self.assertIsNone(token)  # no bearer secret: the key is proven in each handshake
         self.assertTrue(service.store.is_registered(self.alice.public_key))
         yield self.send_packets(self.address(service, "mix"),
                                 [self.packet(service, b"m%d" % i) for i in range(3)])
@@ -101,16 +101,23 @@ class GatewayEndToEnd(TestCase):
         link = yield self.link(service, self.alice, token)
         got = yield link.pull()
         self.assertEqual([m for _, m in got], [b"m0", b"m1", b"m2"])
-        again = yield link.pull()
-        self.assertEqual(again, got)  # not acknowledged: delivered again
-        deleted = yield link.ack([i for i, _ in got])
-        self.assertEqual(deleted, 3)
+        # sent once per connection; not acknowledged: delivered again on the next
         self.assertEqual((yield link.pull()), [])
+        yield link.stop()
+        link = yield self.link(service, self.alice)
+        again = yield link.pull()
+        self.assertEqual(again, got)
+        # the ack rides on the next pull, and fires once that pull is answered
+        deleted = link.ack([i for i, _ in got])
+        self.assertNoResult(deleted)
+        self.assertEqual((yield link.pull()), [])
+        self.assertEqual((yield deleted), 3)
+        self.assertEqual(service.store.usage(self.alice.public_key), (0, 0))
 
     @inlineCallbacks
     def test_survives_restart(self):
         service = yield self.start()
-        token = yield register(reactor, self.address(service), self.alice)
+        token = yield register(reactor, self.address(service), self.alice, self.keys.public_key)
         yield self.send_packets(self.address(service, "mix"), [self.packet(service, b"kept")])
         yield self.wait_stored(service, 1)
         link = yield self.link(service, self.alice, token)
@@ -125,19 +132,22 @@ class GatewayEndToEnd(TestCase):
         self.assertEqual((yield link.pull()), [(ident, b"kept")])
 
     @inlineCallbacks
-    def test_wrong_token_refused(self):
-        service = yield self.start()
-        yield register(reactor, self.address(service), self.alice)
-        link = GatewayLink(reactor, self.address(service), self.alice, b"x" * 32,
+    def test_refused_key_backs_off(self):
+        # a full gateway refuses a new key inside the channel: the link says
+        # why and backs off, as it did for a wrong token on the old link
+        service = yield self.start(max_clients=1)
+        yield register(reactor, self.address(service), KeyPair.generate(),
+                       self.keys.public_key)
+        link = GatewayLink(reactor, self.address(service), self.alice, self.keys.public_key,
                            initial_backoff=5)
         link.start()
         self.addCleanup(link.stop)
         while link.last_error is None:
             yield sleep(0.005)
-        self.assertIn("bad-token", str(link.last_error))
+        self.assertIn("(full)", str(link.last_error))
         e = yield self.assertFailure(link.pull(), GatewayLinkError)
         self.assertIn("not connected", str(e))
-        self.assertIn("token", str(e))
+        self.assertIn("full", str(e))
 
     @inlineCallbacks
     def test_wrong_gateway_key(self):
@@ -145,7 +155,7 @@ class GatewayEndToEnd(TestCase):
         d = register(reactor, self.address(service), self.alice,
                      gateway_key=KeyPair.generate().public_key)
         e = yield self.assertFailure(d, GatewayLinkError)
-        self.assertIn("public key", str(e))
+        self.assertIn("handshake", str(e))
         self.assertFalse(service.store.is_registered(self.alice.public_key))
 
     @inlineCallbacks
@@ -153,13 +163,14 @@ class GatewayEndToEnd(TestCase):
         service = yield self.start()
         address = self.address(service)
         yield service.stopService()
-        e = yield self.assertFailure(register(reactor, address, self.alice), GatewayLinkError)
+        e = yield self.assertFailure(register(reactor, address, self.alice, self.keys.public_key),
+                                     GatewayLinkError)
         self.assertIn("cannot connect", str(e))
 
     @inlineCallbacks
     def test_link_reconnects(self):
         service = yield self.start()
-        token = yield register(reactor, self.address(service), self.alice)
+        token = yield register(reactor, self.address(service), self.alice, self.keys.public_key)
         link = yield self.link(service, self.alice, token)
         yield service.client_listener.factory.close_all(abort=True)
         yield self.assertFailure(link.pull(), GatewayLinkError)
@@ -196,7 +207,7 @@ class GatewayEndToEnd(TestCase):
     def test_presence(self):
         directory = FakeDirectory()
         service = yield self.start(directory=directory, location="lab")
-        yield register(reactor, self.address(service), self.alice)
+        yield register(reactor, self.address(service), self.alice, self.keys.public_key)
         while len(directory.announced_gateways) < 1:
             yield sleep(0.005)
         first = directory.announced_gateways[0]
@@ -213,7 +224,7 @@ class GatewayEndToEnd(TestCase):
     def test_through_three_mixnodes(self):
         from nymtx.mixnode.service import MixnodeService
         service = yield self.start()
-        token = yield register(reactor, self.address(service), self.alice)
+        token = yield register(reactor, self.address(service), self.alice, self.keys.public_key)
         hops = []
         for layer in (1, 2, 3):
             keys = KeyPair.generate()
@@ -253,7 +264,8 @@ class WithDirectory(TestCase):
                                  url, presence_interval=0.05)
         service.startService()
         _, client_port = yield service.whenListening()
-        yield register(reactor, NodeAddress.parse(f"127.0.0.1:{client_port}"), alice)
+        yield register(reactor, NodeAddress.parse(f"127.0.0.1:{client_port}"), alice,
+                       keys.public_key)
         reader = DirectoryClient(url, reactor=reactor, treq=service.directory.treq)
         for _ in range(200):
             topology = yield reader.get_topology()
@@ -290,7 +302,7 @@ class WithDirectory(TestCase):
         yield service.stopService()
         self.assertGreaterEqual(service.heartbeat.runs, 3)
         texts = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
-        self.assertFalse([t for t in texts if "ClientFactory" in t], texts)
+        self.assertFalse([t for t in texts if "HTTP11ClientFactory" in t], texts)
 
 
 class PresenceSizeTests(SynchronousTestCase):

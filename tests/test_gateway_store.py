@@ -332,3 +332,69 @@ class Failures(SynchronousTestCase):
         self.assertRaises(StoreError, store.check_token, ALICE, b"t" * 32)
         self.assertRaises(StoreError, store.pull, ALICE, 10)
         self.assertRaises(StoreError, store.ack, ALICE, [1])
+
+
+class AckCommits(SynchronousTestCase):
+    """Acks are deleted at once and committed together at the end of the turn."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.path = self.mktemp()
+        self.store = MailboxStore.open(self.clock, self.path)
+        self.addCleanup(self.store.close)
+        self.store.register(ALICE, b"t" * 32)
+        for m in (b"1", b"2", b"3"):
+            self.store.add(ALICE, m)
+        self.store.flush()
+        self.ids = [i for i, _ in self.store.pull(ALICE, 10)]
+
+    def on_disk(self):
+        import sqlite3
+        db = sqlite3.connect(self.path)
+        try:
+            return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        finally:
+            db.close()
+
+    def test_one_commit_per_turn(self):
+        self.assertEqual(self.store.ack(ALICE, self.ids[:1]), 1)
+        self.assertEqual(self.store.ack(ALICE, self.ids[1:2]), 1)
+        # deleted for this connection at once, on disk at the end of the turn
+        self.assertEqual([i for i, _ in self.store.pull(ALICE, 10)], self.ids[2:])
+        self.assertEqual(self.on_disk(), 3)
+        self.clock.advance(0)
+        self.assertEqual(self.on_disk(), 1)
+        self.assertEqual(self.store.usage(ALICE), (1, 1))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_other_writes_commit_the_open_acks_first(self):
+        self.store.ack(ALICE, self.ids[:1])
+        self.store.register(BOB, b"u" * 32)
+        self.assertEqual(self.on_disk(), 2)
+        self.store.ack(ALICE, self.ids[1:2])
+        self.store.add(ALICE, b"4")
+        self.store.flush()
+        self.assertEqual(self.on_disk(), 2)
+        self.store.ack(ALICE, self.ids[2:])
+        self.store.expire_idle(10**9)
+        self.assertEqual(self.on_disk(), 1)
+        self.store.close()
+        self.assertEqual(self.on_disk(), 1)
+
+    def test_a_failed_commit_puts_the_messages_and_their_quota_back(self):
+        self.store.ack(ALICE, self.ids)
+        self.assertEqual(self.store.usage(ALICE), (0, 0))
+        real = self.store.db
+
+        class DiskFull:
+            in_transaction = property(lambda self: real.in_transaction)
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real.execute(sql, *args)
+        self.store.db = DiskFull()
+        self.assertRaises(StoreError, self.store.commit_acks)
+        self.store.db = real
+        self.assertEqual(self.store.usage(ALICE), (3, 3))
+        self.assertEqual([i for i, _ in self.store.pull(ALICE, 10)], self.ids)

@@ -95,3 +95,24 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertIn(f"gateway mix listener cannot listen on tcp:{port}",
                       result.stdout + result.stderr)
+
+    def test_twistd_nym_gateway_refuses_an_unreadable_store_and_says_what_to_run(self):
+        home = self.mktemp()
+        init = self.run_process(sys.executable, "-m", "nymtx.gateway.cli", "init",
+                                "--id", "G2", "--home", home, "--mix-port", "0",
+                                "--clients-port", "0", "--host", "127.0.0.1",
+                                "--directory", "")
+        self.assertEqual(init.returncode, 0, init.stderr)
+        from nymtx.gateway.config import data_dir
+        path = os.path.join(str(data_dir("G2", home)), "gateway.sqlite")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"this is no sqlite file" * 100)
+        result = self.run_process(*TWISTD, "nym-gateway", "--id", "G2", "--home", home)
+        out = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, out)
+        self.assertIn("file is not a database", out)
+        self.assertIn(f"mv {path} {path}.unreadable", out)
+        self.assertNotIn("Traceback", out)
+        with open(path, "rb") as f:   # and the file is left as it was
+            self.assertEqual(f.read(), b"this is no sqlite file" * 100)

@@ -119,6 +119,100 @@ def check_message(message, max_size=DEFAULT_MAX_MESSAGE_SIZE):
 
 
 @attrs.define(eq=False)
+class _PoissonRuns:
+    """Runs ``action`` at the events of a Poisson process of mean ``interval`` s.
+
+    The fetch loop's clock: the gaps are the client's own, drawn from *rng*,
+    and nothing the gateway sends or the client does moves them (a run is
+    scheduled before the one before it has finished, as PoissonLoop does),
+    so the times of the pulls carry no information (docs/decisions.md).
+    Runs may overlap (the private link pipelines its pulls); at most
+    ``max_in_flight`` at once, past it a run is skipped, which only says the
+    gateway is slow to the gateway itself. Failures are logged as
+    :class:`_Periodic` logs them; a run not finished after ``stall_after``
+    seconds (default ten intervals, at least 30 s) is said once, and again
+    when it finishes.
+    """
+
+    log = Logger()
+
+    clock: object
+    interval: float
+    action: object
+    name: str = "periodic task"
+    rng: object = None
+    max_in_flight: int = 8
+    stall_after: float = None
+    failures: int = 0
+    skipped: int = 0
+    _loop: object = None
+    _in_flight: dict = attrs.field(factory=dict)   # Deferred -> its stall watch
+    _quiet: object = None
+    _stalled: bool = False
+
+    def start(self):
+        """Start (a first run now); fires when that run has finished."""
+        self._loop = PoissonLoop(self._tick, self.interval, self.clock, self.rng)
+        self._loop.start(now=True)
+        return self._after(list(self._in_flight))
+
+    def _tick(self):
+        if len(self._in_flight) >= self.max_in_flight:
+            self.skipped += 1
+            return
+        limit = self.stall_after or max(30.0, 10 * self.interval)
+        d = maybeDeferred(self.action)
+        if d.called:
+            d.addErrback(self._failed)
+            return
+        if d in self._in_flight:
+            return   # the same operation still running (one Deferred handed back twice)
+        self._in_flight[d] = self.clock.callLater(limit, self._stall, limit)
+        d.addErrback(self._failed)
+        d.addBoth(self._done, d)
+
+    def _stall(self, limit):
+        if not self._stalled:
+            self._stalled = True
+            self.log.warn("the client's {name} has not finished after {limit:g} s",
+                          name=self.name, limit=limit)
+
+    def _failed(self, failure):
+        self.failures += 1
+        if self._quiet is None:
+            self._quiet = LogThrottle(self.clock)
+        count = self._quiet.allow("failed")
+        if count:
+            self.log.failure("the client's {name} failed ({count} time(s) since the last"
+                             " such line); it runs again on its schedule", failure,
+                             name=self.name, count=count)
+
+    def _done(self, result, d):
+        watch = self._in_flight.pop(d, None)
+        if watch is not None and watch.active():
+            watch.cancel()
+        if self._stalled and not self._in_flight:
+            self._stalled = False
+            self.log.info("the client's {name} finished at last", name=self.name)
+        return result
+
+    @staticmethod
+    def _after(deferreds):
+        async def wait():
+            for d in deferreds:
+                out = Deferred()
+                d.addBoth(lambda r, out=out: (out.callback(None), r)[1])
+                await out
+        return Deferred.fromCoroutine(wait())
+
+    def stop(self):
+        """Stop scheduling; fires once the runs in flight have finished."""
+        if self._loop is not None:
+            self._loop.stop()
+        return self._after(list(self._in_flight))
+
+
+@attrs.define(eq=False)
 class _Periodic:
     """Runs ``action`` now and every ``interval`` s after it finishes, never overlapping.
 
@@ -238,8 +332,9 @@ class ClientCore:
     # the topology, so without a link one is made when the topology lists it.
     connect_gateway: object = None
     rng: random.Random = attrs.field(factory=random.SystemRandom)
-    #: messages kept for the app; past it the fetch loop stops pulling and the
-    #: mail waits at the gateway (whose per-client quota then applies)
+    #: messages kept for the app; past it the fetch loop's pulls take nothing
+    #: (same schedule, same frames) and the mail waits at the gateway
+    #: (whose per-client quota then applies)
     max_inbox: int = 10000
     topology: object = None
     #: packets of real fragments sent
@@ -263,7 +358,7 @@ class ClientCore:
     _sending: PoissonLoop = attrs.field(init=False)
     _looping: PoissonLoop = attrs.field(init=False)
     _refresh: _Periodic = attrs.field(init=False)
-    _fetching: _Periodic = attrs.field(init=False)
+    _fetching: _PoissonRuns = attrs.field(init=False)
     _expiring: _Periodic = attrs.field(init=False)
     _blocked: object = None
     _directory_down: bool = False
@@ -291,8 +386,9 @@ class ClientCore:
                                     self.reactor, self.rng)
         self._refresh = _Periodic(self.reactor, c.topology_refresh_rate / 1000,
                                   self.refresh_topology, "topology refresh")
-        self._fetching = _Periodic(self.reactor, c.fetch_message_delay / 1000,
-                                   self.fetch_from_gateway, "fetch from the gateway")
+        self._fetching = _PoissonRuns(self.reactor, c.fetch_message_delay / 1000,
+                                      self.fetch_from_gateway, "fetch from the gateway",
+                                      rng=self.rng)
         self._expiring = _Periodic(self.reactor, EXPIRE_INTERVAL,
                                    self._receiver.reassembler.expire, "reassembly expiry")
 
@@ -606,16 +702,17 @@ class ClientCore:
         self.inbox.delete(ids)
 
     def fetch_from_gateway(self):
+        """One pull, on the fetch loop's Poisson clock. With the inbox full
+        it takes nothing, but still goes out and still carries acks: the
+        schedule and the frames stay the same whatever the inbox holds."""
         if self.gateway_link is None:
             return None
-        if len(self.inbox) >= self.max_inbox:
-            if not self._inbox_full:
-                self.log.warn("the inbox holds {n} messages: not pulling more from the gateway"
-                              " until the application fetches some", n=len(self.inbox))
-            self._inbox_full = True
-            return None
-        self._inbox_full = False
-        d = self.gateway_link.pull()
+        take = len(self.inbox) < self.max_inbox
+        if not take and not self._inbox_full:
+            self.log.warn("the inbox holds {n} messages: pulls take nothing from the gateway"
+                          " until the application fetches some", n=len(self.inbox))
+        self._inbox_full = not take
+        d = self.gateway_link.pull() if take else self.gateway_link.pull(0)
         d.addCallbacks(self._pulled, self._pull_failed)
         d.addErrback(self._store_failed)
         return d
@@ -657,10 +754,12 @@ class ClientCore:
         self.log.debug("pulled {n} payload(s): {m} message(s) completed",
                        n=len(pulled), m=len(stored))
         self._deliver(bool(stored))
+        # The ack rides on the next pull: waiting for it here would wait for
+        # that pull (the fetch loop does not wait anyway; see _PoissonRuns).
         d = self.gateway_link.ack(ids)
         d.addCallback(lambda _: self.inbox.acked(ids))
         d.addErrback(self._pull_failed)
-        return d
+        return None
 
     def _pull_failed(self, failure):
         if not self._gateway_down:

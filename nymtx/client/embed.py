@@ -45,9 +45,9 @@ def _default_links(reactor):
     return PacketLinks(reactor)
 
 
-def _default_gateway_link(reactor, gateway, keys, token):
+def _default_gateway_link(reactor, gateway, keys):
     from nymtx.gateway.link import GatewayLink
-    return GatewayLink(reactor, gateway.client_listener, keys, token, gateway.public_key)
+    return GatewayLink(reactor, gateway.client_listener, keys, gateway.public_key)
 
 
 def _default_register(reactor, address, keys, gateway_key):
@@ -133,8 +133,10 @@ async def _init(reactor, config, gateway_key, directory, register, rng):
         break
     else:
         raise InitError("could not register at any gateway: " + "; ".join(failures))
+    # The private link has no token (the key proven in each handshake is
+    # the credential); a registration that still returns one keeps it.
     config = config.evolve(provider_id=encode_key(candidate.public_key),
-                           provider_authtoken=encode_key(token))
+                           provider_authtoken=encode_key(token) if token else "")
     # Keys go to disk only now: a failed --force init leaves the old client whole.
     config.save_keys(keys)
     config.save()
@@ -177,7 +179,7 @@ class MixnetClient:
 
     def __attrs_post_init__(self):
         # Fail here, not at start(), on an uninitialised or unreadable client.
-        if not self.config.provider_id or not self.config.provider_authtoken:
+        if not self.config.provider_id:
             raise ConfigError(
                 f"client {self.config.id!r} has no gateway: run nym-client init first")
         keys = self.config.load_keys()
@@ -190,11 +192,10 @@ class MixnetClient:
         if self.inbox is None:
             self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.inbox = Inbox(self.config.inbox_path, self.reactor)
-        token = self.config.token
         self.core = ClientCore(
             self.reactor, self.config, keys, self.directory, self.links,
             self.gateway_link, self.inbox, rng=self.rng or random.SystemRandom(),
-            connect_gateway=lambda gw: _default_gateway_link(self.reactor, gw, keys, token))
+            connect_gateway=lambda gw: _default_gateway_link(self.reactor, gw, keys))
 
     @property
     def address(self):

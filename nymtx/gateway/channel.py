@@ -443,11 +443,23 @@ class ChannelProtocol(Protocol, TimeoutMixin):
                 self._fail(f"refused key {describe_key(self.channel.remote_key)}: {e}")
                 return
             self.inner = inner
+            self.proven()
             inner.makeConnection(self)
         for plaintext in frames:
             if self.channel.state != OPEN or self.transport.disconnecting:
                 return
             self.inner.dataReceived(plaintext)
+
+    # The transport's interfaces are copied onto this object for the inner
+    # protocol; a wrapping transport may bring IHalfCloseableProtocol along.
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def proven(self):
+        """The peer's key is proven and accepted: a hook for subclasses."""
 
     def timeoutConnection(self):
         self._fail(f"handshake not finished within {self.handshake_timeout:g} s")

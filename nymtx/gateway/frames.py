@@ -1,9 +1,17 @@
-"""The gateway client link's frames, shared by the gateway and the client.
+"""The error codes of the gateway's client link, and the plaintext frames of
+the release before it.
 
-Every frame is ``length (u32 big-endian) || type (u8) || fields``; the
-length counts the type byte and the fields. ``docs/gateway-protocol.md``
-lays out every frame byte by byte. Parsers raise :class:`FrameError` with an
-error code and a message naming the problem; nothing else escapes them.
+The link is the private one: :mod:`nymtx.gateway.channel` (Noise IK)
+carrying the fixed-size frames of :mod:`nymtx.gateway.padded`
+(``docs/gateway-protocol.md``); it shares the error codes, ``FrameError``
+and the ledger's ``token_hash`` defined here. Neither the gateway nor the
+client speaks the plaintext frames any more (every byte of them, a token
+at login and every message, crossed the wire in the clear: issue 10). Their
+pure codec stays, sending nothing, for what reads that release's traffic:
+``nymtx.measure`` (captures of it) and ``benchmarks/legacy_plaintext.py``
+(the baseline the private link is measured against). Frames are ``length
+(u32 big-endian) || type (u8) || fields``; parsers raise
+:class:`FrameError` with an error code and a message naming the problem.
 """
 
 import hashlib
@@ -54,6 +62,7 @@ E_NOT_AUTHENTICATED = 7
 E_ALREADY = 8
 E_INTERNAL = 9
 E_FULL = 10
+E_RATE_LIMITED = 11
 
 ERROR_NAMES = {
     E_MALFORMED: "malformed", E_UNKNOWN_TYPE: "unknown-type",
@@ -61,6 +70,7 @@ ERROR_NAMES = {
     E_UNKNOWN_CLIENT: "unknown-client", E_BAD_TOKEN: "bad-token",
     E_NOT_AUTHENTICATED: "not-authenticated", E_ALREADY: "already",
     E_INTERNAL: "internal", E_FULL: "full",
+    E_RATE_LIMITED: "rate-limited",
 }
 
 

@@ -1,32 +1,29 @@
-"""The client side of the gateway client link: register once, then pull and ack.
+"""The client side of the gateway client link: the private link, kept open.
 
-:func:`register` opens a connection, proves possession of the client key
-and returns the token. :class:`GatewayLink` keeps one authenticated
-connection open and sends pull and ack requests over it; the gateway
-answers every request in order, so answers are matched to requests by
-position.
+Every connection is a Noise IK channel (:mod:`nymtx.gateway.channel`): the
+client knows the gateway's key from the topology, proves its own key in the
+handshake, and then speaks the fixed-size requests of
+:mod:`nymtx.gateway.padded` inside it (:mod:`nymtx.gateway.private_link`).
+No bearer secret crosses the wire: a token in an old config.toml is never
+sent (``docs/client.md``).
 
-Two layers, kept apart so that another channel (an encrypted one) can
-replace the first without touching the second:
-
-- ``_LinkProtocol``: the framing, the hello and matching answers to
-  requests, on one connection. It knows nothing of reconnecting.
-- ``GatewayLink``: the lifecycle. Reconnecting is
-  ``twisted.application.internet.ClientService`` (Automat inside), with the
-  capped, jittered policy of :mod:`nymtx.backoff`; an attempt is the TCP
-  connect *and* the hello and authentication, so a gateway that accepts
-  connections but refuses the token backs off like one that is down. The
-  link is in one :class:`LinkState` at a time.
+:func:`register` opens one connection, registers the proven key and closes.
+:class:`GatewayLink` keeps one connection open and sends pulls over it;
+acknowledgements ride on later pulls, in their fixed id slots, so an ack is
+never a frame of its own. The lifecycle: reconnecting is
+``twisted.application.internet.ClientService`` (Automat inside), with the
+capped, jittered policy of :mod:`nymtx.backoff`; an attempt is the TCP
+connect *and* the handshake and (re-)registration, so a gateway that
+accepts connections but refuses the key backs off like one that is down.
+The link is in one :class:`LinkState` at a time.
 """
 
 import collections
 import enum
 
-from nacl.bindings import crypto_scalarmult
-from nacl.exceptions import CryptoError
 from twisted.application.internet import ClientService
 from twisted.internet.defer import (
-    CancelledError, Deferred, DeferredList, TimeoutError, fail, gatherResults, succeed)
+    CancelledError, Deferred, DeferredList, TimeoutError, fail, succeed)
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -35,106 +32,15 @@ from twisted.logger import Logger, globalLogPublisher
 from zope.interface import implementer
 
 from nymtx.backoff import backoff_policy
-from nymtx.gateway import frames as F
+from nymtx.gateway import padded as P
+from nymtx.gateway.private_link import ClientChannel, GatewayLinkError, PrivateLink, connect
 from nymtx.interfaces import IGatewayLink
 
-
-class GatewayLinkError(Exception):
-    """Not connected, refused, or an error frame; the message says which."""
-
-
-def _refusal(error):
-    name = F.ERROR_NAMES.get(error.code, f"code {error.code}")
-    return GatewayLinkError(f"gateway refused the request ({name}): {error.message}")
-
-
-class _LinkProtocol(Protocol):
-    """Waits for the gateway's hello, then matches answers to requests."""
-
-    def __init__(self, address, gateway_key=None):
-        self.address = address
-        self.gateway_key = gateway_key
-        self.decoder = F.FrameDecoder(F.MAX_FRAME_SIZE)
-        self.hello = Deferred()
-        self.waiting = collections.deque()
-        self.closed = Deferred()
-        self.error = None
-        self._lost = False
-
-    def dataReceived(self, data):
-        try:
-            for body in self.decoder.feed(data):
-                self._frame(F.parse_gateway_frame(body))
-        except (F.FrameError, GatewayLinkError) as e:
-            self._abort(GatewayLinkError(
-                f"gateway {self.address} broke the protocol: {e}"))
-
-    def _frame(self, value):
-        if not self.hello.called:
-            if not isinstance(value, F.Hello):
-                raise GatewayLinkError(f"expected hello, got {type(value).__name__}")
-            if value.version != F.PROTOCOL_VERSION:
-                raise GatewayLinkError(
-                    f"protocol version {value.version}, this client speaks {F.PROTOCOL_VERSION}")
-            if self.gateway_key is not None and value.gateway_key != self.gateway_key:
-                raise GatewayLinkError("its public key is not the one expected")
-            self.hello.callback(value)
-            return
-        if not self.waiting:
-            if isinstance(value, F.Error):
-                # the gateway's parting words before it closes the connection
-                self.error = _refusal(value)
-                return
-            raise GatewayLinkError(f"unrequested {type(value).__name__} frame")
-        d = self.waiting.popleft()
-        if d.called:
-            return  # cancelled (a handshake that timed out): its answer is dropped
-        if isinstance(value, F.Error):
-            d.errback(_refusal(value))
-        else:
-            d.callback(value)
-
-    def _abort(self, error):
-        self.error = error
-        self._fail_all(error)
-        self.transport.abortConnection()
-
-    def _fail_all(self, error):
-        if not self.hello.called:
-            self.hello.errback(error)
-        while self.waiting:
-            d = self.waiting.popleft()
-            if not d.called:
-                d.errback(error)
-
-    def request(self, value):
-        if self._lost:
-            return fail(GatewayLinkError(f"connection to gateway {self.address} is closed"))
-        d = Deferred()
-        self.waiting.append(d)
-        self.transport.write(F.encode(value))
-        return d
-
-    def connectionLost(self, reason):
-        self._lost = True
-        self.error = self.error or GatewayLinkError(
-            f"connection to gateway {self.address} lost: {reason.getErrorMessage()}")
-        # closed first: the link forgets this connection before any caller
-        # whose request failed can ask it for another one
-        self.closed.callback(None)
-        self._fail_all(self.error)
+__all__ = ["GatewayLink", "GatewayLinkError", "LinkState", "register"]
 
 
 def _endpoint(reactor, address):
     return HostnameEndpoint(reactor, address.host, address.port)
-
-
-def _proof(keys, hello):
-    try:
-        shared = crypto_scalarmult(keys.private_key, hello.gateway_key)
-    except CryptoError:
-        raise GatewayLinkError("the gateway's public key is not usable for X25519")
-    return F.registration_proof(shared, hello.nonce, keys.public_key)
 
 
 class _QuietFactory(Factory):
@@ -153,22 +59,21 @@ def _connect(endpoint, protocol):
     return endpoint.connect(_QuietFactory(protocol))
 
 
-def register(reactor, address, keys, gateway_key=None, timeout=10.0):
-    """Register *keys* at the gateway at *address*; fires with the 32-byte token."""
+def register(reactor, address, keys, gateway_key, timeout=10.0, endpoint=None):
+    """Register *keys* at the gateway at *address* whose key is *gateway_key*,
+    inside the channel; fires with None (there is no token: the key proven
+    in each handshake is the credential)."""
+    if gateway_key is None:
+        return fail(GatewayLinkError(
+            f"cannot register at gateway {address}: its public key is not known"))
 
     async def run():
+        link = await connect(endpoint or _endpoint(reactor, address), keys, gateway_key,
+                             reactor, address, handshake_timeout=timeout or 10.0)
         try:
-            proto = await _connect(_endpoint(reactor, address),
-                                   _LinkProtocol(address, gateway_key))
-        except Exception as e:
-            raise GatewayLinkError(f"cannot connect to gateway {address}: {e}") from e
-        try:
-            hello = await proto.hello
-            reply = await proto.request(F.Register(keys.public_key, _proof(keys, hello)))
-            return reply.token
+            await link.register()
         finally:
-            proto.transport.loseConnection()
-            await proto.closed
+            await link.close()
 
     d = Deferred.fromCoroutine(run())
     if timeout is not None:
@@ -194,13 +99,25 @@ _TRANSITIONS = {
     LinkState.STOPPING: {LinkState.STOPPED},
 }
 
-#: Seconds the hello and the authentication may take once TCP is up; a
+#: Seconds the handshake and the registration may take once TCP is up; a
 #: gateway that accepts and then says nothing must not hold the link for ever.
 HANDSHAKE_TIMEOUT = 10.0
 
 
+class _Acks:
+    """One ack() call: its ids not yet carried, and its Deferred."""
+
+    __slots__ = ("ids", "done", "in_flight", "deleted")
+
+    def __init__(self, ids):
+        self.ids = collections.deque(ids)
+        self.done = Deferred()
+        self.in_flight = 0
+        self.deleted = 0
+
+
 class _Gate(Protocol):
-    """The connection's protocol: the link protocol, plus the session once accepted.
+    """The connection's protocol: the channel, plus the session once accepted.
 
     ClientService must hear of a connection only once it is authenticated
     (it resets its backoff then) and of its loss only if it had heard of
@@ -230,7 +147,7 @@ class _Gate(Protocol):
 
 
 class _Session(Protocol):
-    """What ClientService holds: one authenticated connection, by its link protocol."""
+    """What ClientService holds: one proven connection, by its PrivateLink."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -275,18 +192,23 @@ class _Reconnector(ClientService):
 
 @implementer(IGatewayLink)
 class GatewayLink:
-    """One authenticated connection to a gateway, kept open while started."""
+    """One private connection to a gateway, kept open while started.
+
+    *gateway_key* is the gateway's public key (from the topology): the
+    handshake fails with any other gateway.
+    """
 
     log = Logger()
 
-    def __init__(self, reactor, address, keys, token, gateway_key=None,
+    def __init__(self, reactor, address, keys, gateway_key,
                  initial_backoff=0.1, maximum_backoff=30.0, *, endpoint=None,
                  retry_policy=None, handshake_timeout=HANDSHAKE_TIMEOUT, rng=None):
+        if gateway_key is None or len(gateway_key) != 32:
+            raise ValueError("a gateway link needs the gateway's 32-byte public key")
         self.reactor = reactor
         self.address = address
         self.keys = keys
-        self.token = token
-        self.gateway_key = gateway_key
+        self.gateway_key = bytes(gateway_key)
         self.initial_backoff = initial_backoff
         self.maximum_backoff = maximum_backoff
         self.handshake_timeout = handshake_timeout
@@ -298,6 +220,7 @@ class GatewayLink:
         self._gate = None          # the connection of the current attempt or session
         self._ready_waiters = []
         self._stopped = None       # Deferred of the stop under way, in STOPPING
+        self._acks = collections.deque()   # _Acks not yet all carried by a pull
         if endpoint is None:
             endpoint = _endpoint(reactor, address)
         self._sessions = _SessionFactory()
@@ -352,8 +275,9 @@ class GatewayLink:
         return outer
 
     async def _open(self, endpoint, factory):
-        proto = self._new_protocol()
-        gate = self._gate = _Gate(proto)
+        outer = self._new_protocol()
+        proto = outer.link
+        gate = self._gate = _Gate(outer)
         try:
             await endpoint.connect(_QuietFactory(gate))
         except CancelledError:
@@ -361,7 +285,7 @@ class GatewayLink:
         except Exception as e:
             self._failed(GatewayLinkError(f"cannot connect to gateway {self.address}: {e}"))
             raise self.last_error
-        handshake = Deferred.fromCoroutine(self._authenticate(proto))
+        handshake = Deferred.fromCoroutine(self._authenticate(outer))
         if self.handshake_timeout is not None:
             handshake.addTimeout(self.handshake_timeout, self.reactor)
         try:
@@ -388,16 +312,21 @@ class GatewayLink:
         session.makeConnection(gate.transport)
         return session
 
-    # The two places another channel plugs in. What the link uses of the
-    # protocol: request(frame) -> Deferred of the answer, closed (a Deferred
-    # fired on connectionLost before the requests fail), error (why it
-    # closed), _lost, transport; and whatever _authenticate awaits.
+    # What the link uses of a connection: the channel protocol (outer),
+    # whose .link is the PrivateLink: pull(acks, take), register(), closed
+    # (fired on connectionLost before the requests fail), error, _lost.
     def _new_protocol(self):
-        return _LinkProtocol(self.address, self.gateway_key)
+        return ClientChannel(self.keys, self.gateway_key, self.reactor,
+                             PrivateLink(self.address),
+                             handshake_timeout=self.handshake_timeout or 10.0)
 
-    async def _authenticate(self, proto):
-        await proto.hello
-        await proto.request(F.Authenticate(self.keys.public_key, self.token))
+    async def _authenticate(self, outer):
+        link = await outer.established
+        # On every connection: a key already registered is only touched
+        # (its registration does not expire); one whose registration
+        # expired, or a client initialised against an old gateway, is
+        # registered again, inside the channel.
+        await link.register()
 
     def _failed(self, error):
         self.last_error = error
@@ -408,7 +337,7 @@ class GatewayLink:
         self._to(LinkState.READY)
         self._protocol = proto
         self.last_error = None
-        self.log.info("authenticated at gateway {address}", address=str(self.address))
+        self.log.info("private link to gateway {address} up", address=str(self.address))
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
@@ -445,6 +374,11 @@ class GatewayLink:
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.errback(GatewayLinkError("the gateway link was stopped"))
+        acks, self._acks = self._acks, collections.deque()
+        for entry in acks:
+            if not entry.done.called:
+                entry.done.errback(GatewayLinkError(
+                    "the gateway link was stopped before these acks were carried"))
         waits = [self._service.stopService()]
         gate = self._gate
         # a connection that is up (or was aborted) closes later: wait for it;
@@ -486,26 +420,61 @@ class GatewayLink:
         return fail(GatewayLinkError(
             f"not connected to gateway {self.address} ({self.state.value}){why}"))
 
-    def pull(self, limit=100):
-        """Up to *limit* stored messages as (id, message), oldest first."""
+    def pull(self, limit=P.PULL_SIZE):
+        """One pull: the oldest stored messages not yet sent on this
+        connection, as (id, message), at most PULL_SIZE (none if *limit* is
+        0: a pull that only acknowledges, the same size on the wire). It
+        carries up to PULL_SIZE ids of earlier ack() calls."""
         if self._protocol is None:
             return self._not_connected()
-        limit = max(1, min(int(limit), F.MAX_PULL))
-        d = self._protocol.request(F.Pull(limit))
-        d.addCallback(lambda reply: list(reply.messages))
-        return d
+        entry, ids = self._carry()
+        d = self._protocol.pull(ids, take=limit > 0)
+
+        def answered(reply):
+            if entry is not None:
+                entry.in_flight -= 1
+                entry.deleted += reply.acked
+                self._settle(entry)
+            return list(reply.messages)
+
+        def failed(failure):
+            if entry is not None:
+                entry.in_flight -= 1
+                # not carried after all: the ids go back, for the next connection
+                entry.ids.extendleft(reversed(ids))
+                if entry not in self._acks:
+                    self._acks.appendleft(entry)
+            return failure
+        return d.addCallbacks(answered, failed)
+
+    def _carry(self):
+        # One ack() call per pull: the answer's acked count is then that
+        # call's alone. The core acks what one pull brought, at most
+        # PULL_SIZE ids, so a pull carries every id it has to.
+        while self._acks:
+            entry = self._acks[0]
+            if entry.ids:
+                ids = [entry.ids.popleft() for _ in range(min(P.PULL_SIZE, len(entry.ids)))]
+                if not entry.ids:
+                    self._acks.popleft()
+                entry.in_flight += 1
+                return entry, ids
+            self._acks.popleft()
+        return None, []
+
+    def _settle(self, entry):
+        if not entry.ids and entry.in_flight == 0 and not entry.done.called:
+            entry.done.callback(entry.deleted)
 
     def ack(self, ids):
-        """Delete the messages *ids* at the gateway; fires with how many were deleted."""
-        ids = list(ids)
+        """Delete the messages *ids* at the gateway: they ride on the next
+        pulls. Fires with how many were deleted once every id was carried
+        (never before the next pull: do not wait for it to pull again)."""
+        ids = [int(i) for i in ids]
         if not ids:
             return succeed(0)
         if self._protocol is None:
             return self._not_connected()
-        proto = self._protocol
-        ds = [proto.request(F.Ack(tuple(ids[i:i + F.MAX_ACK])))
-              for i in range(0, len(ids), F.MAX_ACK)]
-        d = gatherResults(ds, consumeErrors=True)
-        d.addCallback(lambda replies: sum(r.deleted for r in replies))
-        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
-        return d
+        entry = _Acks(ids)
+        self._acks.append(entry)
+        return entry.done

@@ -25,7 +25,7 @@ from nymtx.gateway.frames import (
 from nymtx.sphinx import MAX_MESSAGE_SIZE
 
 #: Message slots in every pull answer, and ack slots in every request.
-PULL_SIZE = 5
+PULL_SIZE = 10
 #: Room for one stored message: a Sphinx packet's plaintext room.
 MESSAGE_ROOM = MAX_MESSAGE_SIZE
 ID_SIZE = 8
@@ -41,6 +41,9 @@ ANSWER_SIZE = 2 + SLOT_SIZE * PULL_SIZE
 # client -> gateway
 REGISTER = 0x01
 PULL = 0x02
+#: a pull that takes nothing: acks only, answered with no slots filled (a
+#: client whose inbox is full keeps its schedule and its frame sizes)
+PULL_NONE = 0x03
 # gateway -> client
 REGISTERED = 0x82
 MESSAGES = 0x84
@@ -54,8 +57,10 @@ class Register:
 
 @attrs.frozen
 class Pull:
-    """Delete *acks* (ids of this client's messages), then send the oldest."""
+    """Delete *acks* (ids of this client's messages), then send the oldest
+    (none if not *take*)."""
     acks: tuple = ()
+    take: bool = True
 
 
 @attrs.frozen
@@ -98,7 +103,7 @@ def encode_request(value):
     if isinstance(value, Register):
         kind, ids = REGISTER, ()
     elif isinstance(value, Pull):
-        kind, ids = PULL, tuple(value.acks)
+        kind, ids = (PULL if value.take else PULL_NONE), tuple(value.acks)
         if len(ids) > PULL_SIZE:
             raise ValueError(f"a pull acknowledges at most {PULL_SIZE} ids, not {len(ids)}")
         for ident in ids:
@@ -114,7 +119,7 @@ def parse_request(data):
     if len(data) != REQUEST_SIZE:
         raise _malformed(f"request is {len(data)} bytes, expected {REQUEST_SIZE}")
     kind, count = data[0], data[1]
-    if kind not in (REGISTER, PULL):
+    if kind not in (REGISTER, PULL, PULL_NONE):
         raise FrameError(E_UNKNOWN_TYPE, f"unknown request type 0x{kind:02x}")
     if kind == REGISTER and count:
         raise _malformed(f"register request has an ack count of {count}; it must be 0")
@@ -125,7 +130,7 @@ def parse_request(data):
         if not 1 <= ident <= MAX_ID:
             raise _malformed(f"ack id {n} is {ident}, not in 1-{MAX_ID}")
     _zero(data, 2 + ID_SIZE * count, REQUEST_SIZE, f"request padding after {count} ids")
-    return Register() if kind == REGISTER else Pull(ids[:count])
+    return Register() if kind == REGISTER else Pull(ids[:count], kind == PULL)
 
 
 # ---- answers (gateway -> client) -----------------------------------------

@@ -7,8 +7,8 @@ and matches the gateway's answers by position; :meth:`PrivateLink.pull`
 carries the acknowledgements of earlier messages, so an ack is never a
 frame of its own (``docs/gateway-channel.md``).
 
-Reconnecting and the pull schedule belong to the caller (the client's
-gateway link); not wired in yet.
+Reconnecting and the pull schedule belong to the caller: the client's
+:class:`nymtx.gateway.link.GatewayLink`.
 """
 
 import collections
@@ -22,7 +22,11 @@ from nymtx.gateway import padded as P
 from nymtx.gateway.channel import HANDSHAKE_TIMEOUT, Channel, ChannelProtocol
 
 
-class PrivateLinkError(Exception):
+class GatewayLinkError(Exception):
+    """Not connected, refused, or a broken answer; the message says which."""
+
+
+class PrivateLinkError(GatewayLinkError):
     """Not connected, a refusal, or a broken answer; the message says which."""
 
 
@@ -67,6 +71,8 @@ class PrivateLink(Protocol):
                 f"gateway {self.address} sent an unrequested {type(answer).__name__}"))
             return
         d = self._waiting.popleft()
+        if d.called:
+            return  # cancelled (a handshake that timed out): its answer is dropped
         if isinstance(answer, P.Error):
             d.errback(_refusal(answer))
         else:
@@ -79,7 +85,9 @@ class PrivateLink(Protocol):
 
     def _fail_all(self, error):
         while self._waiting:
-            self._waiting.popleft().errback(error)
+            d = self._waiting.popleft()
+            if not d.called:
+                d.errback(error)
 
     def connectionLost(self, reason):
         self._lost = True
@@ -109,8 +117,9 @@ class PrivateLink(Protocol):
         """Register the key this connection proved; fires with None."""
         return self._request(P.Register(), P.Registered).addCallback(lambda _: None)
 
-    def pull(self, acks=()):
-        """Delete *acks* (at most PULL_SIZE ids), then fetch the oldest messages.
+    def pull(self, acks=(), take=True):
+        """Delete *acks* (at most PULL_SIZE ids), then fetch the oldest
+        messages (none if not *take*: the frame is the same size).
 
         Fires with a :class:`nymtx.gateway.padded.Messages`: ``messages`` as
         (id, bytes), at most PULL_SIZE, and ``acked``, how many of *acks*
@@ -119,7 +128,7 @@ class PrivateLink(Protocol):
         acks = tuple(acks)
         if len(acks) > P.PULL_SIZE:
             return fail(ValueError(f"a pull acknowledges at most {P.PULL_SIZE} ids"))
-        return self._request(P.Pull(acks), P.Messages)
+        return self._request(P.Pull(acks, bool(take)), P.Messages)
 
     def close(self):
         """Close the connection; fires once it is closed."""

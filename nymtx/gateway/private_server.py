@@ -4,20 +4,25 @@
 :class:`~nymtx.gateway.channel.Channel` (gateway side) and, once the
 client's key is proven on that connection, a :class:`PrivateClientProtocol`
 for that key. The protocol answers every 42-byte request with exactly one
-4927-byte answer, in order (``docs/gateway-channel.md``): a pull deletes
+9852-byte answer, in order (``docs/gateway-channel.md``): a pull deletes
 the ids it acknowledges and answers with exactly ``PULL_SIZE`` slots,
-holding the oldest messages not yet sent on this connection.
+holding the oldest messages not yet sent on this connection; a take-none
+pull deletes its acks and answers with no slots filled, the same size.
 
-Not wired into the gateway service yet; ``nymtx/gateway/server.py`` serves
-today's plaintext link.
+:func:`listener_factory` puts it inside the one limiting wrapper,
+:class:`nymtx.listening.ConnectionLimit`: it is the gateway's client
+listener. Registration inside the channel is rate-limited per source
+address and in total (:class:`RegistrationLimit`); ``docs/decisions.md``
+argues the choice.
 """
 
 import collections
+import ipaddress
 import os
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,7 +31,7 @@ from nymtx.gateway import frames as F
 from nymtx.gateway import padded as P
 from nymtx.gateway.channel import HANDSHAKE_TIMEOUT, Channel, ChannelProtocol
 from nymtx.gateway.store import StoreError
-from nymtx.wire import BoundedFactory, IdleTimeout
+from nymtx.listening import ConnectionLimit, handshake_done
 
 #: Seconds without a request before a proven connection is cut; a client
 #: pulls every second or so, and redials if it was only quiet.
@@ -35,10 +40,101 @@ MAX_CONNECTIONS = 10_000
 #: Requests a client may have waiting while it does not read its answers;
 #: past it the gateway stops reading from it (TCP then holds the rest).
 MAX_QUEUED = 64
+#: A connection records that its client was seen at most this often: the
+#: idle expiry counts in days, a write per pull would be wasted.
+TOUCH_INTERVAL = 3600.0
+
+#: New registrations (keys not yet in the ledger): per source address (an
+#: IPv4 address, an IPv6 /64) a burst of this many, then one per
+#: PER_SOURCE_SECONDS; in total a burst of TOTAL_BURST, then one per
+#: TOTAL_SECONDS. A key already registered re-registers for free.
+PER_SOURCE_BURST = 3
+PER_SOURCE_SECONDS = 600.0
+TOTAL_BURST = 20
+TOTAL_SECONDS = 10.0
+#: Sources remembered at most; past it the fullest buckets are forgotten.
+MAX_SOURCES = 100_000
+
+
+class _Bucket:
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, tokens, at):
+        self.tokens, self.at = tokens, at
+
+
+class RegistrationLimit:
+    """Token buckets on new registrations: one per source, one for all.
+
+    A flood that registers keys to fill the ledger needs many source
+    addresses to go faster than ``PER_SOURCE_SECONDS`` a key, and however
+    many it has, it adds at most one key per ``TOTAL_SECONDS``; keys it
+    stops using expire (``MailboxStore.expire_idle``), so holding the
+    ledger full costs a live handshake per key per idle period.
+    """
+
+    def __init__(self, clock, per_source_burst=PER_SOURCE_BURST,
+                 per_source_seconds=PER_SOURCE_SECONDS, total_burst=TOTAL_BURST,
+                 total_seconds=TOTAL_SECONDS, max_sources=MAX_SOURCES):
+        self.clock = clock
+        self.per_source = (per_source_burst, per_source_seconds)
+        self.total = (total_burst, total_seconds)
+        self.max_sources = max_sources
+        self._sources = {}
+        self._all = _Bucket(total_burst, clock.seconds())
+
+    @staticmethod
+    def source(peer):
+        """The bucket key of a peer address: an IPv4 host, an IPv6 /64."""
+        host = getattr(peer, "host", None)
+        try:
+            address = ipaddress.ip_address(host)
+        except (TypeError, ValueError):
+            return str(host)
+        if address.version == 6:
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return str(address)
+
+    def _refill(self, bucket, burst, seconds, now):
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) / seconds)
+        bucket.at = now
+
+    def allow(self, peer):
+        """None if a new registration from *peer* may go ahead (and is
+        counted), else why not."""
+        now = self.clock.seconds()
+        key = self.source(peer)
+        burst, seconds = self.per_source
+        bucket = self._sources.get(key)
+        if bucket is None:
+            if len(self._sources) >= self.max_sources:
+                self._forget(now)
+            bucket = self._sources[key] = _Bucket(burst, now)
+        self._refill(bucket, burst, seconds, now)
+        self._refill(self._all, *self.total, now)
+        if bucket.tokens < 1:
+            return (f"too many new registrations from {key}: one per {seconds:g} s"
+                    f" after {burst}")
+        if self._all.tokens < 1:
+            return f"too many new registrations: one per {self.total[1]:g} s at this gateway"
+        bucket.tokens -= 1
+        self._all.tokens -= 1
+        return None
+
+    def _forget(self, now):
+        # full buckets are those a fresh source would get anyway
+        burst, seconds = self.per_source
+        for key in [k for k, b in self._sources.items()
+                    if b.tokens + (now - b.at) / seconds >= burst]:
+            del self._sources[key]
+        while len(self._sources) >= self.max_sources:
+            del self._sources[next(iter(self._sources))]
 
 
 @implementer(IPushProducer)
-class PrivateClientProtocol(IdleTimeout, Protocol):
+class PrivateClientProtocol(Protocol):
     """The requests of one proven client key, inside the channel.
 
     The channel delivers one request per ``dataReceived`` and sends each
@@ -57,23 +153,20 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
         self.paused = False
         #: the id of the last message sent on this connection
         self.cursor = 0
-        self._touched = False
+        self._touched_at = None
         self.closed = Deferred()
         self._pending = collections.deque()
 
     def connectionMade(self):
         self.factory.connections.add(self)
         self.transport.registerProducer(self, True)
-        self.start_idle_timeout()
 
     def connectionLost(self, reason):
-        self.setTimeout(None)
         self._pending.clear()
         self.factory.connections.discard(self)
         self.closed.callback(None)
 
     def dataReceived(self, data):
-        self.resetTimeout()
         self._pending.append(data)
         if len(self._pending) >= MAX_QUEUED:
             self.transport.pauseProducing()
@@ -89,6 +182,14 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
             self.transport.write(P.encode_answer(answer))
             if isinstance(answer, P.Error):
                 self.errors += 1
+                if answer.code == F.E_UNKNOWN_CLIENT:
+                    # a proven key with no registration asked for mail: it
+                    # has nothing here (a real client registers first)
+                    self.log.info("closing the private link of {client}: {why}",
+                                  client=self.address, why=answer.message)
+                    self.transport.loseConnection()
+                    pending.clear()
+                    return
                 if self.errors >= self.factory.max_errors:
                     self.log.info("closing the private link of {client} after {n} errors",
                                   client=self.address, n=self.errors)
@@ -125,7 +226,7 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
             request = P.parse_request(data)
             if isinstance(request, P.Register):
                 return self.register()
-            return self.pull(request.acks)
+            return self.pull(request.acks, request.take)
         except F.FrameError as e:
             return self._error(e.code, str(e))
         except StoreError as e:
@@ -139,25 +240,41 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
 
     def register(self):
         store = self.factory.store
+        if store.is_registered(self.client_key):
+            # the client's link registers on every connection: for a key
+            # already in the ledger that is only a sign of life
+            self._touch(force=True)
+            return P.Registered()
         if not store.has_room(self.client_key):
             raise F.FrameError(
                 F.E_FULL, f"this gateway is full: {store.max_clients} clients are registered")
-        # The ledger still keeps a token hash for today's link; on this one
-        # the key proven by the handshake is the credential, so the token is
-        # drawn, hashed and forgotten.
+        why = self.factory.admission.allow(self.transport.getPeer())
+        if why is not None:
+            raise F.FrameError(F.E_RATE_LIMITED, why)
+        # The ledger keeps a token hash for the schema's sake; the key the
+        # handshake proved is the credential, so the token is drawn, hashed
+        # and forgotten: no bearer secret exists to be sent or stolen.
         store.register(self.client_key, self.factory.randbytes(F.TOKEN_SIZE))
+        self._touched_at = self.factory.clock.seconds()
         self.log.info("registered client {client} on the private link", client=self.address)
         return P.Registered()
 
-    def pull(self, acks):
+    def _touch(self, force=False):
+        now = self.factory.clock.seconds()
+        if force or self._touched_at is None \
+                or now - self._touched_at >= self.factory.touch_interval:
+            # a registration in use does not expire (MailboxStore.expire_idle)
+            self.factory.store.touch(self.client_key)
+            self._touched_at = now
+
+    def pull(self, acks, take=True):
         store = self.factory.store
         if not store.is_registered(self.client_key):
             raise F.FrameError(F.E_UNKNOWN_CLIENT, "this client key is not registered here")
-        if not self._touched:
-            # a registration in use does not expire (MailboxStore.expire_idle)
-            store.touch(self.client_key)
-            self._touched = True
+        self._touch()
         acked = store.ack(self.client_key, acks) if acks else 0
+        if not take:
+            return P.Messages((), acked)
         messages = []
         # Once per connection: the channel loses nothing and reorders
         # nothing, so a message sent on it needs sending again only on the
@@ -175,60 +292,58 @@ class PrivateClientProtocol(IdleTimeout, Protocol):
         return P.Messages(tuple(messages), acked)
 
 
-class PrivateClientFactory(BoundedFactory):
+class PrivateClientFactory(Factory):
     """The gateway's private client listener: channel, then requests.
 
     ``buildProtocol`` gives a :class:`ChannelProtocol`; its ``accept`` is
     :meth:`accept`, which admits every key the handshake proved (an
     unregistered key may only register), and so answers the same for
-    registered and unknown keys until the key is proven.
+    registered and unknown keys until the key is proven. Unbounded:
+    :func:`listener_factory` puts the bounds around it.
     """
 
-    kind = "gateway private client listener"
+    noisy = False
 
     def __init__(self, store, keys, clock=None, randbytes=os.urandom, max_errors=5,
-                 max_connections=MAX_CONNECTIONS, handshake_timeout=HANDSHAKE_TIMEOUT,
-                 idle_timeout=IDLE_TIMEOUT):
-        super().__init__(store.clock if clock is None else clock, max_connections,
-                         idle_timeout)
+                 handshake_timeout=HANDSHAKE_TIMEOUT, admission=None,
+                 touch_interval=TOUCH_INTERVAL):
         self.store = store
         self.keys = keys
+        self.clock = store.clock if clock is None else clock
         self.randbytes = randbytes
         self.max_errors = max_errors
         self.handshake_timeout = handshake_timeout
+        #: seconds between two records of a live connection's client as seen
+        self.touch_interval = touch_interval
+        self.admission = admission if admission is not None else RegistrationLimit(self.clock)
         self.errors = collections.Counter()
+        #: proven client connections (their inner protocols)
+        self.connections = set()
         #: channel connections, proven or not
         self.channels = set()
 
-    def makeProtocol(self, addr):
+    def buildProtocol(self, addr):
         channel = Channel.gateway(self.keys, self.clock, receive_sizes={P.REQUEST_SIZE},
                                   send_sizes={P.ANSWER_SIZE})
         proto = _CountedChannel(channel, self.accept, self.clock, self.handshake_timeout)
         proto.factory = self
         return proto
 
-    def buildProtocol(self, addr):
-        # Bounded on channels, not on proven clients: a handshake holds a
-        # socket as much as a session does.
-        if len(self.channels) >= self.max_connections:
-            self.refused += 1
-            if not self._full:
-                self._full = True
-                self.log.warn("{kind} has {n} connections, its maximum: refusing new ones"
-                              " until some close", kind=self.kind, n=self.max_connections)
-            return None
-        self._full = False
-        return self.makeProtocol(addr)
-
     def accept(self, client_key):
         return PrivateClientProtocol(self, client_key)
 
-    def close_all(self):
-        """Close every connection; fires once all are closed."""
-        waits = [p.closed for p in self.channels]
-        for p in list(self.channels):
-            p.transport.abortConnection()
-        return gatherResults(waits)
+
+def listener_factory(factory, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
+                     clock=None):
+    """The gateway's client listener factory: *factory* (a PrivateClientFactory)
+    within its bounds. Channels count, proven or not: a handshake holds a
+    socket as much as a session does. The handshake deadline is the
+    channel's own (it logs why it closes); the idle timeout runs from the
+    proven handshake."""
+    return ConnectionLimit(factory, factory.clock if clock is None else clock,
+                           max_connections, idle_timeout=idle_timeout,
+                           handshake_timeout=factory.handshake_timeout + 1.0,
+                           name="gateway client listener")
 
 
 class _CountedChannel(ChannelProtocol):
@@ -239,6 +354,10 @@ class _CountedChannel(ChannelProtocol):
         self.closed = Deferred()
         self.factory.channels.add(self)
         super().connectionMade()
+
+    def proven(self):
+        # the limiting wrapper's idle timeout applies from now
+        handshake_done(self.transport)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)

@@ -12,20 +12,27 @@ the tap and embedders call.
 import os
 
 from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import nymtx
 from nymtx.addressing import NodeAddress
-from nymtx.gateway import mix, server
+from nymtx.gateway import mix, private_server
+from nymtx.gateway.channel import HANDSHAKE_TIMEOUT
 from nymtx.gateway.mix import FinalHopHandler
-from nymtx.gateway.server import ClientServerFactory
-from nymtx.gateway.store import MailboxStore
+from nymtx.gateway.private_server import PrivateClientFactory
+from nymtx.gateway.store import MailboxStore, StoreError
 from nymtx.keys import encode_key
 from nymtx.listening import ListenError, ListeningService, raise_fd_limit
 
 DATABASE_NAME = "gateway.sqlite"
+#: A registration not used (no connection proving its key) for this long
+#: expires, with its mail: the ledger's places go to clients that use them.
+REGISTRATION_IDLE = 7 * 24 * 3600.0
+#: Seconds between two sweeps of idle registrations.
+HOUSEKEEPING_INTERVAL = 600.0
 
 
 class Gateway(MultiService):
@@ -34,8 +41,9 @@ class Gateway(MultiService):
     *mix_listener* and *client_listener* are ListeningServices (the handler's
     and the client protocol's listeners); *store* is an open MailboxStore,
     closed when the gateway stops; *handler* its FinalHopHandler, whose held
-    packets are stored at stop; *client_factory* the ClientServerFactory
-    (its ``errors``). With *directory* (``announce_gateway(presence)``) the
+    packets are stored at stop; *client_factory* the PrivateClientFactory
+    (its ``errors``). Every *housekeeping_interval* seconds registrations
+    idle for *registration_idle* seconds expire (``store.expire_idle``). With *directory* (``announce_gateway(presence)``) the
     presence is announced every *presence_interval* seconds once both
     listeners are bound. *on_stop* are callables run last at stop (e.g.
     closing an HTTP pool).
@@ -47,8 +55,12 @@ class Gateway(MultiService):
 
     def __init__(self, clock, keys, store, handler, client_factory, mix_listener,
                  client_listener, announce_host, *, directory=None, presence_interval=1.5,
-                 location=None, version=None, on_stop=()):
+                 location=None, version=None, on_stop=(),
+                 registration_idle=REGISTRATION_IDLE,
+                 housekeeping_interval=HOUSEKEEPING_INTERVAL):
         super().__init__()
+        if not registration_idle > 0 or not housekeeping_interval > 0:
+            raise ValueError("registration_idle and housekeeping_interval must be positive")
         _host_port(announce_host, 1)  # a bad announce host fails here, not at each beat
         self.clock = clock
         self.keys = keys
@@ -62,6 +74,13 @@ class Gateway(MultiService):
         self.location = location
         self.version = version or getattr(nymtx, "__version__", "0.5.0")
         self.mix_port = self.client_port = None
+        #: the client port the presence announces, if not the bound one (a
+        #: port forwarded to this one; the capture test puts a relay there)
+        self.announce_client_port = None
+        self.registration_idle = registration_idle
+        self._housekeeping = LoopingCall(self.housekeeping)
+        self._housekeeping.clock = clock
+        self.housekeeping_interval = housekeeping_interval
         self._on_stop = tuple(on_stop)
         mix_listener.setServiceParent(self)
         client_listener.setServiceParent(self)
@@ -84,6 +103,7 @@ class Gateway(MultiService):
 
     def startService(self):
         super().startService()
+        self._housekeeping.start(self.housekeeping_interval, now=True)
         self.whenListening().addCallbacks(self._listening, lambda _: None)
 
     def whenListening(self):
@@ -108,6 +128,17 @@ class Gateway(MultiService):
         if self.heartbeat is not None and self.running and not self.heartbeat.running:
             self.heartbeat.startService()
 
+    # ---- housekeeping ---------------------------------------------------
+
+    def housekeeping(self):
+        """Expire the registrations idle for ``registration_idle`` seconds."""
+        try:
+            return self.store.expire_idle(self.registration_idle)
+        except StoreError as e:
+            # the next sweep tries again; the gateway goes on serving
+            self.log.error("housekeeping failed: {why}", why=str(e))
+            return []
+
     # ---- presence -------------------------------------------------------
 
     def presence(self):
@@ -118,7 +149,8 @@ class Gateway(MultiService):
         return {
             "host": mix_address,
             "mixnetListener": mix_address,
-            "clientListener": _host_port(self.announce_host, self.client_port),
+            "clientListener": _host_port(self.announce_host,
+                                         self.announce_client_port or self.client_port),
             "pubKey": self.keys.public_text,
             "registeredClients": [{"pubKey": encode_key(k)}
                                   for k in self.store.registered_clients()],
@@ -135,6 +167,8 @@ class Gateway(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
+        if self._housekeeping.running:
+            self._housekeeping.stop()
         if self.heartbeat is not None and self.heartbeat.running:
             await maybeDeferred(self.heartbeat.stopService)
         # the listeners close their ports and connections
@@ -147,34 +181,63 @@ class Gateway(MultiService):
         self.log.info("gateway stopped; {n} messages committed this run", n=self.store.stored)
 
 
+def _open_store(reactor, path, **kwargs):
+    try:
+        return MailboxStore.open(reactor, path, **kwargs)
+    except StoreError as e:
+        raise StoreError(
+            f"{e}. The gateway does not start on a store it cannot read. Restore the file"
+            f" from a backup, or start with an empty store by moving it aside:"
+            f" mv {path} {path}.unreadable (the mail in it is then not delivered; each"
+            f" client's link registers its key again on its next connection)") from e
+
+
+def check_store(reactor, data_dir):
+    """Open (upgrading it if it is older) and close the store under
+    *data_dir*: StoreError, saying what to run, if it cannot be read."""
+    path = os.path.join(str(data_dir), DATABASE_NAME)
+    if os.path.exists(path):
+        _open_store(reactor, path).close()
+
+
 def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
                    announce_host, directory_url=None, *, quota_messages=1000,
                    quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
-                   max_clients=1000, max_pull=200, max_delay=300.0, presence_interval=1.5,
+                   max_clients=1000, max_pull=None, max_delay=300.0, presence_interval=1.5,
                    location=None, version=None, directory=None, treq=None,
                    randbytes=os.urandom, mix_max_connections=mix.MAX_CONNECTIONS,
                    mix_idle_timeout=mix.IDLE_TIMEOUT,
-                   client_max_connections=server.MAX_CONNECTIONS,
-                   client_handshake_timeout=server.HANDSHAKE_TIMEOUT,
-                   client_idle_timeout=server.IDLE_TIMEOUT, fd_limit=raise_fd_limit):
+                   client_max_connections=private_server.MAX_CONNECTIONS,
+                   client_handshake_timeout=HANDSHAKE_TIMEOUT,
+                   client_idle_timeout=private_server.IDLE_TIMEOUT, fd_limit=raise_fd_limit,
+                   registration_idle=REGISTRATION_IDLE,
+                   housekeeping_interval=HOUSEKEEPING_INTERVAL, admission=None):
     """Build a :class:`Gateway` from values: open ``<data_dir>/gateway.sqlite``
     (StoreError if unusable), build the handler, the protocol factories
     within their bounds, the two listeners and (given *directory_url*) a
     directory client on its own HTTP pool.
 
     ``:memory:`` is not offered: the point of a gateway is that its mail
-    survives it.
+    survives it. *max_pull* is accepted for old configurations and unused:
+    every pull on the private link is answered with exactly
+    ``nymtx.gateway.padded.PULL_SIZE`` slots.
     """
     _host_port(announce_host, 1)  # before the store is opened
     data_dir = str(data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    store = MailboxStore.open(
+    store = _open_store(
         reactor, os.path.join(data_dir, DATABASE_NAME),
         quota_messages=quota_messages, quota_bytes=quota_bytes,
         commit_interval=commit_interval, commit_batch=commit_batch,
         max_clients=max_clients)
     handler = FinalHopHandler(reactor, keys.private_key, store, max_delay=max_delay)
-    client_factory = ClientServerFactory(store, keys, randbytes=randbytes, max_pull=max_pull)
+    client_factory = PrivateClientFactory(store, keys, clock=reactor, randbytes=randbytes,
+                                          handshake_timeout=client_handshake_timeout,
+                                          admission=admission,
+                                          # a client connected for longer than the
+                                          # idle time must not expire under it
+                                          touch_interval=min(private_server.TOUCH_INTERVAL,
+                                                             registration_idle / 4))
     mix_listener = ListeningService(
         mix_endpoint, mix.listener_factory(handler, mix_max_connections, mix_idle_timeout),
         "gateway mix listener", reactor=reactor,
@@ -182,8 +245,8 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
         fd_limit=lambda: fd_limit() // 4, abort=True)
     client_listener = ListeningService(
         client_endpoint,
-        server.listener_factory(client_factory, client_max_connections,
-                                client_handshake_timeout, client_idle_timeout),
+        private_server.listener_factory(client_factory, client_max_connections,
+                                        client_idle_timeout),
         "gateway client listener", reactor=reactor,
         reserved=lambda: mix_listener.factory.max_connections, fd_limit=fd_limit, abort=True)
     on_stop = []
@@ -201,7 +264,9 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
     gateway = Gateway(reactor, keys, store, handler, client_factory, mix_listener,
                       client_listener, announce_host, directory=directory,
                       presence_interval=presence_interval, location=location,
-                      version=version, on_stop=on_stop)
+                      version=version, on_stop=on_stop,
+                      registration_idle=registration_idle,
+                      housekeeping_interval=housekeeping_interval)
     gateway.data_dir = data_dir
     gateway.directory_url = directory_url
     return gateway

@@ -7,8 +7,13 @@ commit per message would cap throughput at the disk's commit rate. The
 default interval is 0: the commit runs at the end of the reactor turn in
 which the first message came, so an idle gateway adds no wait, and a busy
 one still commits everything a turn brought in one transaction. A message counts
-as stored only once its batch is committed. Registrations and
-acknowledgements are committed at once, since a client acts on the answer.
+as stored only once its batch is committed. Registrations are committed at
+once, since a client acts on the answer. Acknowledgements are deleted at
+once but committed together at the end of the reactor turn (before any
+answer written in that turn reaches the socket, which happens in the
+reactor's next I/O pass): a commit per pull was a third of a pull's time,
+and losing the last turn's deletions in a crash only delivers those
+messages again, which the client's inbox recognises.
 """
 
 import hmac
@@ -79,6 +84,10 @@ class MailboxStore:
     _pending: list = attrs.field(factory=list, init=False)
     _timer: object = attrs.field(default=None, init=False)
     _usage: dict = attrs.field(factory=dict, init=False)     # key -> [count, bytes]
+    #: acks deleted in the open transaction, for a rollback: (key, count, bytes)
+    _acked: list = attrs.field(factory=list, init=False)
+    _ack_timer: object = attrs.field(default=None, init=False)
+    _ack_open: bool = attrs.field(default=False, init=False)
     _registered: set = attrs.field(factory=set, init=False)
 
     @classmethod
@@ -109,6 +118,8 @@ class MailboxStore:
                 (bytes(client_key), token_hash(token), now, now))
         except sqlite3.Error as e:
             raise StoreError(f"cannot record a registration: {e}") from e
+        # committed now, with the turn's acks if it joined their transaction
+        self.commit_acks()
         self._registered.add(bytes(client_key))
 
     def check_token(self, client_key, token):
@@ -144,6 +155,7 @@ class MailboxStore:
         """
         cutoff = self.clock.seconds() - idle
         self.flush()
+        self.commit_acks()
         try:
             self.db.execute("BEGIN")
             keys = [bytes(k) for (k,) in self.db.execute(
@@ -211,6 +223,7 @@ class MailboxStore:
         batch, self._pending = self._pending, []
         if not batch:
             return 0
+        self.commit_acks()
         try:
             self.db.execute("BEGIN")
             self.db.executemany(
@@ -250,14 +263,20 @@ class MailboxStore:
             raise StoreError(f"cannot read messages: {e}") from e
 
     def ack(self, client_key, ids):
-        """Delete those of *ids* that belong to *client_key*; return how many."""
+        """Delete those of *ids* that belong to *client_key*; return how many.
+
+        The deletion joins the turn's acknowledgement transaction, committed
+        at the end of the reactor turn (:meth:`commit_acks`)."""
         client_key = bytes(client_key)
         ids = list(dict.fromkeys(int(i) for i in ids if 0 <= i < 1 << 63))
         if not ids:
             return 0
         count = size = 0
         try:
-            self.db.execute("BEGIN")
+            if not self._ack_open:
+                self.db.execute("BEGIN")
+                self._ack_open = True
+                self._ack_timer = self.clock.callLater(0, self._timed_commit_acks)
             # sqlite limits bound variables per statement, hence the chunks
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
@@ -267,15 +286,51 @@ class MailboxStore:
                         " RETURNING LENGTH(body)", [client_key, *chunk]):
                     count += 1
                     size += length
-            self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            self._rollback()
+            self._rollback_acks()
             raise StoreError(f"cannot delete acknowledged messages: {e}") from e
         if count:
             usage = self._usage[client_key]
             usage[0] -= count
             usage[1] -= size
+            self._acked.append((client_key, count, size))
         return count
+
+    def _timed_commit_acks(self):
+        self._ack_timer = None
+        try:
+            self.commit_acks()
+        except StoreError:
+            self.log.failure("committing acknowledgements failed; those messages are"
+                             " delivered again")
+
+    def commit_acks(self):
+        """Commit the acknowledgements deleted since the last commit."""
+        timer, self._ack_timer = self._ack_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self._ack_open:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback_acks()
+            raise StoreError(f"cannot commit acknowledgements: {e}") from e
+        self._ack_open = False
+        self._acked = []
+
+    def _rollback_acks(self):
+        self._rollback()
+        self._ack_open = False
+        timer, self._ack_timer = self._ack_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        # the deleted rows are back: so is their room in the quotas
+        for key, count, size in self._acked:
+            usage = self._usage.setdefault(key, [0, 0])
+            usage[0] += count
+            usage[1] += size
+        self._acked = []
 
     def usage(self, client_key):
         """(messages, bytes) held for *client_key*, buffered ones included."""
@@ -285,5 +340,9 @@ class MailboxStore:
         """Commit what is buffered and close the database."""
         try:
             self.flush()
+            self.commit_acks()
         finally:
+            timer, self._ack_timer = self._ack_timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
             self.db.close()

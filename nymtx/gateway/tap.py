@@ -4,7 +4,8 @@ from twisted.python import usage
 
 from nymtx.cli import LogLevelOption, Unusable, usage_error
 from nymtx.gateway import config as C
-from nymtx.gateway.service import GatewayService
+from nymtx.gateway.service import GatewayService, check_store
+from nymtx.gateway.store import StoreError
 from nymtx.keys import KeyFormatError, KeyPair
 
 
@@ -30,6 +31,12 @@ class Options(LogLevelOption, usage.Options):
         try:
             self["keys"] = KeyPair.load(data)
         except KeyFormatError as e:
+            raise Unusable(f"gateway {self['id']!r}: {e}")
+        try:
+            # here, not in makeService: twistd then says why in one line
+            from twisted.internet import reactor
+            check_store(reactor, data)
+        except StoreError as e:
             raise Unusable(f"gateway {self['id']!r}: {e}")
         self["data_dir"] = data
         from nymtx.trust.wiring import all_directories, check_pins, replay_log

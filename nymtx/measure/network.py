@@ -258,8 +258,8 @@ class _PullNoted:
         self._store = store
         self._pending = pending
 
-    def pull(self, client_key, limit):
-        got = self._store.pull(client_key, limit)
+    def pull(self, client_key, limit, after=0):
+        got = self._store.pull(client_key, limit, after=after)
         self._pending[bytes(client_key)] = len(got)
         return got
 

@@ -1,9 +1,10 @@
-"""The gateway's client-facing protocol: register, authenticate, pull, ack.
+"""The plaintext client link of the release before the private link: a baseline only.
 
-One connection serves one client at a time. Every frame gets exactly one
-answer frame, in order, so a client can match answers to requests by
-position. After ``max_errors`` error answers the connection is closed: a
-peer that keeps sending garbage gets no more of the gateway's time.
+The gateway no longer speaks it: every byte of it, a token at login and
+every message, crossed the wire in the clear (issue 10). Its server and a
+client live here so that ``channel_bench.py`` can measure the private link
+against it in the same run, as the issue asks; nothing in ``nymtx``
+imports this module. The frames' pure codec is ``nymtx.gateway.frames``.
 """
 
 import collections
@@ -19,10 +20,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nymtx.addressing import encode_client_address
-from nymtx.gateway import frames as F
+from nymtx.gateway.frames import (
+    Ack, Acked, Authenticate, Authenticated, E_ALREADY, E_BAD_PROOF, E_BAD_TOKEN, E_FULL,
+    E_INTERNAL, E_NOT_AUTHENTICATED, E_UNKNOWN_CLIENT, ERROR_NAMES, MAX_CLIENT_FRAME_SIZE,
+    MAX_FRAME_SIZE, MAX_PULL, NONCE_SIZE, PROTOCOL_VERSION, TOKEN_SIZE, Error, FrameDecoder,
+    FrameError, FrameTooLarge, Hello, Messages, Pull, Register, Registered, encode,
+    parse_client_frame, parse_gateway_frame, registration_proof)
 from nymtx.gateway.store import StoreError
-from nymtx.listening import ConnectionLimit, handshake_done
 
+# ---- the gateway side -------------------------------------------------------
 
 @implementer(IPushProducer)
 class ClientProtocol(Protocol):
@@ -39,7 +45,7 @@ class ClientProtocol(Protocol):
 
     def __init__(self, factory):
         self.factory = factory
-        self.decoder = F.FrameDecoder(F.MAX_CLIENT_FRAME_SIZE)
+        self.decoder = FrameDecoder(MAX_CLIENT_FRAME_SIZE)
         self.nonce = None
         self.client = None
         self.errors = 0
@@ -51,20 +57,20 @@ class ClientProtocol(Protocol):
 
     def connectionMade(self):
         self.transport.registerProducer(self, True)
-        self.nonce = self.factory.randbytes(F.NONCE_SIZE)
-        self.send(F.Hello(F.PROTOCOL_VERSION, self.factory.keys.public_key, self.nonce))
+        self.nonce = self.factory.randbytes(NONCE_SIZE)
+        self.send(Hello(PROTOCOL_VERSION, self.factory.keys.public_key, self.nonce))
 
     def connectionLost(self, reason):
         self._pending.clear()
         self.closed.callback(None)
 
     def send(self, value):
-        self.transport.write(F.encode(value))
+        self.transport.write(encode(value))
 
     def dataReceived(self, data):
         try:
             bodies = self.decoder.feed(data)
-        except F.FrameTooLarge as e:
+        except FrameTooLarge as e:
             # The frames before it are answered first: one answer per request.
             bodies, self._too_large = e.bodies, e
             # The rest of the stream is the oversized frame's body: no resync.
@@ -80,12 +86,12 @@ class ClientProtocol(Protocol):
                 return
             body = pending.popleft()
             try:
-                self.handle(F.parse_client_frame(body))
-            except F.FrameError as e:
+                self.handle(parse_client_frame(body))
+            except FrameError as e:
                 self.error(e.code, str(e))
             except StoreError as e:
                 self.log.error("store failure answering a client: {why}", why=str(e))
-                self.error(F.E_INTERNAL, "the gateway cannot access its storage")
+                self.error(E_INTERNAL, "the gateway cannot access its storage")
         if pending:
             self.transport.pauseProducing()
             return
@@ -93,7 +99,7 @@ class ClientProtocol(Protocol):
         if too_large is not None and not self.transport.disconnecting:
             self._too_large = None
             self.factory.count_error(too_large.code)
-            self.send(F.Error(too_large.code, str(too_large)))
+            self.send(Error(too_large.code, str(too_large)))
             self.transport.loseConnection()
 
     # IPushProducer, for the transport: the client is (not) reading its answers
@@ -117,28 +123,28 @@ class ClientProtocol(Protocol):
         self.errors += 1
         if self.errors >= self.factory.max_errors:
             message += f"; closing after {self.errors} errors"
-            self.send(F.Error(code, message))
+            self.send(Error(code, message))
             self.transport.loseConnection()
         else:
-            self.send(F.Error(code, message))
+            self.send(Error(code, message))
 
     def handle(self, request):
-        if isinstance(request, F.Register):
+        if isinstance(request, Register):
             self.register(request)
-        elif isinstance(request, F.Authenticate):
+        elif isinstance(request, Authenticate):
             self.authenticate(request)
         elif self.client is None:
-            raise F.FrameError(F.E_NOT_AUTHENTICATED,
+            raise FrameError(E_NOT_AUTHENTICATED,
                                "authenticate before pulling or acknowledging")
-        elif isinstance(request, F.Pull):
+        elif isinstance(request, Pull):
             self.pull(request.limit)
-        elif isinstance(request, F.Ack):
-            self.send(F.Acked(self.factory.store.ack(self.client, request.ids)))
+        elif isinstance(request, Ack):
+            self.send(Acked(self.factory.store.ack(self.client, request.ids)))
 
     def register(self, request):
         nonce, self.nonce = self.nonce, None
         if nonce is None:
-            raise F.FrameError(F.E_ALREADY,
+            raise FrameError(E_ALREADY,
                                "one registration per connection: reconnect for a fresh nonce")
         try:
             shared = crypto_scalarmult(self.factory.keys.private_key, request.client_key)
@@ -146,46 +152,45 @@ class ClientProtocol(Protocol):
             # a low-order point gives no shared secret: no proof can be right
             shared = None
         if shared is None or not hmac.compare_digest(
-                F.registration_proof(shared, nonce, request.client_key), request.proof):
-            raise F.FrameError(F.E_BAD_PROOF,
+                registration_proof(shared, nonce, request.client_key), request.proof):
+            raise FrameError(E_BAD_PROOF,
                                "registration proof does not match the client key and nonce")
         store = self.factory.store
         if not store.has_room(request.client_key):
-            raise F.FrameError(
-                F.E_FULL, f"this gateway is full: {store.max_clients} clients are registered")
-        token = self.factory.randbytes(F.TOKEN_SIZE)
+            raise FrameError(
+                E_FULL, f"this gateway is full: {store.max_clients} clients are registered")
+        token = self.factory.randbytes(TOKEN_SIZE)
         store.register(request.client_key, token)
         self.log.info("registered client {address}",
                       address=encode_client_address(request.client_key))
-        self.send(F.Registered(token))
+        self.send(Registered(token))
 
     def authenticate(self, request):
         if self.client is not None:
-            raise F.FrameError(F.E_ALREADY, "this connection is already authenticated")
+            raise FrameError(E_ALREADY, "this connection is already authenticated")
         store = self.factory.store
         if not store.is_registered(request.client_key):
-            raise F.FrameError(
-                F.E_UNKNOWN_CLIENT,
+            raise FrameError(
+                E_UNKNOWN_CLIENT,
                 f"client {encode_client_address(request.client_key)} is not registered here")
         if not store.check_token(request.client_key, request.token):
-            raise F.FrameError(F.E_BAD_TOKEN, "the token is not this client's current token")
+            raise FrameError(E_BAD_TOKEN, "the token is not this client's current token")
         self.client = bytes(request.client_key)
         # a registration in use does not expire (MailboxStore.expire_idle)
         store.touch(self.client)
         # until it authenticates a connection costs the gateway and gives
         # nothing: the listener's handshake deadline holds until now
-        handshake_done(self.transport)
-        self.send(F.Authenticated())
+        self.send(Authenticated())
 
     def pull(self, limit):
         messages, size = [], 3
         for ident, body in self.factory.store.pull(
                 self.client, min(limit, self.factory.max_pull)):
             size += 10 + len(body)
-            if size > F.MAX_FRAME_SIZE:
+            if size > MAX_FRAME_SIZE:
                 break
             messages.append((ident, body))
-        self.send(F.Messages(tuple(messages)))
+        self.send(Messages(tuple(messages)))
 
 
 #: Client connections at once: every client keeps one open.
@@ -204,7 +209,7 @@ class ClientServerFactory(Factory):
     noisy = False
 
     def __init__(self, store, keys, randbytes=os.urandom, max_errors=5,
-                 max_pull=F.MAX_PULL):
+                 max_pull=MAX_PULL):
         self.store = store
         self.keys = keys
         self.randbytes = randbytes
@@ -216,16 +221,41 @@ class ClientServerFactory(Factory):
         return ClientProtocol(self)
 
     def count_error(self, code):
-        self.errors[F.ERROR_NAMES.get(code, str(code))] += 1
+        self.errors[ERROR_NAMES.get(code, str(code))] += 1
 
 
-def listener_factory(factory, max_connections=MAX_CONNECTIONS,
-                     handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=IDLE_TIMEOUT, clock=None):
-    """The gateway's client listener factory: *factory* (a ClientServerFactory)
-    within its bounds; a connection must authenticate within *handshake_timeout*."""
-    if handshake_timeout is None or not handshake_timeout > 0:
-        raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
-    return ConnectionLimit(factory, factory.store.clock if clock is None else clock,
-                           max_connections, idle_timeout=idle_timeout,
-                           handshake_timeout=handshake_timeout,
-                           name="gateway client listener")
+
+# ---- a client: connect, register, authenticate, pull and ack ---------------
+
+class PlaintextClient(Protocol):
+    """The old client link on one connection, for the benchmark."""
+
+    def __init__(self):
+        self.decoder = FrameDecoder(MAX_FRAME_SIZE)
+        self.hello = Deferred()
+        self.waiting = collections.deque()
+
+    def dataReceived(self, data):
+        for body in self.decoder.feed(data):
+            value = parse_gateway_frame(body)
+            if not self.hello.called:
+                self.hello.callback(value)
+                continue
+            d = self.waiting.popleft()
+            if isinstance(value, Error):
+                d.errback(FrameError(value.code, value.message))
+            else:
+                d.callback(value)
+
+    def request(self, value):
+        d = Deferred()
+        self.waiting.append(d)
+        self.transport.write(encode(value))
+        return d
+
+    async def login(self, keys):
+        hello = await self.hello
+        shared = crypto_scalarmult(keys.private_key, hello.gateway_key)
+        reply = await self.request(Register(
+            keys.public_key, registration_proof(shared, hello.nonce, keys.public_key)))
+        await self.request(Authenticate(keys.public_key, reply.token))
