@@ -187,10 +187,15 @@ def endpoint(value, name, reactor=None):
         raise ConfigError(f"{name} must be a server endpoint such as"
                           f" tcp:9001:interface=127.0.0.1, not {_show(value)}")
     try:
-        serverFromString(reactor, value)
+        parsed = serverFromString(reactor, value)
     except Exception as e:
         raise ConfigError(f"{name} must be a server endpoint such as"
                           f" tcp:9001:interface=127.0.0.1, not {value!r}: {e}")
+    # Twisted's parser takes any integer as a TCP port and the error comes
+    # only at bind time; the TCP and SSL endpoints keep it as _port
+    bound = getattr(parsed, "_port", None)
+    if isinstance(bound, int) and not 0 <= bound <= 65535:
+        raise ConfigError(f"{name}: port {bound} in {value!r} is not a port number (0-65535)")
     return value
 
 

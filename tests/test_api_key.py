@@ -8,6 +8,7 @@ handshake and a TCP connection in its first line, or it gets nothing.
 import json
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Protocol
@@ -112,6 +113,45 @@ class ApiKeyTests(TestCase):
             self.assertEqual(len(answers), 1, first)
             self.assertEqual(answers[0]["type"], "error")
             self.assertIn("needs its key", answers[0]["message"])
+
+
+class ApiKeyDeadlineTests(SynchronousTestCase):
+    """With a key, a TCP connection that does not show it in time is cut."""
+
+    def test_a_silent_tcp_connection_is_cut_at_the_handshake_deadline(self):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransportWithDisconnection
+        from nymtx.client.service import HANDSHAKE_TIMEOUT
+        clock = Clock()
+        for api_key, cut in ((KEY, True), ("", False)):
+            config = ClientConfig(id="K", root=self.mktemp(), socket_type="TCP",
+                                  api_key=api_key)
+            factory = api_factory(clock, config, ApiDispatcher(FakeCore()))
+            proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+            transport = StringTransportWithDisconnection()
+            transport.protocol = proto
+            proto.makeConnection(transport)
+            clock.advance(HANDSHAKE_TIMEOUT + 1)
+            self.assertEqual(not transport.connected, cut, api_key)
+            if transport.connected:
+                transport.loseConnection()
+
+    def test_shown_in_time_the_connection_stays(self):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransportWithDisconnection
+        from nymtx.client.service import HANDSHAKE_TIMEOUT
+        clock = Clock()
+        config = ClientConfig(id="K", root=self.mktemp(), socket_type="TCP", api_key=KEY)
+        factory = api_factory(clock, config, ApiDispatcher(FakeCore()))
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = StringTransportWithDisconnection()
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        proto.dataReceived(json.dumps({"type": "auth", "api_key": KEY}).encode() + b"\n")
+        clock.advance(HANDSHAKE_TIMEOUT + 1)
+        self.assertTrue(transport.connected)
+        self.assertIn(b'"auth"', transport.value())
+        transport.loseConnection()
 
 
 class ApiKeyConfigTests(SynchronousTestCase):

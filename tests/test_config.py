@@ -84,6 +84,13 @@ class ValidatorTests(SynchronousTestCase):
         # a port in use is the service's start-up failure, not a config error
         self.assertEqual(shared.endpoint(taken, "e"), taken)
 
+    def test_an_endpoint_port_out_of_range_is_refused_before_any_bind(self):
+        for bad in ("tcp:70000", "tcp:70000:interface=127.0.0.1", "tcp6:port=65536",
+                    "tcp:-1"):
+            e = self.assertRaises(shared.ConfigError, shared.endpoint, bad, "listening_endpoint")
+            self.assertIn("listening_endpoint", str(e))
+        self.assertEqual(shared.endpoint("tcp:65535", "e"), "tcp:65535")
+
     @given(st.sampled_from([shared.port, shared.delay, shared.seconds, shared.count,
                             shared.url, shared.ip_host, shared.identifier, shared.endpoint,
                             shared.log_level, shared.boolean, shared.text]),

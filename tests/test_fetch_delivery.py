@@ -23,17 +23,18 @@ from nymtx.client.inbox import Inbox
 from nymtx.client.tcp import JsonLinesFactory
 from nymtx.client.websocket import MAX_FRAME, websocket_site
 from nymtx.gateway.frames import MAX_MESSAGE
-from nymtx.keys import KeyPair
+
+from .test_client_api import FakeCore
 
 BODIES = [(b"%02d" % i) + b"m" * 973 for i in range(75)]  # 975 bytes each, the maximum
 
 
-class InboxCore:
-    """The part of ClientCore the dispatcher uses, on a real sqlite inbox."""
-
-    address = KeyPair.generate().public_text
+class InboxCore(FakeCore):
+    """The one fake of IClientCore (tests.test_client_api.FakeCore), its
+    inbox a real sqlite one."""
 
     def __init__(self, inbox):
+        super().__init__()
         self.inbox = inbox
 
     def peek(self, max_bytes=None):

@@ -30,6 +30,8 @@ from nymtx.links import PacketLinks
 from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork
 from tests.test_client_api import FakeCore
 from tests.test_client_core import RecordingInbox
+from tests.test_fetch_delivery import InboxCore
+from tests.test_log_noise import _LoopBack
 
 TESTS = Path(__file__).parent
 
@@ -67,14 +69,15 @@ class InterfaceTests(SynchronousTestCase):
         client = self.client()
         address = NodeAddress.parse("127.0.0.1:1")
         return [
-            (IPacketLinks, PacketLinks(self.clock), [FakeLinks()]),
+            (IPacketLinks, PacketLinks(self.clock),
+             [FakeLinks(), _LoopBack(FakeNetwork(), FakeGatewayLink())]),
             (IDirectoryClient, DirectoryClient("http://127.0.0.1:1", reactor=self.clock),
              [FakeDirectory()]),
             (IGatewayLink, GatewayLink(self.clock, address, KeyPair.generate(), b"t" * 32),
              [FakeGatewayLink()]),
             (IMailboxStore, self.store(), []),
             (IInbox, self.inbox(), [self.inbox(RecordingInbox, [])]),
-            (IClientCore, client.core, [FakeCore()]),
+            (IClientCore, client.core, [FakeCore(), InboxCore(self.inbox())]),
             (IApiDispatcher, ApiDispatcher(client.core), []),
             (IMixnetClient, client, []),
         ]
@@ -113,9 +116,12 @@ class InterfaceTests(SynchronousTestCase):
         found = set()
         for path in TESTS.glob("test_*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ClassDef) and node.name.lstrip("_").startswith(
-                        ("Fake", "Stub", "Recording", "Dummy")) \
-                        and not node.name.endswith("Tests"):
+                if not isinstance(node, ast.ClassDef) or node.name.endswith("Tests"):
+                    continue
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                # by its name, or by what it is made from (a subclass of a fake)
+                if node.name.lstrip("_").startswith(("Fake", "Stub", "Recording", "Dummy")) \
+                        or any(b.lstrip("_").startswith(("Fake", "Recording")) for b in bases):
                     found.add(node.name)
         self.assertEqual(found - NOT_COLLABORATORS,
                          verified - set(testing.__all__))

@@ -20,7 +20,7 @@ from nymtx.client.inbox import Inbox
 from nymtx.client.websocket import MixWebSocketProtocol, websocket_site
 from nymtx.keys import KeyPair, encode_key
 from nymtx.logfilter import filter_log, level_filter
-from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeNetwork
+from nymtx.testing import FakeLinks, FakeDirectory, FakeGatewayLink, FakeNetwork
 
 
 class _Stdio:
@@ -96,26 +96,20 @@ class FilterLogTests(SynchronousTestCase):
         self.assertEqual([e["log_format"] for e in events], ["autobahn at debug"])
 
 
-class _LoopBack:
-    """Mix links that deliver every packet straight to the gateway's mailbox."""
+class _LoopBack(FakeLinks):
+    """Mix links that deliver every packet straight to the gateway's mailbox
+    (the one fake of IPacketLinks, nymtx.testing.FakeLinks, plus delivery)."""
 
     def __init__(self, network, gateway_link):
+        super().__init__()
         self.network = network
         self.gateway_link = gateway_link
         self.ids = itertools.count(1)
-        self.sent = []
 
     def send(self, address, packet):
-        self.sent.append((address, packet))
+        super().send(address, packet)
         _, message, _ = self.network.unwrap(packet)
         self.gateway_link.mail.append((next(self.ids), message))
-
-    def retain(self, addresses):  # IPacketLinks: the core calls it at each topology
-        pass
-
-    def stop(self):
-        from twisted.internet.defer import succeed
-        return succeed(None)
 
 
 class QuietClientTests(SynchronousTestCase):

@@ -494,8 +494,9 @@ class ClientCore:
 
     def _got_topology(self, topology):
         if self._directory_down or self.topology is None:
-            self.log.info("topology: {mixnodes} mixnodes, {gateways} gateways",
-                          mixnodes=len(topology.mixnodes), gateways=len(topology.gateways))
+            self.log.info("topology: {mixnodes}, {gateways}",
+                          mixnodes=_count(len(topology.mixnodes), "mixnode"),
+                          gateways=_count(len(topology.gateways), "gateway"))
         self._directory_down = False
         self._expired = None
         self.topology = topology
@@ -780,3 +781,8 @@ class ClientCore:
                     observer()
                 except Exception:
                     self.log.failure("inbox observer {cb!r} failed", cb=observer)
+
+
+def _count(n, word):
+    """``1 gateway``, ``2 gateways``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -50,9 +50,13 @@ def api_factory(reactor, config, dispatcher, *, max_connections=MAX_CONNECTIONS,
         return ConnectionLimit(site, reactor, max_connections, idle_timeout=idle_timeout,
                                handshake_timeout=handshake_timeout, backpressure=True,
                                name="websocket API")
+    # with an API key, a connection has handshake_timeout to show it (its
+    # first line): silent connections cannot hold the API's places for the
+    # whole idle timeout
     return ConnectionLimit(JsonLinesFactory(dispatcher, api_key=config.api_key),
-                           reactor, max_connections,
-                           idle_timeout=idle_timeout, name="TCP API")
+                           reactor, max_connections, idle_timeout=idle_timeout,
+                           handshake_timeout=handshake_timeout if config.api_key else None,
+                           name="TCP API")
 
 
 class _ClientRunner(Service):

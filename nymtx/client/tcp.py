@@ -17,6 +17,7 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from nymtx.client.api import Push, buffered, encode_response, error
+from nymtx.listening import handshake_done
 from nymtx.client.websocket import MAX_FRAME, is_loopback, key_matches
 
 
@@ -124,6 +125,7 @@ class JsonLinesProtocol(LineReceiver):
                 and isinstance(request.get("api_key"), str)
                 and key_matches(request["api_key"], self.api_key)):
             self._authenticated = True
+            handshake_done(self.transport)   # the listener's deadline was for this
             self._reply({"type": "auth"})
             return
         self.factory.log.warn("refused a TCP API connection without the API key")

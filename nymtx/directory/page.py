@@ -36,8 +36,8 @@ def render(topology, rates, now_ns):
         "<title>nymtx directory</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>nymtx directory</h1>",
-        f"<p>{len(mixnodes)} mixnodes, {len(gateways)} gateways, "
-        f"{sum(len(g['registeredClients']) for g in gateways)} registered clients. "
+        f"<p>{_count(len(mixnodes), 'mixnode')}, {_count(len(gateways), 'gateway')}, "
+        f"{_count(sum(len(g['registeredClients']) for g in gateways), 'registered client')}. "
         f"This page refreshes every {REFRESH_SECONDS} s. Packet rates are averages "
         f"over the last whole minute, totals only (docs/directory.md).</p>",
     ]
@@ -52,6 +52,10 @@ def render(topology, rates, now_ns):
                  "<a href=\"api/healthcheck\">healthcheck</a></p>")
     parts.append("</body></html>")
     return "\n".join(parts).encode("utf-8")
+
+
+def _count(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _e(value):
