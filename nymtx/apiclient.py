@@ -121,6 +121,15 @@ async def connect_api(reactor, url, origin=None, api_key=None):
     return ApiConnection(protocol, factory)
 
 
+def _is_api_url(url):
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        return False
+    return parsed.scheme == "ws" and bool(parsed.hostname) and bool(port)
+
+
 def main(argv=None):
     from twisted.internet import task
 
@@ -128,7 +137,11 @@ def main(argv=None):
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)
         return 0
-    if len(argv) < 2:
+    if len(argv) < 2 or not _is_api_url(argv[0]):
+        if argv:
+            print(f"nymtx.apiclient: {argv[0]!r} is not a ws://host:port/path URL"
+                  if not _is_api_url(argv[0]) else "nymtx.apiclient: no request given",
+                  file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ through the mixnet over Alice's websocket, polls Bob's websocket until it
 arrives, and keeps running so that you can talk to both.
 """
 
-import argparse
+import types
 import json
 import os
 import pathlib
@@ -16,9 +16,12 @@ import sys
 import time
 
 from twisted.application.service import MultiService
+from twisted.python import usage
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
+from nymtx import config as shared
+from nymtx.cli import coerce
 from nymtx.apiclient import connect_api
 from nymtx.client import ClientConfig, ClientService, init_client
 from nymtx.client.config import is_initialised
@@ -130,18 +133,34 @@ async def _ready_address(reactor, api):
     return (await api.request({"type": "ownDetails"}))["address"]
 
 
+class Options(usage.Options):
+    synopsis = "[--home DIR] [--base-port N] [--alice-port N] [--bob-port N] [--once]"
+    longdesc = __doc__.splitlines()[0]
+
+    def getSynopsis(self):
+        return f"Usage: python -m nymtx.quickstart {self.synopsis}"
+    optParameters = [
+        ["home", None, ".quickstart", "where keys, configs and mailboxes live"],
+        ["base-port", None, 8080, "the directory's port; the nodes' count up from it",
+         coerce(shared.port, "--base-port")],
+        ["alice-port", None, 9001, "Alice's websocket port", coerce(shared.port, "--alice-port")],
+        ["bob-port", None, 9002, "Bob's websocket port", coerce(shared.port, "--bob-port")],
+    ]
+    optFlags = [["once", None, "stop after the message has arrived (for scripts)"]]
+
+
 def main(argv=None):
     from twisted.internet import reactor
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", default=".quickstart",
-                        help="where keys, configs and mailboxes live (default .quickstart)")
-    parser.add_argument("--base-port", type=int, default=8080)
-    parser.add_argument("--alice-port", type=int, default=9001)
-    parser.add_argument("--bob-port", type=int, default=9002)
-    parser.add_argument("--once", action="store_true",
-                        help="stop after the message has arrived (for scripts)")
-    args = parser.parse_args(argv)
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else list(argv))
+    except usage.UsageError as e:
+        print(f"quickstart: error: {e}\n{options}", file=sys.stderr)
+        return 2
+    args = types.SimpleNamespace(home=options["home"], base_port=options["base-port"],
+                                 alice_port=options["alice-port"],
+                                 bob_port=options["bob-port"], once=options["once"])
     start_logging("warn")
     outcome = {"code": 0}
     quick = QuickStart(reactor, args)

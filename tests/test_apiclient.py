@@ -57,7 +57,8 @@ class CommandTests(SynchronousTestCase):
         for url in ("http://127.0.0.1:9001/mix", "ws://127.0.0.1:99999/mix",
                     "ws://127.0.0.1:x/mix"):
             result = self.run_command(url, "{}")
-            self.assertEqual(result.returncode, 1, result.stderr)
+            # a command line that cannot be right is a usage error, as in every command
+            self.assertEqual(result.returncode, 2, result.stderr)
             self.assertIn("is not a ws://host:port/path URL", result.stderr)
             self.assertNotIn("Traceback", result.stderr)
 

@@ -19,6 +19,10 @@ log = Logger()
 class Options(LogLevelOption, usage.Options):
     synopsis = ("[--port ENDPOINT] [--expiry SECONDS] "
                 "[--identity-dir DIR (--allow-list FILE | --allow-any)]")
+
+    def getSynopsis(self):
+        # --help's first line, as the other nym-* commands print it
+        return f"Usage: nym-directory {self.synopsis}"
     longdesc = ("The nymtx directory: nodes announce their presence, clients read "
                 "the topology, and GET / shows the live network. With --identity-dir "
                 "it takes only signed presences and signs its topology (docs/trust.md).")

@@ -66,6 +66,10 @@ def _port(text):
 class Options(usage.Options):
     synopsis = ("[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR]"
                 " [--processes | --netns [--clients N]] [--log-level LEVEL]")
+
+    def getSynopsis(self):
+        # --help's first line, as the other nym-* commands print it
+        return f"Usage: nym-localnet {self.synopsis}"
     longdesc = ("Starts a directory, 3 layers of mixnodes and the gateways on 127.0.0.1 (with"
                 " --netns: each in its own network namespace, on its own address), waits until"
                 " the topology is complete, prints it, and runs until interrupted.")
