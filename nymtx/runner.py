@@ -19,6 +19,10 @@ log = Logger()
 def start_logging(level="info", stream=None):
     predicate = LogLevelFilterPredicate(
         defaultLogLevel=LogLevel.levelWithName(level))
+    # the reactor's own "Main loop terminated." at info ends every command's
+    # output (after an error it reads like a second message); debug shows it
+    if level != "debug":
+        predicate.setLogLevelForNamespace("twisted.internet.base", LogLevel.warn)
     observer = FilteringLogObserver(
         textFileLogObserver(stream or sys.stderr), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
