@@ -56,7 +56,7 @@ class Config(SynchronousTestCase):
         self.assertConfigError(base.replace("port = 1789", "port = 70000"),
                                "[mixnet_endpoint] port", "70000")
         self.assertConfigError(base.replace("port = 1789", 'port = "x"'), "[mixnet_endpoint] port")
-        self.assertConfigError(base.replace("quota_messages = 1000", "quota_messages = -1"),
+        self.assertConfigError(base.replace("quota_messages = 20000", "quota_messages = -1"),
                                "[storage] quota_messages")
         self.assertConfigError(base.replace('announce_address = "127.0.0.1"',
                                             'announce_address = "example.org"'),

@@ -28,8 +28,8 @@ class GatewayConfig:
     announce_host: str = "127.0.0.1"
     directory: str = "http://127.0.0.1:8080"
     location: str = "unknown"
-    quota_messages: int = 1000
-    quota_bytes: int = 1_000_000
+    quota_messages: int = 20_000
+    quota_bytes: int = 20_000_000
     commit_interval_ms: int = 0
     commit_batch: int = 512
     message_retrieval_limit: int = 100

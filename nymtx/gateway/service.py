@@ -201,8 +201,8 @@ def check_store(reactor, data_dir):
 
 
 def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
-                   announce_host, directory_url=None, *, quota_messages=1000,
-                   quota_bytes=1_000_000, commit_interval=0.0, commit_batch=512,
+                   announce_host, directory_url=None, *, quota_messages=20_000,
+                   quota_bytes=20_000_000, commit_interval=0.0, commit_batch=512,
                    max_clients=1000, max_pull=None, max_delay=300.0, presence_interval=1.5,
                    location=None, version=None, directory=None, treq=None,
                    randbytes=os.urandom, mix_max_connections=mix.MAX_CONNECTIONS,

@@ -69,8 +69,8 @@ class MailboxStore:
 
     clock: object
     db: sqlite3.Connection
-    quota_messages: int = 1000
-    quota_bytes: int = 1_000_000
+    quota_messages: int = 20_000
+    quota_bytes: int = 20_000_000
     commit_interval: float = 0.0
     commit_batch: int = 512
     #: registered clients at most: the presence document lists them all and
