@@ -320,3 +320,27 @@ class WordingTests(SynchronousTestCase):
 def defer_from(coroutine):
     from twisted.internet.defer import Deferred
     return Deferred.fromCoroutine(coroutine)
+
+
+class LocalRegistrationTests(TestCase):
+    timeout = 60
+
+    async def _register_many(self):
+        from twisted.internet import reactor
+        from nymtx.gateway.link import register
+        from nymtx.keys import KeyPair
+        from nymtx.localnet import LocalNetwork
+        net = LocalNetwork(reactor, self.mktemp(), plan(1, 1, 0))
+        net.startService()
+        self.addCleanup(net.stopService)
+        await net.whenReady()
+        topology = await net.wait_for_topology()
+        [gateway] = topology.gateways
+        # far more than a public gateway's burst from one address (3), at once
+        for _ in range(12):
+            await register(reactor, gateway.client_listener, KeyPair.generate(),
+                           gateway.public_key)
+
+    def test_a_local_network_takes_many_registrations_from_one_address(self):
+        from twisted.internet.defer import Deferred
+        return Deferred.fromCoroutine(self._register_many())

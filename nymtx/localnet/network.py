@@ -18,6 +18,7 @@ from nymtx.directory.client import DirectoryClient
 from nymtx.directory.registry import Registry
 from nymtx.directory.resource import make_site
 from nymtx.directory.service import DirectoryService
+from nymtx.gateway.private_server import RegistrationLimit
 from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyFormatError, KeyPair
 from nymtx.localnet.model import (
@@ -41,6 +42,10 @@ def node_keys(home, name):
 
 def _endpoint(reactor, host, port):
     return TCP4ServerEndpoint(reactor, port, interface=host)
+
+
+#: registrations a local gateway takes at once, from any one address
+LOCAL_REGISTRATIONS = 100_000
 
 
 def _strport(host, port):
@@ -98,7 +103,12 @@ class LocalNetwork(MultiService):
             self.reactor, keys, os.path.join(self.home, "localnet", node.name, "data"),
             _strport(node.listen_host, node.port), _strport(node.listen_host, node.client_port),
             node.host, self.directory_url,
-            presence_interval=self.timing.presence_interval)
+            presence_interval=self.timing.presence_interval,
+            # every local client registers from one loopback address, many
+            # at once: the registration rate limits (against floods from
+            # outside) would keep all but the first few out for minutes
+            admission=RegistrationLimit(self.reactor, per_source_burst=LOCAL_REGISTRATIONS,
+                                        total_burst=LOCAL_REGISTRATIONS))
 
     async def _start_node(self, node):
         service = self._make(node)
