@@ -12,12 +12,18 @@ where process_per_s is process_packet() on the same kind of packets in a
 tight loop here: 1.0 would mean the node costs nothing beyond the crypto.
 
     python benchmarks/mixnode_bench.py [--packets 20000] [--json]
+
+With ``--workers N`` the node also runs with N worker processes, in rounds
+interleaved with single-process ones (``--rounds``, A B A B): the figure
+is then the median of the rounds' ``forwarded_per_s`` ratios, N workers
+against one process.
 """
 
 import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,14 +35,14 @@ sys.path.insert(0, ROOT)
 from nymtx.sphinx import PACKET_SIZE  # noqa: E402
 
 
-def run_node(key_hex, port_file):
+def run_node(key_hex, port_file, workers=1):
     from twisted.internet import reactor
     from nymtx.keys import KeyPair
     from nymtx.mixnode.service import MixnodeService
 
     keys = KeyPair.from_private(bytes.fromhex(key_hex))
     service = MixnodeService(reactor, keys, 1, "tcp:0:interface=127.0.0.1", "127.0.0.1",
-                             queue_size=1 << 16)
+                             queue_size=1 << 16, workers=workers)
 
     def listening(port):
         with open(port_file + ".tmp", "w") as f:
@@ -84,6 +90,11 @@ def measure_process(private_key, packets):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packets", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also run the node with this many worker processes, interleaved"
+                             " with single-process rounds, and report the ratio")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of each kind with --workers (A B A B ...)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", choices=["main", "node", "load"], default="main",
                         help=argparse.SUPPRESS)
@@ -92,41 +103,107 @@ def main():
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "node":
-        return run_node(args.key, args.file)
+        return run_node(args.key, args.file, args.workers)
     if args.role == "load":
         return run_load(args.port, args.file)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     from nymtx.keys import KeyPair
     tmp = tempfile.mkdtemp()
     node_keys, sink_keys = KeyPair.generate(), KeyPair.generate()
-    port_file = os.path.join(tmp, "port")
-    node = subprocess.Popen([sys.executable, __file__, "--role", "node", "--key",
-                             node_keys.private_key.hex(), "--file", port_file])
-    try:
-        return measure(args, node_keys, sink_keys, port_file, tmp)
-    finally:
-        node.terminate()
-        node.wait()
-
-
-def measure(args, node_keys, sink_keys, port_file, tmp):
     sink = socket.socket()
     sink.bind(("127.0.0.1", 0))
     sink.listen(1)
     sink_port = sink.getsockname()[1]
+    # the node's own address is not read at its hop: any will do
+    packets = build(args.packets, node_keys, sink_keys, sink_port, 1789)
+    process_per_s = measure_process(node_keys.private_key, packets[:min(5000, len(packets))])
+    packets_file = os.path.join(tmp, "packets")
+    with open(packets_file, "wb") as f:
+        f.write(b"".join(packets))
+    kinds = [1] if args.workers == 1 else [1, args.workers] * args.rounds
+    rounds = []
+    for i, workers in enumerate(kinds):
+        port_file = os.path.join(tmp, f"port{i}")
+        node = subprocess.Popen([sys.executable, __file__, "--role", "node", "--key",
+                                 node_keys.private_key.hex(), "--file", port_file,
+                                 "--workers", str(workers)])
+        try:
+            r, node_cpu, workers_cpu = measure(len(packets), sink, port_file, packets_file,
+                                               node.pid)
+            r.update(workers=workers,
+                     node_cpu_us=round(node_cpu / len(packets) * 1e6, 1),
+                     workers_cpu_us=round(workers_cpu / len(packets) * 1e6, 1))
+            rounds.append(r)
+        finally:
+            node.terminate()
+            node.wait()
+    sink.close()
+    single = [r for r in rounds if r["workers"] == 1]
+    result = {
+        "packets": len(packets),
+        "forwarded": min(r["forwarded"] for r in single),
+        "lost": max(r["lost"] for r in single),
+        "forwarded_per_s": round(statistics.median(r["forwarded_per_s"] for r in single), 1),
+        "process_per_s": round(process_per_s, 1),
+    }
+    result["ratio"] = round(result["forwarded_per_s"] / result["process_per_s"], 3)
+    if args.workers > 1:
+        multi = [r for r in rounds if r["workers"] == args.workers]
+        # each round's multi-worker rate against the single-process round before it
+        ratios = [m["forwarded_per_s"] / s["forwarded_per_s"] for s, m in zip(single, multi)]
+        result.update({
+            "workers": args.workers,
+            "workers_forwarded_per_s": round(
+                statistics.median(r["forwarded_per_s"] for r in multi), 1),
+            "workers_lost": max(r["lost"] for r in multi),
+            "workers_speedup": round(statistics.median(ratios), 3),
+            "rounds": rounds,
+        })
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"process_packet in a loop: {result['process_per_s']:.0f} packets/s")
+    print(f"forwarded by the mixnode: {result['forwarded_per_s']:.0f} packets/s"
+          f" (ratio {result['ratio']:.2f}, target >= 0.70)")
+    print(f"lost: {result['lost']} of {result['packets']}")
+    if args.workers > 1:
+        for r in result["rounds"]:
+            print(f"  round: {r['workers']} worker(s): {r['forwarded_per_s']:.0f}/s,"
+                  f" lost {r['lost']}; CPU per packet: node process {r['node_cpu_us']} µs,"
+                  f" workers {r['workers_cpu_us']} µs")
+        print(f"with {args.workers} workers: {result['workers_forwarded_per_s']:.0f} packets/s,"
+              f" {result['workers_speedup']:.2f}x one process (median of the rounds'"
+              f" ratios, target >= 1.5), lost {result['workers_lost']}")
+
+
+def cpu_seconds(pid):
+    """CPU seconds (user + system) of process *pid*, and of its children, from /proc."""
+    def one(p):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return one(pid), sum(one(c) for c in children)
+
+
+def measure(count, sink, port_file, packets_file, pid):
     deadline = time.monotonic() + 20
     while not os.path.exists(port_file):
         if time.monotonic() > deadline:
             sys.exit("the mixnode did not start")
         time.sleep(0.05)
     node_port = int(open(port_file).read())
-
-    packets = build(args.packets, node_keys, sink_keys, sink_port, node_port)
-    process_per_s = measure_process(node_keys.private_key, packets[:min(5000, len(packets))])
-    packets_file = os.path.join(tmp, "packets")
-    with open(packets_file, "wb") as f:
-        f.write(b"".join(packets))
-
+    time.sleep(0.5)  # the workers' start-up is not the node's per-packet cost
+    cpu_before = cpu_seconds(pid)
     load = subprocess.Popen([sys.executable, __file__, "--role", "load", "--port",
                              str(node_port), "--file", packets_file])
     # If the node forwards nothing (say it drops every packet) nobody connects:
@@ -140,7 +217,7 @@ def measure(args, node_keys, sink_keys, port_file, tmp):
     conn.settimeout(2.0)
     received = 0
     first = last = None
-    while received < len(packets) * PACKET_SIZE:
+    while received < count * PACKET_SIZE:
         try:
             data = conn.recv(1 << 20)
         except socket.timeout:
@@ -153,25 +230,13 @@ def measure(args, node_keys, sink_keys, port_file, tmp):
         last = now
         received += len(data)
     load.wait()
+    cpu_after = cpu_seconds(pid)
     conn.close()
-    sink.close()
     forwarded = received // PACKET_SIZE
     elapsed = (last - first) if forwarded > 1 else float("nan")
-    result = {
-        "packets": len(packets),
-        "forwarded": forwarded,
-        "lost": len(packets) - forwarded,
-        "forwarded_per_s": round(forwarded / elapsed, 1),
-        "process_per_s": round(process_per_s, 1),
-    }
-    result["ratio"] = round(result["forwarded_per_s"] / result["process_per_s"], 3)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"process_packet in a loop: {result['process_per_s']:.0f} packets/s")
-        print(f"forwarded by the mixnode: {result['forwarded_per_s']:.0f} packets/s"
-              f" (ratio {result['ratio']:.2f}, target >= 0.70)")
-        print(f"lost: {result['lost']} of {result['packets']}")
+    return ({"forwarded": forwarded, "lost": count - forwarded,
+             "forwarded_per_s": round(forwarded / elapsed, 1)},
+            cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
 
 
 if __name__ == "__main__":
