@@ -13,6 +13,13 @@ tight loop here: 1.0 would mean the node costs nothing beyond the crypto.
 
     python benchmarks/mixnode_bench.py [--packets 20000] [--json]
 
+With ``--gap MS`` (the low-rate mode) the load sends one packet every MS
+milliseconds, each asking for a delay (``--delay``, mean 200 ms), so that
+each packet has a read, a timer and a write of its own at the node, as at
+realistic rates; the figure is the node's CPU time per packet (from
+/proc) against process_packet's CPU time per packet, measured just before
+each round, median of ``--rounds``.
+
 With ``--workers N`` the node also runs with N worker processes, in rounds
 interleaved with single-process ones (``--rounds``, A B A B): the figure
 is then the median of the rounds' ``forwarded_per_s`` ratios, N workers
@@ -22,6 +29,7 @@ against one process.
 import argparse
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -55,36 +63,57 @@ def run_node(key_hex, port_file, workers=1):
     reactor.run()
 
 
-def run_load(port, packets_file):
+def run_load(port, packets_file, gap=0.0):
     with open(packets_file, "rb") as f:
         data = f.read()
     sock = socket.create_connection(("127.0.0.1", port))
     view = memoryview(data)
-    chunk = PACKET_SIZE * 64
+    chunk = PACKET_SIZE * 64 if not gap else PACKET_SIZE
+    next_at = time.monotonic()
     for start in range(0, len(data), chunk):
         sock.sendall(view[start:start + chunk])
+        if gap:
+            # one packet at a time, as at realistic rates: a read, a timer
+            # and a write of its own at the node
+            next_at += gap
+            time.sleep(max(0.0, next_at - time.monotonic()))
     sock.shutdown(socket.SHUT_WR)
     sock.recv(1)  # wait for the node to close: everything was read
     sock.close()
 
 
-def build(count, node_keys, sink_keys, sink_port, node_port):
+def build(count, node_keys, sink_keys, sink_port, node_port, mean_delay=0.0):
     from nymtx.addressing import NodeAddress
-    from nymtx.sphinx import Hop, build_packet
+    from nymtx.sphinx import Hop, build_packet, sample_delays
     route = [Hop(NodeAddress.parse(f"127.0.0.1:{node_port}").to_bytes(), node_keys.public_key),
              Hop(NodeAddress.parse(f"127.0.0.1:{sink_port}").to_bytes(), sink_keys.public_key)]
     dest = bytes(32)
-    return [build_packet(route, dest, bytes(16), b"benchmark %d" % i, [0, 0])
+    rng = random.Random(7)
+    return [build_packet(route, dest, bytes(16), b"benchmark %d" % i,
+                         [sample_delays(1, mean_delay, rng)[0], 0])
             for i in range(count)]
 
 
-def measure_process(private_key, packets):
+def measure_process_paced(private_key, packets, gap):
+    """process_packet's CPU seconds per packet when each comes alone, *gap* s apart."""
     from nymtx.sphinx import ReplayCache, process_packet
     cache = ReplayCache(len(packets) * 2 + 2)
-    start = time.perf_counter()
+    total = 0.0
+    for p in packets:
+        time.sleep(gap)
+        start = time.process_time()
+        process_packet(private_key, p, cache)
+        total += time.process_time() - start
+    return total / len(packets)
+
+
+def measure_process(private_key, packets, clock=time.perf_counter):
+    from nymtx.sphinx import ReplayCache, process_packet
+    cache = ReplayCache(len(packets) * 2 + 2)
+    start = clock()
     for p in packets:
         process_packet(private_key, p, cache)
-    return len(packets) / (time.perf_counter() - start)
+    return len(packets) / (clock() - start)
 
 
 def main():
@@ -95,6 +124,10 @@ def main():
                              " with single-process rounds, and report the ratio")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of each kind with --workers (A B A B ...)")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="milliseconds between packets: the low-rate mode (see above)")
+    parser.add_argument("--delay", type=float, default=200.0,
+                        help="with --gap: the packets' mean delay at the node, ms")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", choices=["main", "node", "load"], default="main",
                         help=argparse.SUPPRESS)
@@ -105,9 +138,11 @@ def main():
     if args.role == "node":
         return run_node(args.key, args.file, args.workers)
     if args.role == "load":
-        return run_load(args.port, args.file)
+        return run_load(args.port, args.file, args.gap / 1000)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.gap:
+        return low_rate(args)
 
     from nymtx.keys import KeyPair
     tmp = tempfile.mkdtemp()
@@ -178,6 +213,67 @@ def main():
               f" ratios, target >= 1.5), lost {result['workers_lost']}")
 
 
+def low_rate(args):
+    """Packets one at a time, --gap ms apart, each held --delay ms on average.
+
+    The figure is the node's CPU per packet against process_packet's CPU per
+    packet, each round against the floor measured just before it.
+    """
+    from nymtx.keys import KeyPair
+    tmp = tempfile.mkdtemp()
+    node_keys, sink_keys = KeyPair.generate(), KeyPair.generate()
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(1)
+    packets = build(args.packets, node_keys, sink_keys, sink.getsockname()[1], 1789,
+                    mean_delay=args.delay / 1000)
+    floor_sample = build(2000, node_keys, sink_keys, 1, 1789)
+    packets_file = os.path.join(tmp, "packets")
+    with open(packets_file, "wb") as f:
+        f.write(b"".join(packets))
+    rounds = []
+    for i in range(args.rounds):
+        process_per_s = measure_process(node_keys.private_key, floor_sample,
+                                        clock=time.process_time)
+        paced = measure_process_paced(node_keys.private_key, floor_sample[:500], args.gap / 1000)
+        port_file = os.path.join(tmp, f"port{i}")
+        node = subprocess.Popen([sys.executable, __file__, "--role", "node", "--key",
+                                 node_keys.private_key.hex(), "--file", port_file])
+        try:
+            r, node_cpu, _ = measure(len(packets), sink, port_file, packets_file, node.pid,
+                                     gap=args.gap / 1000)
+        finally:
+            node.terminate()
+            node.wait()
+        r["node_cpu_us"] = round(node_cpu / len(packets) * 1e6, 1)
+        r["process_us"] = round(1e6 / process_per_s, 1)
+        r["process_alone_us"] = round(paced * 1e6, 1)
+        r["ratio"] = round(r["node_cpu_us"] / r["process_us"], 3)
+        r["ratio_alone"] = round(r["node_cpu_us"] / r["process_alone_us"], 3)
+        rounds.append(r)
+    sink.close()
+    result = {"gap_ms": args.gap, "delay_ms": args.delay, "packets": len(packets),
+              "lost": max(r["lost"] for r in rounds),
+              "node_cpu_us": statistics.median(r["node_cpu_us"] for r in rounds),
+              "process_us": statistics.median(r["process_us"] for r in rounds),
+              "process_alone_us": statistics.median(r["process_alone_us"] for r in rounds),
+              "ratio": statistics.median(r["ratio"] for r in rounds),
+              "ratio_alone": statistics.median(r["ratio_alone"] for r in rounds),
+              "rounds": rounds}
+    if args.json:
+        print(json.dumps(result))
+        return
+    for r in rounds:
+        print(f"  round: node {r['node_cpu_us']} µs CPU per packet; process_packet"
+              f" {r['process_us']} µs in a loop ({r['ratio']:.2f}x),"
+              f" {r['process_alone_us']} µs one at a time {args.gap:g} ms apart"
+              f" ({r['ratio_alone']:.2f}x); lost {r['lost']}")
+    print(f"one packet every {args.gap:g} ms, held {args.delay:g} ms on average:"
+          f" the node spends {result['ratio']:.2f}x process_packet's CPU in a loop,"
+          f" {result['ratio_alone']:.2f}x its CPU one packet at a time (median of"
+          f" {len(rounds)} rounds; target <= 1.5), lost {result['lost']}")
+
+
 def cpu_seconds(pid):
     """CPU seconds (user + system) of process *pid*, and of its children, from /proc."""
     def one(p):
@@ -195,7 +291,7 @@ def cpu_seconds(pid):
     return one(pid), sum(one(c) for c in children)
 
 
-def measure(count, sink, port_file, packets_file, pid):
+def measure(count, sink, port_file, packets_file, pid, gap=0.0):
     deadline = time.monotonic() + 20
     while not os.path.exists(port_file):
         if time.monotonic() > deadline:
@@ -205,7 +301,7 @@ def measure(count, sink, port_file, packets_file, pid):
     time.sleep(0.5)  # the workers' start-up is not the node's per-packet cost
     cpu_before = cpu_seconds(pid)
     load = subprocess.Popen([sys.executable, __file__, "--role", "load", "--port",
-                             str(node_port), "--file", packets_file])
+                             str(node_port), "--file", packets_file, "--gap", str(gap * 1000)])
     # If the node forwards nothing (say it drops every packet) nobody connects:
     # say so rather than wait for ever.
     sink.settimeout(30)
@@ -214,7 +310,7 @@ def measure(count, sink, port_file, packets_file, pid):
     except socket.timeout:
         load.kill()
         sys.exit("the mixnode forwarded nothing within 30 s")
-    conn.settimeout(2.0)
+    conn.settimeout(5.0 if gap else 2.0)
     received = 0
     first = last = None
     while received < count * PACKET_SIZE:
