@@ -113,8 +113,6 @@ def measure(args, steps, home, url, gateway):
             for i in range(args.registered)], consumeErrors=True)
         await sleep(args.settle)
         after = proc_rss(gateway)
-        for client in clients:
-            await client.stop()
         out.update({
             "client_bytes": round(slope([(p["clients"], p["rss"]) for p in points])),
             "gateway_connected_bytes": round(
@@ -123,6 +121,15 @@ def measure(args, steps, home, url, gateway):
             "points": [{"clients": p["clients"], "rss_mb": round(p["rss"] / 2**20, 1),
                         "gateway_rss_mb": round(p["gateway_rss"] / 2**20, 1)}
                        for p in points]})
+        # the figures are taken: the process exits after this, so a slow stop
+        # costs nothing but time
+        stops = defer.gatherResults([defer.maybeDeferred(c.stop) for c in clients],
+                                    consumeErrors=True)
+        stops.addTimeout(30, reactor)
+        try:
+            await stops
+        except Exception:
+            pass
 
     from twisted.internet import reactor
     failures = []
