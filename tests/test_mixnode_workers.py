@@ -439,3 +439,28 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as e:
             parse_config(text)
         self.assertIn("workers", str(e.exception))
+
+
+class SpawnFailureTests(SynchronousTestCase):
+    def test_a_worker_that_cannot_start_is_tried_again(self):
+        clock = Clock()
+        spawner = FakeSpawner()
+        failing = [OSError("too many open files")] * 2
+
+        def spawn(reactor, protocol):
+            if failing:
+                raise failing.pop()
+            return spawner(reactor, protocol)
+        node = Mixnode(clock, KEYS[0].private_key, FakeLinks(), ReplayCache(1000),
+                       workers=2, spawn=spawn)
+        node.start()
+        self.assertEqual(node.pool.workers.count(None), 2)
+        node.handle_packet(make_packet())
+        clock.advance(0)
+        clock.advance(0.1)
+        self.assertEqual(len(spawner.processes), 2)
+        for p in spawner.processes:
+            if p.written:
+                p.pump()
+        self.assertEqual(len(node.links.packets), 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

@@ -133,8 +133,16 @@ class WorkerPool:
     def _start(self, index):
         self._restart_calls.pop(index, None)
         protocol = _WorkerProtocol(self, index)
+        try:
+            self._spawn(self.reactor, protocol)
+        except Exception as e:  # out of processes or descriptors: try again later
+            wait = min(self.maximum_restart_wait, max(0.1, self._waits[index] * 2))
+            self._waits[index] = wait
+            self.log.error("mixnode worker {n} could not start ({why}); trying again in"
+                           " {wait:g} s", n=index, why=str(e), wait=wait)
+            self._restart_calls[index] = self.reactor.callLater(wait, self._restart, index)
+            return
         self.workers[index] = protocol
-        self._spawn(self.reactor, protocol)
         protocol.transport.write(self._key)
 
     def submit(self, packet, token=None):
