@@ -202,8 +202,18 @@ def run_clients(args):
 
         sem = defer.DeferredSemaphore(8)
 
+        options = json.loads(args.options or "{}")
+
         async def start(cid):
-            client = await connect(reactor, args.root, cid, args.directory)
+            for attempt in range(3):
+                try:
+                    client = await connect(reactor, args.root, cid, args.directory, **options)
+                    break
+                except Exception as e:  # a directory slow to answer at start-up
+                    if attempt == 2:
+                        raise
+                    print(f"{cid}: {e}; trying again", file=sys.stderr)
+                    await sleep(1)
             client.on_message(receiver)
             clients[cid] = client
 
@@ -274,7 +284,8 @@ def run_n(n, args, network, url, home, model):
         children.append(subprocess.Popen(
             [sys.executable, __file__, "--role", "clients", "--root", home + "/clients",
              "--directory", url, "--first", str(bounds[i]), "--last", str(bounds[i + 1]),
-             "--work", work], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT)))
+             "--work", work, "--options", json.dumps(args.client_option)],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT)))
     try:
         addresses = {}
         deadline = time.monotonic() + args.start_timeout
@@ -369,6 +380,12 @@ def main():
                         help="mean seconds between one sender's messages")
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--start-timeout", type=float, default=600.0)
+    parser.add_argument("--home", help="where the network's and the clients' files go"
+                        " (default: a new temporary directory); their sqlite files"
+                        " commit with fsync, so the disk under it counts")
+    parser.add_argument("--client-option", action="append", default=[], metavar="KEY=MS",
+                        help="a client [debug] setting in ms, for a diagnosis (the figures"
+                             " then are not at the default rates); may be repeated")
     parser.add_argument("--quick", action="store_true",
                         help="5 clients for 5 seconds: proves it runs")
     parser.add_argument("--json", action="store_true")
@@ -378,9 +395,15 @@ def main():
     parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--last", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--options", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "clients":
         return run_clients(args)
+    try:
+        args.client_option = {k: int(v) for k, v in
+                              (o.split("=", 1) for o in args.client_option)}
+    except ValueError:
+        parser.error("--client-option takes KEY=MS, MS a whole number")
     if args.quick:
         args.clients, args.duration, args.drain = "5", 5.0, 8.0
         args.senders, args.interval = 5, 1.0
@@ -394,7 +417,9 @@ def main():
         parser.error("--client-processes >= 1, --senders >= 2, --duration > 0")
 
     model = model_median(*client_defaults())
-    home = tempfile.mkdtemp(prefix="scale-bench-")
+    if args.home:
+        os.makedirs(args.home, exist_ok=True)
+    home = tempfile.mkdtemp(prefix="scale-bench-", dir=args.home)
     network, url = start_network(home + "/net", free_base_port())
     runs = []
     try:
