@@ -262,13 +262,18 @@ def run_clients(args):
                   "cpu": (usage1.ru_utime + usage1.ru_stime
                           - usage0.ru_utime - usage0.ru_stime),
                   "seconds": go["end"] - go["start"]}
-        with open(os.path.join(work, f"result-{args.first}.json"), "w") as f:
+        path = os.path.join(work, f"result-{args.first}.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(result, f)
-        for client in clients.values():
-            try:
-                await client.stop()
-            except Exception:
-                pass
+        os.replace(path + ".tmp", path)
+        # the figures are written: stop the clients together, and not for ever
+        stops = defer.gatherResults([defer.maybeDeferred(c.stop) for c in clients.values()],
+                                    consumeErrors=True)
+        stops.addTimeout(30, reactor)
+        try:
+            await stops
+        except Exception:
+            pass
 
     task.react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
 
@@ -315,8 +320,20 @@ def run_n(n, args, network, url, home, model):
         cpu1 = {name: proc_cpu(pid) for name, pid in nodes.items()}
         rss = {name: proc_rss(pid) for name, pid in nodes.items()}
         rates = mixnode_rates(url)
+        # a child's figures are in once its result file is; its exit may take
+        # a while longer (its clients stopping), which is not worth waiting for
+        deadline = time.monotonic() + args.drain + 120
+        for i, c in enumerate(children):
+            path = os.path.join(work, f"result-{bounds[i]}.json")
+            while not os.path.exists(path) and c.poll() is None:
+                if time.monotonic() > deadline:
+                    sys.exit(f"N={n}: a client process wrote no figures")
+                time.sleep(0.2)
         for c in children:
-            c.wait(timeout=args.drain + args.duration + 120)
+            try:
+                c.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                c.kill()
     finally:
         for c in children:
             if c.poll() is None:
