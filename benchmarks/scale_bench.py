@@ -5,7 +5,8 @@
         [--quick] [--json]
 
 A local network with one OS process per node (``nym-localnet --processes``:
-a directory, one mixnode per layer, one gateway) and N clients embedded in
+a directory, one mixnode per layer, one gateway, its registration limits
+lifted: see scale_site/sitecustomize.py) and N clients embedded in
 ``--client-processes`` processes (the clients are split evenly among them),
 every client with the client's default settings, so each sends its loop
 cover and fetches as a real one does. A sample of ``--senders`` clients
@@ -146,7 +147,8 @@ def start_network(home, base_port):
         [sys.executable, "-m", "nymtx.localnet", "--processes", "--home", home,
          "--base-port", str(base_port), "--log-level", "warn"],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT))
+        env=dict(os.environ, NYMTX_BENCH_OPEN_REGISTRATION="1", PYTHONPATH=os.pathsep.join(
+            [os.path.join(ROOT, "benchmarks", "scale_site"), ROOT])))
     deadline = time.monotonic() + 120
     for line in network.stdout:
         if line.startswith("{"):
