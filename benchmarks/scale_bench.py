@@ -18,7 +18,8 @@ clock: sender and recipient may be in two processes) and is timed from
 For each N, in increasing order and on the same network (the clients of
 one N are kept for the next): delivered/sent (duplicates counted apart),
 median and p95 latency against the model's median (an Exp(sending delay)
-wait + four Exp(hop delay) delays + a Uniform(0, fetch interval) wait,
+wait + four Exp(hop delay) delays + an Exp(fetch delay) wait for the next
+pull, the client pulling on a Poisson clock,
 by Monte Carlo, from the client's default settings), the CPU share (CPU
 seconds per second of the window) and RSS of every process, and packets/s
 received by each mixnode (the directory's metrics). An N passes with 0
@@ -68,7 +69,9 @@ def model_median(sending, hop, fetch, samples=200_000, seed=1):
 
     def exp(mean):
         return rng.expovariate(1 / mean) if mean > 0 else 0.0
-    values = [exp(sending) + sum(exp(hop) for _ in range(4)) + rng.uniform(0, fetch)
+    # the client pulls on a Poisson clock (mean: the fetch delay), so the
+    # wait for the next pull is Exp(fetch) too, as in e2e_bench's model
+    values = [exp(sending) + sum(exp(hop) for _ in range(4)) + exp(fetch)
               for _ in range(samples)]
     return statistics.median(values)
 
