@@ -39,6 +39,9 @@ TESTS = Path(__file__).parent
 NOT_COLLABORATORS = {
     # stands for the standard library's resource module (raise_fd_limit's argument)
     "FakeResource",
+    # stand for Twisted's process transport and spawnProcess (a WorkerPool's
+    # spawn); they run the real worker code (nymtx.mixnode.worker) in-process
+    "FakeWorkerProcess", "FakeSpawner",
 }
 
 

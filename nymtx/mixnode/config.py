@@ -77,6 +77,11 @@ DEBUG = {
         4096, _count(1, 1 << 20),
         "Incoming connections at once; more are closed as soon as accepted. Lowered at\n"
         "start-up (with a warning) if the open-files limit (ulimit -n) cannot hold them."),
+    "workers": (
+        1, _count(1, 256),
+        "Processes that unwrap packets: 1 is the node's own process; N >= 2 starts N\n"
+        "worker processes beside it (about one per core; the node's process keeps\n"
+        "the sockets, the replay cache and the delays)."),
     "connection_idle_timeout": (
         300000, _ms(1000),
         "An incoming connection that brings no whole packet for this long is closed (ms)."),

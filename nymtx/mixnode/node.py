@@ -8,16 +8,20 @@ the directory; tests wire it to a Clock and fake links.
 import itertools
 
 import attrs
+from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nymtx.addressing import AddressError, NodeAddress
 from nymtx.sphinx import ForwardHop, SphinxError, process_packet
 from nymtx.listening import ConnectionLimit
+from nymtx.mixnode.worker import FINAL_HOP, FORWARD
+from nymtx.mixnode.workers import LOST, WORKER_LOST, WorkerPool
 from nymtx.wire import BoundedPacketReceiver
 
-#: Drop reasons that are not a SphinxError subclass name.
-FINAL_HOP = "final_hop_at_mixnode"
+#: Drop reasons that are not a SphinxError subclass name (and FINAL_HOP,
+#: WORKER_LOST: a packet a worker held when it ended).
+WORKERS_BUSY = "workers_busy"
 BAD_NEXT_ADDRESS = "bad_next_address"
 TOO_MANY_IN_FLIGHT = "too_many_in_flight"
 DELAY_TOO_LONG = "delay_too_long"
@@ -54,6 +58,16 @@ class Mixnode:
     _reported_evicted: int = 0
     _unreported_sent: int = 0
     _stopped: bool = False
+    #: processes that unwrap packets: 1 is this one; N >= 2 starts N workers
+    workers: int = 1
+    #: how a worker is started (tests give a fake); None: a real process
+    spawn: object = None
+    #: packets at the workers past which reading pauses, and past which they drop
+    pause_backlog: int = 4096
+    max_backlog: int = 65536
+    receivers: set = attrs.Factory(set)
+    _pool: object = None
+    _reading_paused: bool = False
 
     @property
     def in_flight(self):
@@ -65,6 +79,15 @@ class Mixnode:
             # bytes still arriving while the connections close: nowhere to go
             return
         self.received += 1
+        pool = self._pool
+        if pool is not None:
+            if pool.backlog >= self.max_backlog:
+                self._drop(WORKERS_BUSY)
+                return
+            pool.submit(packet, self.clock.seconds())
+            if not self._reading_paused and pool.backlog >= self.pause_backlog:
+                self._pause_reading(True)
+            return
         try:
             hop = process_packet(self.private_key, packet, self.replay_cache)
         except SphinxError as e:
@@ -73,7 +96,39 @@ class Mixnode:
         if type(hop) is not ForwardHop:
             self._drop(FINAL_HOP)
             return
-        raw = hop.next_address
+        self._forward(hop.next_address, hop.delay_ns, hop.packet, None)
+
+    def processed(self, items):
+        """The workers' results, ``[(arrival time, result), ...]`` in arrival order."""
+        if self._stopped:
+            return
+        replay_cache = self.replay_cache
+        for received_at, result in items:
+            if result == LOST:
+                self._drop(WORKER_LOST)
+                continue
+            tag = result[1]
+            if tag is not None and not replay_cache.insert(tag):
+                self._drop("ReplayError")
+                continue
+            if result[0] != FORWARD:
+                self._drop(result[2])
+                continue
+            self._forward(result[2], result[3], result[4], received_at)
+        if self._reading_paused and self._pool.backlog <= self.pause_backlog // 4:
+            self._pause_reading(False)
+
+    def _pause_reading(self, paused):
+        # Workers take packets as fast as the socket gives them; without this
+        # a sender faster than the workers would grow the pipes' buffers.
+        self._reading_paused = paused
+        for receiver in self.receivers:
+            if paused:
+                receiver.transport.pauseProducing()
+            else:
+                receiver.transport.resumeProducing()
+
+    def _forward(self, raw, delay_ns, packet, received_at):
         address = self._addresses.get(raw)
         if address is None:
             try:
@@ -84,9 +139,9 @@ class Mixnode:
             if len(self._addresses) >= _ADDRESS_CACHE_SIZE:
                 self._addresses.clear()
             self._addresses[raw] = address
-        delay = hop.delay_ns / 1e9
+        delay = delay_ns / 1e9
         if delay == 0:
-            self.links.send(address, hop.packet)
+            self.links.send(address, packet)
             return
         if delay > self.max_delay:
             self._drop(DELAY_TOO_LONG)
@@ -95,8 +150,14 @@ class Mixnode:
         if len(held) >= self.max_in_flight:
             self._drop(TOO_MANY_IN_FLIGHT)
             return
+        if received_at is not None:
+            # the delay runs from the packet's arrival, not from its result
+            delay -= self.clock.seconds() - received_at
+            if delay <= 0:
+                self.links.send(address, packet)
+                return
         token = next(self._tokens)
-        held[token] = self.clock.callLater(delay, self._release, token, address, hop.packet)
+        held[token] = self.clock.callLater(delay, self._release, token, address, packet)
 
     def _release(self, token, address, packet):
         del self._held[token]
@@ -137,8 +198,25 @@ class Mixnode:
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def start(self):
-        """Take packets again (after a stop)."""
+        """Take packets again (after a stop); starts the workers, if any."""
         self._stopped = False
+        if self.workers > 1:
+            if self._pool is None:
+                kwargs = {} if self.spawn is None else {"spawn": self.spawn}
+                self._pool = WorkerPool(self.clock, self.private_key, self.workers,
+                                        self.processed, **kwargs)
+            self._pool.start()
+
+    @property
+    def pool(self):
+        """The WorkerPool (workers >= 2, once started), else None."""
+        return self._pool
+
+    def stop_workers(self):
+        """Ends the worker processes; fires once they have exited."""
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.stop()
 
     def stop(self):
         """Forget the packets still held (they would have nowhere to go)."""
@@ -152,6 +230,15 @@ class Mixnode:
 
 class MixnodeProtocol(BoundedPacketReceiver):
     """One incoming connection: every packet goes to the node."""
+
+    def connectionMade(self):
+        node = self.factory.node
+        node.receivers.add(self)
+        if node._reading_paused:
+            self.transport.pauseProducing()
+
+    def connectionLost(self, reason):
+        self.factory.node.receivers.discard(self)
 
     def packetReceived(self, packet):
         self.factory.node.handle_packet(packet)

@@ -29,7 +29,9 @@ class MixnodeService(MultiService):
 
     ``whenListening()`` fires with the IListeningPort once bound (or fails
     with MixnodeError, e.g. when the port is in use); ``port`` holds it.
-    The announced address is ``announce_host:announce_port``, the port
+    With *workers* >= 2 the Sphinx unwrap runs in that many worker
+    processes (nymtx.mixnode.workers). The announced address is
+    ``announce_host:announce_port``, the port
     defaulting to the bound one. With neither *directory_url* nor
     *directory* (a DirectoryClient or a fake of one) it announces nothing.
     """
@@ -42,7 +44,8 @@ class MixnodeService(MultiService):
                  replay_cache_size=1 << 20, max_in_flight=32768, max_delay=300.0,
                  queue_size=1024, initial_backoff=0.1, maximum_backoff=30.0,
                  max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,
-                 location="unknown", version=None, fd_limit=raise_fd_limit):
+                 location="unknown", version=None, fd_limit=raise_fd_limit, workers=1,
+                 spawn_worker=None):
         super().__init__()
         self.reactor = reactor
         self.keys = keys
@@ -64,7 +67,8 @@ class MixnodeService(MultiService):
                                  maximum_backoff=maximum_backoff)
         self.node = Mixnode(reactor, keys.private_key, self.links,
                             ReplayCache(replay_cache_size),
-                            max_in_flight=max_in_flight, max_delay=max_delay)
+                            max_in_flight=max_in_flight, max_delay=max_delay,
+                            workers=workers, spawn=spawn_worker)
         self.factory = listener_factory(self.node, max_connections, idle_timeout)
         # every next hop is a descriptor too: the listener must leave room
         # for them, or a flood of incoming connections stops the forwarding
@@ -144,6 +148,7 @@ class MixnodeService(MultiService):
         dropped = self.node.stop()
         if dropped:
             self.log.info("stopped with {n} packets still held; they are dropped", n=dropped)
+        stopped.append(self.node.stop_workers())
         stopped.append(self.links.stop())
         if self._owns_directory:
             # after the heartbeats stopped (super() above): no request is in flight

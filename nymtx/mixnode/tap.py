@@ -2,11 +2,22 @@
 
 import os
 
+import attrs
 from twisted.python import usage
 
 from nymtx.cli import LogLevelOption, usage_error
 from nymtx.mixnode.config import ConfigError, load_config
 from nymtx.mixnode.service import MixnodeService
+
+
+def _workers(value):
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise usage.UsageError(f"--workers must be a number from 1 to 256, not {value!r}")
+    return n
 
 
 class Options(LogLevelOption, usage.Options):
@@ -16,6 +27,8 @@ class Options(LogLevelOption, usage.Options):
     optParameters = [
         ["id", None, None, "The id given to 'nym-mixnode init'."],
         ["home", None, None, "The config root (default: $NYM_HOME or ~/.nym)."],
+        ["workers", None, None,
+         "Processes that unwrap packets (default: [debug] workers, 1).", _workers],
     ]
 
     def postOptions(self):
@@ -25,6 +38,9 @@ class Options(LogLevelOption, usage.Options):
         # error with its message, rather than a traceback from makeService.
         try:
             self.config = load_config(self["id"], self["home"])
+            if self["workers"] is not None:
+                self.config = attrs.evolve(
+                    self.config, debug=dict(self.config.debug, workers=self["workers"]))
             self.keys = self.config.load_keys()
             self.identity = self.config.load_identity()
             # a packet seen before a restart is refused after it
@@ -63,7 +79,7 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
         maximum_backoff=debug["packet_forwarding_maximum_backoff"] / 1000,
         max_connections=debug["maximum_connections"],
         idle_timeout=debug["connection_idle_timeout"] / 1000,
-        location=config.location)
+        location=config.location, workers=debug["workers"])
     hand_over(service, directory)
     if replays is not None:
         service.node.replay_cache = replays
