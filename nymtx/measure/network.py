@@ -49,7 +49,7 @@ from nymtx.addressing import NodeAddress
 from nymtx.client.config import ClientConfig
 from nymtx.gateway import frames as F
 from nymtx.keys import KeyPair
-from nymtx.localnet.model import count
+from nymtx.localnet.model import count as _count_words
 from nymtx.localnet import HOST, LocalNetwork, Timing, plan
 from nymtx.measure.sim import _poisson_times
 from nymtx.measure.trace import DROP, LOOP, REAL, Topology, Trace
@@ -357,8 +357,8 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
     net.startService()
     try:
         url = await net.whenReady()
-        say(f"network up at {url}: {count(len(net.mixnode_names), 'mixnode')},"
-            f" {count(len(net.gateway_names), 'gateway')}")
+        say(f"network up at {url}: {_count_words(len(net.mixnode_names), 'mixnode')},"
+            f" {_count_words(len(net.gateway_names), 'gateway')}")
         gateway_keys = [net.node_services[g].keys.public_text for g in net.gateway_names]
         for i, name in enumerate(names):
             recorder.sources[source_host("client", i)] = i
