@@ -214,13 +214,6 @@ class Classifier(SynchronousTestCase):
         self.classifier = network.Classifier([self.alice, self.bob], [self.gateway],
                                              [b"first", b"second"])
 
-    @skipIf(network.LegacyLoopCover is None, "the seed's loop cover (nymtx.client.cover) is gone")
-    def test_loop_cover_is_known_by_its_clients_key_only(self):
-        cover = network.LegacyLoopCover(self.alice.private_key).make()
-        self.assertEqual(self.classifier.classify(self.alice.public_key, cover), (LOOP, 0, -1))
-        # Alice's cover in Bob's mailbox is no cover of Bob's, nor a message
-        self.assertIsNone(self.classifier.classify(self.bob.public_key, cover))
-
     def test_workload_messages_and_the_unexplained(self):
         self.assertEqual(self.classifier.classify(self.bob.public_key, b"second"), (REAL, 1, 1))
         self.assertIsNone(self.classifier.classify(self.bob.public_key, b"third"))
