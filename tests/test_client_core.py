@@ -692,6 +692,19 @@ class LifecycleTests(SynchronousTestCase):
         self.successResultOf(second.stop())
 
 
+class StopQuietlyTests(SynchronousTestCase):
+    def test_acks_cut_off_by_the_stop_are_no_warning(self):
+        from twisted.logger import capturedLogs
+        from twisted.python.failure import Failure
+        core, network, bob, clock = make_core(self)
+        core.start()
+        core.stop()
+        with capturedLogs() as events:
+            core._pull_failed(Failure(RuntimeError("the gateway link was stopped")))
+        self.assertEqual([e for e in events if e.get("log_level") is not None
+                          and e["log_level"].name == "warn"], [])
+
+
 class PeriodicFailureTests(SynchronousTestCase):
     def test_an_unexpected_error_in_the_fetch_loop_is_logged_and_the_loop_goes_on(self):
         core, network, bob, clock = make_core(self)

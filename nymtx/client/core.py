@@ -763,6 +763,10 @@ class ClientCore:
         return None
 
     def _pull_failed(self, failure):
+        if self.state in (CoreState.STOPPING, CoreState.STOPPED):
+            # the link closes with the client: acks not yet carried are
+            # pulled again by the next run, nothing is lost or worth a warning
+            return
         if not self._gateway_down:
             self.log.warn("cannot fetch from the gateway: {why}", why=failure.getErrorMessage())
         self._gateway_down = True
