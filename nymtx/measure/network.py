@@ -59,10 +59,6 @@ try:   # the end-to-end message layer (issue 11), when it is merged
     from nymtx import message as _message_layer
 except ImportError:   # pragma: no cover - depends on what main holds
     _message_layer = None
-try:   # the seed's MAC-marked loop cover, gone once the client seals every payload
-    from nymtx.client.cover import LoopCover as LegacyLoopCover
-except ImportError:
-    LegacyLoopCover = None
 
 #: the directions of a client–gateway chunk
 UP, DOWN = 0, 1
@@ -454,26 +450,22 @@ def _load_keys(cap):
 class Classifier:
     """Reads a final hop's destination and payload: (kind, recipient, message number).
 
-    Today's payloads are plaintext, loop cover a MAC under the client's key
-    (:mod:`nymtx.client.cover`); the message layer's (:mod:`nymtx.message`)
-    are sealed to the recipient, with a type byte inside, and opened here with
-    the clients' (or, for drop cover, the gateways') keys. Either works.
-    ``None`` for a payload neither explains.
+    Payloads are the message layer's envelopes (:mod:`nymtx.message`),
+    sealed to the recipient with a type byte inside, opened here with the
+    clients' (or, for drop cover, the gateways') keys; a workload body sent
+    as plaintext (a capture of the previous release) is matched as it is.
+    ``None`` for a payload nothing explains.
     """
 
     def __init__(self, client_keys, gateway_keys, bodies):
         self.clients = {k.public_key: i for i, k in enumerate(client_keys)}
         self.client_keys = client_keys
         self.gateways = {k.public_key: k for k in gateway_keys}
-        self.legacy = [LegacyLoopCover(k.private_key) if LegacyLoopCover else None
-                       for k in client_keys]
         self.bodies = {b: i for i, b in enumerate(bodies)}
 
     def classify(self, destination, payload):
         c = self.clients.get(destination)
         if c is not None:
-            if self.legacy[c] is not None and self.legacy[c].is_own_cover(payload):
-                return LOOP, c, -1
             if payload in self.bodies:
                 return REAL, c, self.bodies[payload]
             opened = self._open(self.client_keys[c], payload)
