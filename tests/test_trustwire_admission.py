@@ -27,6 +27,7 @@ from nymtx.trust.identity import IdentityKey
 from nymtx.trust.wiring import hand_over, node_directory
 
 from tests.test_trustwire_nodes import run
+from tests.ports import free_ports
 
 FAST = dict(average_packet_delay=5, loop_cover_traffic_average_delay=100,
             message_sending_average_delay=10, fetch_message_delay=50,
@@ -286,7 +287,8 @@ class MixnodeLayerTests(TestCase):
         await first.whenListening()
 
         home = self.mktemp()
-        config = init_mixnode("M2", 2, port=36230, directory=urls[0], root=home)
+        port = free_ports(2)
+        config = init_mixnode("M2", 2, port=port, directory=urls[0], root=home)
         debug = dict(config.debug, presence_directory_servers=(urls[1],),
                      directory_keys=tuple(k.public_text for k in keys),
                      presence_sending_delay=100)
@@ -308,8 +310,8 @@ class MixnodeLayerTests(TestCase):
             await sleep(0.1)
         self.assertEqual({str(ip) for ip in admission.allowed}, {"127.0.0.4"})
 
-        second_address = NodeAddress.parse("127.0.0.1:36230")
-        sink = NodeAddress.parse("127.0.0.1:36231")
+        second_address = NodeAddress.parse(f"127.0.0.1:{port}")
+        sink = NodeAddress.parse(f"127.0.0.1:{port + 1}")
         route = [Hop(address=second_address.to_bytes(), public_key=second.keys.public_key),
                  Hop(address=sink.to_bytes(), public_key=KeyPair.generate().public_key)]
         attacker = PacketLinks(reactor)

@@ -25,6 +25,7 @@ from nymtx.trust.document import sign_topology
 from nymtx.trust.identity import IdentityKey
 from nymtx.trust.localnet import client_settings, directory_identity, more_directories
 from nymtx.trust.presence import NS, ROLE_GATEWAY, ROLE_MIXNODE, make_presence
+from tests.ports import free_ports
 
 FAST = dict(average_packet_delay=5, loop_cover_traffic_average_delay=100,
             message_sending_average_delay=10, fetch_message_delay=50,
@@ -199,7 +200,7 @@ class CommandTests(TestCase):
         env = dict(os.environ)
         reactor.spawnProcess(watch, sys.executable,
                              [sys.executable, "-m", "nymtx.localnet", "--directories", "3",
-                              "--base-port", "36700", "--home", home], env=env)
+                              "--base-port", str(free_ports(16)), "--home", home], env=env)
         try:
             await watch.ready
         finally:

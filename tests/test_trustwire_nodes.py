@@ -23,6 +23,7 @@ from nymtx.mixnode import cli as mixnode_cli, tap as mixnode_tap
 from nymtx.mixnode.config import config_path, init_mixnode, load_config, parse_config
 from nymtx.trust.identity import PRIVATE_IDENTITY_FILE, IdentityKey
 from nymtx.trust.wiring import directory_keys, directory_list
+from tests.ports import free_ports
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
@@ -156,7 +157,7 @@ class SignedAnnouncesTests(TestCase):
         self.patch(SignedRegistry, "add_metrics", recording)
         urls = await self.directories()
         home = self.mktemp()
-        config = init_mixnode("M1", 1, port=36101, directory=urls[0], root=home)
+        config = init_mixnode("M1", 1, port=free_ports(), directory=urls[0], root=home)
         debug = dict(config.debug, presence_directory_servers=tuple(urls[1:]),
                      presence_sending_delay=100, metrics_sending_delay=100)
         config = attrs.evolve(config, debug=debug)

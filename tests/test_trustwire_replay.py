@@ -22,6 +22,7 @@ from nymtx.topology import Hop
 from nymtx.trust.replaylog import MAGIC, TAG_SIZE, PersistentReplayCache, ReplayLogError
 
 from tests.test_trustwire_nodes import run
+from tests.ports import free_ports
 
 
 def tag(n):
@@ -111,14 +112,15 @@ class RestartTests(TestCase):
 
     async def _gateway(self):
         home = self.mktemp()
+        port = free_ports(2)
         code, _, err = run(gateway_cli.main, "init", "--id", "G1", "--home", home,
-                           "--mix-port", "36210", "--clients-port", "36211",
+                           "--mix-port", str(port), "--clients-port", str(port + 1),
                            "--host", "127.0.0.1", "--directory", "")
         self.assertEqual(code, 0, err)
         gateway = await self.start_gateway(home)
         bob = KeyPair.generate()
         gateway.store.register(bob.public_key, bytes(32))
-        address = NodeAddress.parse("127.0.0.1:36210")
+        address = NodeAddress.parse(f"127.0.0.1:{port}")
         hop = Hop(address=address.to_bytes(), public_key=gateway.keys.public_key)
         captured = [build_packet([hop], bob.public_key, IDENTIFIER, b"mail %d" % i, [0])
                     for i in range(5)]
@@ -159,12 +161,13 @@ class RestartTests(TestCase):
 
     async def _mixnode(self):
         home = self.mktemp()
-        init_mixnode("M1", 1, port=36220, directory="", root=home)
+        port = free_ports(2)
+        init_mixnode("M1", 1, port=port, directory="", root=home)
         keys = load_config("M1", home).load_keys()
         node = await self.start_mixnode(home)
-        address = NodeAddress.parse("127.0.0.1:36220")
+        address = NodeAddress.parse(f"127.0.0.1:{port}")
         route = [Hop(address=address.to_bytes(), public_key=keys.public_key),
-                 Hop(address=NodeAddress.parse("127.0.0.1:36221").to_bytes(),
+                 Hop(address=NodeAddress.parse(f"127.0.0.1:{port + 1}").to_bytes(),
                      public_key=KeyPair.generate().public_key)]
         captured = [build_packet(route, KeyPair.generate().public_key, IDENTIFIER, b"x",
                                  [0, 0]) for _ in range(5)]
