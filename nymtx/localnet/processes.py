@@ -61,6 +61,7 @@ class ProcessNetwork(MultiService):
         self.children = {}
         self.exit_codes = {}
         self._all_ended = None
+        self._ended_waiters = {}  # name -> [Deferred] fired when that child ends
 
     def _command(self, node):
         """The child's argv: its executable first."""
@@ -82,6 +83,8 @@ class ProcessNetwork(MultiService):
     def child_ended(self, name, code):
         self.exit_codes[name] = code
         self.children.pop(name, None)
+        for waiter in self._ended_waiters.pop(name, []):
+            waiter.callback(code)
         if not self.children and self._all_ended is not None:
             self._all_ended.callback(None)
 
@@ -111,6 +114,34 @@ class ProcessNetwork(MultiService):
                                        check=self._check_children)
         finally:
             await directory.close()
+
+    def node(self, name):
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LocalNetError(f"{name!r} is not a node of this network")
+
+    def kill(self, name, signal="KILL"):
+        """Send *signal* to one node's process; fires with its exit status.
+
+        For fault tests: a SIGKILL leaves no chance to flush or say goodbye,
+        as a crash or a power cut would.
+        """
+        transport = self.children.get(self.node(name).name)
+        if transport is None:
+            return defer.fail(LocalNetError(f"{name} is not running"))
+        ended = defer.Deferred()
+        self._ended_waiters.setdefault(name, []).append(ended)
+        transport.signalProcess(signal)
+        return ended
+
+    def restart(self, name):
+        """Start a node that ended again, on the same home (keys, stores)."""
+        node = self.node(name)
+        if name in self.children:
+            raise LocalNetError(f"{name} is still running")
+        self.exit_codes.pop(name, None)
+        self._spawn(node)
 
     def stopService(self):
         super().stopService()
