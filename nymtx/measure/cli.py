@@ -8,10 +8,11 @@ import time
 from twisted.python import usage
 
 try:
+    import numpy as np
     from nymtx.measure import attacks, checks, report, sim
 except ImportError as e:   # numpy or matplotlib missing: say how to get them
     _missing = e
-    attacks = checks = report = sim = None
+    attacks = checks = report = sim = np = None
 else:
     _missing = None
 
@@ -84,6 +85,10 @@ class Options(usage.Options):
         ["loop-gap", None, 1.0, "mean gap of the loop cover stream, s", float],
         ["hop-delay", None, 0.2, "mean delay at each hop, s", float],
         ["fetch-gap", None, 1.0, "mean gap between pulls, s", float],
+        ["pcap", None, None, "read a capture (pcap or pcapng) of a real deployment instead of"
+                             " running a network; needs --nodes (docs/anonymity.md)"],
+        ["nodes", None, None, "with --pcap: the public topology (the directory's document),"
+                              " which address is which node"],
         ["compare", None, 0, "after a real run, run the model with the settings it showed"
                              " for this many seeds and compare (docs/anonymity.md)", int],
     ]
@@ -102,6 +107,13 @@ class Options(usage.Options):
         if self["network"] and self["simulate"]:
             raise usage.UsageError("--network and --simulate exclude each other")
         self.mode = "simulated" if self["simulate"] else "network"
+        if self["pcap"] is not None or self["nodes"] is not None:
+            if self["pcap"] is None or self["nodes"] is None:
+                raise usage.UsageError("--pcap FILE and --nodes TOPOLOGY go together")
+            if self["network"] or self["simulate"] or self["compare"] or self["workload"]:
+                raise usage.UsageError("--pcap reads a capture: not with --network,"
+                                       " --simulate, --compare or --workload")
+            self.mode = "pcap"
         if self["compare"] < 0 or (self["compare"] and self.mode != "network"):
             raise usage.UsageError("--compare N (N >= 0 seeds of the model) compares a real"
                                    " network's run with the model")
@@ -172,6 +184,46 @@ def measure_network(settings, phases, duration, seed, err):
     return trace, settings, scores, result, problems, stats
 
 
+def measure_pcap(settings, path, nodes_path):
+    """View, scores (entropy only: no truth) and checks of a capture."""
+    import attrs
+
+    from nymtx.measure import pcap
+    observed = pcap.read(path, nodes_path)
+    view = observed.view
+    n = view.topology.n_clients
+    if n < 2:
+        raise ValueError(f"{path}: the capture shows {n} client(s) by their addresses; the"
+                         " attacks need at least 2 (is the nodes file the capture's network?)")
+    settings = attrs.evolve(settings, clients=n, mixnodes_per_layer=1,
+                            gateways=len(view.topology.gateways))
+    posteriors = {
+        "timing": attacks.timing(view, settings.hop_delay, settings.layers),
+        "tracing": attacks.tracing(view),
+        "deficit": attacks.deficit(view, settings.hop_delay, settings.fetch_gap,
+                                   hops=settings.layers + 1)}
+    scores = {name: attacks.uncertainty(posteriors.get(name), n) for name in attacks.ATTACKS}
+    merged = 1.0 / (1.0 / settings.send_gap + 1.0 / settings.loop_gap)
+    gaps = []
+    for c in range(n):
+        mine = view.hop_time[view.hop_src == c]
+        gaps.append(dict(checks.ks_exponential(np.diff(mine), merged),
+                         client=view.topology.clients[c], mean=merged))
+    sizes = np.unique(view.hop_size)
+    # the reader cuts every mix link into 1372-byte packets: what would show
+    # another size is a stream that does not end on a packet boundary
+    ragged = observed.stats.get("streams ending inside a packet", 0)
+    result = {"packet_sizes": {"sizes": [int(x) for x in sizes],
+                               "one_size": len(sizes) <= 1 and not ragged,
+                               "streams ending inside a packet": ragged,
+                               "packets": int(len(view.hop_size))},
+              "send_gaps": gaps, "client_gateway_link": observed.link,
+              "gateway_link": {"pulls": int(len(view.pull_time)),
+                               "counts_visible": int(np.sum(view.pull_count >= 0)),
+                               "shows_only_timing": not bool(np.any(view.pull_count >= 0))}}
+    return observed, settings, scores, result
+
+
 def _save_trace(folder, trace):
     import os
 
@@ -194,6 +246,42 @@ def _add_to_report(folder, comparison, lines):
         f.write("\n".join(lines) + "\n")
 
 
+def _main_pcap(options, started, out, err):
+    from nymtx.measure.pcap import PcapError
+    try:
+        observed, settings, scores, result = measure_pcap(
+            options.settings, options["pcap"], options["nodes"])
+        view = observed.view
+        problems = observed.problems
+        meta = {"title": f"a capture, {options['pcap']}", "mode": "pcap",
+                "clients": view.topology.n_clients, "seconds captured": round(view.duration, 1),
+                **observed.stats,
+                "problems (what the reader could not make sense of)":
+                    "; ".join(problems[:20]) or "none",
+                "seconds to compute": round(time.monotonic() - started, 1)}
+        summary = report.write_observed(options["out"], view, settings, scores, result, meta)
+    except (PcapError, OSError, ValueError) as e:
+        print(f"nym-measure: {e}", file=err)
+        return 1
+    if problems:
+        print(f"nym-measure: {len(problems)} problems reading the capture (listed in"
+              f" {summary}): " + "; ".join(problems[:5]), file=err)
+    if options["json"]:
+        print(json.dumps({k: {f: v for f, v in s.items() if f != "entropy_bits"}
+                          for k, s in scores.items()}, indent=1), file=out)
+    else:
+        print(f"report: {summary}", file=out)
+        for name in attacks.ATTACKS:
+            s = scores[name]
+            if s["mean_entropy_bits"] is None:
+                print(f"  {name:9s} not computed from a capture ({s['why']})", file=out)
+            else:
+                print(f"  {name:9s} sender entropy {s['mean_entropy_bits']:.2f} of"
+                      f" {s['max_entropy_bits']:.2f} bits over {s['packets']} packets into"
+                      " gateways (success: not computed, no truth)", file=out)
+    return 1 if problems else 0
+
+
 def main(argv=None, out=sys.stdout, err=sys.stderr):
     if _missing is not None:
         print(f"nym-measure: {_missing}; it needs the measure extra:"
@@ -214,6 +302,8 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
             phases = sim.default_workload(options["clients"], options["minutes"])
         started = time.monotonic()
         settings, problems, stats = options.settings, [], {}
+        if options.mode == "pcap":
+            return _main_pcap(options, started, out, err)
         if options.mode == "network":
             trace, settings, scores, result, problems, stats = measure_network(
                 settings, phases, duration, options["seed"], err)

@@ -177,6 +177,9 @@ class Capture:
     #: per message: None (left its client), or why it did not
     message_unsent: list = attrs.Factory(list)
     problems: list = attrs.Factory(list)
+    #: the directory's topology document when the workload started: the
+    #: public knowledge of who listens where (what a pcap reader is given)
+    topology: dict = None
 
 
 class Recorder:
@@ -364,7 +367,7 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             clients.append(client)
             recorder.client_keys[client.core.keys.public_key] = i
             recorder.key_of[i] = client.core.keys.public_key
-        await net.wait_for_clients(list(recorder.client_keys))
+        public = await net.wait_for_clients(list(recorder.client_keys))
         addresses = [c.full_address for c in clients]
         node_address = {}
         for name in net.mixnode_names + net.gateway_names:
@@ -382,7 +385,7 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             node_address=node_address, start=start, end=start, phase_end=duration,
             phases=[(p.start, p.end, p.label) for p in phases],
             packets=recorder.packets, chunks=recorder.chunks, pulls=recorder.pulls,
-            problems=recorder.problems)
+            problems=recorder.problems, topology=public.to_json())
         sends = []
 
         def send(index, sender, recipient, body):
@@ -431,6 +434,20 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             except Exception:
                 pass
         await net.stopService()
+
+
+def nodes_document(cap):
+    """The nodes file a pcap of this capture's network is read with
+    (:func:`nymtx.measure.pcap.load_nodes`): the public topology, the source
+    address each mixnode connects from, and the clients' addresses by name."""
+    doc = dict(cap.topology)
+    layers = sorted(range(len(cap.mixnodes)), key=lambda j: (cap.mix_layers[j], cap.mixnodes[j]))
+    address = {number: NodeAddress.from_bytes(raw) for raw, number in cap.node_address.items()}
+    first_mix = len(cap.clients)
+    doc["sources"] = {source_host("mixnode", j): f"{address[first_mix + j].ip}:"
+                      f"{address[first_mix + j].port}" for j in layers}
+    doc["clients"] = {source_host("client", i): name for i, name in enumerate(cap.clients)}
+    return doc
 
 
 # ---- the truth ------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""A loopback capture the way tcpdump makes one (an AF_PACKET socket: the
+kernel's own frames), for the pcap reader's tests; root or CAP_NET_RAW."""
+
+import socket
+import struct
+import threading
+import time
+
+from nymtx.measure import pcap
+
+PACKET_OUTGOING = 4    # a loopback frame's sending copy: libpcap drops it too
+
+
+def can_sniff():
+    """None if a loopback capture can be made here, else why not."""
+    if not hasattr(socket, "AF_PACKET"):
+        return "no AF_PACKET sockets (not Linux)"
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    except OSError as e:
+        return f"no packet socket ({e.strerror}: it needs root or CAP_NET_RAW)"
+    s.close()
+    return None
+
+
+class Sniffer:
+    """Captures every frame on ``lo`` in a thread until ``stop()``."""
+
+    def __init__(self, interface="lo"):
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)   # SO_RCVBUFFORCE
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        self.sock.bind((interface, 0))
+        self.sock.settimeout(0.1)
+        self.frames = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                data, address = self.sock.recvfrom(1 << 18)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if address[2] != PACKET_OUTGOING:
+                self.frames.append((time.time(), data))
+
+    def stop(self):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+    def write(self, path, ports):
+        """A pcap of the frames of TCP connections to or from *ports* (as
+        ``tcpdump -w path 'tcp port A or ...'``); returns how many."""
+        kept = 0
+        with open(path, "wb") as f:
+            f.write(pcap.pcap_header(pcap.LINKTYPE_ETHERNET))
+            for t, data in self.frames:
+                if len(data) < 34 or data[12:14] != b"\x08\x00" or data[23] != 6:
+                    continue
+                at = 14 + (data[14] & 0x0F) * 4
+                sport, dport = struct.unpack(">HH", data[at:at + 4])
+                if sport in ports or dport in ports:
+                    f.write(pcap.pcap_record(t, data))
+                    kept += 1
+        return kept
