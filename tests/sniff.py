@@ -8,7 +8,8 @@ import time
 
 from nymtx.measure import pcap
 
-PACKET_OUTGOING = 4    # a loopback frame's sending copy: libpcap drops it too
+PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35    # Linux; its control message type is the same number    # a loopback frame's sending copy: libpcap drops it too
 
 
 def can_sniff():
@@ -33,6 +34,9 @@ class Sniffer:
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
         self.sock.bind((interface, 0))
+        # the kernel's time of each frame, as tcpdump records it (the
+        # thread's own clock would lag whenever the reactor holds the GIL)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.settimeout(0.1)
         self.frames = []
         self._stop = False
@@ -42,13 +46,19 @@ class Sniffer:
     def _run(self):
         while not self._stop:
             try:
-                data, address = self.sock.recvfrom(1 << 18)
-            except socket.timeout:
+                data, ancillary, _flags, address = self.sock.recvmsg(1 << 18, 64)
+            except (socket.timeout, BlockingIOError):
                 continue
             except OSError:
                 return
-            if address[2] != PACKET_OUTGOING:
-                self.frames.append((time.time(), data))
+            if address[2] == PACKET_OUTGOING:
+                continue
+            when = time.time()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    when = sec + nsec / 1e9
+            self.frames.append((when, data))
 
     def stop(self):
         self._stop = True

@@ -382,7 +382,7 @@ class Stream:
             self._push(at + len(seg.payload), seg.time, None, seg.missing)
         if seg.flags & (FIN | RST):
             self.ended = True
-        self._deliver()
+        self._deliver(seg.time)
         if self.pending_bytes > MAX_PENDING:
             self.finish()    # a hole that never fills: skip it rather than hold it all
 
@@ -391,9 +391,13 @@ class Stream:
         self._count += 1
         heapq.heappush(self.pending, (at, self._count, time, data, missing))
 
-    def _deliver(self):
+    def _deliver(self, now=None):
+        # bytes held behind a hole reach the receiver when the hole fills:
+        # their time is the filling segment's (*now*), not their own
         while self.pending:
             at, _, time, data, missing = self.pending[0]
+            if now is not None:
+                time = max(time, now)
             if at > self.offset:
                 return
             heapq.heappop(self.pending)
@@ -640,6 +644,7 @@ def observe(frames, nodes):
     counts = collections.Counter()
     problems = []
     streams = {}      # (src, sport, dst, dport) -> (role, Stream, cutter, connection)
+    first = None      # the time of the first segment of the network's traffic
     connections = []  # (role, listener index, initiator ip, first time)
     for frame in frames:
         seg = tcp_segment(frame, counts)
@@ -676,6 +681,7 @@ def observe(frames, nodes):
             connections.append((conn, stream, cutter))
             entry = streams[key] = (role, stream, cutter, conn)
         entry[1].feed(seg)
+        first = seg.time if first is None else min(first, seg.time)
     for conn, stream, cutter in connections:
         stream.finish()
 
@@ -747,7 +753,7 @@ def observe(frames, nodes):
             ("channel messages up", HANDSHAKE_UP), ("channel messages down", HANDSHAKE_DOWN)))
 
     times = [h[0] for h in hops] + [p[0] for p in pulls]
-    start = min(times) if times else 0.0
+    start = first if first is not None else 0.0
     hops.sort()
     pulls.sort()
     hop_time = np.array([h[0] - start for h in hops], dtype=float)
@@ -764,6 +770,7 @@ def observe(frames, nodes):
                 pull_count=np.full(len(pulls), -1, dtype=np.int64),
                 targets=np.nonzero(hop_dst >= first_gateway)[0],
                 duration=float(max(times) - start) if times else 0.0)
+    # (times count from the capture's first segment of the network's traffic)
     stats = {"frames": len(frames), **{k: v for k, v in sorted(counts.items())},
              "clients seen": n, "mix-link packets": len(hops),
              "packets into gateways": int(len(view.targets)), "pull answers": len(pulls),
