@@ -95,6 +95,9 @@ class Options(usage.Options):
     optFlags = [["network", None, "measure a real local network, every node and client"
                                   " in this process (the default)"],
                 ["simulate", None, "measure the model of the protocol instead"],
+                ["processes", None, "with the real network: one OS process per node (as"
+                                    " nym-localnet --processes), each tapped inside, its"
+                                    " records brought back from a file"],
                 ["json", None, "print the attack scores as JSON"],
                 ["save-trace", None, "also write the trace's arrays (the view and the truth)"
                                      " to trace.npz in the report folder"]]
@@ -107,12 +110,16 @@ class Options(usage.Options):
         if self["network"] and self["simulate"]:
             raise usage.UsageError("--network and --simulate exclude each other")
         self.mode = "simulated" if self["simulate"] else "network"
+        if self["processes"] and self["simulate"]:
+            raise usage.UsageError("--processes runs the real network's nodes: not with"
+                                   " --simulate")
         if self["pcap"] is not None or self["nodes"] is not None:
             if self["pcap"] is None or self["nodes"] is None:
                 raise usage.UsageError("--pcap FILE and --nodes TOPOLOGY go together")
-            if self["network"] or self["simulate"] or self["compare"] or self["workload"]:
+            if (self["network"] or self["simulate"] or self["compare"] or self["workload"]
+                    or self["processes"]):
                 raise usage.UsageError("--pcap reads a capture: not with --network,"
-                                       " --simulate, --compare or --workload")
+                                       " --simulate, --processes, --compare or --workload")
             self.mode = "pcap"
         if self["compare"] < 0 or (self["compare"] and self.mode != "network"):
             raise usage.UsageError("--compare N (N >= 0 seeds of the model) compares a real"
@@ -145,7 +152,7 @@ def measure(settings, phases, duration, seed):
     return trace, scores, checks.run_all(trace, settings)
 
 
-def measure_network(settings, phases, duration, seed, err):
+def measure_network(settings, phases, duration, seed, err, processes=False):
     """Trace, scores, checks and problems of one run of the real network.
 
     Runs the reactor until the capture is done (so, once per process)."""
@@ -159,6 +166,7 @@ def measure_network(settings, phases, duration, seed, err):
     def run():
         d = Deferred.fromCoroutine(network.capture(
             reactor, settings, phases, duration, seed=seed, timing=network.QUICK_TIMING,
+            processes=processes,
             log=lambda line: print(f"nym-measure: {line}", file=err, flush=True)))
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
@@ -306,15 +314,18 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
             return _main_pcap(options, started, out, err)
         if options.mode == "network":
             trace, settings, scores, result, problems, stats = measure_network(
-                settings, phases, duration, options["seed"], err)
+                settings, phases, duration, options["seed"], err,
+                processes=options["processes"])
             title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
-                     f" the real network ({settings.cover} cover seen)")
+                     f" the real network{', one process per node' if options['processes'] else ''}"
+                     f" ({settings.cover} cover seen)")
         else:
             trace, scores, result = measure(settings, phases, duration, options["seed"])
             title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
                      f" {options['cover']} cover (model)")
         problems = problems + trace.check_complete()
         meta = {"title": title, "mode": options.mode, "seed": options["seed"],
+                **({"processes": "one per node"} if options["processes"] else {}),
                 "packets": int(len(trace.packet_sender)),
                 "real messages": int(len(trace.message_sender)),
                 **stats,
