@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -65,10 +66,12 @@ def load_workload(path, clients):
 
 class Options(usage.Options):
     synopsis = "nym-measure [options]"
-    longdesc = ("Runs a workload on a real local nymtx network in this process (or, with"
-                " --simulate, on a model of it), records what a global passive adversary"
-                " sees and the truth apart, scores a suite of attacks against the truth"
-                " and writes a report folder (docs/anonymity.md).")
+    longdesc = ("Runs a workload on a real local nymtx network in this process (with"
+                " --processes, one process per node; with --simulate, on a model of it),"
+                " records what a global passive adversary sees and the truth apart, scores"
+                " a suite of attacks against the truth and writes a report folder; or, with"
+                " --pcap, reads a capture of a real deployment as the adversary's view"
+                " (docs/anonymity.md).")
     optParameters = [
         ["clients", None, 5, "number of clients", int],
         ["minutes", None, 10.0, "length of the workload", float],
@@ -178,6 +181,8 @@ def measure_network(settings, phases, duration, seed, err, processes=False):
         raise RuntimeError(f"the network measurement failed:"
                            f" {type(outcome[0].value).__name__}: {outcome[0].getErrorMessage()}")
     cap = outcome[0]
+    # who listens where, for reading a capture of this run (--pcap --nodes)
+    nodes = network.nodes_document(cap)
     try:
         trace, problems, stats = network.to_trace(cap)
     finally:
@@ -189,7 +194,7 @@ def measure_network(settings, phases, duration, seed, err, processes=False):
     scores = {name: attacks.score(p, truth) for name, p in posteriors.items()}
     result = checks.run_all(trace, settings)
     result["network"] = network.link_checks(cap, trace)
-    return trace, settings, scores, result, problems, stats
+    return trace, settings, scores, result, problems, stats, nodes
 
 
 def measure_pcap(settings, path, nodes_path):
@@ -233,7 +238,6 @@ def measure_pcap(settings, path, nodes_path):
 
 
 def _save_trace(folder, trace):
-    import os
 
     import attrs
     import numpy as np
@@ -243,7 +247,6 @@ def _save_trace(folder, trace):
 
 
 def _add_to_report(folder, comparison, lines):
-    import os
     path = os.path.join(folder, "figures.json")
     with open(path) as f:
         figures = json.load(f)
@@ -313,7 +316,7 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
         if options.mode == "pcap":
             return _main_pcap(options, started, out, err)
         if options.mode == "network":
-            trace, settings, scores, result, problems, stats = measure_network(
+            trace, settings, scores, result, problems, stats, nodes = measure_network(
                 settings, phases, duration, options["seed"], err,
                 processes=options["processes"])
             title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
@@ -335,6 +338,9 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                 "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more"
                                             if len(problems) > 20 else "")) or "none"
         summary = report.write(options["out"], trace, settings, scores, result, meta)
+        if options.mode == "network":
+            with open(os.path.join(options["out"], "nodes.json"), "w") as f:
+                json.dump(nodes, f, indent=1)
         if options["save-trace"]:
             _save_trace(options["out"], trace)
         comparison = None
