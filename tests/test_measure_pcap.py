@@ -231,6 +231,17 @@ def observe(data, nodes=NODES):
 STREAM = bytes(random.Random(1).randrange(256) for _ in range(3 * 1372))
 
 
+def two_clients():
+    """Frames of two clients' three packets each, through the three mixes."""
+    frames = mix_stream([(0, STREAM)])
+    frames += mix_stream([(0, STREAM)], src="10.0.1.2", t0=100.05)
+    for src, t0 in ((MIX1, 100.4), ("10.0.0.2", 100.6), ("10.0.0.3", 100.8)):
+        dst = {MIX1: MIX2, "10.0.0.2": "10.0.0.3", "10.0.0.3": GATEWAY}[src]
+        frames += mix_stream([(0, STREAM + STREAM)], src=src, dst=dst, t0=t0)
+    frames.sort(key=lambda f: f[0])
+    return frames
+
+
 class Formats(SynchronousTestCase):
 
     def test_three_packets_cut_from_odd_segments(self):
@@ -434,18 +445,31 @@ class Formats(SynchronousTestCase):
         self.assertEqual(cli.main(["--pcap", bad, "--nodes", nodes, "--out", folder],
                                   out=out, err=err), 1)
         self.assertIn("at least 2", err.getvalue())
+        # two are enough: the report has each attack's entropy, and says
+        # what a capture cannot give
+        with open(bad, "wb") as f:
+            f.write(pcapng(two_clients()))
+        report = os.path.join(folder, "report")
+        out = io.StringIO()
+        self.assertEqual(cli.main(["--pcap", bad, "--nodes", nodes, "--out", report],
+                                  out=out, err=err), 0)
+        self.assertIn("tracing   sender entropy", out.getvalue())
+        self.assertIn("combined  not computed", out.getvalue())
+        with open(os.path.join(report, "figures.json")) as f:
+            figures = json.load(f)
+        self.assertEqual(figures["attacks"]["tracing"]["packets"], 6)
+        self.assertEqual(figures["checks"]["packet_sizes"]["sizes"], [1372])
+        self.assertEqual(len(figures["checks"]["send_gaps"]), 2)
+        with open(os.path.join(report, "summary.md")) as f:
+            summary = f.read()
+        self.assertIn("## Not computed from a capture", summary)
+        self.assertIn("no truth", summary)
         self.assertEqual(cli.main(["--pcap", bad], out=out, err=err), 2)
         self.assertEqual(cli.main(["--pcap", bad, "--nodes", nodes, "--simulate"],
                                   out=out, err=err), 2)
 
     def test_two_clients_scored_without_truth(self):
-        frames = mix_stream([(0, STREAM)])
-        frames += mix_stream([(0, STREAM)], src="10.0.1.2", t0=100.05)
-        for src, t0 in ((MIX1, 100.4), ("10.0.0.2", 100.6), ("10.0.0.3", 100.8)):
-            dst = {MIX1: MIX2, "10.0.0.2": "10.0.0.3", "10.0.0.3": GATEWAY}[src]
-            frames += mix_stream([(0, STREAM + STREAM)], src=src, dst=dst, t0=t0)
-        frames.sort(key=lambda f: f[0])
-        view = observe(classic(frames)).view
+        view = observe(classic(two_clients())).view
         self.assertEqual(view.topology.n_clients, 2)
         self.assertEqual(len(view.targets), 6)
         p = attacks.tracing(view)
