@@ -291,6 +291,14 @@ class Command(TestCase):
         self.assertEqual(set(figures["attacks"]), set(attacks.ATTACKS))
         self.assertIn("lateness", figures["checks"]["network"])
         self.assertTrue(os.path.getsize(os.path.join(folder, "rates.png")) > 0)
+        # the run's public topology, with the nodes' and clients' addresses:
+        # the nodes file a capture of the run is read with (--pcap)
+        from nymtx.measure import pcap
+        with open(os.path.join(folder, "nodes.json"), "rb") as f:
+            nodes = pcap.load_nodes(f.read())
+        self.assertEqual(nodes.mix_layers, [1, 2, 3])
+        self.assertEqual(sorted(nodes.client_names.values()), ["c0", "c1", "c2"])
+        self.assertEqual(sorted(kind for kind, _ in nodes.sources.values()), ["mix"] * 3)
 
     def test_the_models_cover_is_not_the_networks(self):
         code, _, err = self.main_in_process(["--cover", "legacy"])

@@ -159,6 +159,20 @@ def entropy_bits(posteriors):
     return -(posteriors * np.log2(p)).sum(axis=1)
 
 
+def uncertainty(posteriors, n):
+    """What can be said of *posteriors* without the truth: the entropy of each
+    (a capture's report). ``None`` posteriors: an attack not computed."""
+    if posteriors is None:
+        return {"packets": 0, "mean_entropy_bits": None, "entropy_bits": [],
+                "max_entropy_bits": math.log2(n), "success": None,
+                "why": "it needs each message's recipient, which a capture does not show"}
+    h = entropy_bits(posteriors) if len(posteriors) else np.zeros(0)
+    return {"packets": int(len(h)), "entropy_bits": [float(x) for x in h],
+            "mean_entropy_bits": float(h.mean()) if len(h) else None,
+            "max_entropy_bits": math.log2(n), "success": None,
+            "why": "success needs the true senders: a capture has no truth"}
+
+
 def score(posteriors, true_senders):
     """Success rate (ties share the credit), entropy per message, against chance."""
     n = posteriors.shape[1] if posteriors.ndim == 2 else 0

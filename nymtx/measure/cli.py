@@ -2,16 +2,18 @@
 
 import json
 import math
+import os
 import sys
 import time
 
 from twisted.python import usage
 
 try:
+    import numpy as np
     from nymtx.measure import attacks, checks, report, sim
 except ImportError as e:   # numpy or matplotlib missing: say how to get them
     _missing = e
-    attacks = checks = report = sim = None
+    attacks = checks = report = sim = np = None
 else:
     _missing = None
 
@@ -64,10 +66,12 @@ def load_workload(path, clients):
 
 class Options(usage.Options):
     synopsis = "nym-measure [options]"
-    longdesc = ("Runs a workload on a real local nymtx network in this process (or, with"
-                " --simulate, on a model of it), records what a global passive adversary"
-                " sees and the truth apart, scores a suite of attacks against the truth"
-                " and writes a report folder (docs/anonymity.md).")
+    longdesc = ("Runs a workload on a real local nymtx network in this process (with"
+                " --processes, one process per node; with --simulate, on a model of it),"
+                " records what a global passive adversary sees and the truth apart, scores"
+                " a suite of attacks against the truth and writes a report folder; or, with"
+                " --pcap, reads a capture of a real deployment as the adversary's view"
+                " (docs/anonymity.md).")
     optParameters = [
         ["clients", None, 5, "number of clients", int],
         ["minutes", None, 10.0, "length of the workload", float],
@@ -84,12 +88,19 @@ class Options(usage.Options):
         ["loop-gap", None, 1.0, "mean gap of the loop cover stream, s", float],
         ["hop-delay", None, 0.2, "mean delay at each hop, s", float],
         ["fetch-gap", None, 1.0, "mean gap between pulls, s", float],
+        ["pcap", None, None, "read a capture (pcap or pcapng) of a real deployment instead of"
+                             " running a network; needs --nodes (docs/anonymity.md)"],
+        ["nodes", None, None, "with --pcap: the public topology (the directory's document),"
+                              " which address is which node"],
         ["compare", None, 0, "after a real run, run the model with the settings it showed"
                              " for this many seeds and compare (docs/anonymity.md)", int],
     ]
     optFlags = [["network", None, "measure a real local network, every node and client"
                                   " in this process (the default)"],
                 ["simulate", None, "measure the model of the protocol instead"],
+                ["processes", None, "with the real network: one OS process per node (as"
+                                    " nym-localnet --processes), each tapped inside, its"
+                                    " records brought back from a file"],
                 ["json", None, "print the attack scores as JSON"],
                 ["save-trace", None, "also write the trace's arrays (the view and the truth)"
                                      " to trace.npz in the report folder"]]
@@ -102,6 +113,17 @@ class Options(usage.Options):
         if self["network"] and self["simulate"]:
             raise usage.UsageError("--network and --simulate exclude each other")
         self.mode = "simulated" if self["simulate"] else "network"
+        if self["processes"] and self["simulate"]:
+            raise usage.UsageError("--processes runs the real network's nodes: not with"
+                                   " --simulate")
+        if self["pcap"] is not None or self["nodes"] is not None:
+            if self["pcap"] is None or self["nodes"] is None:
+                raise usage.UsageError("--pcap FILE and --nodes TOPOLOGY go together")
+            if (self["network"] or self["simulate"] or self["compare"] or self["workload"]
+                    or self["processes"]):
+                raise usage.UsageError("--pcap reads a capture: not with --network,"
+                                       " --simulate, --processes, --compare or --workload")
+            self.mode = "pcap"
         if self["compare"] < 0 or (self["compare"] and self.mode != "network"):
             raise usage.UsageError("--compare N (N >= 0 seeds of the model) compares a real"
                                    " network's run with the model")
@@ -133,7 +155,7 @@ def measure(settings, phases, duration, seed):
     return trace, scores, checks.run_all(trace, settings)
 
 
-def measure_network(settings, phases, duration, seed, err):
+def measure_network(settings, phases, duration, seed, err, processes=False):
     """Trace, scores, checks and problems of one run of the real network.
 
     Runs the reactor until the capture is done (so, once per process)."""
@@ -147,6 +169,7 @@ def measure_network(settings, phases, duration, seed, err):
     def run():
         d = Deferred.fromCoroutine(network.capture(
             reactor, settings, phases, duration, seed=seed, timing=network.QUICK_TIMING,
+            processes=processes,
             log=lambda line: print(f"nym-measure: {line}", file=err, flush=True)))
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
@@ -158,6 +181,8 @@ def measure_network(settings, phases, duration, seed, err):
         raise RuntimeError(f"the network measurement failed:"
                            f" {type(outcome[0].value).__name__}: {outcome[0].getErrorMessage()}")
     cap = outcome[0]
+    # who listens where, for reading a capture of this run (--pcap --nodes)
+    nodes = network.nodes_document(cap)
     try:
         trace, problems, stats = network.to_trace(cap)
     finally:
@@ -169,11 +194,50 @@ def measure_network(settings, phases, duration, seed, err):
     scores = {name: attacks.score(p, truth) for name, p in posteriors.items()}
     result = checks.run_all(trace, settings)
     result["network"] = network.link_checks(cap, trace)
-    return trace, settings, scores, result, problems, stats
+    return trace, settings, scores, result, problems, stats, nodes
+
+
+def measure_pcap(settings, path, nodes_path):
+    """View, scores (entropy only: no truth) and checks of a capture."""
+    import attrs
+
+    from nymtx.measure import pcap
+    observed = pcap.read(path, nodes_path)
+    view = observed.view
+    n = view.topology.n_clients
+    if n < 2:
+        raise ValueError(f"{path}: the capture shows {n} client(s) by their addresses; the"
+                         " attacks need at least 2 (is the nodes file the capture's network?)")
+    settings = attrs.evolve(settings, clients=n, mixnodes_per_layer=1,
+                            gateways=len(view.topology.gateways))
+    posteriors = {
+        "timing": attacks.timing(view, settings.hop_delay, settings.layers),
+        "tracing": attacks.tracing(view),
+        "deficit": attacks.deficit(view, settings.hop_delay, settings.fetch_gap,
+                                   hops=settings.layers + 1)}
+    scores = {name: attacks.uncertainty(posteriors.get(name), n) for name in attacks.ATTACKS}
+    merged = 1.0 / (1.0 / settings.send_gap + 1.0 / settings.loop_gap)
+    gaps = []
+    for c in range(n):
+        mine = view.hop_time[view.hop_src == c]
+        gaps.append(dict(checks.ks_exponential(np.diff(mine), merged),
+                         client=view.topology.clients[c], mean=merged))
+    sizes = np.unique(view.hop_size)
+    # the reader cuts every mix link into 1372-byte packets: what would show
+    # another size is a stream that does not end on a packet boundary
+    ragged = observed.stats.get("streams ending inside a packet", 0)
+    result = {"packet_sizes": {"sizes": [int(x) for x in sizes],
+                               "one_size": len(sizes) <= 1 and not ragged,
+                               "streams ending inside a packet": ragged,
+                               "packets": int(len(view.hop_size))},
+              "send_gaps": gaps, "client_gateway_link": observed.link,
+              "gateway_link": {"pulls": int(len(view.pull_time)),
+                               "counts_visible": int(np.sum(view.pull_count >= 0)),
+                               "shows_only_timing": not bool(np.any(view.pull_count >= 0))}}
+    return observed, settings, scores, result
 
 
 def _save_trace(folder, trace):
-    import os
 
     import attrs
     import numpy as np
@@ -183,7 +247,6 @@ def _save_trace(folder, trace):
 
 
 def _add_to_report(folder, comparison, lines):
-    import os
     path = os.path.join(folder, "figures.json")
     with open(path) as f:
         figures = json.load(f)
@@ -192,6 +255,42 @@ def _add_to_report(folder, comparison, lines):
         json.dump(figures, f, indent=1)
     with open(os.path.join(folder, "summary.md"), "a") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _main_pcap(options, started, out, err):
+    from nymtx.measure.pcap import PcapError
+    try:
+        observed, settings, scores, result = measure_pcap(
+            options.settings, options["pcap"], options["nodes"])
+        view = observed.view
+        problems = observed.problems
+        meta = {"title": f"a capture, {options['pcap']}", "mode": "pcap",
+                "clients": view.topology.n_clients, "seconds captured": round(view.duration, 1),
+                **observed.stats,
+                "problems (what the reader could not make sense of)":
+                    "; ".join(problems[:20]) or "none",
+                "seconds to compute": round(time.monotonic() - started, 1)}
+        summary = report.write_observed(options["out"], view, settings, scores, result, meta)
+    except (PcapError, OSError, ValueError) as e:
+        print(f"nym-measure: {e}", file=err)
+        return 1
+    if problems:
+        print(f"nym-measure: {len(problems)} problems reading the capture (listed in"
+              f" {summary}): " + "; ".join(problems[:5]), file=err)
+    if options["json"]:
+        print(json.dumps({k: {f: v for f, v in s.items() if f != "entropy_bits"}
+                          for k, s in scores.items()}, indent=1), file=out)
+    else:
+        print(f"report: {summary}", file=out)
+        for name in attacks.ATTACKS:
+            s = scores[name]
+            if s["mean_entropy_bits"] is None:
+                print(f"  {name:9s} not computed from a capture ({s['why']})", file=out)
+            else:
+                print(f"  {name:9s} sender entropy {s['mean_entropy_bits']:.2f} of"
+                      f" {s['max_entropy_bits']:.2f} bits over {s['packets']} packets into"
+                      " gateways (success: not computed, no truth)", file=out)
+    return 1 if problems else 0
 
 
 def main(argv=None, out=sys.stdout, err=sys.stderr):
@@ -214,17 +313,22 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
             phases = sim.default_workload(options["clients"], options["minutes"])
         started = time.monotonic()
         settings, problems, stats = options.settings, [], {}
+        if options.mode == "pcap":
+            return _main_pcap(options, started, out, err)
         if options.mode == "network":
-            trace, settings, scores, result, problems, stats = measure_network(
-                settings, phases, duration, options["seed"], err)
+            trace, settings, scores, result, problems, stats, nodes = measure_network(
+                settings, phases, duration, options["seed"], err,
+                processes=options["processes"])
             title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
-                     f" the real network ({settings.cover} cover seen)")
+                     f" the real network{', one process per node' if options['processes'] else ''}"
+                     f" ({settings.cover} cover seen)")
         else:
             trace, scores, result = measure(settings, phases, duration, options["seed"])
             title = (f"{options['clients']} clients, {options['minutes']:g} minutes,"
                      f" {options['cover']} cover (model)")
         problems = problems + trace.check_complete()
         meta = {"title": title, "mode": options.mode, "seed": options["seed"],
+                **({"processes": "one per node"} if options["processes"] else {}),
                 "packets": int(len(trace.packet_sender)),
                 "real messages": int(len(trace.message_sender)),
                 **stats,
@@ -234,6 +338,9 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                 "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more"
                                             if len(problems) > 20 else "")) or "none"
         summary = report.write(options["out"], trace, settings, scores, result, meta)
+        if options.mode == "network":
+            with open(os.path.join(options["out"], "nodes.json"), "w") as f:
+                json.dump(nodes, f, indent=1)
         if options["save-trace"]:
             _save_trace(options["out"], trace)
         comparison = None

@@ -167,7 +167,8 @@ class Capture:
     packets: list = attrs.Factory(list)
     # client–gateway chunks: (time, client or -1, UP/DOWN, size)
     chunks: list = attrs.Factory(list)
-    # pull answers: (time, client, bytes written, messages the store gave)
+    # pull answers: (time, client, bytes written, messages the store gave,
+    # the client's key)
     pulls: list = attrs.Factory(list)
     # the workload's messages: sender, recipient, queued (relative), body
     message_sender: list = attrs.Factory(list)
@@ -177,6 +178,9 @@ class Capture:
     #: per message: None (left its client), or why it did not
     message_unsent: list = attrs.Factory(list)
     problems: list = attrs.Factory(list)
+    #: the directory's topology document when the workload started: the
+    #: public knowledge of who listens where (what a pcap reader is given)
+    topology: dict = None
 
 
 class Recorder:
@@ -225,15 +229,16 @@ class Recorder:
             def on_write(data):
                 now = seconds()
                 chunks.append((now, client, DOWN, len(data)))
-                # the answer to a pull is written as the store gave it
-                key = self.key_of.get(client)
+                # the answer to a pull is written as the store gave it; the
+                # channel knows the key its handshake proved
+                proven = getattr(getattr(protocol, "channel", None), "remote_key", None)
+                key = self.key_for(client, proven)
                 if key is not None and key in self._pending:
-                    authenticated = getattr(protocol, "client", key)
-                    if authenticated != key:
+                    if proven is not None and proven != key:
                         self.problems.append(
-                            f"the gateway answered a pull of client {authenticated.hex()[:8]}"
+                            f"the gateway answered a pull of client {proven.hex()[:8]}"
                             f" on a connection from {addr.host}")
-                    self.pulls.append((now, client, bytes(data), self._pending.pop(key)))
+                    self.pulls.append((now, client, bytes(data), self._pending.pop(key), key))
 
             def makeConnection(transport):
                 make_connection(protocol, _TappedTransport(transport, on_write))
@@ -241,6 +246,10 @@ class Recorder:
             protocol.makeConnection = makeConnection
             return protocol
         return tap
+
+    def key_for(self, client, proven):
+        """The key whose pull answers a connection from *client* carries."""
+        return self.key_of.get(client)
 
     def store_pull_tap(self, store):
         """The store, as the client listener should see it: its pulls noted."""
@@ -268,8 +277,8 @@ class TappedNetwork(LocalNetwork):
     """A LocalNetwork whose listeners record through a :class:`Recorder`, and
     whose mixnodes connect from addresses of their own."""
 
-    def __init__(self, reactor, home, nodes, recorder, clients, timing=Timing()):
-        super().__init__(reactor, home, nodes, timing=timing)
+    def __init__(self, reactor, home, nodes, recorder, clients, timing=Timing(), only=None):
+        super().__init__(reactor, home, nodes, timing=timing, only=only)
         self.recorder = recorder
         mixnodes = [n for n in nodes if n.kind == "mixnode"]
         self.mixnode_names = [n.name for n in sorted(mixnodes, key=lambda n: (n.layer, n.name))]
@@ -297,6 +306,9 @@ class TappedNetwork(LocalNetwork):
             service.client_factory.store = self.recorder.store_pull_tap(
                 service.client_factory.store)
         return service
+
+    def gateway_key(self, name):
+        return self.node_services[name].keys.public_text
 
     def node_number(self, name):
         if name in self.mixnode_names:
@@ -330,22 +342,28 @@ def _sleep(reactor, seconds):
 
 
 async def capture(reactor, settings, phases, duration, seed=0, home=None,
-                  timing=Timing(), drain_timeout=60.0, log=None):
+                  timing=Timing(), drain_timeout=60.0, log=None, processes=False):
     """Run *phases* on a real local network of *settings*; returns a :class:`Capture`.
 
     The workload starts once every client runs and is listed; after
     *duration* s the recording goes on until every message has left its
     client (at most *drain_timeout* s) and then long enough for it to reach
     its gateway and be pulled. *home* (default: a new temporary folder)
-    keeps every key on disk, for :func:`to_trace`.
+    keeps every key on disk, for :func:`to_trace`. With *processes* every
+    node runs in a process of its own (:mod:`nymtx.measure.processes`), its
+    taps writing to a file read back once it has stopped.
     """
     from nymtx.client import connect
     s = settings
     say = log or (lambda text: None)
     home = home or tempfile.mkdtemp(prefix="nym-measure-")
     recorder = Recorder(reactor)
-    nodes = plan(s.mixnodes_per_layer, s.gateways, 0)
-    net = TappedNetwork(reactor, home, nodes, recorder, s.clients, timing=timing)
+    if processes:
+        from nymtx.measure.processes import ProcessNodes
+        net = ProcessNodes(reactor, home, s, timing)
+    else:
+        nodes = plan(s.mixnodes_per_layer, s.gateways, 0)
+        net = TappedNetwork(reactor, home, nodes, recorder, s.clients, timing=timing)
     for j in range(len(net.mixnode_names)):
         recorder.sources[source_host("mixnode", j)] = s.clients + j
     names = [f"c{i}" for i in range(s.clients)]
@@ -355,7 +373,7 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
         url = await net.whenReady()
         say(f"network up at {url}: {_count_words(len(net.mixnode_names), 'mixnode')},"
             f" {_count_words(len(net.gateway_names), 'gateway')}")
-        gateway_keys = [net.node_services[g].keys.public_text for g in net.gateway_names]
+        gateway_keys = [net.gateway_key(g) for g in net.gateway_names]
         for i, name in enumerate(names):
             recorder.sources[source_host("client", i)] = i
             client = await connect(
@@ -364,7 +382,7 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             clients.append(client)
             recorder.client_keys[client.core.keys.public_key] = i
             recorder.key_of[i] = client.core.keys.public_key
-        await net.wait_for_clients(list(recorder.client_keys))
+        public = await net.wait_for_clients(list(recorder.client_keys))
         addresses = [c.full_address for c in clients]
         node_address = {}
         for name in net.mixnode_names + net.gateway_names:
@@ -382,7 +400,7 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             node_address=node_address, start=start, end=start, phase_end=duration,
             phases=[(p.start, p.end, p.label) for p in phases],
             packets=recorder.packets, chunks=recorder.chunks, pulls=recorder.pulls,
-            problems=recorder.problems)
+            problems=recorder.problems, topology=public.to_json())
         sends = []
 
         def send(index, sender, recipient, body):
@@ -410,8 +428,8 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
         while reactor.seconds() < start + duration:
             await _sleep(reactor, min(60.0, start + duration - reactor.seconds()))
             if reactor.seconds() < start + duration:
-                say(f"  {reactor.seconds() - start:.0f} s of {duration:g} s,"
-                    f" {len(recorder.packets)} packets tapped")
+                say(f"  {reactor.seconds() - start:.0f} s of {duration:g} s"
+                    + ("" if processes else f", {len(recorder.packets)} packets tapped"))
         waiting = DeferredList(sends, consumeErrors=True)
         waiting.addTimeout(drain_timeout, reactor)
         try:
@@ -421,9 +439,6 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
         # long enough for the last message to cross four delays and be pulled
         await _sleep(reactor, (s.layers + 1) * s.hop_delay * 5 + 3 * s.fetch_gap)
         cap.end = reactor.seconds()
-        say(f"recorded {len(recorder.packets)} packets and {len(recorder.pulls)} pulls"
-            f" in {cap.end - start:.0f} s")
-        return cap
     finally:
         for client in clients:
             try:
@@ -431,6 +446,25 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             except Exception:
                 pass
         await net.stopService()
+    if processes:
+        net.collect(recorder)   # the nodes have stopped: their files are whole
+    say(f"recorded {len(recorder.packets)} packets and {len(recorder.pulls)} pulls"
+        f" in {cap.end - start:.0f} s")
+    return cap
+
+
+def nodes_document(cap):
+    """The nodes file a pcap of this capture's network is read with
+    (:func:`nymtx.measure.pcap.load_nodes`): the public topology, the source
+    address each mixnode connects from, and the clients' addresses by name."""
+    doc = dict(cap.topology)
+    layers = sorted(range(len(cap.mixnodes)), key=lambda j: (cap.mix_layers[j], cap.mixnodes[j]))
+    address = {number: NodeAddress.from_bytes(raw) for raw, number in cap.node_address.items()}
+    first_mix = len(cap.clients)
+    doc["sources"] = {source_host("mixnode", j): f"{address[first_mix + j].ip}:"
+                      f"{address[first_mix + j].port}" for j in layers}
+    doc["clients"] = {source_host("client", i): name for i, name in enumerate(cap.clients)}
+    return doc
 
 
 # ---- the truth ------------------------------------------------------------

@@ -148,3 +148,92 @@ def write(folder, trace, settings, scores, checks, meta):
     with open(summary, "w") as f:
         f.write("\n".join(lines))
     return summary
+
+
+#: what a capture cannot give, and why (the report of --pcap names them)
+NOT_FROM_A_CAPTURE = {
+    "success of every attack (how often it names the true sender)":
+        "needs the true sender of each message: only the node keys and the workload give it",
+    "which packets are real messages":
+        "the exits scored are every packet into a gateway, cover included: the bytes are"
+        " encrypted, and the game's recipient is not in the capture",
+    "combined (the learned per-recipient profile)":
+        "needs the recipient of each message (behind the gateway, inside the encrypted link)",
+    "per-hop delays exponential":
+        "needs the delay each sender chose at each hop (in the Sphinx headers, under the"
+        " node keys)",
+    "rates independent of real traffic (busy against idle)":
+        "needs to know when each client sends real messages",
+    "completeness of the truth (every packet peeled)": "there is no truth in a capture",
+}
+
+
+def plot_observed_rates(view, path, bin_seconds=10.0):
+    """Packets each client sends and pulls it makes, per minute (a capture's view)."""
+    plt = _pyplot()
+    n = view.topology.n_clients
+    edges = np.arange(0, view.duration + bin_seconds, bin_seconds)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for c in range(n):
+        counts, _ = np.histogram(view.hop_time[view.hop_src == c], edges)
+        top.plot(edges[:-1], counts * 60 / bin_seconds, label=view.topology.clients[c])
+        pulls, _ = np.histogram(view.pull_time[view.pull_client == c], edges)
+        bottom.plot(edges[:-1], pulls * 60 / bin_seconds, label=view.topology.clients[c])
+    top.set_ylabel("sent, packets/min")
+    bottom.set_ylabel("pull answers/min")
+    bottom.set_xlabel("time since the capture's first packet (s)")
+    top.legend(fontsize=7, ncol=min(max(n, 1), 6), loc="lower right")
+    fig.suptitle("What the capture shows of each client", y=0.995)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_observed(folder, view, settings, scores, checks, meta):
+    """The report of a capture (no truth): entropies, the checks a view
+    allows, and what cannot be computed. Returns the path of summary.md."""
+    os.makedirs(folder, exist_ok=True)
+    n = view.topology.n_clients
+    figures = {"meta": meta, "settings": {k: getattr(settings, k) for k in (
+        "send_gap", "loop_gap", "hop_delay", "fetch_gap", "layers")},
+        "attacks": scores, "checks": checks, "not computed": NOT_FROM_A_CAPTURE}
+    with open(os.path.join(folder, "figures.json"), "w") as f:
+        json.dump(figures, f, indent=1)
+    plot_observed_rates(view, os.path.join(folder, "rates.png"))
+    plot_entropy_cdf(scores, n, os.path.join(folder, "entropy_cdf.png"))
+    lines = [f"# nym-measure: {meta.get('title', 'a capture')}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items() if k != "title"]
+    lines += ["", "## Attacks (no truth: the adversary's own uncertainty)", "",
+              "For every packet into a gateway (cover included: a capture does not say which"
+              " are messages), the entropy of each attack's distribution over the clients"
+              " that sent it.", "",
+              "| attack | packets | mean entropy (bits) | of log2 N |", "|---|---|---|---|"]
+    for name in ATTACKS:
+        s = scores[name]
+        if s["mean_entropy_bits"] is None:
+            lines.append(f"| {name} | – | not computed | – |")
+            continue
+        lines.append(f"| {name} | {s['packets']} | {s['mean_entropy_bits']:.2f} of"
+                     f" {s['max_entropy_bits']:.2f} |"
+                     f" {s['mean_entropy_bits'] / s['max_entropy_bits']:.2f} |")
+    lines += ["", "![entropy](entropy_cdf.png)", "", "## The design's promises, as far as a"
+              " capture shows them", ""]
+    sizes = checks["packet_sizes"]
+    lines.append(f"- Packet sizes on the mix links: {sizes['sizes']} over {sizes['packets']}"
+                 f" packets ({'one size' if sizes['one_size'] else 'MORE THAN ONE SIZE'}).")
+    link = checks["client_gateway_link"]
+    lines.append(f"- Client–gateway link, channel messages by size (bytes on the wire): up"
+                 f" {link['channel messages up']}, down {link['channel messages down']}"
+                 f" ({'one size each way' if link['every frame one size each way (after the handshake)'] else 'MORE THAN ONE SIZE'}).")
+    lines += ["", "| exponential? | n | KS D | p |", "|---|---|---|---|"]
+    for g in checks["send_gaps"]:
+        if g["n"]:
+            lines.append(f"| send gaps of {g['client']} | {g['n']} | {g['statistic']:.4f} |"
+                         f" {g['p']:.3f} |")
+    lines += ["", "## Not computed from a capture", ""]
+    lines += [f"- **{k}**: {v}." for k, v in NOT_FROM_A_CAPTURE.items()]
+    lines += ["", "![rates](rates.png)", ""]
+    summary = os.path.join(folder, "summary.md")
+    with open(summary, "w") as f:
+        f.write("\n".join(lines))
+    return summary
