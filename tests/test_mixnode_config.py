@@ -59,6 +59,11 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(service.links.queue_size, debug["packet_queue_size"])
         self.assertEqual(service.node.max_in_flight, debug["maximum_packets_in_flight"])
         self.assertEqual(service.node.private_key, keys.private_key)
+        # the replay log's file is closed when the node stops
+        service.startService()
+        self.assertIsNotNone(options.replays._fd)
+        self.successResultOf(service.stopService())
+        self.assertIsNone(options.replays._fd)
 
     def test_init_refuses_existing_id_unless_forced_and_keeps_keys(self):
         self.assertEqual(run_cli("init", "--id", "M1", "--layer", "1", "--home", self.home)[0], 0)

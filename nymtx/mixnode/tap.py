@@ -87,6 +87,10 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
         metrics_interval=debug["metrics_sending_delay"] / 1000,
         location=config.location)
     hand_over(service, directory)
+    if replays is not None:
+        # as the gateway's: the log's file is closed with the node
+        from nymtx.trust.wiring import OnStop
+        OnStop(replays.close).setServiceParent(service)
     if debug["directory_keys"] and directory is not None:
         from nymtx.trust.admission import guard_mixnode
         guard_mixnode(service, directory, reactor)
