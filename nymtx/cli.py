@@ -9,6 +9,10 @@ twistd uses for the plugins), checked with the validators of
   config file missing or bad, an id that exists, no directory, a port in use;
 - 2: the command line is wrong (an unknown command or flag, a flag's value
   refused, a flag missing): one line saying why and the usage on stderr.
+
+The twistd plugins (``twistd nym``, ``nym-mixnode``, ``nym-gateway``,
+``nym-directory``, ``nym-localnet``) exit the same way: twistd gets their
+Options through :func:`twistd_options` (twisted/plugins/nymtx_plugins.py).
 """
 
 import sys
@@ -96,6 +100,46 @@ class Command(usage.Options):
         if self.subCommand is None:
             raise usage.UsageError(
                 "give a command: " + " or ".join(c[0] for c in self.subCommands))
+
+
+class TwistdUsage:
+    """Mixed into a plugin's Options under twistd: the exit statuses of the commands.
+
+    twistd's ``app.run`` prints its own usage and exits 1 on any UsageError
+    a plugin's Options raise, so a wrong flag would look like a runtime
+    failure. Here a usage error prints the plugin's usage and one line
+    saying why on stderr and exits 2; an :class:`Unusable` (a config file
+    that cannot be used: a runtime failure) prints that line and exits 1.
+    ``--help`` still exits 0. *tapname* names the plugin in the message.
+    """
+
+    tapname = "nym"
+
+    def getSynopsis(self):
+        # twistd's line, whatever the command's own Options print (nym-directory's
+        # and nym-localnet's name their command)
+        return f"Usage: twistd [options] {self.tapname} {getattr(self, 'synopsis', '[options]')}"
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except Unusable as e:
+            print(f"twistd {self.tapname}: error: {e}", file=sys.stderr)
+            raise SystemExit(1)
+        except usage.UsageError as e:
+            print(str(self), file=sys.stderr)
+            print(f"twistd {self.tapname}: error: {e}\n"
+                  f"Try 'twistd {self.tapname} --help' for more.", file=sys.stderr)
+            raise SystemExit(2)
+
+
+def twistd_options(options_class, tapname):
+    """*options_class* with :class:`TwistdUsage` mixed in, as twistd's plugin
+    *tapname* offers it. Only twistd gets it: the ``nym-*`` commands parse
+    the same classes through :func:`run`, which reports errors itself."""
+    return type(options_class.__name__, (TwistdUsage, options_class),
+                {"tapname": tapname, "__module__": options_class.__module__,
+                 "__doc__": options_class.__doc__})
 
 
 def run(name, options, argv, action, synopsis=None):

@@ -23,11 +23,12 @@ class IPacketLinks(Interface):
     expired = Attribute("int: packets dropped after waiting over max_wait for a peer down")
 
     def send(address, packet):
-        """Queue *packet* (bytes) for *address* (NodeAddress); never blocks or raises
-        for a peer being down."""
+        """Queue *packet* (bytes) for *address* (NodeAddress), connecting if need
+        be; never blocks or raises for a peer being down."""
 
     def retain(addresses):
-        """Close the link of every peer not in *addresses* (the peers still wanted)."""
+        """Close the link of every peer not in *addresses* (the peers still
+        wanted); packets still queued for them count in ``retired``."""
 
     def state(address):
         """The nymtx.links.PeerState of the link to *address* (CLOSED if none)."""
@@ -62,31 +63,49 @@ class IDirectoryClient(Interface):
         """Deferred[list]: the latest metrics of each mixnode."""
 
     def close():
-        """Deferred: close the connections this client opened itself."""
+        """Deferred: close the connections this client opened itself (a treq
+        given to it is its owner's to close)."""
 
 
 class IGatewayLink(Interface):
-    """A client's authenticated link to its gateway (``nymtx.gateway.link.GatewayLink``)."""
+    """A client's private link to its gateway (``nymtx.gateway.link.GatewayLink``):
+    one Noise IK connection, the client's key proven in the handshake, and
+    the fixed-size requests of docs/gateway-protocol.md inside it.
 
-    connected = Attribute("bool: authenticated right now")
-    last_error = Attribute("GatewayLinkError | None: why it is not connected")
+    The link does not decide when to pull: the client core calls ``pull``
+    on its own Poisson clock (``fetch_message_delay``), the same schedule
+    whatever its mail, and gives the ids it stored to ``ack``.
+    """
+
+    connected = Attribute("bool: authenticated right now (state is READY)")
+    last_error = Attribute("GatewayLinkError | None: why the last attempt failed")
     state = Attribute("nymtx.gateway.link.LinkState: stopped, connecting, ready, waiting"
                       " or stopping")
 
     def start():
-        """Connect, and keep reconnecting while started."""
+        """Connect, and reconnect after a capped, jittered backoff while started."""
 
     def stop():
-        """Deferred that fires once the connection is closed."""
+        """Deferred that fires once the connection is closed; waiters of
+        when_ready() and acks not yet carried fail with GatewayLinkError."""
 
     def when_ready():
-        """Deferred that fires when the link is (or next becomes) authenticated."""
+        """Deferred that fires when the link is (or next becomes) authenticated;
+        fails with GatewayLinkError if it is stopped first."""
 
-    def pull(limit=100):
-        """Deferred[list[(id, bytes)]]: up to *limit* stored messages, oldest first."""
+    def pull(limit=10):
+        """One pull request on the private link: Deferred[list[(id, bytes)]]
+        of the oldest stored messages not yet sent on this connection, at
+        most nymtx.gateway.padded.PULL_SIZE (10); with *limit* 0 a pull that
+        takes none, the same size on the wire (a client whose inbox is full).
+        It carries ids of earlier ack() calls. Fails with GatewayLinkError
+        when not connected."""
 
     def ack(ids):
-        """Deferred[int]: delete the messages *ids* at the gateway; how many were."""
+        """Have the gateway delete the messages *ids*: they ride on the next
+        pulls (an ack is never a frame of its own). Deferred[int] of how many
+        were deleted, once every id was carried: never before the next pull
+        (do not wait for it before pulling again)."""
 
 
 class IMailboxStore(Interface):
@@ -149,13 +168,15 @@ class IInbox(Interface):
     """The client's durable inbox (``nymtx.client.inbox.Inbox``)."""
 
     def store(messages):
-        """Commit (gateway_id | None, body) pairs at once (a body: a
-        nymtx.message.Message, or bytes for text); return the bodies stored
-        (a repeat of a stored but unacknowledged id is not)."""
+        """Commit (gateway_id | None, body) pairs in one transaction (a body: a
+        nymtx.message.Message, or bytes for text; an id of None stores it
+        unconditionally); return the bodies stored (a repeat of a stored but
+        unacknowledged id is not)."""
 
     def commit(gateway_ids, messages):
-        """In one transaction: remember *gateway_ids* as pulled but not acknowledged
-        and store *messages* (Messages); return the Messages stored."""
+        """In one transaction: remember *gateway_ids* (every id of a pull) as
+        pulled but not acknowledged and store *messages* (Messages, or bytes
+        for text), before the client acks them; return the Messages stored."""
 
     def seen(gateway_ids):
         """The ids among *gateway_ids* committed and not acknowledged yet (a set)."""
@@ -194,13 +215,15 @@ class IClientCore(Interface):
         """Queue *message* (str: text, bytes: binary, or a nymtx.message.Message)
         for *recipient* (``CLIENT`` or ``CLIENT@GATEWAY``).
 
-        Raises SendError at once for a bad message or recipient, one too long,
-        or a full send queue; returns a Deferred that fires when its last
-        fragment leaves (or fails with ClientStopped).
+        Raises SendError at once for a bad message or recipient, one over
+        ``[message] maximum_message_size``, or a full send queue; returns a
+        Deferred that fires when its last fragment is handed to the first
+        mixnode's link (or fails with ClientStopped).
         """
 
     def fetch():
-        """Remove and return the messages received so far (list[bytes])."""
+        """Remove and return the data of every stored message (list[bytes]),
+        oldest first."""
 
     def peek(max_bytes=None):
         """Stored (id, nymtx.message.Message) pairs, oldest first, within
@@ -215,33 +238,38 @@ class IClientCore(Interface):
         """Forget the messages *ids* (from peek): the application has them."""
 
     def clients():
-        """Every registered client (list of base58 str); SendError before a topology."""
+        """Every client registered at any gateway (list of base58 str);
+        SendError before the first topology (not an empty list)."""
 
 
 class IApiDispatcher(Interface):
     """Turns one API request into one response (``nymtx.client.api.ApiDispatcher``).
 
-    The websocket and TCP front ends call it; none of these raises.
+    The websocket and TCP front ends call ``answer_bytes``; none of these raises.
     """
 
-    def answer_bytes(data, max_size=65536):
+    def answer_bytes(data, max_size=None, push=None):
         """nymtx.client.api.Answer to one request: ``data`` (its encoding, at most
-        *max_size* bytes) and ``sent()``, to call once the transport took it (a
-        fetch deletes its messages then, not before)."""
+        *max_size* bytes, default ``max_frame``) and ``sent()``, to call once
+        the transport took it (a fetch deletes its messages then, not
+        before). *push* is the connection's nymtx.client.api.Push, for
+        ``subscribe`` (without one, subscribe is an error)."""
 
     def handle_text(text):
-        """Response (a dict) to one JSON request as text."""
+        """Response (a dict) to one JSON request as text, committed at once (a
+        fetch deletes its messages as it answers: for callers with no transport)."""
 
     def handle_bytes(data):
-        """Response (a dict) to one JSON request as UTF-8 bytes."""
+        """As handle_text, for the request as UTF-8 bytes."""
 
     def handle(request):
-        """Response (a dict) to one decoded JSON request."""
+        """As handle_text, for a decoded JSON request."""
 
 
 class IMixnetClient(Interface):
-    """A running client inside a Twisted program (``nymtx.client.MixnetClient``):
-    what ``nymtx.client.connect`` gives an application."""
+    """A running client inside a Twisted program (``nymtx.client.MixnetClient``,
+    and ``nymtx.client.connect.ResolvingClient``, what ``nymtx.client.connect``
+    gives an application)."""
 
     address = Attribute("str: this client's base58 address")
     full_address = Attribute("str: CLIENT@GATEWAY")
@@ -249,19 +277,33 @@ class IMixnetClient(Interface):
                       " or stopped; a client starts once")
 
     def start():
-        """Deferred that fires once the first topology fetch is done."""
+        """Deferred that fires once the first topology fetch is done; raises
+        ClientStateError if it was started (or stopped) before."""
 
     def stop():
-        """Deferred: stop the client and close what it owns."""
+        """Deferred: stop the client and close its links, directory pool and
+        inbox (each, even if an earlier one fails); a second stop waits for the first."""
 
     def send(recipient, message):
-        """Deferred that fires when the packet leaves; fails with SendError."""
+        """Send *message* (bytes: binary, str: text) to *recipient* (``CLIENT``
+        or ``CLIENT@GATEWAY``): Deferred that fires when its last fragment
+        leaves; fails with SendError (too long, unknown recipient, a full
+        send queue). ``connect``'s client waits, bounded, for a plain
+        ``CLIENT`` the topology does not list yet."""
 
     def fetch():
-        """Remove and return the messages received so far (list[bytes])."""
+        """Remove and return the messages received so far (list[bytes]; a text
+        message as its UTF-8)."""
+
+    def fetch_messages():
+        """As fetch, as nymtx.message.Message (text and binary told apart)."""
 
     def on_message(callback):
-        """Call *callback(bytes)* for each message, those already held first."""
+        """Call *callback(bytes)* for each message, those the inbox holds first,
+        then each as it arrives; they leave the inbox (fetch does not return them)."""
+
+    def on_received(callback):
+        """As on_message, with a nymtx.message.Message."""
 
     def clients():
         """Every registered client in the topology (list of base58 str)."""

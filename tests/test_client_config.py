@@ -193,7 +193,8 @@ class FlagTests(SynchronousTestCase):
     def test_plugin(self):
         # every tapname is checked in test_plugins; this is the client's own
         found = {p.tapname: p for p in getPlugins(IServiceMaker)}
-        self.assertIs(found["nym"].options, tap.Options)
+        # the tap's Options, with twistd's exit statuses mixed in (nymtx.cli.twistd_options)
+        self.assertTrue(issubclass(found["nym"].options, tap.Options))
 
 
 class InitTests(SynchronousTestCase):

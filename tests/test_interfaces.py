@@ -9,6 +9,8 @@ fails here instead of making a test pass against the wrong shape.
 import ast
 from pathlib import Path
 
+import nymtx
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import providedBy
@@ -18,6 +20,7 @@ from nymtx import interfaces, testing
 from nymtx.addressing import NodeAddress
 from nymtx.client import MixnetClient
 from nymtx.client.api import ApiDispatcher
+from nymtx.client.connect import ResolvingClient
 from nymtx.client.core import ClientCore
 from nymtx.client.inbox import Inbox
 from nymtx.directory.client import DirectoryClient
@@ -28,12 +31,15 @@ from nymtx.interfaces import (IApiDispatcher, IClientCore, IDirectoryClient, IGa
 from nymtx.keys import KeyPair
 from nymtx.links import PacketLinks
 from nymtx.testing import FakeDirectory, FakeGatewayLink, FakeLinks, FakeNetwork
+from nymtx.trust.client import SigningDirectoryClient, TrustedDirectoryClient
 from tests.test_client_api import FakeCore
 from tests.test_client_core import RecordingInbox
 from tests.test_fetch_delivery import InboxCore
 from tests.test_log_noise import _LoopBack
 
 TESTS = Path(__file__).parent
+#: the installed package (tests run against it, not against a source tree)
+PACKAGE = Path(nymtx.__file__).parent
 
 #: fakes in tests/ that stand for no nymtx collaborator, and why
 NOT_COLLABORATORS = {
@@ -51,9 +57,9 @@ class InterfaceTests(SynchronousTestCase):
         self.network = FakeNetwork()
         self.config, _ = self.network.client_config(self.mktemp(), "Alice")
 
-    def client(self):
-        client = MixnetClient(self.clock, self.config, directory=FakeDirectory(self.network.topology),
-                              links=FakeLinks(), gateway_link=FakeGatewayLink())
+    def client(self, cls=MixnetClient):
+        client = cls(self.clock, self.config, directory=FakeDirectory(self.network.topology),
+                     links=FakeLinks(), gateway_link=FakeGatewayLink())
         self.addCleanup(client.inbox.close)
         return client
 
@@ -85,9 +91,19 @@ class InterfaceTests(SynchronousTestCase):
             (IMixnetClient, client, []),
         ]
 
+    def more_real(self):
+        """(interface, real object) for the other real classes of an interface."""
+        return [
+            (IMixnetClient, self.client(ResolvingClient)),
+            (IDirectoryClient, TrustedDirectoryClient([], None, self.clock)),
+            (IDirectoryClient, SigningDirectoryClient(FakeDirectory(), None, self.clock)),
+        ]
+
     def test_every_real_class_and_every_fake_provides_its_interface(self):
-        for interface, real, fakes in self.pairs():
-            for obj in [real] + fakes:
+        everything = [(i, [real] + fakes) for i, real, fakes in self.pairs()]
+        everything += [(i, [real]) for i, real in self.more_real()]
+        for interface, objects in everything:
+            for obj in objects:
                 with self.subTest(interface=interface.__name__, obj=type(obj).__name__):
                     self.assertTrue(interface.providedBy(obj),
                                     f"{type(obj).__name__} does not declare {interface.__name__}")
@@ -106,6 +122,26 @@ class InterfaceTests(SynchronousTestCase):
                                (IInbox, Inbox), (IClientCore, ClientCore),
                                (IApiDispatcher, ApiDispatcher), (IMixnetClient, MixnetClient)]:
             self.assertTrue(interface.implementedBy(cls), cls.__name__)
+
+    def test_every_class_of_nymtx_declaring_an_interface_is_verified_here(self):
+        """A new real class with @implementer(I...) must be verified above too."""
+        names = {name for name in vars(interfaces) if name.startswith("I")}
+        declared = set()
+        for path in PACKAGE.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                for decorator in node.decorator_list:
+                    if isinstance(decorator, ast.Call) and getattr(
+                            decorator.func, "id", None) == "implementer" and any(
+                            getattr(arg, "id", None) in names for arg in decorator.args):
+                        declared.add(node.name)
+        objects = [real for _, real, _ in self.pairs()] + \
+            [fake for _, _, fakes in self.pairs() for fake in fakes] + \
+            [real for _, real in self.more_real()]
+        verified = {type(obj).__name__ for obj in objects}
+        self.assertEqual(declared - verified, set())
+        self.assertIn("SigningDirectoryClient", declared)  # the scan finds them
 
     def test_every_fake_in_nymtx_testing_provides_an_interface(self):
         for name in testing.__all__:

@@ -14,7 +14,9 @@ from nymtx.addressing import NodeAddress
 from nymtx.keys import KeyPair
 from nymtx.links import PacketLinks
 from nymtx.mixnode.node import Mixnode, MixnodeFactory, listener_factory
-from nymtx.mixnode.service import MixnodeError, MixnodeService
+from nymtx.listening import ListeningService
+from nymtx.mixnode.service import (
+    MixnodeError, MixnodeParts, MixnodeServer, MixnodeService, build_parts)
 from nymtx.sphinx import (
     PACKET_SIZE, FinalHop, Hop, ReplayCache, build_packet, process_packet)
 from nymtx.testing import FakeDirectory, FakeLinks
@@ -346,6 +348,112 @@ class LoopbackTests(TestCase):
         f = self.failureResultOf(service.whenListening(), MixnodeError)
         self.assertIn("'tcp:notaport' is not valid", f.getErrorMessage())
         return service.stopService()
+
+
+class PartsTests(SynchronousTestCase):
+    """The mixnode's parts are built on their own, and the server only runs them."""
+
+    def hand_built(self, reactor):
+        """Parts put together without build_parts: what an embedder or the
+        trust layer may swap (here fake links, a small replay cache)."""
+        links = FakeLinks()
+        node = Mixnode(reactor, KEYS[0].private_key, links, ReplayCache(10))
+        listener = ListeningService("tcp:0:interface=127.0.0.1", listener_factory(node),
+                                    "test listener", reactor=reactor,
+                                    fd_limit=lambda: 100_000)
+        return MixnodeParts(links=links, node=node, listener=listener)
+
+    def test_build_parts_builds_and_starts_nothing_else(self):
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        parts = build_parts(reactor, KEYS[0], "tcp:0:interface=127.0.0.1",
+                            replay_cache_size=7, queue_size=5, max_connections=9,
+                            fd_limit=lambda: 100_000)
+        self.assertIsInstance(parts.links, PacketLinks)
+        self.assertEqual(parts.links.queue_size, 5)
+        self.assertIs(parts.node.links, parts.links)
+        self.assertEqual(parts.replay_cache.capacity, 7)
+        self.assertEqual(parts.factory.max_connections, 9)
+        self.assertIs(parts.factory.wrappedFactory.node, parts.node)
+        # nothing bound, nothing scheduled: that is the server's job
+        self.assertEqual((reactor.tcpServers, reactor.getDelayedCalls()), ([], []))
+        self.assertFalse(parts.listener.running)
+
+    def test_build_parts_takes_links_and_a_replay_cache_given(self):
+        links, cache = FakeLinks(), ReplayCache(3)
+        parts = build_parts(Clock(), KEYS[0], "tcp:0", links=links, replay_cache=cache)
+        self.assertIs(parts.links, links)
+        self.assertIs(parts.node.replay_cache, cache)
+        parts.node.handle_packet(make_packet())
+        self.assertEqual(len(links.packets), 1)
+        self.assertEqual(len(cache), 1)
+
+    def test_the_server_runs_parts_built_by_hand(self):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        parts = self.hand_built(reactor)
+        directory = FakeDirectory()
+        server = MixnodeServer(reactor, KEYS[0], 1, parts, "127.0.0.1",
+                               announce_port=1789, directory=directory)
+        # building the server opened nothing and scheduled nothing
+        self.assertEqual((reactor.tcpServers, reactor.getDelayedCalls()), ([], []))
+        server.privilegedStartService()
+        server.startService()
+        [(port, factory, _, interface)] = reactor.tcpServers
+        self.assertIs(factory, parts.factory)
+        self.assertEqual(directory.announced_mixnodes[0]["host"], "127.0.0.1:1789")
+        # a packet through the listener's factory goes out on the given links
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(make_packet())
+        [(address, _)] = parts.links.packets
+        self.assertEqual(address, ADDRS[1])
+        stopped = server.stopService()
+        # stopping closes the peer's connection, and waits until it is gone
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertNoResult(stopped)
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertTrue(parts.links.stopped)
+        # a directory it was given, not one it built, stays open
+        self.assertFalse(directory.closed)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_a_server_that_owns_its_directory_closes_it(self):
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        directory = FakeDirectory()
+        server = MixnodeServer(reactor, KEYS[0], 2, self.hand_built(reactor), "10.0.0.1",
+                               directory=directory, owns_directory=True)
+        server.startService()
+        self.successResultOf(server.stopService())
+        self.assertTrue(directory.closed)
+
+    def test_children_start_and_stop_with_the_server(self):
+        from twisted.application.service import Service
+        from twisted.internet.testing import MemoryReactorClock
+        reactor = MemoryReactorClock()
+        server = MixnodeServer(reactor, KEYS[0], 1, self.hand_built(reactor), "10.0.0.1")
+        extra = Service()
+        extra.setServiceParent(server)
+        server.startService()
+        self.assertTrue(extra.running)
+        self.successResultOf(server.stopService())
+        self.assertFalse(extra.running)
+
+    def test_mixnode_service_builds_its_directory_client_from_a_url(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from nymtx.directory.client import DirectoryClient
+        service = MixnodeService(MemoryReactorClock(), KEYS[0], 1, "tcp:0", "10.0.0.1",
+                                 "http://127.0.0.1:1")
+        self.assertIsInstance(service, MixnodeServer)
+        self.assertIsInstance(service.directory, DirectoryClient)
+        self.assertTrue(service._owns_directory)
+        self.assertIsNone(MixnodeService(MemoryReactorClock(), KEYS[0], 1, "tcp:0",
+                                         "10.0.0.1").directory)
 
 
 class ListenerLimitTests(SynchronousTestCase):

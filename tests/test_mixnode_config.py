@@ -13,7 +13,7 @@ from nymtx.keys import KeyPair
 from nymtx.mixnode import cli, tap
 from nymtx.mixnode.config import (
     ConfigError, config_path, init_mixnode, load_config, parse_config)
-from nymtx.mixnode.service import MixnodeService
+from nymtx.mixnode.service import MixnodeServer, MixnodeService
 from nymtx.testing import FakeDirectory
 
 
@@ -46,11 +46,24 @@ class ConfigTests(SynchronousTestCase):
         options = tap.Options()
         options.parseOptions(["--id", "M1", "--home", self.home])
         service = tap.makeService(options, Clock())
-        self.assertIsInstance(service, MixnodeService)
+        self.addCleanup(options.replays.close)
+        self.assertIsInstance(service, MixnodeServer)
         self.assertEqual(service.listen_endpoint, "tcp:1800:interface=127.0.0.1")
         self.assertEqual(service.layer, 2)
         self.assertEqual(service.keys, keys)
         self.assertEqual(service.presence_interval, 1.5)
+        # the tap assembles: config.toml's values are in the parts it built
+        debug = config.debug
+        self.assertIs(service.node.replay_cache, options.replays)  # kept across restarts
+        self.assertEqual(service.factory.max_connections, debug["maximum_connections"])
+        self.assertEqual(service.links.queue_size, debug["packet_queue_size"])
+        self.assertEqual(service.node.max_in_flight, debug["maximum_packets_in_flight"])
+        self.assertEqual(service.node.private_key, keys.private_key)
+        # the replay log's file is closed when the node stops
+        service.startService()
+        self.assertIsNotNone(options.replays._fd)
+        self.successResultOf(service.stopService())
+        self.assertIsNone(options.replays._fd)
 
     def test_init_refuses_existing_id_unless_forced_and_keeps_keys(self):
         self.assertEqual(run_cli("init", "--id", "M1", "--layer", "1", "--home", self.home)[0], 0)

@@ -25,7 +25,9 @@ def taken_port():
     return sock, sock.getsockname()[1]
 
 
-class CommandLineTests(SynchronousTestCase):
+class ProcessTestCase(SynchronousTestCase):
+    """Runs commands as processes, each in a scratch directory that is also its HOME."""
+
     def mktemp(self):
         # the processes run elsewhere: paths must not be relative
         return os.path.abspath(super().mktemp())
@@ -33,7 +35,8 @@ class CommandLineTests(SynchronousTestCase):
     def run_process(self, *argv, timeout=30):
         cwd = self.mktemp()
         os.makedirs(cwd)
-        env = dict(os.environ, PYTHONPATH=SOURCE)
+        # HOME too: a command that falls back on ~/.nym writes into the scratch directory
+        env = dict(os.environ, PYTHONPATH=SOURCE, HOME=cwd)
         env.pop("NYM_HOME", None)
         try:
             return subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True,
@@ -41,6 +44,8 @@ class CommandLineTests(SynchronousTestCase):
         except subprocess.TimeoutExpired as e:
             self.fail(f"{argv[3:]} still running after {timeout} s:\n{e.stdout}{e.stderr}")
 
+
+class CommandLineTests(ProcessTestCase):
     def initialised_client(self, port):
         root = self.mktemp()
         config = ClientConfig.new(
@@ -116,3 +121,66 @@ class CommandLineTests(SynchronousTestCase):
         self.assertNotIn("Traceback", out)
         with open(path, "rb") as f:   # and the file is left as it was
             self.assertEqual(f.read(), b"this is no sqlite file" * 100)
+
+
+class UsageStatusTests(ProcessTestCase):
+    """A usage error exits 2 and a runtime failure 1, under twistd as in the commands."""
+
+    #: (plugin and flags, what the error line says)
+    WRONG = [
+        (["nym", "--bogus"], "option --bogus not recognized"),
+        (["nym"], "--id is required"),
+        (["nym-mixnode", "--id", "M", "--workers", "0"], "--workers must be a number"),
+        (["nym-gateway"], "--id is required"),
+        (["nym-directory", "--expiry", "abc"], "--expiry must be"),
+        (["nym-localnet", "--gateways", "0"], "--gateways must be 1 to"),
+    ]
+
+    def test_a_usage_error_under_twistd_exits_2_with_the_usage(self):
+        for argv, why in self.WRONG:
+            with self.subTest(argv=argv):
+                result = self.run_process(*TWISTD, *argv)
+                self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
+                lines = result.stderr.splitlines()
+                # the plugin's usage, not twistd's (which lists twistd's own flags)
+                self.assertEqual(lines[0].split(" [options] ")[-1].split()[0], argv[0],
+                                 result.stderr)
+                self.assertIn("--log-level", result.stderr)
+                self.assertIn(f"twistd {argv[0]}: error: ", result.stderr)
+                self.assertIn(why, result.stderr)
+                self.assertIn(f"Try 'twistd {argv[0]} --help'", lines[-1])
+                self.assertNotIn("Traceback", result.stderr)
+                self.assertEqual(result.stdout, "")
+
+    def test_a_node_that_cannot_be_used_under_twistd_exits_1_without_the_usage(self):
+        home = self.mktemp()
+        for plugin, hint in [("nym-mixnode", "nym-mixnode init --id M"),
+                             ("nym-gateway", "nym-gateway init --id M")]:
+            with self.subTest(plugin=plugin):
+                result = self.run_process(*TWISTD, plugin, "--id", "M", "--home", home)
+                self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+                self.assertIn(f"twistd {plugin}: error: ", result.stderr)
+                self.assertIn(hint, result.stderr)
+                self.assertNotIn("Usage:", result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
+
+    def test_help_under_twistd_exits_0(self):
+        for plugin in ("nym", "nym-mixnode", "nym-gateway", "nym-directory", "nym-localnet"):
+            with self.subTest(plugin=plugin):
+                result = self.run_process(*TWISTD, plugin, "--help")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn(f"[options] {plugin}", result.stdout)
+
+    def test_the_commands_not_covered_elsewhere_exit_2_on_a_usage_error(self):
+        # nym-client, nym-mixnode, nym-gateway and nym-directory: tests/test_config.py;
+        # python -m nymtx.apiclient: tests/test_apiclient.py; nym-measure:
+        # tests/test_measure.py
+        for argv, why in [(["nymtx.localnet", "--gateways", "0"], "--gateways must be 1 to"),
+                          (["nymtx.localnet", "--bogus"], "--bogus"),
+                          (["nymtx.quickstart", "--base-port", "x"], "--base-port"),
+                          (["nymtx.trust"], "usage:")]:
+            with self.subTest(argv=argv):
+                result = self.run_process(sys.executable, "-m", *argv)
+                self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
+                self.assertIn(why, result.stderr)
+                self.assertNotIn("Traceback", result.stderr)

@@ -1,4 +1,4 @@
-"""twistd plugin ``nym-mixnode``: run an initialised mixnode from its config.toml."""
+"""twistd plugin ``nym-mixnode``: options, and a MixnodeServer assembled from config.toml."""
 
 import os
 
@@ -7,7 +7,7 @@ from twisted.python import usage
 
 from nymtx.cli import LogLevelOption, usage_error
 from nymtx.mixnode.config import ConfigError, load_config
-from nymtx.mixnode.service import MixnodeService
+from nymtx.mixnode.service import MixnodeServer, build_parts
 
 
 def _workers(value):
@@ -57,6 +57,10 @@ class Options(LogLevelOption, usage.Options):
 
 
 def service_from_config(config, keys, reactor, identity=None, replays=None):
+    """Assemble a MixnodeServer from *config* (a MixnodeConfig): its parts
+    (nymtx.mixnode.service.build_parts, with *replays*, the replay log kept
+    across restarts, as the replay cache), the signing directory client,
+    and the trust layer's admission for layers 2 and 3."""
     from nymtx.trust.wiring import all_directories, hand_over, node_directory
     debug = config.debug
     if identity is None:
@@ -65,12 +69,8 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
     directory = node_directory(reactor, all_directories(
         debug["presence_directory_server"], debug["presence_directory_servers"]), identity,
         debug["directory_keys"], debug["directory_threshold"])
-    service = MixnodeService(
-        reactor, keys, config.layer, config.listen_endpoint,
-        config.announce_address.host, directory=directory,
-        announce_port=config.announce_address.port,
-        presence_interval=debug["presence_sending_delay"] / 1000,
-        metrics_interval=debug["metrics_sending_delay"] / 1000,
+    parts = build_parts(
+        reactor, keys, config.listen_endpoint, replay_cache=replays,
         replay_cache_size=debug["replay_cache_size"],
         max_in_flight=debug["maximum_packets_in_flight"],
         max_delay=debug["maximum_packet_delay"] / 1000,
@@ -79,10 +79,18 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
         maximum_backoff=debug["packet_forwarding_maximum_backoff"] / 1000,
         max_connections=debug["maximum_connections"],
         idle_timeout=debug["connection_idle_timeout"] / 1000,
-        location=config.location, workers=debug["workers"])
+        workers=debug["workers"])
+    service = MixnodeServer(
+        reactor, keys, config.layer, parts, config.announce_address.host,
+        announce_port=config.announce_address.port, directory=directory,
+        presence_interval=debug["presence_sending_delay"] / 1000,
+        metrics_interval=debug["metrics_sending_delay"] / 1000,
+        location=config.location)
     hand_over(service, directory)
     if replays is not None:
-        service.node.replay_cache = replays
+        # as the gateway's: the log's file is closed with the node
+        from nymtx.trust.wiring import OnStop
+        OnStop(replays.close).setServiceParent(service)
     if debug["directory_keys"] and directory is not None:
         from nymtx.trust.admission import guard_mixnode
         guard_mixnode(service, directory, reactor)

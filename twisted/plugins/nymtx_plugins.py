@@ -4,11 +4,19 @@ from twisted.application.service import ServiceMaker
 
 
 class _NymServiceMaker(ServiceMaker):
-    """twistd's way in: the log shows info and above unless --log-level says otherwise.
+    """twistd's way in: the log shows info and above unless --log-level says
+    otherwise, and a usage error exits 2 (nymtx.cli.TwistdUsage).
 
     Here, not in the tap modules: twistd begins logging right after this
     returns, and tests call the taps' makeService without twistd.
     """
+
+    @property
+    def options(self):
+        # a usage error exits 2 and a config that cannot be used 1, as the
+        # nym-* commands do (twistd itself exits 1 for both)
+        from nymtx.cli import twistd_options
+        return twistd_options(super().options, self.tapname)
 
     def makeService(self, options):
         from nymtx.cli import log_level
