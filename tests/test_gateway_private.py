@@ -147,7 +147,7 @@ class Private(SynchronousTestCase):
         self.call(link.pull())
         up, down = self.client_bytes.messages(), self.server_bytes.messages()
         self.assertEqual([len(m) for m in up], [98] + [101] * 4)
-        self.assertEqual([len(m) for m in down], [50] + [9871] * 4)
+        self.assertEqual([len(m) for m in down], [50] + [10521] * 4)
         wire = b"".join(up + down)
         for needle in (secret, secret[:8], ALICE.public_key, ALICE.public_key[:8],
                        struct.pack(">Q", ident)):
@@ -387,7 +387,7 @@ class OverTCP(TestCase):
             return out
         up, down = messages(captured["up"]), messages(captured["down"])
         self.assertEqual([len(m) for m in up], [98] + [101] * 6)
-        self.assertEqual([len(m) for m in down], [50] + [9871] * 6)
+        self.assertEqual([len(m) for m in down], [50] + [10521] * 6)
         wire = b"".join(captured["up"] + captured["down"])
         for needle in (secret, secret[:10], cover, ALICE.public_key, ALICE.public_key[:10],
                        GATEWAY.public_key[:10]):

@@ -22,12 +22,15 @@ import attrs
 
 from nymtx.gateway.frames import (
     E_MALFORMED, E_UNKNOWN_TYPE, ERROR_NAMES, MAX_ERROR_TEXT, FrameError)
-from nymtx.sphinx import MAX_MESSAGE_SIZE
+from nymtx.sphinx.surb import DELIVERY_SIZE
 
 #: Message slots in every pull answer, and ack slots in every request.
 PULL_SIZE = 10
-#: Room for one stored message: a Sphinx packet's plaintext room.
-MESSAGE_ROOM = MAX_MESSAGE_SIZE
+#: Room for one stored record: the largest a gateway stores is a SURB
+#: delivery (an ack or a reply: identifier 16 || block 1024 = 1040 bytes);
+#: a forward message is at most a Sphinx packet's plaintext room (975),
+#: its stored part after a SURB-ACK 608 (docs/surb.md).
+MESSAGE_ROOM = DELIVERY_SIZE
 ID_SIZE = 8
 #: Ids are at most 63 bits (sqlite's rowid); 0 marks an empty slot.
 MAX_ID = (1 << 63) - 1
