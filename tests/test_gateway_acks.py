@@ -14,23 +14,48 @@ import random
 import sqlite3
 
 from hypothesis import given, settings, strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx import sphinx
 from nymtx.addressing import NodeAddress
 from nymtx.gateway import mix
+from nymtx.gateway.link import register
 from nymtx.gateway.mix import FinalHopHandler
+from nymtx.gateway.private_link import connect
+from nymtx.gateway.service import GatewayService
 from nymtx.gateway.store import MailboxStore, StoreError
 from nymtx.keys import KeyPair
+from nymtx.links import PacketLinks
+from nymtx.mixnode.service import MixnodeService
 from nymtx.reliable import ack
 from nymtx.reliable.inbound import Ack, classify_record
 from nymtx.sphinx.constants import MAX_MESSAGE_SIZE
 from nymtx.sphinx.surb import DELIVERY_SIZE, process_gateway_packet
 from nymtx.testing import FakeLinks
 
+LOCAL = "tcp:0:interface=127.0.0.1"
 ACK_KEY = bytes(range(32))
+
+
+def sleep(seconds):
+    d = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+def deferred_test(f):
+    """An async test method, run as a Deferred for trial."""
+    import functools
+
+    @functools.wraps(f)
+    def run(self):
+        return Deferred.fromCoroutine(f(self))
+    return run
 rng = random.Random(12)
 GATEWAY = KeyPair.generate(rng.randbytes)
 OTHER_GATEWAY = KeyPair.generate(rng.randbytes)
@@ -318,3 +343,79 @@ class FuzzFinalHop(SynchronousTestCase):
             self.assertEqual(acked, 0)
         if not to_gateway:
             self.assertEqual(self.store.stored, before[0] + 1)
+
+
+class ThroughRealNodes(TestCase):
+    """Alice's packet, with her SURB-ACK, through three real mixnodes to
+    Bob's real gateway; its ack back through the same mixnodes to Alice's
+    gateway, all on loopback sockets; Alice pulls it through the private
+    link as a 1040-byte record that reads as the right Ack."""
+
+    timeout = 30
+
+    async def gateway(self, keys):
+        service = GatewayService(reactor, keys, self.mktemp(), LOCAL, LOCAL, "127.0.0.1",
+                                 commit_interval=0.001)
+        service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        await service.whenListening()
+        return service
+
+    async def mixnode(self, layer):
+        keys = KeyPair.generate()
+        node = MixnodeService(reactor, keys, layer, LOCAL, "127.0.0.1")
+        node.startService()
+        self.addCleanup(node.stopService)
+        port = await node.whenListening()
+        return sphinx.Hop(NodeAddress.parse(f"127.0.0.1:{port.getHost().port}").to_bytes(),
+                          keys.public_key)
+
+    async def until(self, check, what):
+        for _ in range(1000):
+            if check():
+                return
+            await sleep(0.01)
+        self.fail(f"never: {what}")
+
+    async def pull(self, service, keys, gateway_key):
+        address = NodeAddress.parse(f"127.0.0.1:{service.client_port}")
+        link = await connect(HostnameEndpoint(reactor, address.host, address.port), keys,
+                             gateway_key, reactor, address)
+        self.addCleanup(link.close)
+        await link.register()
+        answer = await link.pull()
+        return [body for _, body in answer.messages]
+
+    @deferred_test
+    async def test_a_fragment_and_its_ack(self):
+        alice, bob = KeyPair.generate(), KeyPair.generate()
+        keys_a, keys_b = KeyPair.generate(), KeyPair.generate()
+        gw_a, gw_b = await self.gateway(keys_a), await self.gateway(keys_b)
+        for service, client, gk in ((gw_a, alice, keys_a), (gw_b, bob, keys_b)):
+            await register(reactor, NodeAddress.parse(f"127.0.0.1:{service.client_port}"),
+                           client, gk.public_key)
+        mixes = [await self.mixnode(layer) for layer in (1, 2, 3)]
+        hop_a = sphinx.Hop(NodeAddress.parse(f"127.0.0.1:{gw_a.mix_port}").to_bytes(),
+                           keys_a.public_key)
+        hop_b = sphinx.Hop(NodeAddress.parse(f"127.0.0.1:{gw_b.mix_port}").to_bytes(),
+                           keys_b.public_key)
+        ack_key = os.urandom(32)
+        envelope = os.urandom(ack.STORED_SIZE)
+        # as tests/test_reliable_flow.py builds it (and the client will)
+        surb_ack = ack.build_surb_ack(mixes + [hop_a], alice.public_key, ack_key, 17, 4, 1,
+                                      [1_000_000] * 4)
+        packet = sphinx.build_packet(mixes + [hop_b], bob.public_key, bytes(16),
+                                     ack.compose_payload(surb_ack, envelope), [1_000_000] * 4)
+        links = PacketLinks(reactor)
+        self.addCleanup(links.stop)
+        links.send(NodeAddress.from_bytes(mixes[0].address), packet)
+        await self.until(lambda: gw_b.store.stored == 1, "Bob's gateway stores the fragment")
+        await self.until(lambda: gw_a.store.stored == 1, "the ack reaches Alice's gateway")
+        self.assertEqual(gw_b.handler.acks_sent, 1)
+        [record] = await self.pull(gw_a, alice, keys_a.public_key)
+        self.assertEqual(len(record), DELIVERY_SIZE)
+        self.assertEqual(classify_record(record, ack_key, lambda i: None),
+                         Ack(ack.AckRef(17, 4, 1)))
+        # Bob gets the stored part, never the SURB-ACK; his gateway sent nothing else
+        self.assertEqual(await self.pull(gw_b, bob, keys_b.public_key), [envelope])
+        self.assertEqual(gw_a.handler.acks_sent, 0)  # acks are not acked
