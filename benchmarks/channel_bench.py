@@ -47,7 +47,7 @@ from twisted.internet.task import Clock, react
 from nymtx.gateway import padded as P
 from nymtx.gateway.channel import Channel
 from nymtx.gateway.private_link import connect
-from nymtx.gateway.private_server import PrivateClientFactory, listener_factory
+from nymtx.gateway.private_server import ANSWER_INTERVAL, PrivateClientFactory, listener_factory
 from nymtx.gateway.store import MailboxStore
 from nymtx.keys import KeyPair
 
@@ -98,6 +98,8 @@ def main(argv=None):
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--link-rounds", type=int, default=5)
     parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--answer-interval", type=float, default=ANSWER_INTERVAL,
+                        help="the gateway's answer tick in seconds (default: the gateway's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     clock = Clock()
@@ -214,11 +216,12 @@ async def listening(reactor, factory):
     return await serverFromString(reactor, LOCAL).listen(factory)
 
 
-async def private_round(reactor, directory, n, window):
+async def private_round(reactor, directory, n, window, answer_interval=ANSWER_INTERVAL):
     client = KeyPair.generate()
     store = filled_store(reactor, os.path.join(directory, f"p{os.getpid()}{time.time()}"),
                          n, client)
-    factory = PrivateClientFactory(store, GATEWAY, clock=reactor)
+    factory = PrivateClientFactory(store, GATEWAY, clock=reactor,
+                                   answer_interval=answer_interval)
     limited = listener_factory(factory, clock=reactor)
     port = await listening(reactor, limited)
     link = await connect(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
@@ -285,7 +288,8 @@ async def links(reactor, args, results):
     try:
         private, plain, ratios = [], [], []
         for _ in range(args.link_rounds):
-            a = await private_round(reactor, directory, args.messages, args.window)
+            a = await private_round(reactor, directory, args.messages, args.window,
+                                    args.answer_interval)
             b = await plaintext_round(reactor, directory, args.messages)
             private.append(a)
             plain.append(b)
