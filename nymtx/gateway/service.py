@@ -180,9 +180,11 @@ class Gateway(MultiService):
         self.handler.release_all()
         # the last commit hands its acks to the links: they stop after it
         # (acks not yet written are lost; their senders send again)
-        self.store.close()
-        if self.links is not None:
-            await self.links.stop()
+        try:
+            self.store.close()
+        finally:
+            if self.links is not None:
+                await self.links.stop()
         for step in self._on_stop:
             await maybeDeferred(step)
         self.log.info("gateway stopped; {n} messages committed this run", n=self.store.stored)
