@@ -509,6 +509,29 @@ class AnswerTick(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertEqual(len(transport.value()), (S.MAX_HELD + 3) * P.ANSWER_SIZE)
 
+    def test_a_failed_commit_sends_no_answer_and_closes(self):
+        import sqlite3
+        factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock)
+        inner, transport = self.connection(factory)
+        real = self.store.db
+
+        class DiskFull:
+            in_transaction = property(lambda self: real.in_transaction)
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real.execute(sql, *args)
+        self.store.db = DiskFull()
+        inner.dataReceived(P.encode_request(P.Pull(tuple(self.ids))))
+        self.clock.advance(0)
+        self.store.db = real
+        self.assertEqual(transport.value(), b"")     # never told "acked 2"
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.store.usage(ALICE.public_key), (2, 2))
+        self.assertEqual(len(self.store.pull(ALICE.public_key, 10)), 2)
+        self.flushLoggedErrors()
+
     def test_a_bad_tick_is_refused(self):
         self.assertRaises(ValueError, PrivateClientFactory, self.store, GATEWAY,
                           clock=self.clock, answer_interval=-1)

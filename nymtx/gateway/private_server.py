@@ -342,6 +342,7 @@ class PrivateClientFactory(Factory):
         self.answer_interval = answer_interval
         self._held = []     # (protocol, answer bytes) waiting for the tick
         self._tick = None
+        self._rollbacks = getattr(store, "ack_rollbacks", 0)
         #: proven client connections (their inner protocols)
         self.connections = set()
         #: channel connections, proven or not
@@ -376,9 +377,24 @@ class PrivateClientFactory(Factory):
         held, self._held = self._held, []
         try:
             self.store.commit_acks()
-        except StoreError as e:
-            # rolled back: those messages are delivered again (as after a crash)
-            log.error("committing acknowledgements failed: {why}", why=str(e))
+        except StoreError:
+            pass  # logged below, with what it means
+        rollbacks = getattr(self.store, "ack_rollbacks", 0)
+        if rollbacks != self._rollbacks:
+            # Acks rolled back (this commit, or the store's own earlier in
+            # the turn): the held answers would say "acked" for messages
+            # still stored. Unsent, their connections close: the client's
+            # acks of those pulls fail, and it sends them again on its next
+            # connection, where the messages come again too.
+            self._rollbacks = rollbacks
+            log.error("committing acknowledgements failed: closing the {n} connection(s)"
+                      " whose answers waited for it", n=len({id(p) for p, _ in held}))
+            for protocol, _ in held:
+                protocol.held -= 1
+                if protocol.transport is not None and not protocol.transport.disconnecting:
+                    protocol._pending.clear()
+                    protocol.transport.loseConnection()
+            return
         stopped = []
         for protocol, answer in held:
             protocol.held -= 1

@@ -102,6 +102,9 @@ class MailboxStore:
     _ack_timer: object = attrs.field(default=None, init=False)
     _ack_open: bool = attrs.field(default=False, init=False)
     _registered: set = attrs.field(factory=set, init=False)
+    #: ack transactions rolled back (a failed commit): the deletions they
+    #: held are undone, and whoever was told "acked" must learn otherwise
+    ack_rollbacks: int = attrs.field(default=0, init=False)
 
     @classmethod
     def open(cls, clock, path, **kwargs):
@@ -373,6 +376,8 @@ class MailboxStore:
         self._acked = []
 
     def _rollback_acks(self):
+        if self._ack_open:
+            self.ack_rollbacks += 1
         self._rollback()
         self._ack_open = False
         timer, self._ack_timer = self._ack_timer, None
