@@ -547,6 +547,12 @@ VECTOR_KEYS = {
 }
 
 
+#: one record of each size a gateway stores: a SURB delivery (identifier
+#: 16 x 0x11, block 1024 x 0x22), a stored part after a SURB-ACK (608 x
+#: 0x33), a whole 975-byte message (975 x 0x44)
+RECORDS = ((2, b"\x11" * 16 + b"\x22" * 1024), (3, b"\x33" * 608), (4, b"\x44" * 975))
+
+
 def vectors():
     """Every value of the spec's test vectors, from the fixed keys."""
     clock = Clock()
@@ -562,6 +568,9 @@ def vectors():
     first = c.send(P.encode_request(P.Register()))
     assert g.receive(first) == [P.encode_request(P.Register())]
     answer = g.send(P.encode_answer(P.Messages(((1, b"hello"),), 0)))
+    # a slot of each record size the gateway stores (docs/gateway-protocol.md)
+    records = P.encode_answer(P.Messages(RECORDS, 1))
+    second = g.send(records)
     out = dict((name, value) for name, value in VECTOR_KEYS.items())
     out.update({
         "gateway static public": gateway.public_key,
@@ -571,6 +580,8 @@ def vectors():
         "handshake hash": g.handshake_hash,
         "first client frame: register (wire)": first,
         "first gateway frame: messages [(1, \"hello\")] (wire), SHA-256": hashlib.sha256(answer).digest(),
+        "records answer (inner frame), SHA-256": hashlib.sha256(records).digest(),
+        "second gateway frame: the records answer (wire), SHA-256": hashlib.sha256(second).digest(),
     })
     return out
 

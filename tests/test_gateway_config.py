@@ -81,6 +81,61 @@ class CommandLine(SynchronousTestCase):
             code = cli.main(list(argv))
         return code, out.getvalue(), err.getvalue()
 
+    def test_admission_from_config_toml(self):
+        self.run_cli("init", "--id", "G2", "--home", self.home, "--mix-port", "0",
+                     "--clients-port", "0", "--host", "127.0.0.1", "--directory", "")
+        path = C.config_path("G2", self.home)
+        text = path.read_text()
+        for old, new in (("idle_expiry = 168", "idle_expiry = 2"),
+                         ("per_source_burst = 3", "per_source_burst = 5"),
+                         ("per_source_interval = 600.0", "per_source_interval = 60"),
+                         ("total_burst = 20", "total_burst = 50"),
+                         ("total_interval = 10.0", "total_interval = 0.5")):
+            self.assertIn(old, text)
+            text = text.replace(old, new)
+        path.write_text(text)
+        options = tap.Options()
+        options.parseOptions(["--id", "G2", "--home", self.home])
+        service = tap.makeService(options)
+        self.addCleanup(service.store.close)
+        self.assertEqual(service.registration_idle, 7200.0)
+        limit = service.client_factory.admission
+        self.assertEqual((limit.per_source, limit.total), ((5, 60.0), (50, 0.5)))
+        # a registration in use is touched at least four times per idle period
+        self.assertEqual(service.client_factory.touch_interval, 1800.0)
+
+    def test_admission_defaults_when_the_section_is_absent(self):
+        # a config.toml written before [admission] existed still loads
+        text = C.GatewayConfig(id="G1").to_toml()
+        old = text[:text.index("[admission]")] + text[text.index("[logging]"):]
+        config = C.parse(old)
+        self.assertEqual((config.registration_idle_hours, config.registration_per_source_burst,
+                          config.registration_per_source_interval,
+                          config.registration_total_burst, config.registration_total_interval),
+                         (168, 3, 600.0, 20, 10.0))
+
+    assertConfigError = Config.assertConfigError
+
+    def test_bad_admission_values(self):
+        base = C.GatewayConfig(id="G1").to_toml()
+        for old, new, words in (
+                ("idle_expiry = 168", "idle_expiry = 0", ("[admission] idle_expiry", "hours")),
+                ("idle_expiry = 168", "idle_expiry = 1.5", ("[admission] idle_expiry", "1.5")),
+                ("idle_expiry = 168", "idle_expiry = 10000000", ("at most 8784",)),
+                ("per_source_burst = 3", "per_source_burst = 0",
+                 ("[admission] per_source_burst", "1 to 1000000", "not 0")),
+                ("per_source_burst = 3", 'per_source_burst = "3"', ("per_source_burst",)),
+                ("per_source_interval = 600.0", "per_source_interval = -1",
+                 ("[admission] per_source_interval", "positive number of seconds")),
+                ("total_burst = 20", "total_burst = true", ("[admission] total_burst",)),
+                ("total_interval = 10.0", "total_interval = nan",
+                 ("[admission] total_interval",)),
+                ("total_interval = 10.0", "total_interval = 1e9", ("at most 604800",)),
+                ("[admission]", "[admission]\nburst = 1", ("burst",))):
+            self.assertIn(old, base)
+            self.assertConfigError(base.replace(old, new), *words)
+        self.assertRaises(C.ConfigError, C.validate, id="G", registration_total_burst=-3)
+
     def test_init_then_tap(self):
         code, out, err = self.run_cli("init", "--id", "G1", "--home", self.home,
                                       "--mix-port", "0", "--clients-port", "0",

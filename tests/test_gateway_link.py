@@ -64,7 +64,9 @@ class Gateway:
         client = factory.buildProtocol(address)
         server = self.factory.buildProtocol(address)
         pump = iosim.connect(server, iosim.FakeTransport(server, True, peerAddress=address),
-                             client, iosim.FakeTransport(client, False), greet=greet)
+                             client, iosim.FakeTransport(client, False), greet=greet,
+                             # the gateway's answers leave at its tick (a zero-delay call)
+                             clock=self.reactor)
         self.pumps.append(pump)
         return pump
 

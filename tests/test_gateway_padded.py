@@ -32,11 +32,11 @@ requests = st.one_of(
 
 class Sizes(SynchronousTestCase):
     def test_the_sizes(self):
-        self.assertEqual(P.MESSAGE_ROOM, 975)
+        self.assertEqual(P.MESSAGE_ROOM, 1040)
         self.assertEqual(P.PULL_SIZE, 10)
         self.assertEqual(P.REQUEST_SIZE, 82)
-        self.assertEqual(P.SLOT_SIZE, 985)
-        self.assertEqual(P.ANSWER_SIZE, 9852)
+        self.assertEqual(P.SLOT_SIZE, 1050)
+        self.assertEqual(P.ANSWER_SIZE, 10502)
 
     def test_every_request_one_size(self):
         for value in (P.Register(), P.Pull(), P.Pull((1,)), P.Pull((1, 2, 3, 4, 5))):
@@ -44,6 +44,7 @@ class Sizes(SynchronousTestCase):
 
     def test_every_answer_one_size(self):
         for value in (P.Registered(), P.Messages(), P.Messages(((7, b"x" * 975),) * 1),
+                      P.Messages(((7, b"x" * 1040), (8, b"y" * 608)), 2),
                       P.Messages(tuple((i, b"") for i in range(1, 6)), 5),
                       P.Error(F.E_FULL, "full" * 1000)):
             self.assertEqual(len(P.encode_answer(value)), P.ANSWER_SIZE)
@@ -65,7 +66,7 @@ class Encoding(SynchronousTestCase):
         for value in (P.Pull((1,) * 11), P.Pull((0,)), P.Pull((1 << 63,)), P.Pull(("1",))):
             self.assertRaises(ValueError, P.encode_request, value)
         for value in (P.Messages(tuple((i, b"") for i in range(1, 12))),
-                      P.Messages(((1, b"x" * 976),)),
+                      P.Messages(((1, b"x" * 1041),)),
                       P.Messages(((0, b""),)),
                       P.Messages(((1, b""), (1, b""))),
                       P.Messages((), 11),
@@ -119,7 +120,7 @@ class Parsing(SynchronousTestCase):
 
     def test_bad_answers(self):
         good = P.encode_answer(P.Messages(((7, b"ab"), (8, b"c")), 2))
-        self.assertMalformed(P.parse_answer, good[:-1], "9851 bytes, expected 9852")
+        self.assertMalformed(P.parse_answer, good[:-1], "10501 bytes, expected 10502")
         self.assertMalformed(P.parse_answer, b"\x85" + good[1:], "type 0x85", F.E_UNKNOWN_TYPE)
         self.assertMalformed(P.parse_answer, b"\x84\x0b" + good[2:], "11 acked")
 
@@ -130,7 +131,7 @@ class Parsing(SynchronousTestCase):
         slot1 = 2 + P.SLOT_SIZE
         slot2 = 2 + 2 * P.SLOT_SIZE
         self.assertMalformed(P.parse_answer, at(2 + 12, b"z"), "padding of slot 0")
-        self.assertMalformed(P.parse_answer, at(2 + 8, struct.pack(">H", 976)), "976 bytes, over 975")
+        self.assertMalformed(P.parse_answer, at(2 + 8, struct.pack(">H", 1041)), "1041 bytes, over 1040")
         self.assertMalformed(P.parse_answer, at(slot1, struct.pack(">Q", 7)), "repeats message id 7")
         self.assertMalformed(P.parse_answer, at(slot1, b"\x80"), "over 9223372036854775807")
         self.assertMalformed(P.parse_answer, at(slot2 + 20, b"\x01"), "empty slot 2 is not zero")

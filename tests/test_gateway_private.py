@@ -147,7 +147,7 @@ class Private(SynchronousTestCase):
         self.call(link.pull())
         up, down = self.client_bytes.messages(), self.server_bytes.messages()
         self.assertEqual([len(m) for m in up], [98] + [101] * 4)
-        self.assertEqual([len(m) for m in down], [50] + [9871] * 4)
+        self.assertEqual([len(m) for m in down], [50] + [10521] * 4)
         wire = b"".join(up + down)
         for needle in (secret, secret[:8], ALICE.public_key, ALICE.public_key[:8],
                        struct.pack(">Q", ident)):
@@ -387,7 +387,7 @@ class OverTCP(TestCase):
             return out
         up, down = messages(captured["up"]), messages(captured["down"])
         self.assertEqual([len(m) for m in up], [98] + [101] * 6)
-        self.assertEqual([len(m) for m in down], [50] + [9871] * 6)
+        self.assertEqual([len(m) for m in down], [50] + [10521] * 6)
         wire = b"".join(captured["up"] + captured["down"])
         for needle in (secret, secret[:10], cover, ALICE.public_key, ALICE.public_key[:10],
                        GATEWAY.public_key[:10]):
@@ -425,6 +425,8 @@ class FuzzRequests(SynchronousTestCase):
             transport = StringTransport()
             inner.makeConnection(transport)
             inner.dataReceived(data)
+            self.assertEqual(transport.value(), b"")  # answers leave at the tick
+            clock.advance(0)
             answer = P.parse_answer(transport.value())
             self.assertIsInstance(answer, (P.Messages, P.Registered, P.Error))
             # only a well-formed pull naming its id deletes the stored message
@@ -432,6 +434,107 @@ class FuzzRequests(SynchronousTestCase):
                 self.assertIn(kept, P.parse_request(data).acks)
         finally:
             store.close()
+
+
+class AnswerTick(SynchronousTestCase):
+    """Every answer leaves at the tick, after the tick committed the acks."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.path = self.mktemp()
+        self.store = MailboxStore.open(self.clock, self.path)
+        self.addCleanup(self.store.close)
+        self.store.register(ALICE.public_key, b"t" * 32)
+        for m in (b"a", b"b"):
+            self.store.add(ALICE.public_key, m)
+        self.store.flush()
+        self.ids = [i for i, _ in self.store.pull(ALICE.public_key, 10)]
+
+    def committed(self):
+        import sqlite3
+        db = sqlite3.connect(self.path)
+        try:
+            return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        finally:
+            db.close()
+
+    def connection(self, factory):
+        inner = factory.accept(ALICE.public_key)
+        transport = StringTransport()
+        inner.makeConnection(transport)
+        return inner, transport
+
+    def test_no_answer_before_its_acks_are_committed(self):
+        factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock)
+        inner, transport = self.connection(factory)
+        seen = []
+        write = transport.write
+        transport.write = lambda data: (seen.append(self.committed()), write(data))
+        inner.dataReceived(P.encode_request(P.Pull(tuple(self.ids))))
+        inner.dataReceived(P.encode_request(P.Pull()))
+        self.assertEqual((transport.value(), self.committed()), (b"", 2))
+        self.clock.advance(0)
+        # both answers, in order, each written after the deletion hit the disk
+        self.assertEqual(seen, [0, 0])
+        answers = [P.parse_answer(transport.value()[i:i + P.ANSWER_SIZE])
+                   for i in (0, P.ANSWER_SIZE)]
+        self.assertEqual([a.acked for a in answers], [2, 0])
+
+    def test_a_longer_tick_holds_every_answer_alike(self):
+        factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock,
+                                       answer_interval=0.01)
+        inner, transport = self.connection(factory)
+        other, other_transport = self.connection(factory)
+        inner.dataReceived(P.encode_request(P.Pull(tuple(self.ids))))  # carries acks
+        self.clock.advance(0.005)
+        other.dataReceived(P.encode_request(P.Pull(take=False)))        # carries none
+        self.clock.advance(0.004)
+        self.assertEqual((transport.value(), other_transport.value()), (b"", b""))
+        self.clock.advance(0.001)
+        self.assertEqual(len(transport.value()), P.ANSWER_SIZE)
+        self.assertEqual(len(other_transport.value()), P.ANSWER_SIZE)
+        self.assertEqual(self.committed(), 0)
+
+    def test_a_connection_stops_at_max_held_until_the_tick(self):
+        from nymtx.gateway import private_server as S
+        factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock,
+                                       answer_interval=0.01)
+        inner, transport = self.connection(factory)
+        for _ in range(S.MAX_HELD + 3):  # the channel gives one request per call
+            inner.dataReceived(P.encode_request(P.Pull(take=False)))
+        self.assertEqual((inner.held, len(inner._pending)), (S.MAX_HELD, 3))
+        self.clock.advance(0.01)
+        self.assertEqual(len(transport.value()), S.MAX_HELD * P.ANSWER_SIZE)
+        self.assertEqual((inner.held, len(inner._pending)), (3, 0))
+        self.clock.advance(0.01)
+        self.assertEqual(len(transport.value()), (S.MAX_HELD + 3) * P.ANSWER_SIZE)
+
+    def test_a_failed_commit_sends_no_answer_and_closes(self):
+        import sqlite3
+        factory = PrivateClientFactory(self.store, GATEWAY, clock=self.clock)
+        inner, transport = self.connection(factory)
+        real = self.store.db
+
+        class DiskFull:
+            in_transaction = property(lambda self: real.in_transaction)
+
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real.execute(sql, *args)
+        self.store.db = DiskFull()
+        inner.dataReceived(P.encode_request(P.Pull(tuple(self.ids))))
+        self.clock.advance(0)
+        self.store.db = real
+        self.assertEqual(transport.value(), b"")     # never told "acked 2"
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.store.usage(ALICE.public_key), (2, 2))
+        self.assertEqual(len(self.store.pull(ALICE.public_key, 10)), 2)
+        self.flushLoggedErrors()
+
+    def test_a_bad_tick_is_refused(self):
+        self.assertRaises(ValueError, PrivateClientFactory, self.store, GATEWAY,
+                          clock=self.clock, answer_interval=-1)
 
 
 class RegistrationLimits(SynchronousTestCase):
@@ -490,6 +593,7 @@ class RegistrationLimits(SynchronousTestCase):
             transport = StringTransport(peerAddress=self.peer("192.0.2.7"))
             inner.makeConnection(transport)
             inner.dataReceived(P.encode_request(P.Register()))
+            clock.advance(0)
             answers.append(P.parse_answer(transport.value()))
         self.assertEqual(answers[0], P.Registered())
         self.assertEqual(P.error_name(answers[1].code), "rate-limited")

@@ -31,20 +31,22 @@ class Gateway:
         self.store = MailboxStore.open(clock, path)
         for c in clients:
             self.store.register(c, b"token")
+        #: SURB-ACKs of committed messages, as the store's commit hook
+        #: hands them over (what nymtx.gateway.mix.FinalHopHandler sends)
         self.to_ack = []
+        self.store.add_commit_hook(self.to_ack.extend)
 
     def receive(self, packet):
         hop = process_gateway_packet(self.keys.private_key, packet)
         rec = gateway_record(hop)
-        self.store.add(rec.destination, rec.record)
-        if rec.surb_ack is not None:
-            self.to_ack.append(rec.surb_ack)
+        self.store.add(rec.destination, rec.record, rec.surb_ack)
         return rec
 
     def commit(self):
         """Commit, then what an ack waits for: the packets to send."""
         self.store.flush()
-        out, self.to_ack = [ack.ack_packet(s)[1] for s in self.to_ack], []
+        out = [ack.ack_packet(s)[1] for s in self.to_ack]
+        del self.to_ack[:]
         return out
 
     def pull(self, client):
@@ -96,9 +98,10 @@ class FlowTests(TestCase):
             self.rtx.sent(number, i, 0.0)
             self.outbox.sent(number, i)
         # nothing is acked before Bob's gateway has committed
-        self.assertEqual(len(self.gw_b.to_ack), 2)
+        self.assertEqual(self.gw_b.to_ack, [])
         self.assertEqual(self.gw_b.store.pull(self.net.bob.public_key, 10), [])
         acks = self.gw_b.commit()
+        self.assertEqual(len(acks), 2)
         self.assertEqual([b for b in self.gw_b.pull(self.net.bob.public_key)], envelopes)
         for packet in acks:
             rec = self.gw_a.receive(through_mixes(self.net, packet))

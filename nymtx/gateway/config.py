@@ -43,6 +43,11 @@ class GatewayConfig:
     client_max_connections: int = 10_000
     client_handshake_timeout_ms: int = 30_000
     client_idle_timeout_ms: int = 300_000
+    registration_idle_hours: int = 168
+    registration_per_source_burst: int = 3
+    registration_per_source_interval: float = 600.0
+    registration_total_burst: int = 20
+    registration_total_interval: float = 10.0
     log_level: str = shared.DEFAULT_LOG_LEVEL
 
     def __attrs_post_init__(self):
@@ -75,6 +80,24 @@ def _trust(check, value, name):
 
 def _location(value, name):
     return shared.text(value, name)
+
+
+#: sanity bounds: a few extra digits are an error naming the key
+_MAX_IDLE_HOURS = 24 * 366
+_MAX_INTERVAL = 7 * 86400.0
+_MAX_BURST = 1_000_000
+
+
+def _idle_hours(value, name):
+    return shared.delay(value, name, unit="hours", high=_MAX_IDLE_HOURS)
+
+
+def _interval(value, name):
+    return float(shared.seconds(value, name, high=_MAX_INTERVAL))
+
+
+def _burst(value, name):
+    return shared.count(value, name, high=_MAX_BURST)
 
 
 def _retrieval_limit(value, name):
@@ -133,6 +156,22 @@ LAYOUT = (
             "The most clients registered at once; further keys are refused. The\n"
             "directory refuses a presence document over 64 KiB, which is about 1090\n"
             "registered clients: above that this gateway would leave the topology.")),
+    ]),
+    Section("admission", comment=(
+        "Registrations (docs/gateway-protocol.md, Admission): unused ones expire, and\n"
+        "new keys are rate-limited per source address (an IPv4 address, an IPv6 /64)\n"
+        "and in total. A key already registered renews for free."), keys=[
+        Key("idle_expiry", _idle_hours, field="registration_idle_hours", comment=(
+            "Hours without a proven connection after which a registration expires,\n"
+            "with its mail.")),
+        Key("per_source_burst", _burst, field="registration_per_source_burst",
+            comment="New keys one source may register at once ..."),
+        Key("per_source_interval", _interval, field="registration_per_source_interval",
+            comment="... then one per this many seconds."),
+        Key("total_burst", _burst, field="registration_total_burst",
+            comment="New keys everyone together may register at once ..."),
+        Key("total_interval", _interval, field="registration_total_interval",
+            comment="... then one per this many seconds."),
     ]),
     shared.logging_section(),
     Section("debug", keys=[

@@ -22,12 +22,15 @@ import attrs
 
 from nymtx.gateway.frames import (
     E_MALFORMED, E_UNKNOWN_TYPE, ERROR_NAMES, MAX_ERROR_TEXT, FrameError)
-from nymtx.sphinx import MAX_MESSAGE_SIZE
+from nymtx.sphinx.surb import DELIVERY_SIZE
 
 #: Message slots in every pull answer, and ack slots in every request.
 PULL_SIZE = 10
-#: Room for one stored message: a Sphinx packet's plaintext room.
-MESSAGE_ROOM = MAX_MESSAGE_SIZE
+#: Room for one stored record: the largest a gateway stores is a SURB
+#: delivery (an ack or a reply: identifier 16 || block 1024 = 1040 bytes);
+#: a forward message is at most a Sphinx packet's plaintext room (975),
+#: its stored part after a SURB-ACK 608 (docs/surb.md).
+MESSAGE_ROOM = DELIVERY_SIZE
 ID_SIZE = 8
 #: Ids are at most 63 bits (sqlite's rowid); 0 marks an empty slot.
 MAX_ID = (1 << 63) - 1
@@ -135,29 +138,40 @@ def parse_request(data):
 
 # ---- answers (gateway -> client) -----------------------------------------
 
+_HEAD = struct.Struct(">QH")
+#: zero bytes to pad from: a memoryview slice pads without a copy
+_ZEROS = memoryview(bytes(SLOT_SIZE * PULL_SIZE))
+
+
 def encode_answer(value):
     """The ANSWER_SIZE bytes of a :class:`Messages`, :class:`Registered`
     or :class:`Error`."""
-    out = bytearray(ANSWER_SIZE)
     if isinstance(value, Messages):
-        messages = tuple(value.messages)
+        # one join of the slots' parts: every pull's answer takes this path,
+        # and building it in a zeroed buffer cost a third more
+        messages = value.messages
         if len(messages) > PULL_SIZE:
             raise ValueError(f"an answer holds at most {PULL_SIZE} messages, not {len(messages)}")
-        if not 0 <= value.acked <= PULL_SIZE:
-            raise ValueError(f"acked {value.acked} is not in 0-{PULL_SIZE}")
-        out[0], out[1] = MESSAGES, value.acked
-        seen = set()
-        for n, (ident, body) in enumerate(messages):
+        acked = value.acked
+        if not isinstance(acked, int) or not 0 <= acked <= PULL_SIZE:
+            raise ValueError(f"acked {acked} is not in 0-{PULL_SIZE}")
+        parts = [bytes((MESSAGES, acked))]
+        append, head, seen = parts.append, _HEAD.pack, set()
+        for ident, body in messages:
             _check_id(ident, "message id")
             if ident in seen:
                 raise ValueError(f"message id {ident} twice in one answer")
             seen.add(ident)
-            if len(body) > MESSAGE_ROOM:
-                raise ValueError(f"a message of {len(body)} bytes is over {MESSAGE_ROOM}")
-            at = 2 + n * SLOT_SIZE
-            struct.pack_into(">QH", out, at, ident, len(body))
-            out[at + 10:at + 10 + len(body)] = body
-    elif isinstance(value, Registered):
+            size = len(body)
+            if size > MESSAGE_ROOM:
+                raise ValueError(f"a message of {size} bytes is over {MESSAGE_ROOM}")
+            append(head(ident, size))
+            append(body)
+            append(_ZEROS[:MESSAGE_ROOM - size])
+        append(_ZEROS[:(PULL_SIZE - len(messages)) * SLOT_SIZE])
+        return b"".join(parts)
+    out = bytearray(ANSWER_SIZE)
+    if isinstance(value, Registered):
         out[0] = REGISTERED
     elif isinstance(value, Error):
         text = value.message.encode("utf-8")
@@ -184,24 +198,27 @@ def parse_answer(data):
         acked = data[1]
         if acked > PULL_SIZE:
             raise _malformed(f"messages answer says {acked} acked, at most {PULL_SIZE}")
-        messages, empty = [], False
+        messages, seen = [], set()
+        unpack, count = _HEAD.unpack_from, data.count
         for n in range(PULL_SIZE):
             at = 2 + n * SLOT_SIZE
-            ident, length = struct.unpack_from(">QH", data, at)
+            ident, length = unpack(data, at)
             if ident == 0:
-                empty = True
-                _zero(data, at, at + SLOT_SIZE, f"empty slot {n}")
-                continue
-            if empty:
-                raise _malformed(f"slot {n} holds a message after an empty slot")
+                # empty slots come last: the rest of the frame is all zero
+                if count(0, at, ANSWER_SIZE) != ANSWER_SIZE - at:
+                    _after_empty(data, n)
+                break
             if ident > MAX_ID:
                 raise _malformed(f"slot {n} has id {ident}, over {MAX_ID}")
             if length > MESSAGE_ROOM:
                 raise _malformed(f"slot {n} says {length} bytes, over {MESSAGE_ROOM}")
-            if any(i == ident for i, _ in messages):
+            if ident in seen:
                 raise _malformed(f"slot {n} repeats message id {ident}")
-            _zero(data, at + 10 + length, at + SLOT_SIZE, f"padding of slot {n}")
-            messages.append((ident, data[at + 10:at + 10 + length]))
+            seen.add(ident)
+            end = at + 10 + length
+            if count(0, end, at + SLOT_SIZE) != at + SLOT_SIZE - end:
+                raise _malformed(f"padding of slot {n} is not zero")
+            messages.append((ident, data[at + 10:end]))
         return Messages(tuple(messages), acked)
     if kind == REGISTERED:
         _zero(data, 1, ANSWER_SIZE, "registered answer padding")
@@ -217,6 +234,18 @@ def parse_answer(data):
         _zero(data, 4 + length, ANSWER_SIZE, "error answer padding")
         return Error(code, text)
     raise FrameError(E_UNKNOWN_TYPE, f"unknown answer type 0x{kind:02x}")
+
+
+def _after_empty(data, first):
+    """Raise the error for the bytes after empty slot *first* that are not zero."""
+    for n in range(first, PULL_SIZE):
+        at = 2 + n * SLOT_SIZE
+        if data.count(0, at, at + SLOT_SIZE) == SLOT_SIZE:
+            continue
+        if n > first and data.count(0, at, at + ID_SIZE) != ID_SIZE:
+            raise _malformed(f"slot {n} holds a message after an empty slot")
+        raise _malformed(f"empty slot {n} is not zero")
+    raise AssertionError("not reached: the frame's rest is not all zero")
 
 
 def error_name(code):

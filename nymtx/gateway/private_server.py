@@ -33,10 +33,26 @@ from nymtx.gateway.channel import HANDSHAKE_TIMEOUT, Channel, ChannelProtocol
 from nymtx.gateway.store import StoreError
 from nymtx.listening import ConnectionLimit, handshake_done
 
+log = Logger()
+
 #: Seconds without a request before a proven connection is cut; a client
 #: pulls every second or so, and redials if it was only quiet.
 IDLE_TIMEOUT = 300.0
 MAX_CONNECTIONS = 10_000
+#: Requests a client may have waiting while it does not read its answers;
+#: past it the gateway stops reading from it (TCP then holds the rest).
+#: Seconds an answer waits for the gateway's next answer tick. Every
+#: answer, of every connection, leaves at a tick, right after the tick has
+#: committed the acknowledgements deleted since the last one: one commit
+#: serves every pull of the tick, no answer says "acked" before its
+#: deletions are on disk, and since all answers wait alike, how long one
+#: waits says nothing about what its pull carried. 0: the tick is the end
+#: of the reactor turn (a longer tick stalls a client's pipelined pulls:
+#: measured in docs/performance.md, half the rate at 2 ms).
+ANSWER_INTERVAL = 0.0
+#: Answers one connection may have waiting for a tick; past it the
+#: gateway answers no more of its requests until the tick.
+MAX_HELD = 64
 #: Requests a client may have waiting while it does not read its answers;
 #: past it the gateway stops reading from it (TCP then holds the rest).
 MAX_QUEUED = 64
@@ -151,6 +167,8 @@ class PrivateClientProtocol(Protocol):
         self.client_key = bytes(client_key)
         self.errors = 0
         self.paused = False
+        #: answers of this connection waiting for the factory's next tick
+        self.held = 0
         #: the id of the last message sent on this connection
         self.cursor = 0
         self._touched_at = None
@@ -174,25 +192,27 @@ class PrivateClientProtocol(Protocol):
 
     def _answer(self):
         pending = self._pending
-        while pending and not self.paused:
+        factory = self.factory
+        while pending and not self.paused and self.held < MAX_HELD:
             if self.transport.disconnecting:
                 pending.clear()
                 return
             answer = self.handle(pending.popleft())
-            self.transport.write(P.encode_answer(answer))
+            factory.hold(self, P.encode_answer(answer))
             if isinstance(answer, P.Error):
                 self.errors += 1
+                why = None
                 if answer.code == F.E_UNKNOWN_CLIENT:
                     # a proven key with no registration asked for mail: it
                     # has nothing here (a real client registers first)
+                    why = answer.message
+                elif self.errors >= factory.max_errors:
+                    why = f"after {self.errors} errors"
+                if why is not None:
+                    # its parting words leave now, before the close
+                    factory.release(resume=False)
                     self.log.info("closing the private link of {client}: {why}",
-                                  client=self.address, why=answer.message)
-                    self.transport.loseConnection()
-                    pending.clear()
-                    return
-                if self.errors >= self.factory.max_errors:
-                    self.log.info("closing the private link of {client} after {n} errors",
-                                  client=self.address, n=self.errors)
+                                  client=self.address, why=why)
                     self.transport.loseConnection()
                     pending.clear()
                     return
@@ -306,7 +326,7 @@ class PrivateClientFactory(Factory):
 
     def __init__(self, store, keys, clock=None, randbytes=os.urandom, max_errors=5,
                  handshake_timeout=HANDSHAKE_TIMEOUT, admission=None,
-                 touch_interval=TOUCH_INTERVAL):
+                 touch_interval=TOUCH_INTERVAL, answer_interval=ANSWER_INTERVAL):
         self.store = store
         self.keys = keys
         self.clock = store.clock if clock is None else clock
@@ -317,6 +337,12 @@ class PrivateClientFactory(Factory):
         self.touch_interval = touch_interval
         self.admission = admission if admission is not None else RegistrationLimit(self.clock)
         self.errors = collections.Counter()
+        if not answer_interval >= 0:
+            raise ValueError(f"answer_interval must be 0 or more, not {answer_interval}")
+        self.answer_interval = answer_interval
+        self._held = []     # (protocol, answer bytes) waiting for the tick
+        self._tick = None
+        self._rollbacks = getattr(store, "ack_rollbacks", 0)
         #: proven client connections (their inner protocols)
         self.connections = set()
         #: channel connections, proven or not
@@ -331,6 +357,57 @@ class PrivateClientFactory(Factory):
 
     def accept(self, client_key):
         return PrivateClientProtocol(self, client_key)
+
+    # ---- the answer tick ------------------------------------------------
+
+    def hold(self, protocol, answer):
+        """Keep *answer* of *protocol* for the next tick."""
+        self._held.append((protocol, answer))
+        protocol.held += 1
+        if self._tick is None:
+            self._tick = self.clock.callLater(self.answer_interval, self.release)
+
+    def release(self, resume=True):
+        """The tick: commit the acknowledgements deleted since the last one,
+        then send every answer held, in order; then let connections that
+        stopped at MAX_HELD answer on (unless *resume* is false)."""
+        tick, self._tick = self._tick, None
+        if tick is not None and tick.active():
+            tick.cancel()
+        held, self._held = self._held, []
+        try:
+            self.store.commit_acks()
+        except StoreError:
+            pass  # logged below, with what it means
+        rollbacks = getattr(self.store, "ack_rollbacks", 0)
+        if rollbacks != self._rollbacks:
+            # Acks rolled back (this commit, or the store's own earlier in
+            # the turn): the held answers would say "acked" for messages
+            # still stored. Unsent, their connections close: the client's
+            # acks of those pulls fail, and it sends them again on its next
+            # connection, where the messages come again too.
+            self._rollbacks = rollbacks
+            log.error("committing acknowledgements failed: closing the {n} connection(s)"
+                      " whose answers waited for it", n=len({id(p) for p, _ in held}))
+            for protocol, _ in held:
+                protocol.held -= 1
+                if protocol.transport is not None and not protocol.transport.disconnecting:
+                    protocol._pending.clear()
+                    protocol.transport.loseConnection()
+            return
+        stopped = []
+        for protocol, answer in held:
+            protocol.held -= 1
+            transport = protocol.transport
+            if transport is None or transport.disconnecting:
+                continue  # gone meanwhile: nobody to answer
+            transport.write(answer)
+            if protocol._pending and (not stopped or stopped[-1] is not protocol):
+                stopped.append(protocol)
+        if resume:
+            for protocol in dict.fromkeys(stopped):
+                if protocol.transport is not None and not protocol.paused:
+                    protocol._answer()
 
 
 def listener_factory(factory, max_connections=MAX_CONNECTIONS, idle_timeout=IDLE_TIMEOUT,

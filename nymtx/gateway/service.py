@@ -25,6 +25,7 @@ from nymtx.gateway.mix import FinalHopHandler
 from nymtx.gateway.private_server import PrivateClientFactory
 from nymtx.gateway.store import MailboxStore, StoreError
 from nymtx.keys import encode_key
+from nymtx.links import PacketLinks
 from nymtx.listening import ListenError, ListeningService, raise_fd_limit
 
 DATABASE_NAME = "gateway.sqlite"
@@ -41,7 +42,8 @@ class Gateway(MultiService):
     *mix_listener* and *client_listener* are ListeningServices (the handler's
     and the client protocol's listeners); *store* is an open MailboxStore,
     closed when the gateway stops; *handler* its FinalHopHandler, whose held
-    packets are stored at stop; *client_factory* the PrivateClientFactory
+    packets are stored at stop; *links* the outgoing mix links the handler
+    sends acks on (into layer 1), stopped after the store's last commit; *client_factory* the PrivateClientFactory
     (its ``errors``). Every *housekeeping_interval* seconds registrations
     idle for *registration_idle* seconds expire (``store.expire_idle``). With *directory* (``announce_gateway(presence)``) the
     presence is announced every *presence_interval* seconds once both
@@ -57,7 +59,7 @@ class Gateway(MultiService):
                  client_listener, announce_host, *, directory=None, presence_interval=1.5,
                  location=None, version=None, on_stop=(),
                  registration_idle=REGISTRATION_IDLE,
-                 housekeeping_interval=HOUSEKEEPING_INTERVAL):
+                 housekeeping_interval=HOUSEKEEPING_INTERVAL, links=None):
         super().__init__()
         if not registration_idle > 0 or not housekeeping_interval > 0:
             raise ValueError("registration_idle and housekeeping_interval must be positive")
@@ -66,6 +68,7 @@ class Gateway(MultiService):
         self.keys = keys
         self.store = store
         self.handler = handler
+        self.links = links
         self.client_factory = client_factory
         self.mix_listener = mix_listener
         self.client_listener = client_listener
@@ -175,7 +178,13 @@ class Gateway(MultiService):
         await maybeDeferred(super().stopService)
         self.mix_port = self.client_port = None
         self.handler.release_all()
-        self.store.close()
+        # the last commit hands its acks to the links: they stop after it
+        # (acks not yet written are lost; their senders send again)
+        try:
+            self.store.close()
+        finally:
+            if self.links is not None:
+                await self.links.stop()
         for step in self._on_stop:
             await maybeDeferred(step)
         self.log.info("gateway stopped; {n} messages committed this run", n=self.store.stored)
@@ -230,7 +239,11 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
         quota_messages=quota_messages, quota_bytes=quota_bytes,
         commit_interval=commit_interval, commit_batch=commit_batch,
         max_clients=max_clients)
-    handler = FinalHopHandler(reactor, keys.private_key, store, max_delay=max_delay)
+    # the acks of stored messages leave on mix links to layer-1 mixnodes,
+    # the first hop each SURB-ACK names (docs/surb.md §2.2)
+    links = PacketLinks(reactor)
+    handler = FinalHopHandler(reactor, keys.private_key, store, max_delay=max_delay,
+                              links=links, public_key=keys.public_key, randbytes=randbytes)
     client_factory = PrivateClientFactory(store, keys, clock=reactor, randbytes=randbytes,
                                           handshake_timeout=client_handshake_timeout,
                                           admission=admission,
@@ -266,7 +279,7 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
                       presence_interval=presence_interval, location=location,
                       version=version, on_stop=on_stop,
                       registration_idle=registration_idle,
-                      housekeeping_interval=housekeeping_interval)
+                      housekeeping_interval=housekeeping_interval, links=links)
     gateway.data_dir = data_dir
     gateway.directory_url = directory_url
     return gateway

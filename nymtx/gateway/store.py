@@ -14,6 +14,14 @@ answer written in that turn reaches the socket, which happens in the
 reactor's next I/O pass): a commit per pull was a third of a pull's time,
 and losing the last turn's deletions in a crash only delivers those
 messages again, which the client's inbox recognises.
+
+What a flush committed is told to the store's commit hooks
+(:meth:`MailboxStore.add_commit_hook`): each message may carry a *token*
+(the gateway's final hop passes the message's SURB-ACK), and after the
+COMMIT returns every hook gets the tokens of that batch, in order. Tokens
+live only in memory with their buffered messages, so a crash (or a failed
+commit) before the COMMIT loses both together: nothing is ever acked that
+was not stored (docs/surb.md §2.2).
 """
 
 import hmac
@@ -82,6 +90,11 @@ class MailboxStore:
     #: buffered messages whose commit failed (disk full, I/O error): dropped
     lost: int = attrs.field(default=0, init=False)
     _pending: list = attrs.field(factory=list, init=False)
+    #: tokens of the buffered messages, in order (None for none)
+    _tokens: list = attrs.field(factory=list, init=False)
+    #: tokens with no message, released with the next commit (after_commit)
+    _riders: list = attrs.field(factory=list, init=False)
+    _hooks: list = attrs.field(factory=list, init=False)
     _timer: object = attrs.field(default=None, init=False)
     _usage: dict = attrs.field(factory=dict, init=False)     # key -> [count, bytes]
     #: acks deleted in the open transaction, for a rollback: (key, count, bytes)
@@ -89,6 +102,9 @@ class MailboxStore:
     _ack_timer: object = attrs.field(default=None, init=False)
     _ack_open: bool = attrs.field(default=False, init=False)
     _registered: set = attrs.field(factory=set, init=False)
+    #: ack transactions rolled back (a failed commit): the deletions they
+    #: held are undone, and whoever was told "acked" must learn otherwise
+    ack_rollbacks: int = attrs.field(default=0, init=False)
 
     @classmethod
     def open(cls, clock, path, **kwargs):
@@ -189,8 +205,12 @@ class MailboxStore:
 
     # ---- mailboxes ----------------------------------------------------
 
-    def add(self, client_key, message):
-        """Queue *message* for *client_key*: None if queued, else the drop reason."""
+    def add(self, client_key, message, token=None):
+        """Queue *message* for *client_key*: None if queued, else the drop reason.
+
+        A *token* other than None is handed to the commit hooks once the
+        message is committed, and never if it is not (a failed commit, a
+        crash first)."""
         client_key = bytes(client_key)
         if client_key not in self._registered:
             return UNREGISTERED
@@ -202,11 +222,39 @@ class MailboxStore:
         usage[0] += 1
         usage[1] += len(message)
         self._pending.append((client_key, bytes(message), self.clock.seconds()))
+        self._tokens.append(token)
         if len(self._pending) >= self.commit_batch:
             self.flush()
-        elif self._timer is None:
-            self._timer = self.clock.callLater(self.commit_interval, self._timed_flush)
+        else:
+            self._arm()
         return None
+
+    def after_commit(self, token):
+        """Hand *token* to the commit hooks with the next commit, storing
+        nothing: what the gateway does with the SURB-ACK of drop cover
+        addressed to itself, so that its ack leaves when a stored message's
+        would (an ack sent at once would tell drop cover from mail)."""
+        self._riders.append(token)
+        self._arm()
+
+    def _arm(self):
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.commit_interval, self._timed_flush)
+
+    def add_commit_hook(self, hook):
+        """Call *hook(tokens)* after each commit of buffered messages, with
+        the (non-None) tokens of the messages it committed, in order."""
+        self._hooks.append(hook)
+
+    def _run_hooks(self, tokens):
+        if not tokens:
+            return
+        for hook in self._hooks:
+            try:
+                hook(tokens)
+            except Exception:
+                # the messages are committed whatever a hook does
+                self.log.failure("a commit hook failed")
 
     def _timed_flush(self):
         self._timer = None
@@ -216,12 +264,16 @@ class MailboxStore:
             self.log.failure("committing buffered messages failed")
 
     def flush(self):
-        """Commit every buffered message; return how many."""
+        """Commit every buffered message; return how many. Then the commit
+        hooks get what was committed."""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         batch, self._pending = self._pending, []
+        tokens, self._tokens = self._tokens, []
+        riders, self._riders = self._riders, []
         if not batch:
+            self._run_hooks(riders)
             return 0
         self.commit_acks()
         try:
@@ -237,8 +289,11 @@ class MailboxStore:
                 usage[0] -= 1
                 usage[1] -= len(body)
             self.lost += len(batch)
+            # the riders stored nothing and depend on nothing that failed
+            self._run_hooks(riders)
             raise StoreError(f"cannot store {len(batch)} messages: {e}") from e
         self.stored += len(batch)
+        self._run_hooks([t for t in tokens if t is not None] + riders)
         return len(batch)
 
     def _rollback(self):
@@ -256,9 +311,10 @@ class MailboxStore:
         """Up to *limit* committed messages of *client_key* with ids over
         *after*, oldest first, as (id, bytes)."""
         try:
-            return [(ident, bytes(body)) for ident, body in self.db.execute(
+            # sqlite gives a BLOB as bytes already: no copy per row
+            return self.db.execute(
                 "SELECT id, body FROM messages WHERE client_key=? AND id>? ORDER BY id LIMIT ?",
-                (bytes(client_key), int(after), int(limit)))]
+                (bytes(client_key), int(after), int(limit))).fetchall()
         except sqlite3.Error as e:
             raise StoreError(f"cannot read messages: {e}") from e
 
@@ -320,6 +376,8 @@ class MailboxStore:
         self._acked = []
 
     def _rollback_acks(self):
+        if self._ack_open:
+            self.ack_rollbacks += 1
         self._rollback()
         self._ack_open = False
         timer, self._ack_timer = self._ack_timer, None

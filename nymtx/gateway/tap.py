@@ -59,6 +59,7 @@ class Options(LogLevelOption, usage.Options):
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    from nymtx.gateway.private_server import RegistrationLimit
     from nymtx.trust.wiring import all_directories, hand_over, node_directory
     config = options["config"]
     # every presence goes out signed, to each directory
@@ -78,7 +79,13 @@ def makeService(options, reactor=None):
         client_max_connections=config.client_max_connections,
         client_handshake_timeout=config.client_handshake_timeout_ms / 1000,
         client_idle_timeout=config.client_idle_timeout_ms / 1000,
-        location=config.location)
+        location=config.location,
+        registration_idle=config.registration_idle_hours * 3600.0,
+        admission=RegistrationLimit(
+            reactor, per_source_burst=config.registration_per_source_burst,
+            per_source_seconds=config.registration_per_source_interval,
+            total_burst=config.registration_total_burst,
+            total_seconds=config.registration_total_interval))
     hand_over(service, directory)
     from nymtx.trust.wiring import OnStop
     service.handler.replay_cache = options["replays"]
