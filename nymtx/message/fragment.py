@@ -10,7 +10,8 @@ import os
 import attrs
 
 from .errors import MessageTooLarge, PlaintextError
-from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment
+from .envelope import VERSION
+from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, fragment_room
 
 KIND_TEXT = 0x01
 KIND_BINARY = 0x02
@@ -47,9 +48,10 @@ class Message:
         return cls(KIND_BINARY, bytes(data))
 
 
-def fragment_count(size):
-    """How many fragments carry a message of *size* application bytes."""
-    return -(-(size + 1) // FRAGMENT_DATA_SIZE)
+def fragment_count(size, room=FRAGMENT_DATA_SIZE):
+    """How many fragments (of *room* data bytes each) carry a message of *size*
+    application bytes."""
+    return -(-(size + 1) // room)
 
 
 def max_fragments(max_message_size):
@@ -63,8 +65,10 @@ def check_size(size, max_message_size):
             f"message too long. Sent {size} bytes, but the maximum is {max_message_size}")
 
 
-def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbytes=os.urandom):
-    """The fragments of *message* (a Message), in index order.
+def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbytes=os.urandom,
+                     version=VERSION):
+    """The fragments of *message* (a Message), in index order, for envelopes of
+    *version* (version 1 only for its test vectors).
 
     Raises MessageTooLarge, naming both sizes, past *max_message_size*.
     """
@@ -73,9 +77,10 @@ def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbyt
     check_size(len(message.data), max_message_size)
     framed = bytes((message.kind,)) + message.data
     set_id = randbytes(SET_ID_SIZE)
-    count = fragment_count(len(message.data))
-    step = FRAGMENT_DATA_SIZE
-    return [Fragment(set_id, i, count, framed[i * step:(i + 1) * step]) for i in range(count)]
+    step = fragment_room(version)
+    count = fragment_count(len(message.data), step)
+    return [Fragment(set_id, i, count, framed[i * step:(i + 1) * step], step)
+            for i in range(count)]
 
 
 def join_pieces(pieces):

@@ -101,14 +101,15 @@ class SendQueue:
     def __iter__(self):
         return iter(self._queue)
 
-    def enqueue(self, recipient_key, message, destination=None, context=None):
+    def enqueue(self, recipient_key, message, destination=None, context=None, set_id=None):
         """Queue *message* (a Message) for *recipient_key*; return its Outgoing.
 
         Raises MessageTooLarge past the maximum size, QueueFull when the
         queue holds ``max_messages`` messages or the message would take it
         past ``max_bytes``; both name the numbers. RecipientKeyError for a
         key nothing can be sealed to: refused here, it cannot jam the
-        stream later.
+        stream later. *set_id*: the caller's (the client derives it from the
+        outbox's number, so a restart sends the same set), else random.
         """
         if not isinstance(message, Message) or message.kind not in KINDS:
             raise TypeError(f"enqueue takes a Message of a known kind, not {message!r}")
@@ -125,7 +126,7 @@ class SendQueue:
                 f" stream and this message adds {size}, over the {self.max_bytes}-byte"
                 " bound; try again later")
         outgoing = Outgoing(recipient_key, message, destination, context,
-                            set_id=self.randbytes(SET_ID_SIZE),
+                            set_id=set_id or self.randbytes(SET_ID_SIZE),
                             count=fragment_count(len(message.data)),
                             framed=bytes((message.kind,)) + message.data)
         self._queue.append(outgoing)
@@ -195,6 +196,10 @@ class SendingStream:
     - ``send_drop(seal)`` sends drop cover: it picks where the drop ends
       (``drop_gateway``), then calls ``seal(gateway_key)`` for the payload.
     - ``on_sent(outgoing)`` is called when a message's last fragment left.
+    - ``send_retry()`` (optional), tried first on each tick: sends one
+      retransmission that is due and returns True, or returns False when
+      none is due or it cannot leave now. So a retransmission takes a slot
+      of the stream like any packet: never an extra one (docs/surb.md §3).
     """
 
     queue: SendQueue
@@ -203,11 +208,16 @@ class SendingStream:
     on_sent: object = None
     sendable: object = None
     randbytes: object = os.urandom
+    send_retry: object = None
     real_sent: int = 0
+    retries_sent: int = 0
     drop_sent: int = 0
     failed: int = 0
 
     def tick(self):
+        if self.send_retry is not None and self.send_retry():
+            self.retries_sent += 1
+            return True
         pending = self.queue.peek(self.sendable)
         if pending is not None:
             outgoing = pending.outgoing
