@@ -1,7 +1,13 @@
 """The client core: topology, the two Poisson streams, and the fetch loop.
 
-Every payload that leaves is an end-to-end envelope (nymtx.message,
-docs/message-format.md), 975 bytes whatever it carries. Messages of any
+Every payload that leaves is a SURB-ACK back to this client's own gateway
+and an end-to-end envelope (nymtx.message, docs/message-format.md), 975
+bytes whatever it carries (docs/surb.md). Each message the application
+hands over is kept in the outbox (sqlite) until every fragment has been
+acknowledged; a fragment whose ack does not come back in time is sent
+again, in a slot of the sending stream, up to the configured cap; the
+application learns ``delivered`` or ``failed`` for each message. After a
+restart on the same files, what the outbox holds is sent again. Messages of any
 size up to ``[message] maximum_message_size`` wait in a bounded SendQueue
 as fragments; each tick of the sending stream (``SendingStream.tick``)
 sends the next fragment or, with none queued, drop cover to a gateway that
@@ -22,7 +28,9 @@ told to delete what was pulled.
 """
 
 import enum
+import hashlib
 import random
+import uuid
 
 import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -38,10 +46,18 @@ from nymtx.keys import KeyFormatError, decode_key, encode_key
 from nymtx.poisson import PoissonLoop
 from nymtx.message import (
     DEFAULT_MAX_MESSAGE_SIZE, FRAGMENT_DATA_SIZE, KIND_BINARY, KIND_TEXT, MessageLayerError,
-    Message,
-    QueueFull, Reassembler, Receiver, SendingStream, SendQueue, drop_gateway,
+    Message, Outgoing,
+    QueueFull, Reassembler, Receiver, SendingStream, SendQueue, drop_gateway, fragment_count,
     loop_cover_payload)
+from nymtx.message.envelope import check_recipient_key
+from nymtx.client.outbox import Outbox, OutboxError
+from nymtx.message import seal_fragment
+from nymtx.message.payload import Fragment
+from nymtx.reliable.ack import COVER, AckError, build_surb_ack, compose_payload
+from nymtx.reliable.inbound import Ack, Envelope, Reply, classify_record
+from nymtx.reliable.retransmit import DELIVERED, Retransmitter
 from nymtx.sphinx import SphinxError, build_packet, sample_delays
+from nymtx.sphinx.surb import DELIVERY_SIZE
 from nymtx.topology import TopologyError
 
 #: Every packet carries a zero SURB identifier, as in nym v0.5.
@@ -56,7 +72,52 @@ class SendError(ValueError):
 
 
 class ClientStopped(Exception):
-    """The client stopped before the message left."""
+    """The client stopped before the message left (or was acknowledged); it
+    stays in the outbox and goes out again when a client starts on its files."""
+
+
+class DeliveryFailed(Exception):
+    """No acknowledgement came back for a fragment of the message after its
+    last retransmission ([reliable] maximum_retransmissions)."""
+
+
+#: the longest message id the application may give
+MAX_ID_LENGTH = 200
+_SET_ID_PERSON = b"nymtx-set-id"
+
+
+def _recipient_blob(client_key, gateway_key):
+    """What the outbox keeps as the recipient: client key || gateway key (if given)."""
+    return bytes(client_key) + (bytes(gateway_key) if gateway_key is not None else b"")
+
+
+def set_id_of(ack_key, number):
+    """The fragment set id of outbox message *number*: derived under the
+    outbox's secret key, so a restarted client sends the same set (the
+    recipient reassembles retries and first sends together) and the set id
+    still looks random to the recipient."""
+    return hashlib.blake2b(number.to_bytes(8, "big"), digest_size=8, key=ack_key,
+                           person=_SET_ID_PERSON).digest()
+
+
+@attrs.define(eq=False)
+class _Tracked:
+    """A message the outbox holds that this run sends, retries and reports."""
+
+    number: int
+    id: str
+    recipient_key: bytes
+    gateway_key: object
+    framed: bytes
+    count: int
+    set_id: bytes
+    sent: object = None      # Deferred: the last fragment left (first sends)
+    outcome: object = None   # Deferred: delivered / DeliveryFailed, if asked for
+
+    def fragment(self, index):
+        start = index * FRAGMENT_DATA_SIZE
+        return Fragment(self.set_id, index, self.count,
+                        self.framed[start:start + FRAGMENT_DATA_SIZE])
 
 
 class ClientStateError(RuntimeError):
@@ -328,6 +389,8 @@ class ClientCore:
     links: object           # .send(NodeAddress, packet)
     gateway_link: object    # .pull() / .ack(ids) -> Deferred; .start() / .stop(); or None
     inbox: object           # nymtx.client.inbox.Inbox
+    #: nymtx.client.outbox.Outbox; None: one in memory (nothing survives a restart)
+    outbox: object = None
     # (GatewayInfo) -> link: the gateway's client listener is known only from
     # the topology, so without a link one is made when the topology lists it.
     connect_gateway: object = None
@@ -349,6 +412,18 @@ class ClientCore:
     #: payloads pulled from the gateway, and how many were this client's own loops
     pulled: int = 0
     loops_returned: int = 0
+    #: fragments sent again (their ack was late), acks received, records that
+    #: were for nothing of ours (cover acks, stale or forged)
+    sent_retries: int = 0
+    acks_received: int = 0
+    unreadable: int = 0
+    #: messages whose outcome is known
+    delivered: int = 0
+    failed: int = 0
+    _owns_outbox: bool = False
+    _tracked: dict = attrs.field(factory=dict, init=False)
+    _rtx: Retransmitter = attrs.field(init=False)
+    _outcome_listeners: list = attrs.field(factory=list, init=False)
     _listeners: list = attrs.field(factory=list)
     _observers: list = attrs.field(factory=list)
     _sendq: SendQueue = attrs.field(init=False)
@@ -371,11 +446,19 @@ class ClientCore:
 
     def __attrs_post_init__(self):
         c = self.config
+        if self.outbox is None:
+            self.outbox = Outbox.open(":memory:", self.reactor)
+            self._owns_outbox = True
+        self._rtx = Retransmitter(self.reactor, self._outcome,
+                                  multiplier=c.ack_wait_multiplier / 100,
+                                  addition=c.ack_wait_addition / 1000,
+                                  max_retransmissions=c.maximum_retransmissions)
         self._sendq = SendQueue(max_message_size=c.maximum_message_size,
                                 max_messages=c.send_queue_messages,
                                 max_bytes=c.send_queue_bytes)
         self._stream = SendingStream(self._sendq, self._send_real, self._send_drop,
-                                     on_sent=self._message_sent, sendable=self._gateway_of)
+                                     on_sent=self._message_sent, sendable=self._gateway_of,
+                                     send_retry=self._send_retry)
         self._receiver = Receiver(
             self.keys.private_key, self.keys.public_key,
             Reassembler(self.reactor, max_message_size=c.maximum_message_size),
@@ -438,6 +521,7 @@ class ClientCore:
                 f"the client is {self.state.value}: a client starts only once;"
                 " make a new one (the same config gives the same keys and inbox)")
         self.state = CoreState.STARTING
+        self._restore()
         if self.gateway_link is not None:
             self.gateway_link.start()
         first = self._refresh.start()
@@ -466,15 +550,26 @@ class ClientCore:
         self._sending.stop()
         self._looping.stop()
         waits = [self._refresh.stop(), self._fetching.stop(), self._expiring.stop()]
-        for outgoing in self._sendq.clear():
-            outgoing.context.errback(
-                ClientStopped("the client stopped before the message was sent"))
+        self._sendq.clear()
+        tracked, self._tracked = self._tracked, {}
+        for t in tracked.values():
+            self._rtx.cancel(t.number)
+            if t.sent is not None and not t.sent.called:
+                t.sent.errback(ClientStopped(
+                    "the client stopped before the message was sent (it stays in the outbox"
+                    " and goes out when a client starts on the same files)"))
+            if t.outcome is not None and not t.outcome.called:
+                t.outcome.errback(ClientStopped(
+                    "the client stopped before the message was acknowledged (it stays in the"
+                    " outbox and goes out again when a client starts on the same files)"))
         d = Deferred.fromCoroutine(self._wait(waits))
         if not was_new:
             d.addCallback(lambda _: self.gateway_link.stop() if self.gateway_link else None)
 
         def stopped(result):
             self.state = CoreState.STOPPED
+            if self._owns_outbox:
+                self.outbox.close()
             return result
         d.addBoth(stopped)
         d.addBoth(self._stopping.fire)
@@ -547,19 +642,29 @@ class ClientCore:
 
     # -- sending --------------------------------------------------------------
 
-    def send(self, recipient, message):
+    def send(self, recipient, message, id=None, delivered=False):
         """Queue *message* for the sending stream: text (str) or bytes (binary),
-        or a nymtx.message.Message.
+        or a nymtx.message.Message. It is kept in the outbox until every
+        fragment is acknowledged, and sent again after a restart.
 
-        Raises SendError at once for a bad message or recipient, a message
-        over ``[message] maximum_message_size``, or a full send queue (the
-        error names the bound); returns a Deferred that fires when the last
-        fragment is handed to the first mixnode's link, or fails with
-        ClientStopped (the client stopped before it left, or had stopped
-        already).
+        Raises SendError at once for a bad message, recipient or *id*, a
+        message over ``[message] maximum_message_size``, or a full send queue
+        or outbox (the error names the bound). Returns a Deferred that fires
+        when the last fragment is handed to the first mixnode's link, or,
+        with *delivered* True, with ``"delivered"`` once every fragment is
+        acknowledged (failing with DeliveryFailed after the last retry).
+        Either fails with ClientStopped if the client stops first.
+
+        *id* (a string of 1 to MAX_ID_LENGTH characters, unique among the
+        messages not yet delivered) names the message in outcome events
+        (``on_outcome``); without one, a random id is made.
         """
         message = check_message(message, self.config.maximum_message_size)
         client_key, gateway_key = parse_recipient(recipient)
+        if id is None:
+            id = uuid.uuid4().hex
+        elif not isinstance(id, str) or not 1 <= len(id) <= MAX_ID_LENGTH:
+            raise SendError(f"a message id is a string of 1 to {MAX_ID_LENGTH} characters")
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):
             return fail(ClientStopped("the client has stopped: the message was not queued"))
         if self._expired is not None:
@@ -573,23 +678,103 @@ class ClientCore:
                 raise SendError(
                     f"unknown gateway {encode_key(gateway_key)} in {recipient}:"
                     " it is not in the topology")
-        sent = Deferred()
+        count = fragment_count(len(message.data))
         try:
-            self._sendq.enqueue(client_key, message, destination=gateway_key, context=sent)
-        except QueueFull as e:
-            raise SendError(f"{e} (the sending stream sends one fragment of"
-                            f" {FRAGMENT_DATA_SIZE} bytes every"
-                            f" {self.config.message_sending_average_delay} ms on average)")
+            check_recipient_key(client_key)
+            number = self.outbox.add(id, _recipient_blob(client_key, gateway_key),
+                                     message.data, message.kind, count)
+        except OutboxError as e:  # full, or a duplicate id: the message says which
+            raise SendError(str(e))
         except MessageLayerError as e:  # a recipient key nothing can be sealed to
             raise SendError(f"invalid recipient_address: {e}")
-        return sent
+        tracked = _Tracked(number, id, client_key, gateway_key,
+                           bytes((message.kind,)) + message.data, count,
+                           set_id_of(self.outbox.ack_key, number), sent=Deferred())
+        try:
+            self._sendq.enqueue(client_key, message, destination=gateway_key, context=tracked,
+                                set_id=tracked.set_id)
+        except (QueueFull, MessageLayerError) as e:
+            self.outbox.remove(number)
+            if isinstance(e, QueueFull):
+                raise SendError(f"{e} (the sending stream sends one fragment of"
+                                f" {FRAGMENT_DATA_SIZE} bytes every"
+                                f" {self.config.message_sending_average_delay} ms on average)")
+            raise SendError(f"invalid recipient_address: {e}")
+        self._tracked[number] = tracked
+        self._rtx.track(number, count)
+        if delivered:
+            tracked.outcome = Deferred()
+            return tracked.outcome
+        return tracked.sent
+
+    def on_outcome(self, callback):
+        """Call *callback(id, outcome)* for each message whose outcome is known:
+        ``"delivered"`` (every fragment acknowledged) or ``"failed"`` (a
+        fragment's last retry went unacknowledged), restored messages
+        included. Returns a function that stops the calls."""
+        self._outcome_listeners.append(callback)
+
+        def cancel():
+            if callback in self._outcome_listeners:
+                self._outcome_listeners.remove(callback)
+        return cancel
+
+    @property
+    def unacknowledged(self):
+        """Messages in the outbox: sent or queued, not yet delivered or failed."""
+        return len(self.outbox)
+
+    def _restore(self):
+        """Pick up what the outbox holds from an earlier run: every fragment not
+        acknowledged is due at once and goes out through the stream's slots
+        (one per tick, never a burst), each afresh."""
+        for p in self.outbox.pending():
+            if p.number in self._tracked:
+                continue
+            client_key = p.recipient[:32]
+            gateway_key = p.recipient[32:64] or None
+            self._tracked[p.number] = _Tracked(
+                p.number, p.id, client_key, gateway_key, bytes((p.kind,)) + p.body,
+                p.fragments, set_id_of(self.outbox.ack_key, p.number))
+            self._rtx.track(p.number, p.fragments, acked=p.acked, attempts=p.attempts)
+        if self._tracked:
+            self.log.info("{n} message(s) from the outbox go out again", n=len(self._tracked))
+
+    def _outcome(self, number, outcome):
+        tracked = self._tracked.pop(number, None)
+        self.outbox.remove(number)
+        if tracked is None:
+            return
+        if outcome == DELIVERED:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self._sendq.discard(tracked)
+            self.log.warn("message {id} failed: no acknowledgement after"
+                          " {n} retransmission(s)", id=tracked.id,
+                          n=self.config.maximum_retransmissions)
+        if tracked.outcome is not None and not tracked.outcome.called:
+            if outcome == DELIVERED:
+                tracked.outcome.callback(outcome)
+            else:
+                tracked.outcome.errback(DeliveryFailed(
+                    f"message {tracked.id}: no acknowledgement after"
+                    f" {self.config.maximum_retransmissions} retransmission(s)"))
+        for listener in list(self._outcome_listeners):
+            try:
+                listener(tracked.id, outcome)
+            except Exception:
+                self.log.failure("outcome callback {cb!r} failed", cb=listener)
 
     def _gateway_of(self, outgoing):
-        """The gateway a queued message goes to, or None (not in the topology)."""
+        """The gateway a queued message (an Outgoing or a _Tracked) goes to, or
+        None (not in the topology)."""
         if self.topology is None:
             return None
-        if outgoing.destination is not None:
-            return self.topology.gateway_by_key(outgoing.destination)
+        destination = getattr(outgoing, "destination", None) if isinstance(
+            outgoing, Outgoing) else outgoing.gateway_key
+        if destination is not None:
+            return self.topology.gateway_by_key(destination)
         return self.topology.gateway_for(outgoing.recipient_key)
 
     def _sending_tick(self):
@@ -610,7 +795,7 @@ class ClientCore:
         try:
             self._send_packet(gateway, self.keys.public_key,
                               loop_cover_payload(self.keys.public_key))
-        except (TopologyError, SphinxError, AddressError) as e:
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
             self.log.debug("loop cover skipped: {why}", why=str(e))
             self.skipped_cover += 1
             return
@@ -621,17 +806,50 @@ class ClientCore:
         gateway = self._gateway_of(outgoing)
         if gateway is None:
             return self._blocked_by("no recipient of a queued message is in the topology")
+        tracked, index = outgoing.context, outgoing.next_index
         try:
-            self._send_packet(gateway, outgoing.recipient_key, payload)
-        except (TopologyError, SphinxError, AddressError) as e:
+            round_trip = self._send_packet(gateway, outgoing.recipient_key, payload,
+                                           tracked.number, index, 0)
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
             return self._blocked_by(f"no route: {e}")
         self._blocked = None
         self.sent_real += 1
+        self._rtx.sent(tracked.number, index, round_trip)
+        self.outbox.sent(tracked.number, index)
+        return True
+
+    def _send_retry(self):
+        """One due retransmission, built afresh (route, delays, SURB-ACK with
+        the new attempt, encryption), or False: none due, or it cannot leave
+        now (the tick then sends what it would have)."""
+        retry = self._rtx.take()
+        if retry is None:
+            return False
+        tracked = self._tracked.get(retry.message)
+        if tracked is None:  # pragma: no cover - every tracked message is in _tracked
+            self._rtx.cancel(retry.message)
+            return False
+        gateway = self._gateway_of(tracked)
+        if gateway is None:
+            return self._blocked_by("the recipient of a message to send again is not in"
+                                    " the topology")
+        payload = seal_fragment(tracked.recipient_key, tracked.fragment(retry.index))
+        try:
+            round_trip = self._send_packet(gateway, tracked.recipient_key, payload,
+                                           tracked.number, retry.index, retry.attempt)
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
+            return self._blocked_by(f"no route: {e}")
+        self._blocked = None
+        self.sent_retries += 1
+        self._rtx.sent(tracked.number, retry.index, round_trip)
+        self.outbox.sent(tracked.number, retry.index)
         return True
 
     def _message_sent(self, outgoing):
         self.sent_messages += 1
-        outgoing.context.callback(None)
+        sent = outgoing.context.sent
+        if sent is not None and not sent.called:
+            sent.callback(None)
 
     def _send_drop(self, seal):
         gateway = drop_gateway(self.topology, self.rng) if self.topology is not None else None
@@ -640,7 +858,7 @@ class ClientCore:
             return
         try:
             self._send_packet(gateway, gateway.public_key, seal(gateway.public_key))
-        except (TopologyError, SphinxError, AddressError) as e:
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
             self.log.debug("drop cover skipped: {why}", why=str(e))
             self.skipped_cover += 1
             return
@@ -654,11 +872,35 @@ class ClientCore:
             self._blocked = why
         return False
 
-    def _send_packet(self, gateway, destination, payload):
+    def _send_packet(self, gateway, destination, payload, number=COVER, index=None,
+                     attempt=None):
+        """Build and send one packet: *payload* (the 608-byte envelope) after a
+        SURB-ACK for (*number*, *index*, *attempt*) through three mixnodes back
+        to this client's own gateway. Returns the sum of the delays drawn for
+        both routes, in seconds (the Retransmitter's round-trip estimate).
+
+        Cover (number COVER) carries a real SURB-ACK too, with a random index
+        and attempt: its ack comes back like any other, and its identifier is
+        as fresh as a real one's to the gateway that sees it."""
+        own = None
+        if self.config.gateway_key is not None:
+            own = self.topology.gateway_by_key(self.config.gateway_key)
+        if own is None:
+            raise TopologyError("my own gateway is not in the topology: no route for the"
+                                " acknowledgements")
+        if number == COVER:
+            index, attempt = self.rng.getrandbits(32), self.rng.getrandbits(16)
+        ack_route = self.topology.route(own, self.rng)
+        ack_delays = sample_delays(len(ack_route), self.config.average_ack_delay / 1000,
+                                   self.rng)
+        surb_ack = build_surb_ack(ack_route, self.keys.public_key, self.outbox.ack_key,
+                                  number, index, attempt, ack_delays)
         route = self.topology.route(gateway, self.rng)
         delays = sample_delays(len(route), self.config.average_packet_delay / 1000, self.rng)
-        packet = build_packet(route, destination, IDENTIFIER, payload, delays)
+        packet = build_packet(route, destination, IDENTIFIER,
+                              compose_payload(surb_ack, payload), delays)
         self.links.send(NodeAddress.from_bytes(route[0].address), packet)
+        return (sum(delays) + sum(ack_delays)) / 1e9
 
     # -- receiving ------------------------------------------------------------
 
@@ -742,7 +984,22 @@ class ClientCore:
             if gateway_id in seen:
                 continue
             self.pulled += 1
-            message = self._receiver.receive(body)
+            record = classify_record(body, self.outbox.ack_key, self._claim)
+            if isinstance(record, Ack):
+                self._acked(record.ref)
+                continue
+            if isinstance(record, Reply) or (
+                    not isinstance(record, Envelope) and len(body) == DELIVERY_SIZE):
+                # a SURB delivery that is no ack of ours: a cover packet's ack
+                # (every packet comes back as one), stale or forged
+                self.unreadable += 1
+                self.log.debug("dropped a record: {why}",
+                               why=getattr(record, "reason", "a reply (not wired yet)"))
+                continue
+            # An envelope, or what the message layer counts and drops
+            # (a record of no known size)
+            payload = record.payload if isinstance(record, Envelope) else body
+            message = self._receiver.receive(payload)
             if message is not None:
                 complete.append(message)
         # Commit first: the gateway deletes what we ack, so an ack before the
@@ -761,6 +1018,17 @@ class ClientCore:
         d.addCallback(lambda _: self.inbox.acked(ids))
         d.addErrback(self._pull_failed)
         return None
+
+    def _claim(self, identifier):
+        """The reply keys of *identifier*: none until replies are wired."""
+        return None
+
+    def _acked(self, ref):
+        """An ack for fragment ref.index of message ref.number (any attempt)."""
+        self.acks_received += 1
+        # the outbox first: the outcome (in acked) removes the message from it
+        self.outbox.mark_acked(ref.number, ref.index)
+        self._rtx.acked(ref.number, ref.index)
 
     def _pull_failed(self, failure):
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):

@@ -160,6 +160,14 @@ class SendQueue:
         self._queue.append(outgoing)  # its turn is over: to the back
         return False
 
+    def discard(self, context):
+        """Take the message queued with *context* out (its outcome is known)."""
+        for outgoing in list(self._queue):
+            if outgoing.context is context:
+                self._queue.remove(outgoing)
+                self.queued_bytes -= outgoing.remaining_bytes
+                outgoing._framed = b""
+
     def clear(self):
         """Empty the queue (the client stops); return what was still queued."""
         queue, self._queue = list(self._queue), collections.deque()
@@ -196,10 +204,11 @@ class SendingStream:
     - ``send_drop(seal)`` sends drop cover: it picks where the drop ends
       (``drop_gateway``), then calls ``seal(gateway_key)`` for the payload.
     - ``on_sent(outgoing)`` is called when a message's last fragment left.
-    - ``send_retry()`` (optional), tried first on each tick: sends one
-      retransmission that is due and returns True, or returns False when
-      none is due or it cannot leave now. So a retransmission takes a slot
-      of the stream like any packet: never an extra one (docs/surb.md §3).
+    - ``send_retry()`` (optional), tried when no new fragment can go: sends
+      one retransmission that is due and returns True, or returns False
+      when none is due or it cannot leave now. So a retransmission takes a
+      slot that would have carried drop cover: never an extra packet
+      (docs/surb.md §3).
     """
 
     queue: SendQueue
@@ -215,9 +224,6 @@ class SendingStream:
     failed: int = 0
 
     def tick(self):
-        if self.send_retry is not None and self.send_retry():
-            self.retries_sent += 1
-            return True
         pending = self.queue.peek(self.sendable)
         if pending is not None:
             outgoing = pending.outgoing
@@ -228,6 +234,9 @@ class SendingStream:
                     self.on_sent(outgoing)
                 return True
             self.failed += 1
+        if self.send_retry is not None and self.send_retry():
+            self.retries_sent += 1
+            return True
         self.send_drop(lambda key: drop_cover_payload(key, self.randbytes))
         self.drop_sent += 1
         return False
