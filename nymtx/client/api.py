@@ -52,6 +52,11 @@ _EMPTY_FETCH = len(b'{"type":"fetch","messages":[]}')
 #: Binary websocket frames (docs/client.md, "Binary frames"): first byte.
 BINARY_SEND = 0x00          # 0x00 || recipient key (32) || data
 BINARY_SEND_VIA = 0x01      # 0x01 || recipient key (32) || gateway key (32) || data
+#: the same with a message id, whose outcome the connection then hears:
+BINARY_SEND_ID = 0x02       # 0x02 || id length (u8) || id (UTF-8) || recipient key || data
+BINARY_SEND_VIA_ID = 0x03   # 0x03 || id length (u8) || id || recipient key || gateway key || data
+#: the longest message id (UTF-8 bytes in a binary frame, characters in JSON)
+MAX_ID = 200
 BINARY_RECEIVED = 0x01      # to the application: 0x01 || data
 KEY_SIZE = 32
 
@@ -85,16 +90,40 @@ class _BadRequest(Exception):
 
 def parse_binary_request(frame):
     """(recipient text, data) of a binary send frame, or ValueError saying why."""
+    recipient, data, _ = parse_binary_send(frame)
+    return recipient, data
+
+
+def parse_binary_send(frame):
+    """(recipient text, data, id or None) of a binary send frame, or
+    ValueError saying why."""
     frame = bytes(frame)
     if not frame:
         raise ValueError("an empty binary frame: its first byte is the request type")
     kind = frame[0]
+    message_id = None
+    if kind in (BINARY_SEND_ID, BINARY_SEND_VIA_ID):
+        if len(frame) < 2:
+            raise ValueError(f"a binary send frame 0x{kind:02x} has an id length after its"
+                             " type byte")
+        size = frame[1]
+        if not 1 <= size <= MAX_ID:
+            raise ValueError(f"a message id is 1 to {MAX_ID} bytes, not {size}")
+        if len(frame) < 2 + size:
+            raise ValueError(f"the frame ends inside its {size}-byte message id")
+        try:
+            message_id = frame[2:2 + size].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the message id is not UTF-8") from None
+        # the rest is laid out as frame 0x00 or 0x01
+        frame = bytes((kind - 2,)) + frame[2 + size:]
+        kind = frame[0]
     if kind == BINARY_SEND:
         if len(frame) < 1 + KEY_SIZE:
             raise ValueError(f"a binary send frame is 0x00, the {KEY_SIZE}-byte recipient key,"
                              f" then the data: {len(frame)} bytes is too short")
         recipient = encode_client_address(frame[1:1 + KEY_SIZE])
-        return recipient, frame[1 + KEY_SIZE:]
+        return recipient, frame[1 + KEY_SIZE:], message_id
     if kind == BINARY_SEND_VIA:
         if len(frame) < 1 + 2 * KEY_SIZE:
             raise ValueError(f"a binary send-via frame is 0x01, the {KEY_SIZE}-byte recipient"
@@ -102,9 +131,14 @@ def parse_binary_request(frame):
                              f" {len(frame)} bytes is too short")
         recipient = (encode_client_address(frame[1:1 + KEY_SIZE]) + "@"
                      + encode_key(frame[1 + KEY_SIZE:1 + 2 * KEY_SIZE]))
-        return recipient, frame[1 + 2 * KEY_SIZE:]
+        return recipient, frame[1 + 2 * KEY_SIZE:], message_id
     raise ValueError(f"unknown binary request type 0x{kind:02x}; allowed: 0x00 (send),"
-                     " 0x01 (send via a gateway)")
+                     " 0x01 (send via a gateway), 0x02 and 0x03 (the same with an id)")
+
+
+def outcome_event(message_id, outcome):
+    """What a connection that asked hears of a message's outcome (JSON)."""
+    return encode_response({"type": outcome, "id": message_id})
 
 
 def received_event(message, binary_frames):
@@ -162,6 +196,37 @@ class Push:
     _cancel: object = None
     _draining: bool = False
     _retry: object = None
+    #: outcome events: the ids this connection sent with, or every one
+    #: (subscribe with "outcomes": true)
+    _ids: set = attrs.field(factory=set)
+    _all_outcomes: bool = False
+    _cancel_outcomes: object = None
+
+    def watch_outcome(self, message_id=None):
+        """Tell this connection the outcome of *message_id* (None: of every
+        message, restored ones included)."""
+        if message_id is None:
+            self._all_outcomes = True
+        else:
+            self._ids.add(message_id)
+        if self._cancel_outcomes is None and hasattr(self.core, "on_outcome"):
+            self._cancel_outcomes = self.core.on_outcome(self._outcome)
+
+    def _outcome(self, message_id, outcome):
+        if not (self._all_outcomes or message_id in self._ids):
+            return
+        self._ids.discard(message_id)
+        if not self.write(outcome_event(message_id, outcome), False):
+            self.close()
+
+    def close(self):
+        """The connection is gone: no more events of any kind."""
+        self.stop()
+        cancel, self._cancel_outcomes = self._cancel_outcomes, None
+        if cancel is not None:
+            cancel()
+        self._ids.clear()
+        self._all_outcomes = False
 
     @property
     def active(self):
@@ -251,16 +316,21 @@ class ApiDispatcher:
             self._push = None
         return Answer(response, encode_response(response), on_sent)
 
-    def answer_binary(self, frame):
-        """The :class:`Answer` to one binary websocket frame (a binary send)."""
+    def answer_binary(self, frame, push=None):
+        """The :class:`Answer` to one binary websocket frame (a binary send);
+        *push* is the connection's :class:`Push`, which hears the outcome of
+        a send with an id."""
+        self._push = push
         try:
-            recipient, data = parse_binary_request(frame)
-            response = self._queue(recipient, Message.from_bytes(data))
+            recipient, data, message_id = parse_binary_send(frame)
+            response = self._queue(recipient, Message.from_bytes(data), message_id)
         except ValueError as e:
             response = error(f"received invalid request. err: {e}")
         except Exception as e:
             self.log.failure("binary request failed")
             response = error(f"internal error: {type(e).__name__}")
+        finally:
+            self._push = None
         return Answer(response, encode_response(response))
 
     def handle_text(self, text):
@@ -333,6 +403,17 @@ class ApiDispatcher:
         return value
 
     def _send(self, request):
+        message_id = None
+        if "id" in request:
+            # opt-in: this connection hears "delivered" or "failed" for it
+            message_id = self._field(request, "id")
+            if not 1 <= len(message_id) <= MAX_ID:
+                raise _BadRequest(f"field 'id' is 1 to {MAX_ID} characters, not"
+                                  f" {len(message_id)}")
+            try:
+                message_id.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _BadRequest("field 'id' holds text that is not valid Unicode")
         if "data" in request:
             # binary: base64 of the bytes (docs/client.md)
             if "message" in request:
@@ -343,7 +424,7 @@ class ApiDispatcher:
                 raw = base64.b64decode(data.encode("ascii"), validate=True)
             except (UnicodeEncodeError, binascii.Error, ValueError) as e:
                 raise _BadRequest(f"field 'data' is not base64: {e}")
-            return self._queue(recipient, Message.from_bytes(raw))
+            return self._queue(recipient, Message.from_bytes(raw), message_id)
         message = self._field(request, "message")
         recipient = self._field(request, "recipient_address")
         try:
@@ -351,10 +432,16 @@ class ApiDispatcher:
         except UnicodeEncodeError:
             # JSON can carry lone surrogates, which no UTF-8 message can hold.
             raise _BadRequest("field 'message' holds text that is not valid Unicode")
-        return self._queue(recipient, message)
+        return self._queue(recipient, message, message_id)
 
-    def _queue(self, recipient, message):
-        d = self.core.send(recipient, message)
+    def _queue(self, recipient, message, message_id=None):
+        if message_id is None:
+            # as the seed: nothing new on the connection
+            d = self.core.send(recipient, message)
+        else:
+            d = self.core.send(recipient, message, id=message_id)
+            if self._push is not None:
+                self._push.watch_outcome(message_id)
         # A reply goes out once queued, as nym did; a message that never leaves
         # (the client stopped) is logged, not left as an unhandled error.
         d.addErrback(lambda f: self.log.warn("message not sent: {why}",
@@ -366,6 +453,11 @@ class ApiDispatcher:
         if push is None:
             raise _BadRequest("subscribe needs a connection that can push (the websocket"
                               " or TCP API)")
+        outcomes = request.get("outcomes", False)
+        if not isinstance(outcomes, bool):
+            raise _BadRequest(f"field 'outcomes' must be true or false, not {_json_type(outcomes)}")
+        if outcomes:
+            push.watch_outcome(None)
         # pushing starts once the answer is out: it comes first on the wire
         return {"type": "subscribe"}, push.start
 

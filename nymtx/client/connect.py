@@ -32,7 +32,7 @@ RESOLVE_TIMEOUT = 10.0
 #: seconds between topology fetches while a send waits
 RESOLVE_POLL = 0.5
 
-_COLLABORATORS = ("directory", "links", "gateway_link", "inbox", "rng")
+_COLLABORATORS = ("directory", "links", "gateway_link", "inbox", "outbox", "rng")
 
 
 def connect(reactor, root, client_id, directory_url=None, *, gateway=None,
@@ -45,7 +45,7 @@ def connect(reactor, root, client_id, directory_url=None, *, gateway=None,
     is loaded; *directory_url*, when given, and the ``[debug]`` settings in
     *options* (milliseconds) apply to this run only. *options* may also
     hold the collaborators ``MixnetClient`` takes (``directory``, ``links``,
-    ``gateway_link``, ``inbox``, ``rng``); *register* replaces the gateway
+    ``gateway_link``, ``inbox``, ``outbox``, ``rng``); *register* replaces the gateway
     registration of a new id (``nymtx.testing.FakeNetwork.register``).
 
     Returns Deferred[MixnetClient] that fires once the client has started
@@ -125,23 +125,25 @@ class ResolvingClient(MixnetClient):
             d.cancel()
         return super().stop()
 
-    def send(self, recipient, message):
-        """Deferred that fires when the packet leaves; fails with SendError
-        (also when a plain recipient is still unlisted after resolve_timeout)."""
+    def send(self, recipient, message, id=None, delivered=False):
+        """As MixnetClient.send; fails with SendError also when a plain
+        recipient is still unlisted after resolve_timeout."""
         try:
             check_message(message, self.config.maximum_message_size)
             client_key, gateway_key = parse_recipient(recipient)
         except SendError as e:
             return fail(e)
         if gateway_key is not None or self._halted or self._listed(client_key):
-            return super().send(recipient, message)
-        return Deferred.fromCoroutine(self._send_when_listed(recipient, client_key, message))
+            return super().send(recipient, message, id=id, delivered=delivered)
+        return Deferred.fromCoroutine(self._send_when_listed(recipient, client_key, message,
+                                                             id, delivered))
 
     def _listed(self, client_key):
         topology = self.core.topology
         return topology is not None and topology.gateway_for(client_key) is not None
 
-    async def _send_when_listed(self, recipient, client_key, message):
+    async def _send_when_listed(self, recipient, client_key, message, id=None,
+                                delivered=False):
         deadline = self.reactor.seconds() + self.resolve_timeout
         while not self._listed(client_key):
             remaining = deadline - self.reactor.seconds()
@@ -153,7 +155,7 @@ class ResolvingClient(MixnetClient):
                 await self._wait(self._refresh())
             except CancelledError:
                 raise ClientStopped("the client stopped before the message was sent")
-        return await super().send(recipient, message)
+        return await super().send(recipient, message, id=id, delivered=delivered)
 
     def _wait(self, d):
         self._waits.add(d)

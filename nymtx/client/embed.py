@@ -23,6 +23,7 @@ from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
 from nymtx.client.core import ClientCore, ClientStateError, CoreState, SendError
 from nymtx.client.inbox import Inbox
+from nymtx.client.outbox import Outbox, OutboxError
 from nymtx.interfaces import IMixnetClient
 from nymtx.keys import KeyFormatError, KeyPair, decode_key, encode_key
 from nymtx.observer import OneShot
@@ -171,6 +172,8 @@ class MixnetClient:
     links: object = None
     gateway_link: object = None
     inbox: object = None
+    #: the durable send queue (docs/surb.md §4); default: outbox.sqlite beside the inbox
+    outbox: object = None
     rng: object = None
     core: ClientCore = attrs.field(default=None, init=False)
     _owns_links: bool = attrs.field(default=False, init=False)
@@ -192,9 +195,16 @@ class MixnetClient:
         if self.inbox is None:
             self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.inbox = Inbox(self.config.inbox_path, self.reactor)
+        if self.outbox is None:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self.outbox = Outbox.open(self.config.outbox_path, self.reactor)
+            except OutboxError as e:
+                raise ConfigError(str(e)) from e
         self.core = ClientCore(
             self.reactor, self.config, keys, self.directory, self.links,
-            self.gateway_link, self.inbox, rng=self.rng or random.SystemRandom(),
+            self.gateway_link, self.inbox, outbox=self.outbox,
+            rng=self.rng or random.SystemRandom(),
             connect_gateway=lambda gw: _default_gateway_link(self.reactor, gw, keys))
 
     @property
@@ -240,19 +250,26 @@ class MixnetClient:
             if self._owns_directory:
                 steps.append(self.directory.close)
             steps.append(self.inbox.close)
+            steps.append(self.outbox.close)
             self._stopped = OneShot()
             d = Deferred.fromCoroutine(_run_all(steps))
             d.addBoth(self._stopped.fire)
         return self._stopped.when_fired()
 
-    def send(self, recipient, message):
+    def send(self, recipient, message, id=None, delivered=False):
         """Send *message*: bytes (a binary message) or str (a text message), up
         to ``[message] maximum_message_size`` bytes, in fragments through the
         sending stream. The Deferred fires when its last fragment leaves;
-        fails with SendError (too long, unknown recipient, send queue full:
-        the error names the bound)."""
+        fails with SendError (too long, unknown recipient, send queue or
+        outbox full: the error names the bound).
+
+        With *delivered* True it fires with ``"delivered"`` once every
+        fragment is acknowledged instead, and fails with
+        nymtx.client.core.DeliveryFailed after the last retransmission. The
+        message waits in the outbox until then, across restarts; *id* names
+        it in ``on_outcome`` events."""
         try:
-            return self.core.send(recipient, message)
+            return self.core.send(recipient, message, id=id, delivered=delivered)
         except SendError as e:
             return fail(e)
 
@@ -275,6 +292,11 @@ class MixnetClient:
     def on_received(self, callback):
         """As on_message, with a nymtx.message.Message: text and binary told apart."""
         self.core.on_received(callback)
+
+    def on_outcome(self, callback):
+        """Call *callback(id, outcome)* ("delivered" or "failed") for each
+        message sent, those from the outbox after a restart included."""
+        return self.core.on_outcome(callback)
 
     def clients(self):
         return self.core.clients()
