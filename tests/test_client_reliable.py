@@ -398,6 +398,12 @@ class BinaryFrameTests(SynchronousTestCase):
             e = self.assertRaises(ValueError, parse_binary_send, bad)
             self.assertIn(why, str(e))
 
+    def test_the_documented_vector(self):
+        # docs/client.md, "Binary frames"
+        frame = bytes.fromhex("02017a") + bytes(range(1, 33)) + bytes.fromhex("6869")
+        self.assertEqual(parse_binary_send(frame),
+                         ("4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw", b"hi", "z"))
+
     @given(st.binary(max_size=400))
     def test_any_bytes_parse_or_say_why(self, frame):
         try:
