@@ -187,10 +187,11 @@ class RetryTests(SynchronousTestCase):
         h.core.stop()
 
     def test_a_retry_waits_for_its_round_trip_estimate(self):
-        # delays of 0 ms cannot be configured; 1 ms per hop, a 1500 ms addition:
-        # no retry before 1.5 s after the first send
+        # delays of 0 ms cannot be configured; 1 ms per hop, a 1000 ms addition
+        # and five fetch intervals of 100 ms: no retry before 1.5 s after the first send
         h = Harness(self, average_packet_delay=1, average_ack_delay=1,
-                    message_sending_average_delay=50)
+                    message_sending_average_delay=50, ack_wait_addition=1000,
+                    fetch_message_delay=100)
         h.core.start()
         h.core.send(h.bob.public_text, "x")
         first = None
@@ -302,6 +303,24 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(next(iter(bad)), str(e))
         self.assertEqual(ClientConfig.new(self.mktemp(), "A",
                                           maximum_retransmissions=0).maximum_retransmissions, 0)
+
+
+class ConnectSettingsTests(SynchronousTestCase):
+    def test_connect_takes_the_reliable_keys_for_this_run(self):
+        from nymtx.client import connect
+        network = FakeNetwork()
+        root = self.mktemp()
+        client = self.successResultOf(connect(
+            Clock(), root, "Alice", "http://directory.invalid",
+            directory=FakeDirectory(network.topology), register=network.register,
+            links=FakeLinks(), gateway_link=FakeGatewayLink(), maximum_retransmissions=0))
+        self.assertEqual(client.config.maximum_retransmissions, 0)
+        self.successResultOf(client.stop())
+        failure = self.failureResultOf(connect(
+            Clock(), root, "Alice", directory=FakeDirectory(network.topology),
+            links=FakeLinks(), gateway_link=FakeGatewayLink(), maximum_retransmissions=99),
+            ConfigError)
+        self.assertIn("maximum_retransmissions", str(failure.value))
 
 
 class ApiOutcomeTests(SynchronousTestCase):

@@ -21,8 +21,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nymtx.client.config import DEBUG_DEFAULTS, DEFAULT_DIRECTORY, ClientConfig, ConfigError, \
-    is_initialised, parse_delay, parse_directory
+from nymtx.client.config import DEBUG_DEFAULTS, DEFAULT_DIRECTORY, RELIABLE_DEFAULTS, ClientConfig, \
+    ConfigError, is_initialised, parse_delay, parse_directory
 from nymtx.client.core import ClientStopped, SendError, check_message, parse_recipient
 from nymtx.client.embed import MixnetClient, init_client
 from nymtx.interfaces import IMixnetClient
@@ -54,12 +54,15 @@ def connect(reactor, root, client_id, directory_url=None, *, gateway=None,
     """
     collaborators = {name: options.pop(name) for name in _COLLABORATORS if name in options}
     try:
-        unknown = sorted(set(options) - set(DEBUG_DEFAULTS))
+        settings_keys = tuple(DEBUG_DEFAULTS) + tuple(RELIABLE_DEFAULTS)
+        unknown = sorted(set(options) - set(settings_keys))
         if unknown:
             raise ConfigError(
                 f"unknown option(s) {', '.join(unknown)}; allowed: gateway, resolve_timeout,"
-                f" resolve_poll, register, {', '.join(_COLLABORATORS + tuple(DEBUG_DEFAULTS))}")
-        settings = {name: parse_delay(value, name) for name, value in options.items()}
+                f" resolve_poll, register, {', '.join(_COLLABORATORS + settings_keys)}")
+        # [reliable] values are checked by ClientConfig (evolve, or init_client)
+        settings = {name: parse_delay(value, name) if name in DEBUG_DEFAULTS else value
+                    for name, value in options.items()}
         for name, value in (("resolve_timeout", resolve_timeout),
                             ("resolve_poll", resolve_poll)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) \

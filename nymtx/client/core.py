@@ -100,6 +100,19 @@ def set_id_of(ack_key, number):
                            person=_SET_ID_PERSON).digest()
 
 
+#: fetch intervals added to the ack wait: an ack waits at this client's
+#: gateway for the next pull, an exponential wait of mean fetch_message_delay,
+#: which passes 5 means with probability e^-5 < 1 %: so few retries are
+#: spurious (an ack that was only waiting to be fetched)
+FETCH_WAITS = 5
+
+
+def ack_wait_addition(config):
+    """The Retransmitter's addition, in seconds: ``[reliable] ack_wait_addition``
+    (the gateways' commit) plus FETCH_WAITS fetch intervals."""
+    return (config.ack_wait_addition + FETCH_WAITS * config.fetch_message_delay) / 1000
+
+
 @attrs.define(eq=False)
 class _Tracked:
     """A message the outbox holds that this run sends, retries and reports."""
@@ -451,7 +464,7 @@ class ClientCore:
             self._owns_outbox = True
         self._rtx = Retransmitter(self.reactor, self._outcome,
                                   multiplier=c.ack_wait_multiplier / 100,
-                                  addition=c.ack_wait_addition / 1000,
+                                  addition=ack_wait_addition(c),
                                   max_retransmissions=c.maximum_retransmissions)
         self._sendq = SendQueue(max_message_size=c.maximum_message_size,
                                 max_messages=c.send_queue_messages,

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
+from nymtx.client.config import DEBUG_DEFAULTS, RELIABLE_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
 from nymtx.client.core import ClientCore, ClientStateError, CoreState, SendError
 from nymtx.client.inbox import Inbox
@@ -69,11 +69,15 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
     ConfigError (bad values, exists) or InitError (network).
     """
     try:
-        unknown = sorted(set(debug_ms) - set(DEBUG_DEFAULTS))
+        allowed = tuple(DEBUG_DEFAULTS) + tuple(RELIABLE_DEFAULTS)
+        unknown = sorted(set(debug_ms) - set(allowed))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)};"
-                              f" allowed: {', '.join(DEBUG_DEFAULTS)}")
-        values = {name: parse_delay(v, name) for name, v in debug_ms.items()}
+                              f" allowed: {', '.join(allowed)}")
+        # [debug] delays may come as text (flags); [reliable] values are
+        # checked by ClientConfig itself
+        values = {name: parse_delay(v, name) if name in DEBUG_DEFAULTS else v
+                  for name, v in debug_ms.items()}
         config = ClientConfig.new(
             root, client_id, directory_server=parse_directory(directory_url),
             socket_type=parse_socket_type(socket_type, "socket type"),
