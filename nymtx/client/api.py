@@ -30,7 +30,8 @@ from nymtx.interfaces import IApiDispatcher
 from nymtx.keys import encode_key
 from nymtx.message import DEFAULT_MAX_MESSAGE_SIZE, KIND_TEXT, Message
 
-REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails", "subscribe", "unsubscribe")
+REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails", "subscribe", "unsubscribe",
+                 "sendAnonymous", "reply")
 
 
 def frame_limit(max_message_size):
@@ -55,6 +56,12 @@ BINARY_SEND_VIA = 0x01      # 0x01 || recipient key (32) || gateway key (32) || 
 #: the same with a message id, whose outcome the connection then hears:
 BINARY_SEND_ID = 0x02       # 0x02 || id length (u8) || id (UTF-8) || recipient key || data
 BINARY_SEND_VIA_ID = 0x03   # 0x03 || id length (u8) || id || recipient key || gateway key || data
+#: anonymous replies (docs/surb.md §5)
+BINARY_REPLY = 0x04         # 0x04 || sender tag (16) || data
+BINARY_SEND_ANONYMOUS = 0x05  # 0x05 || reply blocks (u16) || recipient key (32) || data
+#: to the application: a binary message that came with a sender tag
+BINARY_RECEIVED_TAGGED = 0x02  # 0x02 || sender tag (16) || data
+TAG_SIZE = 16
 #: the longest message id (UTF-8 bytes in a binary frame, characters in JSON)
 MAX_ID = 200
 BINARY_RECEIVED = 0x01      # to the application: 0x01 || data
@@ -141,15 +148,48 @@ def outcome_event(message_id, outcome):
     return encode_response({"type": outcome, "id": message_id})
 
 
+def parse_binary_anonymous(frame):
+    """(kind, fields) of a binary reply (0x04) or send-anonymous (0x05)
+    frame: ("reply", (tag, data)) or ("sendAnonymous", (recipient, surbs,
+    data)); None for another type; ValueError saying why it is malformed."""
+    frame = bytes(frame)
+    if not frame or frame[0] not in (BINARY_REPLY, BINARY_SEND_ANONYMOUS):
+        return None
+    if frame[0] == BINARY_REPLY:
+        if len(frame) < 1 + TAG_SIZE:
+            raise ValueError(f"a binary reply frame is 0x04, the {TAG_SIZE}-byte sender tag,"
+                             f" then the data: {len(frame)} bytes is too short")
+        return "reply", (frame[1:1 + TAG_SIZE], frame[1 + TAG_SIZE:])
+    if len(frame) < 3 + KEY_SIZE:
+        raise ValueError(f"a binary send-anonymous frame is 0x05, the number of reply blocks"
+                         f" (u16), the {KEY_SIZE}-byte recipient key, then the data:"
+                         f" {len(frame)} bytes is too short")
+    surbs = int.from_bytes(frame[1:3], "big")
+    return "sendAnonymous", (encode_client_address(frame[3:3 + KEY_SIZE]), surbs,
+                             frame[3 + KEY_SIZE:])
+
+
+def _tag_text(tag):
+    from nymtx.client.core import encode_sender_tag
+    return encode_sender_tag(tag)
+
+
 def received_event(message, binary_frames):
-    """What a subscribed connection gets for *message*: (data, is_binary)."""
+    """What a subscribed connection gets for *message*: (data, is_binary).
+    A message with a sender tag (reply blocks came with it, or it is a
+    reply) says so in ``senderTag``; one without is the seed's event."""
+    tag = getattr(message, "sender_tag", None)
+    extra = {} if tag is None else {"senderTag": _tag_text(tag)}
     if message.kind == KIND_TEXT:
         text = message.data.decode("utf-8", errors="replace")
-        return encode_response({"type": "received", "message": text}), False
+        return encode_response({"type": "received", "message": text, **extra}), False
     if binary_frames:
+        if tag is not None:
+            return bytes((BINARY_RECEIVED_TAGGED,)) + bytes(tag) + message.data, True
         return bytes((BINARY_RECEIVED,)) + message.data, True
     return encode_response({"type": "received",
-                            "data": base64.b64encode(message.data).decode("ascii")}), False
+                            "data": base64.b64encode(message.data).decode("ascii"),
+                            **extra}), False
 
 
 def buffered(transport):
@@ -322,8 +362,18 @@ class ApiDispatcher:
         a send with an id."""
         self._push = push
         try:
-            recipient, data, message_id = parse_binary_send(frame)
-            response = self._queue(recipient, Message.from_bytes(data), message_id)
+            anonymous = parse_binary_anonymous(frame)
+            if anonymous is not None and anonymous[0] == "reply":
+                tag, data = anonymous[1]
+                response = self._queue_reply(tag, Message.from_bytes(data), None)
+            elif anonymous is not None:
+                recipient, surbs, data = anonymous[1]
+                response = self._queue(recipient, Message.from_bytes(data), None, surbs)
+            else:
+                recipient, data, message_id = parse_binary_send(frame)
+                response = self._queue(recipient, Message.from_bytes(data), message_id)
+        except SendError as e:
+            response = error(str(e))
         except ValueError as e:
             response = error(f"received invalid request. err: {e}")
         except Exception as e:
@@ -372,7 +422,8 @@ class ApiDispatcher:
             if not isinstance(request, dict):
                 raise _BadRequest(f"a request is a JSON object, not {_json_type(request)}")
             kind = self._field(request, "type")
-            handler = {"send": self._send, "fetch": self._fetch,
+            handler = {"send": self._send, "sendAnonymous": self._send_anonymous,
+                       "reply": self._reply, "fetch": self._fetch,
                        "getClients": self._get_clients,
                        "ownDetails": self._own_details,
                        "subscribe": self._subscribe,
@@ -402,7 +453,60 @@ class ApiDispatcher:
             raise _BadRequest(f"field {name!r} must be a string, not {_json_type(value)}")
         return value
 
-    def _send(self, request):
+    def _send_anonymous(self, request):
+        surbs = request.get("replySurbs", 5)
+        if not isinstance(surbs, int) or isinstance(surbs, bool):
+            raise _BadRequest(f"field 'replySurbs' must be a whole number, not {_json_type(surbs)}")
+        return self._send(request, surbs)
+
+    def _reply(self, request):
+        from nymtx.client.core import parse_sender_tag
+        tag = parse_sender_tag(self._field(request, "senderTag"))
+        message_id = self._message_id(request)
+        message = self._message_of(request)
+        return self._queue_reply(tag, message, message_id)
+
+    def _queue_reply(self, tag, message, message_id):
+        if not hasattr(self.core, "reply"):
+            raise _BadRequest("this client cannot reply")
+        d = self.core.reply(tag, message, id=message_id) if message_id is not None \
+            else self.core.reply(tag, message)
+        if message_id is not None and self._push is not None:
+            self._push.watch_outcome(message_id)
+        d.addErrback(lambda f: self.log.warn("reply not sent: {why}", why=f.getErrorMessage()))
+        return {"type": "reply"}
+
+    def _message_id(self, request):
+        if "id" not in request:
+            return None
+        message_id = self._field(request, "id")
+        if not 1 <= len(message_id) <= MAX_ID:
+            raise _BadRequest(f"field 'id' is 1 to {MAX_ID} characters, not {len(message_id)}")
+        try:
+            message_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadRequest("field 'id' holds text that is not valid Unicode")
+        return message_id
+
+    def _message_of(self, request):
+        """The text ('message') or binary ('data', base64) of a request."""
+        if "data" in request:
+            if "message" in request:
+                raise _BadRequest("a send has 'message' (text) or 'data' (base64), not both")
+            data = self._field(request, "data")
+            try:
+                raw = base64.b64decode(data.encode("ascii"), validate=True)
+            except (UnicodeEncodeError, binascii.Error, ValueError) as e:
+                raise _BadRequest(f"field 'data' is not base64: {e}")
+            return Message.from_bytes(raw)
+        message = self._field(request, "message")
+        try:
+            message.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadRequest("field 'message' holds text that is not valid Unicode")
+        return message
+
+    def _send(self, request, surbs=None):
         message_id = None
         if "id" in request:
             # opt-in: this connection hears "delivered" or "failed" for it
@@ -424,7 +528,7 @@ class ApiDispatcher:
                 raw = base64.b64decode(data.encode("ascii"), validate=True)
             except (UnicodeEncodeError, binascii.Error, ValueError) as e:
                 raise _BadRequest(f"field 'data' is not base64: {e}")
-            return self._queue(recipient, Message.from_bytes(raw), message_id)
+            return self._queue(recipient, Message.from_bytes(raw), message_id, surbs)
         message = self._field(request, "message")
         recipient = self._field(request, "recipient_address")
         try:
@@ -432,10 +536,14 @@ class ApiDispatcher:
         except UnicodeEncodeError:
             # JSON can carry lone surrogates, which no UTF-8 message can hold.
             raise _BadRequest("field 'message' holds text that is not valid Unicode")
-        return self._queue(recipient, message, message_id)
+        return self._queue(recipient, message, message_id, surbs)
 
-    def _queue(self, recipient, message, message_id=None):
-        if message_id is None:
+    def _queue(self, recipient, message, message_id=None, surbs=None):
+        if surbs is not None:
+            if not hasattr(self.core, "send_anonymous"):
+                raise _BadRequest("this client cannot send anonymously")
+            d = self.core.send_anonymous(recipient, message, surbs, id=message_id)
+        elif message_id is None:
             # as the seed: nothing new on the connection
             d = self.core.send(recipient, message)
         else:

@@ -51,10 +51,16 @@ from nymtx.message import (
     loop_cover_payload)
 from nymtx.message.envelope import check_recipient_key
 from nymtx.client.outbox import Outbox, OutboxError
+from nymtx.client.replystore import ReplyStore
 from nymtx.message import seal_fragment
-from nymtx.message.payload import Fragment
-from nymtx.reliable.ack import COVER, AckError, build_surb_ack, compose_payload
+from nymtx.message.errors import PlaintextError
+from nymtx.message.fragment import KIND_REPLIABLE, KIND_TOP_UP
+from nymtx.message.payload import (
+    REPLY_DATA_SIZE, Fragment, decode_reply_fragment, encode_reply_fragment)
+from nymtx.reliable import replies as reply_layer
+from nymtx.reliable.ack import COVER, AckError, ack_packet, build_surb_ack, compose_payload
 from nymtx.reliable.inbound import Ack, Envelope, Reply, classify_record
+from nymtx.sphinx.surb import SurbError, use_surb
 from nymtx.reliable.retransmit import DELIVERED, Retransmitter
 from nymtx.sphinx import SphinxError, build_packet, sample_delays
 from nymtx.sphinx.surb import DELIVERY_SIZE
@@ -113,6 +119,41 @@ def ack_wait_addition(config):
     return (config.ack_wait_addition + FETCH_WAITS * config.fetch_message_delay) / 1000
 
 
+#: seconds a reply block this client builds is valid: nymtx nodes keep
+#: their keys (there are no key epochs yet), so this bounds only how long
+#: its keys are kept and how long a replier may hold it
+REPLY_SURB_LIFETIME = 24 * 3600.0
+#: at most this many reply blocks with one message or top-up (nym's cap)
+MAX_REPLY_SURBS = reply_layer.MAX_SURBS_PER_MESSAGE
+
+
+def _join_reply(pieces):
+    """A reply's data (ReplyData or SurbRequest) from its pieces."""
+    try:
+        return reply_layer.decode_reply(b"".join(pieces))
+    except reply_layer.ReplyError as e:
+        raise PlaintextError(str(e)) from None
+
+
+def parse_sender_tag(text):
+    """A sender tag in the API (base58 of 16 bytes) as bytes, or SendError."""
+    import base58
+    if not isinstance(text, str):
+        raise SendError(f"a sender tag is a base58 string, not {type(text).__name__}")
+    try:
+        tag = base58.b58decode(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as e:
+        raise SendError(f"invalid sender tag: not base58 ({e})")
+    if len(tag) != reply_layer.TAG_SIZE:
+        raise SendError(f"invalid sender tag: {len(tag)} bytes, not {reply_layer.TAG_SIZE}")
+    return tag
+
+
+def encode_sender_tag(tag):
+    import base58
+    return base58.b58encode(bytes(tag)).decode("ascii")
+
+
 @attrs.define(eq=False)
 class _Tracked:
     """A message the outbox holds that this run sends, retries and reports."""
@@ -126,11 +167,19 @@ class _Tracked:
     set_id: bytes
     sent: object = None      # Deferred: the last fragment left (first sends)
     outcome: object = None   # Deferred: delivered / DeliveryFailed, if asked for
+    #: a reply: the sender tag whose reply blocks carry it (no recipient key)
+    reply_tag: object = None
+    #: a reply's fragments not yet sent once (replies do not use the SendQueue)
+    next_index: int = 0
+
+    @property
+    def room(self):
+        return REPLY_DATA_SIZE if self.reply_tag is not None else FRAGMENT_DATA_SIZE
 
     def fragment(self, index):
-        start = index * FRAGMENT_DATA_SIZE
-        return Fragment(self.set_id, index, self.count,
-                        self.framed[start:start + FRAGMENT_DATA_SIZE])
+        room = self.room
+        start = index * room
+        return Fragment(self.set_id, index, self.count, self.framed[start:start + room], room)
 
 
 class ClientStateError(RuntimeError):
@@ -437,6 +486,15 @@ class ClientCore:
     _tracked: dict = attrs.field(factory=dict, init=False)
     _rtx: Retransmitter = attrs.field(init=False)
     _outcome_listeners: list = attrs.field(factory=list, init=False)
+    #: anonymous replies: the store (in the outbox's file), the replies not
+    #: yet sent once, and the SURB-ACKs of replies we received, to send on
+    replies: object = attrs.field(default=None, init=False)
+    _replyq: list = attrs.field(factory=list, init=False)
+    _reply_acks: list = attrs.field(factory=list, init=False)
+    _reply_reassembler: object = attrs.field(default=None, init=False)
+    #: replies received, reply acks sent on, reply blocks received
+    replies_received: int = 0
+    reply_acks_sent: int = 0
     _listeners: list = attrs.field(factory=list)
     _observers: list = attrs.field(factory=list)
     _sendq: SendQueue = attrs.field(init=False)
@@ -462,6 +520,10 @@ class ClientCore:
         if self.outbox is None:
             self.outbox = Outbox.open(":memory:", self.reactor)
             self._owns_outbox = True
+        self.replies = ReplyStore(self.outbox.db, self.reactor)
+        self._reply_reassembler = Reassembler(self.reactor,
+                                              max_message_size=c.maximum_message_size,
+                                              join=_join_reply)
         self._rtx = Retransmitter(self.reactor, self._outcome,
                                   multiplier=c.ack_wait_multiplier / 100,
                                   addition=ack_wait_addition(c),
@@ -674,12 +736,63 @@ class ClientCore:
         """
         message = check_message(message, self.config.maximum_message_size)
         client_key, gateway_key = parse_recipient(recipient)
-        if id is None:
-            id = uuid.uuid4().hex
-        elif not isinstance(id, str) or not 1 <= len(id) <= MAX_ID_LENGTH:
-            raise SendError(f"a message id is a string of 1 to {MAX_ID_LENGTH} characters")
+        id = self._check_id(id)
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):
             return fail(ClientStopped("the client has stopped: the message was not queued"))
+        self._check_recipient(recipient, client_key, gateway_key)
+        return self._submit(client_key, gateway_key, message, id, delivered)
+
+    def send_anonymous(self, recipient, message, reply_surbs=5, id=None, delivered=False):
+        """As ``send``, with *reply_surbs* reply blocks (0 to 500) and this
+        client's sender tag for *recipient*, who can then ``reply`` without
+        learning this client's address (docs/surb.md §5)."""
+        message = check_message(message, self.config.maximum_message_size)
+        client_key, gateway_key = parse_recipient(recipient)
+        id = self._check_id(id)
+        if not isinstance(reply_surbs, int) or isinstance(reply_surbs, bool) \
+                or not 0 <= reply_surbs <= MAX_REPLY_SURBS:
+            raise SendError(f"replySurbs is a whole number from 0 to {MAX_REPLY_SURBS},"
+                            f" not {reply_surbs!r}")
+        if self.state in (CoreState.STOPPING, CoreState.STOPPED):
+            return fail(ClientStopped("the client has stopped: the message was not queued"))
+        self._check_recipient(recipient, client_key, gateway_key)
+        tag = self.replies.sender_tag(client_key)
+        blocks = self._make_reply_blocks(tag, reply_surbs)
+        framed = reply_layer.encode_repliable(tag, blocks, message.kind, message.data)
+        if len(framed) - 1 > self.config.maximum_message_size:
+            raise SendError(f"message too long with its reply blocks: {len(framed) - 1} bytes,"
+                            f" but the maximum is {self.config.maximum_message_size}")
+        return self._submit(client_key, gateway_key, Message(KIND_REPLIABLE, framed[1:]), id,
+                            delivered)
+
+    def reply(self, sender_tag, message, id=None, delivered=False):
+        """Reply to the sender of a message that came with *sender_tag* (16
+        bytes, ``Message.sender_tag``), through the reply blocks it sent: one
+        block per fragment of 621 bytes, so the reply can be no longer than
+        the blocks held allow. When few blocks are left, more are asked for.
+        Returns a Deferred as ``send`` does; SendError without enough blocks."""
+        message = check_message(message, self.config.maximum_message_size)
+        if not isinstance(sender_tag, (bytes, bytearray)) or \
+                len(sender_tag) != reply_layer.TAG_SIZE:
+            raise SendError(f"a sender tag is {reply_layer.TAG_SIZE} bytes")
+        id = self._check_id(id)
+        if self.state in (CoreState.STOPPING, CoreState.STOPPED):
+            return fail(ClientStopped("the client has stopped: the reply was not queued"))
+        framed = reply_layer.encode_reply(message.kind, message.data)
+        return self._submit_reply(bytes(sender_tag), framed, id, delivered)
+
+    def reply_blocks(self, sender_tag):
+        """How many unexpired reply blocks this client holds for *sender_tag*."""
+        return self.replies.count(bytes(sender_tag))
+
+    def _check_id(self, id):
+        if id is None:
+            return uuid.uuid4().hex
+        if not isinstance(id, str) or not 1 <= len(id) <= MAX_ID_LENGTH:
+            raise SendError(f"a message id is a string of 1 to {MAX_ID_LENGTH} characters")
+        return id
+
+    def _check_recipient(self, recipient, client_key, gateway_key):
         if self._expired is not None:
             raise SendError(f"no current signed topology: {self._expired}")
         if self.topology is not None:
@@ -691,6 +804,66 @@ class ClientCore:
                 raise SendError(
                     f"unknown gateway {encode_key(gateway_key)} in {recipient}:"
                     " it is not in the topology")
+
+    def _make_reply_blocks(self, tag, n):
+        """*n* fresh reply blocks back to this client, their keys remembered
+        under *tag*; SendError without a route to its own gateway."""
+        if n == 0:
+            return []
+        own = None
+        if self.topology is not None and self.config.gateway_key is not None:
+            own = self.topology.gateway_by_key(self.config.gateway_key)
+        if own is None:
+            raise SendError("reply blocks need a route to this client's own gateway, which"
+                            " the topology does not list (yet)")
+        expires = int(self.reactor.seconds() + REPLY_SURB_LIFETIME)
+        mean = self.config.average_packet_delay / 1000
+        try:
+            made = reply_layer.build_reply_surbs(
+                n, lambda: self.topology.route(own, self.rng), self.keys.public_key, expires,
+                lambda k: sample_delays(k, mean, self.rng))
+        except (TopologyError, SphinxError, SurbError) as e:
+            raise SendError(f"cannot build reply blocks: {e}")
+        for block, keys in made:
+            self.replies.remember(keys, tag, expires)
+        return [block for block, _ in made]
+
+    def _submit_reply(self, tag, framed, id, delivered=False, check_blocks=True):
+        count = -(-len(framed) // REPLY_DATA_SIZE)
+        held = self.replies.count(tag)
+        if check_blocks and held < count:
+            raise SendError(f"a reply of {count} fragment(s) needs as many reply blocks;"
+                            f" {held} are held for this sender tag")
+        try:
+            number = self.outbox.add(id, b"", framed[1:], framed[0], count, reply_tag=tag)
+        except OutboxError as e:
+            raise SendError(str(e))
+        tracked = _Tracked(number, id, None, None, framed, count,
+                           set_id_of(self.outbox.ack_key, number), sent=Deferred(),
+                           reply_tag=tag)
+        self._tracked[number] = tracked
+        self._replyq.append(tracked)
+        self._rtx.track(number, count)
+        if check_blocks:
+            self._ask_for_more(tag, held - count)
+        if delivered:
+            tracked.outcome = Deferred()
+            return tracked.outcome
+        return tracked.sent
+
+    def _ask_for_more(self, tag, left):
+        """With few blocks left (and at least one to ask with), ask the
+        sender for more: a SURB request, itself a reply."""
+        low, want = self.replies.low_water, self.replies.request
+        if not 1 <= left < low:
+            return
+        try:
+            self._submit_reply(tag, reply_layer.encode_surb_request(want), uuid.uuid4().hex,
+                               check_blocks=False).addErrback(lambda f: None)
+        except SendError as e:
+            self.log.debug("no SURB request: {why}", why=str(e))
+
+    def _submit(self, client_key, gateway_key, message, id, delivered):
         count = fragment_count(len(message.data))
         try:
             check_recipient_key(client_key)
@@ -744,11 +917,13 @@ class ClientCore:
         for p in self.outbox.pending():
             if p.number in self._tracked:
                 continue
-            client_key = p.recipient[:32]
+            client_key = p.recipient[:32] or None
             gateway_key = p.recipient[32:64] or None
+            reply_tag = p.reply_tag if client_key is None else None
             self._tracked[p.number] = _Tracked(
                 p.number, p.id, client_key, gateway_key, bytes((p.kind,)) + p.body,
-                p.fragments, set_id_of(self.outbox.ack_key, p.number))
+                p.fragments, set_id_of(self.outbox.ack_key, p.number), reply_tag=reply_tag,
+                next_index=p.fragments)
             self._rtx.track(p.number, p.fragments, acked=p.acked, attempts=p.attempts)
         if self._tracked:
             self.log.info("{n} message(s) from the outbox go out again", n=len(self._tracked))
@@ -763,6 +938,8 @@ class ClientCore:
         else:
             self.failed += 1
             self._sendq.discard(tracked)
+            if tracked in self._replyq:
+                self._replyq.remove(tracked)
             self.log.warn("message {id} failed: no acknowledgement after"
                           " {n} retransmission(s)", id=tracked.id,
                           n=self.config.maximum_retransmissions)
@@ -832,15 +1009,45 @@ class ClientCore:
         return True
 
     def _send_retry(self):
-        """One due retransmission, built afresh (route, delays, SURB-ACK with
-        the new attempt, encryption), or False: none due, or it cannot leave
-        now (the tick then sends what it would have)."""
+        """What a slot that would carry drop cover carries instead, one packet:
+        the ack of a reply we received (docs/surb.md §5.4), else a reply's
+        next fragment, else a due retransmission; False when there is none
+        or it cannot leave now (the tick then sends drop cover)."""
+        while self._reply_acks:
+            surb_ack = self._reply_acks.pop(0)
+            try:
+                first_hop, packet = ack_packet(surb_ack)
+            except AckError as e:
+                self.log.debug("a reply's SURB-ACK is unusable: {why}", why=str(e))
+                continue
+            self.links.send(first_hop, packet)
+            self.reply_acks_sent += 1
+            return True
+        for tracked in list(self._replyq):
+            if tracked.next_index >= tracked.count:
+                self._replyq.remove(tracked)
+                continue
+            if self._send_reply_fragment(tracked, tracked.next_index, 0):
+                tracked.next_index += 1
+                if tracked.next_index >= tracked.count:
+                    self._replyq.remove(tracked)
+                    self.sent_messages += 1
+                    if tracked.sent is not None and not tracked.sent.called:
+                        tracked.sent.callback(None)
+                return True
         retry = self._rtx.take()
         if retry is None:
             return False
         tracked = self._tracked.get(retry.message)
         if tracked is None:  # pragma: no cover - every tracked message is in _tracked
             self._rtx.cancel(retry.message)
+            return False
+        if tracked.reply_tag is not None:
+            if tracked.next_index <= retry.index:
+                return False  # not sent once yet: the reply queue sends it first
+            if self._send_reply_fragment(tracked, retry.index, retry.attempt):
+                self.sent_retries += 1
+                return True
             return False
         gateway = self._gateway_of(tracked)
         if gateway is None:
@@ -856,6 +1063,40 @@ class ClientCore:
         self.sent_retries += 1
         self._rtx.sent(tracked.number, retry.index, round_trip)
         self.outbox.sent(tracked.number, retry.index)
+        return True
+
+    def _send_reply_fragment(self, tracked, index, attempt):
+        """Fragment *index* of a reply through a fresh reply block (single
+        use), with our own SURB-ACK inside; False without a block or route."""
+        own = None
+        if self.topology is not None and self.config.gateway_key is not None:
+            own = self.topology.gateway_by_key(self.config.gateway_key)
+        if own is None:
+            return self._blocked_by("a reply's ack needs a route to my own gateway")
+        block = self.replies.take(tracked.reply_tag)
+        if block is None:
+            return self._blocked_by("no reply block left for a reply")
+        c = self.config
+        try:
+            ack_route = self.topology.route(own, self.rng)
+            ack_delays = sample_delays(len(ack_route), c.average_ack_delay / 1000, self.rng)
+            surb_ack = build_surb_ack(ack_route, self.keys.public_key, self.outbox.ack_key,
+                                      tracked.number, index, attempt, ack_delays)
+            body = encode_reply_fragment(tracked.fragment(index))
+            packet = use_surb(block.surb, reply_layer.reply_message(surb_ack, body))
+            first_hop = NodeAddress.from_bytes(block.surb.first_hop)
+        except (TopologyError, SphinxError, SurbError, AckError, AddressError,
+                reply_layer.ReplyError) as e:
+            return self._blocked_by(f"cannot send a reply: {e}")
+        self.links.send(first_hop, packet)
+        self._blocked = None
+        self.sent_real += 1
+        # The block's delays are its builder's: take ours as the estimate, and
+        # the builder's fetch and sending waits before it sends our ack on.
+        forward = 4 * c.average_packet_delay / 1000
+        waits = FETCH_WAITS * (c.fetch_message_delay + c.message_sending_average_delay) / 1000
+        self._rtx.sent(tracked.number, index, forward + sum(ack_delays) / 1e9 + waits)
+        self.outbox.sent(tracked.number, index)
         return True
 
     def _message_sent(self, outgoing):
@@ -1001,8 +1242,12 @@ class ClientCore:
             if isinstance(record, Ack):
                 self._acked(record.ref)
                 continue
-            if isinstance(record, Reply) or (
-                    not isinstance(record, Envelope) and len(body) == DELIVERY_SIZE):
+            if isinstance(record, Reply):
+                message = self._reply_received(record)
+                if message is not None:
+                    complete.append(message)
+                continue
+            if not isinstance(record, Envelope) and len(body) == DELIVERY_SIZE:
                 # a SURB delivery that is no ack of ours: a cover packet's ack
                 # (every packet comes back as one), stale or forged
                 self.unreadable += 1
@@ -1013,6 +1258,8 @@ class ClientCore:
             # (a record of no known size)
             payload = record.payload if isinstance(record, Envelope) else body
             message = self._receiver.receive(payload)
+            if message is not None and message.kind in (KIND_REPLIABLE, KIND_TOP_UP):
+                message = self._forward_reply_layer(message)
             if message is not None:
                 complete.append(message)
         # Commit first: the gateway deletes what we ack, so an ack before the
@@ -1033,8 +1280,58 @@ class ClientCore:
         return None
 
     def _claim(self, identifier):
-        """The reply keys of *identifier*: none until replies are wired."""
+        """(tag, keys) of a reply block we gave out, once; else None."""
+        return self.replies.claim(identifier)
+
+    def _forward_reply_layer(self, message):
+        """A message with reply blocks: keep them under its tag and hand on
+        the message with the tag; a top-up: keep them, hand on nothing."""
+        try:
+            got = reply_layer.decode_forward(bytes((message.kind,)) + message.data)
+        except reply_layer.ReplyError as e:
+            self.log.debug("dropped a malformed message with reply blocks: {why}", why=str(e))
+            return None
+        kept = self.replies.add(got.tag, got.surbs)
+        if isinstance(got, reply_layer.TopUp):
+            self.log.debug("{n} reply block(s) more for a sender tag", n=kept)
+            return None
+        return Message(got.kind, got.body, bytes(got.tag))
+
+    def _reply_received(self, record):
+        """A reply through one of our blocks: its ack is sent on from our
+        stream (its last hop, our gateway, cannot see it), its fragment
+        reassembled; a complete reply is a Message with the tag, a SURB
+        request is answered with more blocks."""
+        try:
+            their_ack, body = reply_layer.split_reply(record.message)
+            fragment = decode_reply_fragment(body)
+        except (reply_layer.ReplyError, PlaintextError) as e:
+            self.unreadable += 1
+            self.log.debug("dropped a malformed reply: {why}", why=str(e))
+            return None
+        # acked whatever it holds: it is stored (about to be committed) here
+        self._reply_acks.append(their_ack)
+        self.replies_received += 1
+        done = self._reply_reassembler.add(fragment)
+        if isinstance(done, reply_layer.SurbRequest):
+            self._top_up(record.tag, done.amount)
+            return None
+        if isinstance(done, reply_layer.ReplyData):
+            return Message(done.kind, done.body, bytes(record.tag))
         return None
+
+    def _top_up(self, tag, amount):
+        recipient = self.replies.recipient_of(tag)
+        if recipient is None:
+            return
+        amount = min(amount, self.replies.request)
+        try:
+            blocks = self._make_reply_blocks(tag, amount)
+            framed = reply_layer.encode_top_up(tag, blocks)
+            self._submit(recipient, None, Message(KIND_TOP_UP, framed[1:]), uuid.uuid4().hex,
+                         False).addErrback(lambda f: None)
+        except SendError as e:
+            self.log.warn("cannot send the reply blocks asked for: {why}", why=str(e))
 
     def _acked(self, ref):
         """An ack for fragment ref.index of message ref.number (any attempt)."""

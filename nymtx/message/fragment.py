@@ -15,7 +15,13 @@ from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, fragment_room
 
 KIND_TEXT = 0x01
 KIND_BINARY = 0x02
-KINDS = (KIND_TEXT, KIND_BINARY)
+#: what an application sends and receives
+DATA_KINDS = (KIND_TEXT, KIND_BINARY)
+#: the reply layer's forward kinds (docs/surb.md §5.2): a message with reply
+#: blocks and a sender tag, and reply blocks alone; the client parses them
+KIND_REPLIABLE = 0x10
+KIND_TOP_UP = 0x11
+KINDS = DATA_KINDS + (KIND_REPLIABLE, KIND_TOP_UP)
 
 #: the default largest message, in application bytes
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -27,6 +33,9 @@ class Message:
 
     kind: int
     data: bytes
+    #: for a message that came with reply blocks, the sender's tag (16 bytes):
+    #: whom to ``reply`` to; for a reply, the tag it answers. Else None.
+    sender_tag: object = None
 
     @property
     def is_text(self):
@@ -85,7 +94,11 @@ def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbyt
 
 def join_pieces(pieces):
     """The Message of a complete set's data pieces in index order, or a PlaintextError."""
-    framed = b"".join(pieces)
+    return join_framed(b"".join(pieces))
+
+
+def join_framed(framed):
+    """The Message of ``kind || data``, or a PlaintextError."""
     if not framed:
         raise PlaintextError("an empty set carries no message kind")
     kind, data = framed[0], framed[1:]

@@ -38,9 +38,15 @@ FRAGMENT_HEADER_SIZE = 1 + SET_ID_SIZE + 4 + 4 + 2  # 19
 FRAGMENT_DATA_SIZE = PLAINTEXT_SIZE - FRAGMENT_HEADER_SIZE  # 540
 #: the same in a version-1 envelope (still read)
 FRAGMENT_DATA_V1_SIZE = PLAINTEXT_V1_SIZE - FRAGMENT_HEADER_SIZE  # 907
+#: a reply packet's body (docs/surb.md §5.3): the 1007 bytes a SURB carries,
+#: after the replier's SURB-ACK (367); no envelope (the SURB's key hides it)
+REPLY_BODY_SIZE = 640
+#: the application bytes one reply fragment carries
+REPLY_DATA_SIZE = REPLY_BODY_SIZE - FRAGMENT_HEADER_SIZE  # 621
 #: a fragment's room (its full data size) -> the plaintext it fills
 _PLAINTEXT_OF_ROOM = {FRAGMENT_DATA_SIZE: PLAINTEXT_SIZE,
-                      FRAGMENT_DATA_V1_SIZE: PLAINTEXT_V1_SIZE}
+                      FRAGMENT_DATA_V1_SIZE: PLAINTEXT_V1_SIZE,
+                      REPLY_DATA_SIZE: REPLY_BODY_SIZE}
 _PLAINTEXT_OF_VERSION = {VERSION: PLAINTEXT_SIZE, VERSION_1: PLAINTEXT_V1_SIZE}
 MAX_COUNT = (1 << 32) - 1
 LOOP_ID_SIZE = 16
@@ -73,8 +79,9 @@ class Fragment:
 
     def __attrs_post_init__(self):
         if self.room not in _PLAINTEXT_OF_ROOM:
-            raise PlaintextError(f"a fragment's room is {FRAGMENT_DATA_SIZE} or"
-                                 f" {FRAGMENT_DATA_V1_SIZE} bytes, not {self.room!r}")
+            raise PlaintextError(f"a fragment's room is {FRAGMENT_DATA_SIZE},"
+                                 f" {FRAGMENT_DATA_V1_SIZE} or {REPLY_DATA_SIZE} (a reply)"
+                                 f" bytes, not {self.room!r}")
         _check_fragment(self.set_id, self.index, self.count, self.data, self.room)
 
 
@@ -133,6 +140,39 @@ def encode_fragment(fragment):
     return body + bytes(_PLAINTEXT_OF_ROOM[fragment.room] - len(body))
 
 
+def encode_reply_fragment(fragment):
+    """The REPLY_BODY_SIZE-byte body of a reply packet: a fragment (of room
+    REPLY_DATA_SIZE) laid out as in an envelope, type byte 0x05."""
+    if fragment.room != REPLY_DATA_SIZE:
+        raise PlaintextError(f"a reply fragment's room is {REPLY_DATA_SIZE}, not {fragment.room}")
+    return bytes((TYPE_REPLY,)) + encode_fragment(fragment)[1:]
+
+
+def decode_reply_fragment(body):
+    """The Fragment in a reply packet's body, or a PlaintextError."""
+    if not isinstance(body, (bytes, bytearray)) or len(body) != REPLY_BODY_SIZE:
+        got = len(body) if isinstance(body, (bytes, bytearray)) else type(body).__name__
+        raise PlaintextError(f"a reply body is {REPLY_BODY_SIZE} bytes, not {got}")
+    if body[0] != TYPE_REPLY:
+        raise PlaintextError(f"a reply body starts with type {TYPE_REPLY}, not {body[0]}")
+    return _decode_fragment(bytes(body), REPLY_DATA_SIZE)
+
+
+def _decode_fragment(plaintext, room):
+    size = len(plaintext)
+    set_id = plaintext[1:9]
+    index = int.from_bytes(plaintext[9:13], "big")
+    count = int.from_bytes(plaintext[13:17], "big")
+    length = int.from_bytes(plaintext[17:19], "big")
+    if length > room:
+        raise PlaintextError(
+            f"fragment length {length} exceeds the {room} bytes it has room for")
+    end = FRAGMENT_HEADER_SIZE + length
+    if plaintext[end:].count(0) != size - end:
+        raise PlaintextError("fragment padding is not all zero")
+    return Fragment(set_id, index, count, plaintext[FRAGMENT_HEADER_SIZE:end], room)
+
+
 def encode_loop_cover(loop_id, version=VERSION):
     if not isinstance(loop_id, bytes) or len(loop_id) != LOOP_ID_SIZE:
         raise PlaintextError(f"a loop id is {LOOP_ID_SIZE} bytes, not {loop_id!r}")
@@ -160,17 +200,7 @@ def decode_plaintext(plaintext):
     room = size - FRAGMENT_HEADER_SIZE
     kind = plaintext[0]
     if kind == TYPE_FRAGMENT:
-        set_id = plaintext[1:9]
-        index = int.from_bytes(plaintext[9:13], "big")
-        count = int.from_bytes(plaintext[13:17], "big")
-        length = int.from_bytes(plaintext[17:19], "big")
-        if length > room:
-            raise PlaintextError(
-                f"fragment length {length} exceeds the {room} bytes it has room for")
-        end = FRAGMENT_HEADER_SIZE + length
-        if plaintext[end:].count(0) != size - end:
-            raise PlaintextError("fragment padding is not all zero")
-        return Fragment(set_id, index, count, plaintext[FRAGMENT_HEADER_SIZE:end], room)
+        return _decode_fragment(plaintext, room)
     if kind == TYPE_LOOP_COVER:
         if plaintext[1 + LOOP_ID_SIZE:].count(0) != size - 1 - LOOP_ID_SIZE:
             raise PlaintextError("a loop cover body is its id, then zero bytes")
