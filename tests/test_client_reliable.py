@@ -305,6 +305,20 @@ class ConfigTests(SynchronousTestCase):
                                           maximum_retransmissions=0).maximum_retransmissions, 0)
 
 
+class InboxTagTests(SynchronousTestCase):
+    def test_a_sender_tag_survives_the_inbox(self):
+        path = self.mktemp()
+        inbox = Inbox(path, Clock())
+        tagged = Message(1, "hé".encode(), b"T" * 16)
+        plain = Message(2, b"\x00\x01")
+        inbox.commit([1, 2], [tagged, plain])
+        inbox.close()
+        inbox = Inbox(path, Clock())
+        self.addCleanup(inbox.close)
+        self.assertEqual([m for _, m in inbox.peek()], [tagged, plain])
+        self.assertEqual(inbox.take_all(), [tagged, plain])
+
+
 class ConnectSettingsTests(SynchronousTestCase):
     def test_connect_takes_the_reliable_keys_for_this_run(self):
         from nymtx.client import connect
@@ -446,3 +460,180 @@ class BinaryFrameTests(SynchronousTestCase):
         _, got, got_id = parse_binary_send(frame)
         self.assertEqual((got, got_id), (data, mid))
 
+
+
+class Gateway:
+    """The gateway side as issue 12 has it, in memory: every packet the
+    clients send through the fake network's mixnodes; the final hop stores
+    the record for its client and sends the SURB-ACK on after 'storing'."""
+
+    def __init__(self, network, cores):
+        self.network = network
+        self.cores = {c.keys.public_key: c for c in cores}
+        self.seen = {c.keys.public_key: 0 for c in cores}
+        self.next_id = 1
+        self.delivered = []   # (destination, record)
+
+    def _final(self, packet):
+        from nymtx.sphinx import ForwardHop, process_packet
+        from nymtx.sphinx.surb import process_gateway_packet
+        for keys in self.network.mix_keys:
+            hop = process_packet(keys.private_key, packet)
+            assert isinstance(hop, ForwardHop)
+            packet = hop.packet
+        return process_gateway_packet(self.network.gateway_keys.private_key, packet)
+
+    def carry(self, packet):
+        from nymtx.reliable.ack import ack_packet
+        from nymtx.reliable.inbound import gateway_record
+        rec = gateway_record(self._final(packet))
+        core = self.cores.get(rec.destination)
+        if core is not None:
+            self.delivered.append((rec.destination, rec.record))
+            core.gateway_link.mail.append((self.next_id, rec.record))
+            self.next_id += 1
+        if rec.surb_ack is not None:
+            self.carry(ack_packet(rec.surb_ack)[1])
+
+    def step(self):
+        for key, core in self.cores.items():
+            packets = core.links.packets
+            for _, packet in packets[self.seen[key]:]:
+                self.carry(packet)
+            self.seen[key] = len(packets)
+
+
+class AnonymousReplyTests(SynchronousTestCase):
+    def setUp(self):
+        self.alice = Harness(self)
+        self.bob = Harness(self, network=self.alice.network, keys=self.alice.bob,
+                           clock=self.alice.clock)
+        self.clock = self.alice.clock
+        self.gateway = Gateway(self.alice.network, [self.alice.core, self.bob.core])
+        self.alice.core.start()
+        self.bob.core.start()
+
+    def go(self, seconds):
+        for _ in range(int(seconds / STEP)):
+            self.clock.advance(STEP)
+            self.gateway.step()
+
+    def test_a_reply_round_trip_without_the_address(self):
+        alice, bob = self.alice.core, self.bob.core
+        delivered = alice.send_anonymous(bob.address, "hello, reply to me", reply_surbs=15,
+                                         delivered=True)
+        got = []
+        bob.on_received(got.append)
+        self.go(15)
+        self.assertEqual(self.successResultOf(delivered), DELIVERED)
+        [m] = got
+        self.assertEqual(m.text, "hello, reply to me")
+        tag = m.sender_tag
+        self.assertEqual(len(tag), 16)
+        self.assertEqual(bob.reply_blocks(tag), 15)
+        # nothing Bob got holds Alice's address
+        for destination, record in self.gateway.delivered:
+            if destination == bob.keys.public_key:
+                self.assertNotIn(alice.keys.public_key, record)
+        answers = []
+        alice.on_received(answers.append)
+        first = bob.reply(tag, "first answer", delivered=True)
+        second = bob.reply(tag, b"second answer", delivered=True)
+        self.go(20)
+        self.assertEqual(sorted(a.data for a in answers), [b"first answer", b"second answer"])
+        self.assertTrue(all(a.sender_tag == tag for a in answers))
+        # Alice's client sent Bob's SURB-ACKs on: his replies are delivered
+        self.assertEqual(self.successResultOf(first), DELIVERED)
+        self.assertEqual(self.successResultOf(second), DELIVERED)
+        self.assertGreaterEqual(alice.reply_acks_sent, 2)
+        self.assertEqual(bob.reply_blocks(tag), 13)  # still above the low water mark
+        # a reply longer than the blocks left is refused, naming both
+        e = self.assertRaises(SendError, bob.reply, tag, b"x" * 621 * 13)
+        self.assertIn("a reply of 14 fragment(s)", str(e))
+        self.assertIn("13 are held", str(e))
+
+    def test_running_low_asks_for_more(self):
+        alice, bob = self.alice.core, self.bob.core
+        alice.send_anonymous(bob.address, "few blocks", reply_surbs=4)
+        got = []
+        bob.on_received(got.append)
+        self.go(15)
+        tag = got[0].sender_tag
+        self.assertEqual(bob.reply_blocks(tag), 4)
+        bob.reply(tag, "one")  # 3 left, below the low water mark: a SURB request too
+        bob.reply(tag, "two")  # asked already: no second request
+        self.go(30)
+        # a block for each reply, one for the request, and 20 more came back
+        self.assertEqual(bob.reply_blocks(tag), 1 + bob.replies.request)
+
+    def test_blocks_survive_a_restart_and_expire(self):
+        path = self.mktemp()
+        bob_keys = self.alice.bob
+        self.bob.core.stop()
+        self.bob = Harness(self, outbox_path=path, network=self.alice.network, keys=bob_keys,
+                           clock=self.clock)
+        self.gateway = Gateway(self.alice.network, [self.alice.core, self.bob.core])
+        self.bob.core.start()
+        got = []
+        self.bob.core.on_received(got.append)
+        self.alice.core.send_anonymous(self.bob.core.address, "keep these", reply_surbs=12)
+        self.go(15)
+        tag = got[0].sender_tag
+        self.bob.core.stop()
+        self.bob.outbox.close()
+        again = Harness(self, outbox_path=path, network=self.alice.network, keys=bob_keys,
+                        clock=self.clock)
+        self.assertEqual(again.core.reply_blocks(tag), 12)  # in the outbox's file
+        self.clock.advance(24 * 3600 + 1)
+        self.assertEqual(again.core.reply_blocks(tag), 0)  # expired with their keys
+        e = self.assertRaises(SendError, again.core.reply, tag, "too late")
+        self.assertIn("0 are held", str(e))
+
+    def test_the_reply_api(self):
+        alice, bob = self.alice.core, self.bob.core
+        written = []
+        push = Push(bob, lambda data, binary: written.append((data, binary)) or True)
+        dispatcher = ApiDispatcher(bob)
+        a_written = []
+        a_push = Push(alice, lambda data, binary: a_written.append((data, binary)) or True)
+        a_dispatcher = ApiDispatcher(alice)
+        answer = a_dispatcher.answer_bytes(json.dumps(
+            {"type": "sendAnonymous", "message": "ask", "replySurbs": 3,
+             "recipient_address": bob.address}).encode(), push=a_push)
+        answer.sent()
+        self.assertEqual(answer.response, {"type": "send"})
+        dispatcher.answer_bytes(b'{"type":"subscribe"}', push=push).sent()
+        self.go(15)
+        [(event, binary)] = written
+        event = json.loads(event)
+        self.assertEqual(event["message"], "ask")
+        tag = event["senderTag"]
+        r = dispatcher.answer_bytes(json.dumps({"type": "reply", "senderTag": tag,
+                                                "message": "answer"}).encode(), push=push)
+        self.assertEqual(r.response, {"type": "reply"})
+        from nymtx.client.core import parse_sender_tag
+        frame = bytes((0x04,)) + parse_sender_tag(tag) + b"\x00binary answer"
+        self.assertEqual(dispatcher.answer_binary(frame, push).response, {"type": "reply"})
+        a_dispatcher.answer_bytes(b'{"type":"subscribe"}', push=a_push).sent()
+        self.go(20)
+        import base64
+        events = [json.loads(d) for d, b in a_written if not b]
+        self.assertEqual(sorted(e.get("message") or base64.b64decode(e["data"]).decode()
+                                for e in events), ["\x00binary answer", "answer"])
+        self.assertEqual({e["senderTag"] for e in events}, {tag})
+        for bad in ({"type": "reply", "senderTag": "nope!", "message": "x"},
+                    {"type": "reply", "senderTag": "11111111", "message": "x"},
+                    {"type": "reply", "message": "x"},
+                    {"type": "sendAnonymous", "message": "x", "replySurbs": 501,
+                     "recipient_address": alice.address},
+                    {"type": "sendAnonymous", "message": "x", "replySurbs": "5",
+                     "recipient_address": alice.address}):
+            r = dispatcher.answer_bytes(json.dumps(bad).encode(), push=push).response
+            self.assertEqual(r["type"], "error", bad)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.binary(max_size=120))
+    def test_any_binary_reply_or_anonymous_frame_is_answered(self, rest):
+        for kind in (0x04, 0x05):
+            r = ApiDispatcher(self.bob.core).answer_binary(bytes((kind,)) + rest).response
+            self.assertIn(r["type"], ("reply", "send", "error"))

@@ -24,6 +24,7 @@ from nymtx.message import (
 from nymtx.message import ENVELOPE_V1_SIZE, FRAGMENT_DATA_V1_SIZE, PLAINTEXT_V1_SIZE, VERSION_1
 from nymtx.message.payload import (
     TYPE_ACK, TYPE_LOOP_COVER, encode_drop_cover, encode_loop_cover)
+from nymtx.message.payload import decode_reply_fragment, encode_reply_fragment
 from nymtx.reliable.ack import SURB_ACK_SIZE
 from nymtx.message.reassembly import set_cost
 from nymtx.sphinx import MAX_MESSAGE_SIZE, FinalHop, Hop, build_packet, process_packet
@@ -583,6 +584,21 @@ class FuzzTests(SynchronousTestCase):
         for m in out:
             if m.is_text:
                 self.assertIsInstance(m.text, str)
+
+    @given(st.one_of(
+        st.binary(max_size=700),
+        st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 3), st.integers(1, 4),
+                  st.integers(1, 621)).map(
+            lambda t: encode_reply_fragment(Fragment(
+                t[0], min(t[1], t[2] - 1), t[2],
+                bytes(621 if min(t[1], t[2] - 1) < t[2] - 1 else t[3]), 621)))))
+    def test_decode_reply_fragment_any_bytes(self, data):
+        try:
+            f = decode_reply_fragment(data)
+        except PlaintextError:
+            return
+        self.assertEqual(f.room, 621)
+        self.assertEqual(encode_reply_fragment(f), data)
 
     def test_only_message_layer_errors(self):
         # The catch-all the Receiver relies on: nothing but MessageLayerError.

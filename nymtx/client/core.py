@@ -123,6 +123,8 @@ def ack_wait_addition(config):
 #: their keys (there are no key epochs yet), so this bounds only how long
 #: its keys are kept and how long a replier may hold it
 REPLY_SURB_LIFETIME = 24 * 3600.0
+#: seconds before a replier asks again for blocks it asked for and did not get
+ASK_AGAIN_AFTER = 60.0
 #: at most this many reply blocks with one message or top-up (nym's cap)
 MAX_REPLY_SURBS = reply_layer.MAX_SURBS_PER_MESSAGE
 
@@ -492,6 +494,7 @@ class ClientCore:
     _replyq: list = attrs.field(factory=list, init=False)
     _reply_acks: list = attrs.field(factory=list, init=False)
     _reply_reassembler: object = attrs.field(default=None, init=False)
+    _asked: dict = attrs.field(factory=dict, init=False)  # tag -> when we asked for more
     #: replies received, reply acks sent on, reply blocks received
     replies_received: int = 0
     reply_acks_sent: int = 0
@@ -830,7 +833,9 @@ class ClientCore:
 
     def _submit_reply(self, tag, framed, id, delivered=False, check_blocks=True):
         count = -(-len(framed) // REPLY_DATA_SIZE)
-        held = self.replies.count(tag)
+        # blocks are taken as the fragments leave: those queued are spoken for
+        queued = sum(t.count - t.next_index for t in self._replyq if t.reply_tag == tag)
+        held = self.replies.count(tag) - queued
         if check_blocks and held < count:
             raise SendError(f"a reply of {count} fragment(s) needs as many reply blocks;"
                             f" {held} are held for this sender tag")
@@ -857,6 +862,10 @@ class ClientCore:
         low, want = self.replies.low_water, self.replies.request
         if not 1 <= left < low:
             return
+        asked = self._asked.get(tag)
+        if asked is not None and self.reactor.seconds() < asked + ASK_AGAIN_AFTER:
+            return  # one request at a time, until its blocks come (or it was lost)
+        self._asked[tag] = self.reactor.seconds()
         try:
             self._submit_reply(tag, reply_layer.encode_surb_request(want), uuid.uuid4().hex,
                                check_blocks=False).addErrback(lambda f: None)
@@ -1292,6 +1301,7 @@ class ClientCore:
             self.log.debug("dropped a malformed message with reply blocks: {why}", why=str(e))
             return None
         kept = self.replies.add(got.tag, got.surbs)
+        self._asked.pop(bytes(got.tag), None)
         if isinstance(got, reply_layer.TopUp):
             self.log.debug("{n} reply block(s) more for a sender tag", n=kept)
             return None

@@ -297,6 +297,24 @@ class MixnetClient:
         """As on_message, with a nymtx.message.Message: text and binary told apart."""
         self.core.on_received(callback)
 
+    def send_anonymous(self, recipient, message, reply_surbs=5, id=None, delivered=False):
+        """As send, with *reply_surbs* reply blocks and this client's sender tag
+        for *recipient*: it can ``reply`` without learning this address."""
+        try:
+            return self.core.send_anonymous(recipient, message, reply_surbs, id=id,
+                                            delivered=delivered)
+        except SendError as e:
+            return fail(e)
+
+    def reply(self, sender_tag, message, id=None, delivered=False):
+        """Reply to a message that came with *sender_tag* (``Message.sender_tag``),
+        through the reply blocks its sender attached; fails with SendError
+        when too few are held for the reply's fragments (621 bytes each)."""
+        try:
+            return self.core.reply(sender_tag, message, id=id, delivered=delivered)
+        except SendError as e:
+            return fail(e)
+
     def on_outcome(self, callback):
         """Call *callback(id, outcome)* ("delivered" or "failed") for each
         message sent, those from the outbox after a restart included."""
