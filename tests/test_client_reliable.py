@@ -7,7 +7,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.client.api import (
     BINARY_SEND_ID, BINARY_SEND_VIA_ID, ApiDispatcher, Push, parse_binary_send)
@@ -637,3 +637,58 @@ class AnonymousReplyTests(SynchronousTestCase):
         for kind in (0x04, 0x05):
             r = ApiDispatcher(self.bob.core).answer_binary(bytes((kind,)) + rest).response
             self.assertIn(r["type"], ("reply", "send", "error"))
+
+
+class OnALocalNetwork(TestCase):
+    """Real nodes on loopback, real clients, real time: with the gateway of
+    this tree the message arrives exactly once and the sender hears its
+    outcome; a gateway that keeps the whole message (no acks) makes the
+    sender retry exactly up to the cap and report failed."""
+
+    timeout = 60
+
+    def test_a_message_arrives_once_and_its_outcome_is_heard(self):
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import deferLater
+        from nymtx.client import connect
+        from nymtx.localnet import LocalNetwork, Timing, plan
+
+        fast = dict(average_packet_delay=5, loop_cover_traffic_average_delay=100,
+                    message_sending_average_delay=10, fetch_message_delay=50,
+                    average_ack_delay=5, ack_wait_addition=100, maximum_retransmissions=2)
+
+        async def run():
+            home = self.mktemp()
+            net = LocalNetwork(reactor, home, plan(1, 1, 0),
+                               timing=Timing(presence_interval=0.1, metrics_interval=0.5,
+                                             expiry=1.0))
+            net.startService()
+            self.addCleanup(net.stopService)
+            url = await net.whenReady()
+            alice = await connect(reactor, home, "Alice", url, **fast)
+            self.addCleanup(alice.stop)
+            bob = await connect(reactor, home, "Bob", url, **fast)
+            self.addCleanup(bob.stop)
+            got = []
+            bob.on_message(got.append)
+            outcome = alice.send(bob.full_address, b"once " * 300, id="real", delivered=True)
+            result = []
+            outcome.addBoth(result.append)
+            for _ in range(400):
+                if result and got:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            await deferLater(reactor, 0.5, lambda: None)  # duplicates would be in by now
+            self.assertEqual(got, [b"once " * 300])
+            [r] = result
+            fragments = 3  # 1501 bytes: 3 fragments of 540
+            if r == DELIVERED:
+                self.assertLessEqual(alice.core.sent_retries, 2 * fragments)
+            else:
+                r.trap(DeliveryFailed)
+                self.assertEqual(alice.core.acks_received, 0)
+                # every fragment went 1 + 2 times, no more
+                self.assertEqual(alice.core.sent_retries, 2 * fragments)
+            self.assertEqual(alice.core.unacknowledged, 0)
+        return Deferred.fromCoroutine(run())
