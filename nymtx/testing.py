@@ -13,7 +13,12 @@ by a ``task.Clock`` can be checked without a network or real time::
 
 ``FakeNetwork.unwrap(packet)`` peels a packet the client sent (it holds the
 mixnodes' and the gateway's keys) and returns (destination, payload, delays);
-the payload is an end-to-end envelope (docs/message-format.md), which
+the payload is the end-to-end envelope (docs/message-format.md) that the
+gateway stores, after the SURB-ACK it cuts off (docs/surb.md);
+``FakeNetwork.ack_record(packet)`` is what the sender's gateway would hand
+its client once the recipient's gateway has sent that SURB-ACK on (a
+1040-byte record: put it in the sender's FakeGatewayLink's ``mail`` and the
+fragment is acknowledged). The envelope is what
 ``messages_to(keys, packets)`` opens and reassembles into the messages a
 recipient gets. ``mail_for(recipient, message)`` seals a message into the
 ``(id, payload)`` pairs a FakeGatewayLink's ``mail`` hands to a client.
@@ -102,8 +107,9 @@ class FakeNetwork:
         config.save_keys(keys)
         return config, keys
 
-    def unwrap(self, packet):
-        """Process *packet* through every hop: (destination, message, delays)."""
+    def unwrap_whole(self, packet):
+        """Process *packet* through every hop: (destination, the whole Sphinx
+        message, delays); the message is a SURB-ACK and the stored part."""
         delays = []
         for keys in self.mix_keys + [self.gateway_keys]:
             hop = process_packet(keys.private_key, packet)
@@ -113,6 +119,28 @@ class FakeNetwork:
             assert isinstance(hop, ForwardHop)
             packet = hop.packet
         raise AssertionError("the route did not end at the gateway")
+
+    def unwrap(self, packet):
+        """Process *packet* through every hop: (destination, the stored part
+        (the end-to-end envelope the gateway keeps), delays)."""
+        from nymtx.reliable.inbound import gateway_record
+        destination, message, delays = self.unwrap_whole(packet)
+        return destination, gateway_record(FinalHop(destination, bytes(16), message, 0)).record, delays
+
+    def ack_record(self, packet):
+        """The record the sender's gateway stores for it when the gateway where
+        *packet* ends sends its SURB-ACK on (through the three mixnodes back to
+        the one gateway of this network): 1040 bytes, for the sender's
+        FakeGatewayLink ``mail``."""
+        from nymtx.reliable.ack import ack_packet, split_payload
+        from nymtx.sphinx.surb import process_gateway_packet
+        _, message, _ = self.unwrap_whole(packet)
+        _, ack = ack_packet(split_payload(message)[0])
+        for keys in self.mix_keys:
+            hop = process_packet(keys.private_key, ack)
+            assert isinstance(hop, ForwardHop)
+            ack = hop.packet
+        return process_gateway_packet(self.gateway_keys.private_key, ack).stored()
 
     def messages_to(self, keys, packets):
         """The data (bytes) of every whole message *packets* (``FakeLinks.packets``:

@@ -25,7 +25,7 @@ class TestingSectionTests(SynchronousTestCase):
         result = reporter.TestResult()
         runner.TestLoader().loadClass(namespace["MyAppTests"]).run(result)
         self.assertEqual((result.errors, result.failures), ([], []))
-        self.assertEqual(result.successes, 1)
+        self.assertEqual(result.successes, 2)
 
     def test_the_client_built_by_hand_runs(self):
         from nymtx.client import ClientConfig, MixnetClient

@@ -21,13 +21,17 @@ from nymtx.message import (
     RecipientKeyError, Receiver, Reserved, decode_plaintext, drop_cover_payload,
     encode_fragment, fragment_count, fragment_message, loop_cover_payload, open_envelope,
     open_payload, seal, seal_fragment)
+from nymtx.message import ENVELOPE_V1_SIZE, FRAGMENT_DATA_V1_SIZE, PLAINTEXT_V1_SIZE, VERSION_1
 from nymtx.message.payload import (
     TYPE_ACK, TYPE_LOOP_COVER, encode_drop_cover, encode_loop_cover)
+from nymtx.message.payload import decode_reply_fragment, encode_reply_fragment
+from nymtx.reliable.ack import SURB_ACK_SIZE
 from nymtx.message.reassembly import set_cost
 from nymtx.sphinx import MAX_MESSAGE_SIZE, FinalHop, Hop, build_packet, process_packet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(HERE, "vectors", "message.json")
+VECTORS_V2 = os.path.join(HERE, "vectors", "message-v2.json")
 
 BOB = KeyPair.generate(random.Random(1).randbytes)
 CAROL = KeyPair.generate(random.Random(2).randbytes)
@@ -38,16 +42,33 @@ def plain_fragment(data=b"\x02hello", count=1, index=0, set_id=b"S" * 8):
 
 
 class EnvelopeTests(SynchronousTestCase):
-    def test_fills_the_sphinx_room_exactly(self):
-        self.assertEqual(ENVELOPE_SIZE, MAX_MESSAGE_SIZE)
-        self.assertEqual(ENVELOPE_SIZE, 975)
-        self.assertEqual(PLAINTEXT_SIZE, 975 - 1 - 32 - 16)
+    def test_fills_the_sphinx_room_after_the_surb_ack_exactly(self):
+        self.assertEqual(ENVELOPE_SIZE, MAX_MESSAGE_SIZE - SURB_ACK_SIZE)
+        self.assertEqual(ENVELOPE_SIZE, 608)
+        self.assertEqual(PLAINTEXT_SIZE, 608 - 1 - 32 - 16)
+        self.assertEqual(FRAGMENT_DATA_SIZE, 540)
+        # version 1, still read, filled the whole room
+        self.assertEqual((ENVELOPE_V1_SIZE, PLAINTEXT_V1_SIZE, FRAGMENT_DATA_V1_SIZE),
+                         (975, 926, 907))
+
+    def test_version_1_still_opens(self):
+        plaintext = encode_fragment(Fragment(b"V" * 8, 0, 1, b"\x02v1", FRAGMENT_DATA_V1_SIZE))
+        payload = seal(BOB.public_key, plaintext)
+        self.assertEqual((len(payload), payload[0]), (975, 0x01))
+        opened = open_payload(BOB.private_key, BOB.public_key, payload)
+        self.assertEqual(opened, Fragment(b"V" * 8, 0, 1, b"\x02v1", FRAGMENT_DATA_V1_SIZE))
+        # a version byte that does not match the size is refused, not misread
+        for bad in (b"\x02" + payload[1:], b"\x01" + seal(BOB.public_key,
+                                                         bytes(PLAINTEXT_SIZE))[1:]):
+            e = self.assertRaises(EnvelopeError, open_envelope, BOB.private_key,
+                                  BOB.public_key, bad)
+            self.assertNotIsInstance(e, NotForMe)
 
     def test_round_trip(self):
         plaintext = os.urandom(PLAINTEXT_SIZE)
         payload = seal(BOB.public_key, plaintext)
         self.assertEqual(len(payload), ENVELOPE_SIZE)
-        self.assertEqual(payload[0], 0x01)
+        self.assertEqual(payload[0], 0x02)
         self.assertEqual(open_envelope(BOB.private_key, BOB.public_key, payload), plaintext)
 
     def test_fresh_ephemeral_key_each_time(self):
@@ -68,16 +89,16 @@ class EnvelopeTests(SynchronousTestCase):
 
     def test_any_flipped_bit_is_refused(self):
         payload = seal(BOB.public_key, bytes(PLAINTEXT_SIZE))
-        for at in (1, 20, 32, 33, 400, 958, 959, 974):
+        for at in (1, 20, 32, 33, 400, 591, 592, 607):
             bad = payload[:at] + bytes((payload[at] ^ 0x80,)) + payload[at + 1:]
             self.assertRaises(NotForMe, open_envelope, BOB.private_key, BOB.public_key, bad)
 
     def test_unknown_version(self):
         payload = seal(BOB.public_key, bytes(PLAINTEXT_SIZE))
         e = self.assertRaises(EnvelopeError, open_envelope, BOB.private_key, BOB.public_key,
-                              b"\x02" + payload[1:])
+                              b"\x03" + payload[1:])
         self.assertNotIsInstance(e, NotForMe)
-        self.assertIn("version 2", str(e))
+        self.assertIn("version 3", str(e))
 
     def test_wrong_sizes(self):
         payload = seal(BOB.public_key, bytes(PLAINTEXT_SIZE))
@@ -134,9 +155,9 @@ class CoverTests(SynchronousTestCase):
         self.assertEqual(loop[:33], drop[:33])
         self.assertEqual(loop[:33], real[:33])
         # one keystream: the ciphertexts differ exactly where the plaintexts do
-        self.assertEqual(loop[34:959], drop[34:959])
+        self.assertEqual(loop[34:592], drop[34:592])
         self.assertNotEqual(loop[33], drop[33])
-        self.assertNotEqual(loop[959:], drop[959:])
+        self.assertNotEqual(loop[592:], drop[592:])
 
     def test_cover_not_for_others(self):
         for payload in (loop_cover_payload(BOB.public_key), drop_cover_payload(BOB.public_key)):
@@ -166,7 +187,7 @@ class PlaintextTests(SynchronousTestCase):
         self._refused(b"\x00" + good[1:], "unknown payload type 0")
         self._refused(b"\x09" + good[1:], "unknown payload type 9")
         self._refused(good[:-1] + b"\x01", "padding")
-        self._refused(good[:17] + (908).to_bytes(2, "big") + good[19:], "exceeds")
+        self._refused(good[:17] + (541).to_bytes(2, "big") + good[19:], "exceeds")
         self._refused(good[:9] + (1).to_bytes(4, "big") + good[13:], "not below its count")
         self._refused(good[:13] + bytes(4) + good[17:], "count is 1 to")
         self._refused(good[:17] + bytes(PLAINTEXT_SIZE - 17), "the last fragment holds 1 to")
@@ -176,15 +197,18 @@ class PlaintextTests(SynchronousTestCase):
         self._refused(bytes((TYPE_LOOP_COVER,)) + bytes(16) + b"\x01" + bytes(PLAINTEXT_SIZE - 18),
                       "loop cover body")
         self._refused(b"\x03\x01" + bytes(PLAINTEXT_SIZE - 2), "drop cover body")
-        self._refused(good[:-1], "926 bytes")
+        self._refused(good[:-1], "559 bytes")
 
     def test_reserved_types_pass_unparsed(self):
         body = os.urandom(PLAINTEXT_SIZE - 1)
         self.assertEqual(decode_plaintext(bytes((TYPE_ACK,)) + body), Reserved(TYPE_ACK, body))
 
     def test_cover_encoding(self):
-        self.assertEqual(encode_drop_cover(), b"\x03" + bytes(925))
-        self.assertEqual(encode_loop_cover(b"L" * 16), b"\x02" + b"L" * 16 + bytes(909))
+        self.assertEqual(encode_drop_cover(), b"\x03" + bytes(558))
+        self.assertEqual(encode_loop_cover(b"L" * 16), b"\x02" + b"L" * 16 + bytes(542))
+        self.assertEqual(encode_drop_cover(VERSION_1), b"\x03" + bytes(925))
+        self.assertEqual(encode_loop_cover(b"L" * 16, VERSION_1),
+                         b"\x02" + b"L" * 16 + bytes(909))
         self.assertRaises(PlaintextError, encode_loop_cover, b"short")
 
 
@@ -193,7 +217,8 @@ class FragmentTests(SynchronousTestCase):
         self.assertEqual(fragment_count(0), 1)
         self.assertEqual(fragment_count(FRAGMENT_DATA_SIZE - 1), 1)
         self.assertEqual(fragment_count(FRAGMENT_DATA_SIZE), 2)
-        self.assertEqual(fragment_count(DEFAULT_MAX_MESSAGE_SIZE), 1157)
+        self.assertEqual(fragment_count(DEFAULT_MAX_MESSAGE_SIZE), 1942)
+        self.assertEqual(fragment_count(DEFAULT_MAX_MESSAGE_SIZE, FRAGMENT_DATA_V1_SIZE), 1157)
 
     def test_split(self):
         data = os.urandom(3 * FRAGMENT_DATA_SIZE)
@@ -343,7 +368,7 @@ class ReassemblyTests(SynchronousTestCase):
         sent = 0
         for i, f in enumerate(frags):
             # a flood of fragments of made-up sets, each claiming the largest count
-            for _ in range(100):
+            for _ in range(300):
                 junk = Fragment(rng.randbytes(8), 0, fragment_count(DEFAULT_MAX_MESSAGE_SIZE),
                                 rng.randbytes(FRAGMENT_DATA_SIZE))
                 r.add(junk)
@@ -373,9 +398,9 @@ class ReassemblyTests(SynchronousTestCase):
         self.assertEqual(r.stats.too_large, 1)
 
     def test_size_over_the_maximum_in_last_fragment(self):
-        # 2 fragments are allowed for 1000 bytes, but not 1813
+        # 2 fragments are allowed for 1000 bytes, but not 1050
         r = self.reassembler(max_message_size=1000)
-        frags = fragment_message(Message(KIND_BINARY, bytes(1813)), max_message_size=2000)
+        frags = fragment_message(Message(KIND_BINARY, bytes(1050)), max_message_size=2000)
         self.assertEqual(len(frags), 2)
         r.add(frags[0])
         self.assertIsNone(r.add(frags[1]))
@@ -420,19 +445,24 @@ class VectorTests(SynchronousTestCase):
     def setUp(self):
         with open(VECTORS) as f:
             self.data = json.load(f)
+        with open(VECTORS_V2) as f:
+            self.v2 = json.load(f)
 
     def test_regenerated_vectors_match(self):
         spec = importlib.util.spec_from_file_location(
             "make_message_vectors", os.path.join(HERE, "vectors", "make_message_vectors.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        self.assertEqual(json.loads(json.dumps(module.build())), self.data)
+        self.assertEqual(json.loads(json.dumps(module.build(1))), self.data)
+        self.assertEqual(json.loads(json.dumps(module.build(2))), self.v2)
 
     def test_independent_computation(self):
         # From docs/message-format.md alone: pyca's AEAD and hashlib, no nymtx crypto.
         self.assertEqual(self.data["format"], "nymtx-message-v1")
+        self.assertEqual(self.v2["format"], "nymtx-message-v2")
         self.assertGreaterEqual(len(self.data["vectors"]), 5)
-        for v in self.data["vectors"]:
+        self.assertGreaterEqual(len(self.v2["vectors"]), 5)
+        for v in self.data["vectors"] + self.v2["vectors"]:
             h = {k: bytes.fromhex(v[k]) for k in (
                 "recipient_public_key", "ephemeral_private_key", "ephemeral_public_key",
                 "plaintext", "payload", "recipient_private_key")}
@@ -443,7 +473,10 @@ class VectorTests(SynchronousTestCase):
                                   digest_size=44, person=b"nymtx-e2e-v1").digest()
             self.assertEqual(okm[:32].hex(), v["key"])
             self.assertEqual(okm[32:].hex(), v["nonce"])
-            header = b"\x01" + h["ephemeral_public_key"]
+            # the version byte: 0x01 for 975 bytes, 0x02 for 608
+            version = {975: 1, 608: 2}[len(h["payload"])]
+            self.assertEqual(len(h["plaintext"]), {1: 926, 2: 559}[version])
+            header = bytes((version,)) + h["ephemeral_public_key"]
             expected = header + ChaCha20Poly1305(okm[:32]).encrypt(
                 okm[32:], h["plaintext"], header)
             self.assertEqual(expected.hex(), v["payload"], v["name"])
@@ -460,14 +493,19 @@ class VectorTests(SynchronousTestCase):
 
     def test_negative_vectors(self):
         self.assertGreaterEqual(len(self.data["negative"]), 5)
+        self.assertGreaterEqual(len(self.v2["negative"]), 6)
         errors = {"NotForMe": NotForMe, "EnvelopeError": EnvelopeError}
-        for v in self.data["negative"]:
+        for v in self.data["negative"] + self.v2["negative"]:
             self.assertRaises(errors[v["error"]], open_envelope, bytes.fromhex(v["private_key"]),
                               bytes.fromhex(v["public_key"]), bytes.fromhex(v["payload"]))
 
     def test_messages(self):
-        by_name = {v["name"]: v for v in self.data["vectors"]}
-        for m in self.data["messages"]:
+        for data in (self.data, self.v2):
+            self._messages(data)
+
+    def _messages(self, data):
+        by_name = {v["name"]: v for v in data["vectors"]}
+        for m in data["messages"]:
             r = Reassembler(Clock().seconds)
             out = None
             for name in m["payloads"]:
@@ -488,9 +526,12 @@ class FuzzTests(SynchronousTestCase):
         else:
             self.fail("random bytes opened")
 
-    @given(st.binary(min_size=ENVELOPE_SIZE - 33, max_size=ENVELOPE_SIZE - 33))
-    def test_open_envelope_right_version_any_rest(self, rest):
-        payload = b"\x01" + BOB.public_key + rest
+    @given(st.sampled_from([(1, ENVELOPE_V1_SIZE), (2, ENVELOPE_SIZE)]).flatmap(
+        lambda vs: st.tuples(st.just(vs[0]), st.binary(min_size=vs[1] - 33,
+                                                       max_size=vs[1] - 33))))
+    def test_open_envelope_right_version_any_rest(self, version_rest):
+        version, rest = version_rest
+        payload = bytes((version,)) + BOB.public_key + rest
         self.assertRaises(NotForMe, open_payload, BOB.private_key, BOB.public_key, payload)
 
     @given(st.integers(0, ENVELOPE_SIZE - 1), st.integers(1, 255))
@@ -501,6 +542,7 @@ class FuzzTests(SynchronousTestCase):
 
     @given(st.one_of(
         st.binary(min_size=PLAINTEXT_SIZE, max_size=PLAINTEXT_SIZE),
+        st.binary(min_size=PLAINTEXT_V1_SIZE, max_size=PLAINTEXT_V1_SIZE),
         st.tuples(st.sampled_from([1, 2, 3, 4, 5, 0, 6, 255]), st.binary(max_size=8),
                   st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
                   st.integers(0, 2 ** 16 - 1), st.binary(max_size=PLAINTEXT_SIZE)).map(
@@ -542,6 +584,21 @@ class FuzzTests(SynchronousTestCase):
         for m in out:
             if m.is_text:
                 self.assertIsInstance(m.text, str)
+
+    @given(st.one_of(
+        st.binary(max_size=700),
+        st.tuples(st.binary(min_size=8, max_size=8), st.integers(0, 3), st.integers(1, 4),
+                  st.integers(1, 621)).map(
+            lambda t: encode_reply_fragment(Fragment(
+                t[0], min(t[1], t[2] - 1), t[2],
+                bytes(621 if min(t[1], t[2] - 1) < t[2] - 1 else t[3]), 621)))))
+    def test_decode_reply_fragment_any_bytes(self, data):
+        try:
+            f = decode_reply_fragment(data)
+        except PlaintextError:
+            return
+        self.assertEqual(f.room, 621)
+        self.assertEqual(encode_reply_fragment(f), data)
 
     def test_only_message_layer_errors(self):
         # The catch-all the Receiver relies on: nothing but MessageLayerError.

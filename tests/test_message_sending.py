@@ -148,7 +148,7 @@ class StreamTests(SynchronousTestCase):
         kinds = collections.Counter(kind for _, kind, *_ in busy)
         self.assertEqual(kinds["real"], 151)
         self.assertEqual(kinds["drop"], len(busy) - 151)
-        self.assertEqual({len(p) for *_, p in idle + busy}, {975})
+        self.assertEqual({len(p) for *_, p in idle + busy}, {608})
 
     def test_delivered_once_and_drops_open_at_the_gateway(self):
         clock = Clock()
@@ -253,19 +253,20 @@ class ThroughTheNetworkTests(SynchronousTestCase):
             q, send_real=lambda o, p: deliver(o.recipient_key, p) or True,
             # drop cover ends at the gateway: its own key in the final slot
             send_drop=lambda seal: deliver(GATEWAY.public_key, seal(GATEWAY.public_key)))
-        for _ in range(8):
+        for _ in range(10):
             stream.tick()
         clock.advance(1)
         store.flush()
-        self.assertEqual((stream.real_sent, stream.drop_sent), (4, 4))
+        # 3000 bytes: 6 fragments of 540
+        self.assertEqual((stream.real_sent, stream.drop_sent), (6, 4))
         # drop cover is addressed to the gateway itself: discarded (its ack sent)
         self.assertEqual(handler.dropped["drop_cover"], 4)
         stored = store.pull(BOB.public_key, 100)
-        self.assertEqual(len(stored), 4)
+        self.assertEqual(len(stored), 6)
         rows = store.db.execute("SELECT * FROM messages").fetchall()
         dump = b"".join(bytes(c) if isinstance(c, (bytes, memoryview)) else str(c).encode()
                         for row in rows for c in row)
-        self.assertGreater(len(dump), 4 * 975)
+        self.assertGreater(len(dump), 6 * 608)
         for word in (b"attack", b"dawn", secret[:16]):
             self.assertNotIn(word, dump)
         receiver = Receiver(BOB.private_key, BOB.public_key, Reassembler(clock.seconds))

@@ -30,7 +30,8 @@ from nymtx.interfaces import IApiDispatcher
 from nymtx.keys import encode_key
 from nymtx.message import DEFAULT_MAX_MESSAGE_SIZE, KIND_TEXT, Message
 
-REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails", "subscribe", "unsubscribe")
+REQUEST_TYPES = ("send", "fetch", "getClients", "ownDetails", "subscribe", "unsubscribe",
+                 "sendAnonymous", "reply")
 
 
 def frame_limit(max_message_size):
@@ -52,6 +53,17 @@ _EMPTY_FETCH = len(b'{"type":"fetch","messages":[]}')
 #: Binary websocket frames (docs/client.md, "Binary frames"): first byte.
 BINARY_SEND = 0x00          # 0x00 || recipient key (32) || data
 BINARY_SEND_VIA = 0x01      # 0x01 || recipient key (32) || gateway key (32) || data
+#: the same with a message id, whose outcome the connection then hears:
+BINARY_SEND_ID = 0x02       # 0x02 || id length (u8) || id (UTF-8) || recipient key || data
+BINARY_SEND_VIA_ID = 0x03   # 0x03 || id length (u8) || id || recipient key || gateway key || data
+#: anonymous replies (docs/surb.md §5)
+BINARY_REPLY = 0x04         # 0x04 || sender tag (16) || data
+BINARY_SEND_ANONYMOUS = 0x05  # 0x05 || reply blocks (u16) || recipient key (32) || data
+#: to the application: a binary message that came with a sender tag
+BINARY_RECEIVED_TAGGED = 0x02  # 0x02 || sender tag (16) || data
+TAG_SIZE = 16
+#: the longest message id (UTF-8 bytes in a binary frame, characters in JSON)
+MAX_ID = 200
 BINARY_RECEIVED = 0x01      # to the application: 0x01 || data
 KEY_SIZE = 32
 
@@ -85,16 +97,40 @@ class _BadRequest(Exception):
 
 def parse_binary_request(frame):
     """(recipient text, data) of a binary send frame, or ValueError saying why."""
+    recipient, data, _ = parse_binary_send(frame)
+    return recipient, data
+
+
+def parse_binary_send(frame):
+    """(recipient text, data, id or None) of a binary send frame, or
+    ValueError saying why."""
     frame = bytes(frame)
     if not frame:
         raise ValueError("an empty binary frame: its first byte is the request type")
     kind = frame[0]
+    message_id = None
+    if kind in (BINARY_SEND_ID, BINARY_SEND_VIA_ID):
+        if len(frame) < 2:
+            raise ValueError(f"a binary send frame 0x{kind:02x} has an id length after its"
+                             " type byte")
+        size = frame[1]
+        if not 1 <= size <= MAX_ID:
+            raise ValueError(f"a message id is 1 to {MAX_ID} bytes, not {size}")
+        if len(frame) < 2 + size:
+            raise ValueError(f"the frame ends inside its {size}-byte message id")
+        try:
+            message_id = frame[2:2 + size].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the message id is not UTF-8") from None
+        # the rest is laid out as frame 0x00 or 0x01
+        frame = bytes((kind - 2,)) + frame[2 + size:]
+        kind = frame[0]
     if kind == BINARY_SEND:
         if len(frame) < 1 + KEY_SIZE:
             raise ValueError(f"a binary send frame is 0x00, the {KEY_SIZE}-byte recipient key,"
                              f" then the data: {len(frame)} bytes is too short")
         recipient = encode_client_address(frame[1:1 + KEY_SIZE])
-        return recipient, frame[1 + KEY_SIZE:]
+        return recipient, frame[1 + KEY_SIZE:], message_id
     if kind == BINARY_SEND_VIA:
         if len(frame) < 1 + 2 * KEY_SIZE:
             raise ValueError(f"a binary send-via frame is 0x01, the {KEY_SIZE}-byte recipient"
@@ -102,20 +138,58 @@ def parse_binary_request(frame):
                              f" {len(frame)} bytes is too short")
         recipient = (encode_client_address(frame[1:1 + KEY_SIZE]) + "@"
                      + encode_key(frame[1 + KEY_SIZE:1 + 2 * KEY_SIZE]))
-        return recipient, frame[1 + 2 * KEY_SIZE:]
+        return recipient, frame[1 + 2 * KEY_SIZE:], message_id
     raise ValueError(f"unknown binary request type 0x{kind:02x}; allowed: 0x00 (send),"
-                     " 0x01 (send via a gateway)")
+                     " 0x01 (send via a gateway), 0x02 and 0x03 (the same with an id)")
+
+
+def outcome_event(message_id, outcome):
+    """What a connection that asked hears of a message's outcome (JSON)."""
+    return encode_response({"type": outcome, "id": message_id})
+
+
+def parse_binary_anonymous(frame):
+    """(kind, fields) of a binary reply (0x04) or send-anonymous (0x05)
+    frame: ("reply", (tag, data)) or ("sendAnonymous", (recipient, surbs,
+    data)); None for another type; ValueError saying why it is malformed."""
+    frame = bytes(frame)
+    if not frame or frame[0] not in (BINARY_REPLY, BINARY_SEND_ANONYMOUS):
+        return None
+    if frame[0] == BINARY_REPLY:
+        if len(frame) < 1 + TAG_SIZE:
+            raise ValueError(f"a binary reply frame is 0x04, the {TAG_SIZE}-byte sender tag,"
+                             f" then the data: {len(frame)} bytes is too short")
+        return "reply", (frame[1:1 + TAG_SIZE], frame[1 + TAG_SIZE:])
+    if len(frame) < 3 + KEY_SIZE:
+        raise ValueError(f"a binary send-anonymous frame is 0x05, the number of reply blocks"
+                         f" (u16), the {KEY_SIZE}-byte recipient key, then the data:"
+                         f" {len(frame)} bytes is too short")
+    surbs = int.from_bytes(frame[1:3], "big")
+    return "sendAnonymous", (encode_client_address(frame[3:3 + KEY_SIZE]), surbs,
+                             frame[3 + KEY_SIZE:])
+
+
+def _tag_text(tag):
+    from nymtx.client.core import encode_sender_tag
+    return encode_sender_tag(tag)
 
 
 def received_event(message, binary_frames):
-    """What a subscribed connection gets for *message*: (data, is_binary)."""
+    """What a subscribed connection gets for *message*: (data, is_binary).
+    A message with a sender tag (reply blocks came with it, or it is a
+    reply) says so in ``senderTag``; one without is the seed's event."""
+    tag = getattr(message, "sender_tag", None)
+    extra = {} if tag is None else {"senderTag": _tag_text(tag)}
     if message.kind == KIND_TEXT:
         text = message.data.decode("utf-8", errors="replace")
-        return encode_response({"type": "received", "message": text}), False
+        return encode_response({"type": "received", "message": text, **extra}), False
     if binary_frames:
+        if tag is not None:
+            return bytes((BINARY_RECEIVED_TAGGED,)) + bytes(tag) + message.data, True
         return bytes((BINARY_RECEIVED,)) + message.data, True
     return encode_response({"type": "received",
-                            "data": base64.b64encode(message.data).decode("ascii")}), False
+                            "data": base64.b64encode(message.data).decode("ascii"),
+                            **extra}), False
 
 
 def buffered(transport):
@@ -162,6 +236,37 @@ class Push:
     _cancel: object = None
     _draining: bool = False
     _retry: object = None
+    #: outcome events: the ids this connection sent with, or every one
+    #: (subscribe with "outcomes": true)
+    _ids: set = attrs.field(factory=set)
+    _all_outcomes: bool = False
+    _cancel_outcomes: object = None
+
+    def watch_outcome(self, message_id=None):
+        """Tell this connection the outcome of *message_id* (None: of every
+        message, restored ones included)."""
+        if message_id is None:
+            self._all_outcomes = True
+        else:
+            self._ids.add(message_id)
+        if self._cancel_outcomes is None and hasattr(self.core, "on_outcome"):
+            self._cancel_outcomes = self.core.on_outcome(self._outcome)
+
+    def _outcome(self, message_id, outcome):
+        if not (self._all_outcomes or message_id in self._ids):
+            return
+        self._ids.discard(message_id)
+        if not self.write(outcome_event(message_id, outcome), False):
+            self.close()
+
+    def close(self):
+        """The connection is gone: no more events of any kind."""
+        self.stop()
+        cancel, self._cancel_outcomes = self._cancel_outcomes, None
+        if cancel is not None:
+            cancel()
+        self._ids.clear()
+        self._all_outcomes = False
 
     @property
     def active(self):
@@ -251,16 +356,31 @@ class ApiDispatcher:
             self._push = None
         return Answer(response, encode_response(response), on_sent)
 
-    def answer_binary(self, frame):
-        """The :class:`Answer` to one binary websocket frame (a binary send)."""
+    def answer_binary(self, frame, push=None):
+        """The :class:`Answer` to one binary websocket frame (a binary send);
+        *push* is the connection's :class:`Push`, which hears the outcome of
+        a send with an id."""
+        self._push = push
         try:
-            recipient, data = parse_binary_request(frame)
-            response = self._queue(recipient, Message.from_bytes(data))
+            anonymous = parse_binary_anonymous(frame)
+            if anonymous is not None and anonymous[0] == "reply":
+                tag, data = anonymous[1]
+                response = self._queue_reply(tag, Message.from_bytes(data), None)
+            elif anonymous is not None:
+                recipient, surbs, data = anonymous[1]
+                response = self._queue(recipient, Message.from_bytes(data), None, surbs)
+            else:
+                recipient, data, message_id = parse_binary_send(frame)
+                response = self._queue(recipient, Message.from_bytes(data), message_id)
+        except SendError as e:
+            response = error(str(e))
         except ValueError as e:
             response = error(f"received invalid request. err: {e}")
         except Exception as e:
             self.log.failure("binary request failed")
             response = error(f"internal error: {type(e).__name__}")
+        finally:
+            self._push = None
         return Answer(response, encode_response(response))
 
     def handle_text(self, text):
@@ -302,7 +422,8 @@ class ApiDispatcher:
             if not isinstance(request, dict):
                 raise _BadRequest(f"a request is a JSON object, not {_json_type(request)}")
             kind = self._field(request, "type")
-            handler = {"send": self._send, "fetch": self._fetch,
+            handler = {"send": self._send, "sendAnonymous": self._send_anonymous,
+                       "reply": self._reply, "fetch": self._fetch,
                        "getClients": self._get_clients,
                        "ownDetails": self._own_details,
                        "subscribe": self._subscribe,
@@ -332,7 +453,71 @@ class ApiDispatcher:
             raise _BadRequest(f"field {name!r} must be a string, not {_json_type(value)}")
         return value
 
-    def _send(self, request):
+    def _send_anonymous(self, request):
+        surbs = request.get("replySurbs", 5)
+        if not isinstance(surbs, int) or isinstance(surbs, bool):
+            raise _BadRequest(f"field 'replySurbs' must be a whole number, not {_json_type(surbs)}")
+        return self._send(request, surbs)
+
+    def _reply(self, request):
+        from nymtx.client.core import parse_sender_tag
+        tag = parse_sender_tag(self._field(request, "senderTag"))
+        message_id = self._message_id(request)
+        message = self._message_of(request)
+        return self._queue_reply(tag, message, message_id)
+
+    def _queue_reply(self, tag, message, message_id):
+        if not hasattr(self.core, "reply"):
+            raise _BadRequest("this client cannot reply")
+        d = self.core.reply(tag, message, id=message_id) if message_id is not None \
+            else self.core.reply(tag, message)
+        if message_id is not None and self._push is not None:
+            self._push.watch_outcome(message_id)
+        d.addErrback(lambda f: self.log.warn("reply not sent: {why}", why=f.getErrorMessage()))
+        return {"type": "reply"}
+
+    def _message_id(self, request):
+        if "id" not in request:
+            return None
+        message_id = self._field(request, "id")
+        if not 1 <= len(message_id) <= MAX_ID:
+            raise _BadRequest(f"field 'id' is 1 to {MAX_ID} characters, not {len(message_id)}")
+        try:
+            message_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadRequest("field 'id' holds text that is not valid Unicode")
+        return message_id
+
+    def _message_of(self, request):
+        """The text ('message') or binary ('data', base64) of a request."""
+        if "data" in request:
+            if "message" in request:
+                raise _BadRequest("a send has 'message' (text) or 'data' (base64), not both")
+            data = self._field(request, "data")
+            try:
+                raw = base64.b64decode(data.encode("ascii"), validate=True)
+            except (UnicodeEncodeError, binascii.Error, ValueError) as e:
+                raise _BadRequest(f"field 'data' is not base64: {e}")
+            return Message.from_bytes(raw)
+        message = self._field(request, "message")
+        try:
+            message.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadRequest("field 'message' holds text that is not valid Unicode")
+        return message
+
+    def _send(self, request, surbs=None):
+        message_id = None
+        if "id" in request:
+            # opt-in: this connection hears "delivered" or "failed" for it
+            message_id = self._field(request, "id")
+            if not 1 <= len(message_id) <= MAX_ID:
+                raise _BadRequest(f"field 'id' is 1 to {MAX_ID} characters, not"
+                                  f" {len(message_id)}")
+            try:
+                message_id.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _BadRequest("field 'id' holds text that is not valid Unicode")
         if "data" in request:
             # binary: base64 of the bytes (docs/client.md)
             if "message" in request:
@@ -343,7 +528,7 @@ class ApiDispatcher:
                 raw = base64.b64decode(data.encode("ascii"), validate=True)
             except (UnicodeEncodeError, binascii.Error, ValueError) as e:
                 raise _BadRequest(f"field 'data' is not base64: {e}")
-            return self._queue(recipient, Message.from_bytes(raw))
+            return self._queue(recipient, Message.from_bytes(raw), message_id, surbs)
         message = self._field(request, "message")
         recipient = self._field(request, "recipient_address")
         try:
@@ -351,10 +536,20 @@ class ApiDispatcher:
         except UnicodeEncodeError:
             # JSON can carry lone surrogates, which no UTF-8 message can hold.
             raise _BadRequest("field 'message' holds text that is not valid Unicode")
-        return self._queue(recipient, message)
+        return self._queue(recipient, message, message_id, surbs)
 
-    def _queue(self, recipient, message):
-        d = self.core.send(recipient, message)
+    def _queue(self, recipient, message, message_id=None, surbs=None):
+        if surbs is not None:
+            if not hasattr(self.core, "send_anonymous"):
+                raise _BadRequest("this client cannot send anonymously")
+            d = self.core.send_anonymous(recipient, message, surbs, id=message_id)
+        elif message_id is None:
+            # as the seed: nothing new on the connection
+            d = self.core.send(recipient, message)
+        else:
+            d = self.core.send(recipient, message, id=message_id)
+            if self._push is not None:
+                self._push.watch_outcome(message_id)
         # A reply goes out once queued, as nym did; a message that never leaves
         # (the client stopped) is logged, not left as an unhandled error.
         d.addErrback(lambda f: self.log.warn("message not sent: {why}",
@@ -366,6 +561,11 @@ class ApiDispatcher:
         if push is None:
             raise _BadRequest("subscribe needs a connection that can push (the websocket"
                               " or TCP API)")
+        outcomes = request.get("outcomes", False)
+        if not isinstance(outcomes, bool):
+            raise _BadRequest(f"field 'outcomes' must be true or false, not {_json_type(outcomes)}")
+        if outcomes:
+            push.watch_outcome(None)
         # pushing starts once the answer is out: it comes first on the wire
         return {"type": "subscribe"}, push.start
 

@@ -37,6 +37,18 @@ MESSAGE_DEFAULTS = {
     "send_queue_bytes": 16 << 20,
 }
 
+#: [reliable] keys (docs/surb.md §3): the retry cap, and the ack wait's
+#: multiplier (in percent) and addition (in milliseconds)
+RELIABLE_DEFAULTS = {
+    "maximum_retransmissions": 5,
+    "ack_wait_multiplier": 150,
+    "ack_wait_addition": 1500,
+    "average_ack_delay": 200,
+}
+#: more than this many retries per fragment helps an active attacker find the
+#: sender's gateway (catshadow #17) far more than it helps delivery
+MAX_RETRANSMISSIONS = 20
+
 # Any case on input; nym's spelling in the file and on the config object.
 SOCKET_TYPES = {"websocket": "WebSocket", "ws": "WebSocket",
                 "tcp": "TCP", "none": "None"}
@@ -182,7 +194,7 @@ LAYOUT = (
         "end-to-end message options (docs/message-format.md); sizes in bytes"), keys=[
         Key("maximum_message_size", shared.count, comment=(
             "The longest message this client sends or accepts, in bytes of application\n"
-            "data. A message is cut into fragments of 907 bytes, one per packet of the\n"
+            "data. A message is cut into fragments of 540 bytes, one per packet of the\n"
             "sending stream; a longer one is refused with an error naming both sizes.")),
         Key("send_queue_messages", shared.count, comment=(
             "Messages that may wait for the sending stream at once; past it a send is\n"
@@ -190,6 +202,24 @@ LAYOUT = (
         Key("send_queue_bytes", shared.count, comment=(
             "Bytes of messages that may wait for the sending stream at once; at least\n"
             "maximum_message_size + 1.")),
+    ]),
+    Section("reliable", comment=(
+        "acknowledgements and retransmission (docs/surb.md, section 3)"), keys=[
+        Key("maximum_retransmissions", lambda v, n: shared.count(v, n, 0, MAX_RETRANSMISSIONS),
+            comment=(
+                "How many times a fragment whose acknowledgement does not come back is sent\n"
+                "again before its message is reported failed (0: never). Each retry is one\n"
+                "more chance for an attacker who drops packets to learn where the sender is\n"
+                f"(Katzenpost catshadow #17), so at most {MAX_RETRANSMISSIONS}.")),
+        Key("ack_wait_multiplier", lambda v, n: shared.count(v, n, 100, 1000), comment=(
+            "Percent: a fragment is sent again when its ack has not come back after\n"
+            "(the delays drawn for its route and its ack's route) x this / 100 +\n"
+            "ack_wait_addition. nym: 150.")),
+        Key("ack_wait_addition", lambda v, n: shared.delay(v, n, low=0), comment=(
+            "Milliseconds added to the ack wait: the gateways' commit and this client's\n"
+            "next fetch (fetch_message_delay) come on top of the hop delays.")),
+        Key("average_ack_delay", shared.delay, comment=(
+            "The mean delay at each hop of an acknowledgement, in milliseconds.")),
     ]),
     shared.logging_section(
         "logging configuration options: nym-client logs to stderr, twistd to its --logfile"),
@@ -256,6 +286,11 @@ class ClientConfig:
     maximum_message_size: int = attrs.field(default=MESSAGE_DEFAULTS["maximum_message_size"])
     send_queue_messages: int = attrs.field(default=MESSAGE_DEFAULTS["send_queue_messages"])
     send_queue_bytes: int = attrs.field(default=MESSAGE_DEFAULTS["send_queue_bytes"])
+    maximum_retransmissions: int = attrs.field(
+        default=RELIABLE_DEFAULTS["maximum_retransmissions"])
+    ack_wait_multiplier: int = attrs.field(default=RELIABLE_DEFAULTS["ack_wait_multiplier"])
+    ack_wait_addition: int = attrs.field(default=RELIABLE_DEFAULTS["ack_wait_addition"])
+    average_ack_delay: int = attrs.field(default=RELIABLE_DEFAULTS["average_ack_delay"])
 
     def __attrs_post_init__(self):
         # Validate on every construction (load, evolve, flags, the Python
@@ -315,6 +350,11 @@ class ClientConfig:
     @property
     def inbox_path(self):
         return self.data_dir / "inbox.sqlite"
+
+    @property
+    def outbox_path(self):
+        """The durable send queue and reply blocks (docs/surb.md §4)."""
+        return self.data_dir / "outbox.sqlite"
 
     @property
     def gateway_key(self):

@@ -21,8 +21,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nymtx.client.config import DEBUG_DEFAULTS, DEFAULT_DIRECTORY, ClientConfig, ConfigError, \
-    is_initialised, parse_delay, parse_directory
+from nymtx.client.config import DEBUG_DEFAULTS, DEFAULT_DIRECTORY, RELIABLE_DEFAULTS, ClientConfig, \
+    ConfigError, is_initialised, parse_delay, parse_directory
 from nymtx.client.core import ClientStopped, SendError, check_message, parse_recipient
 from nymtx.client.embed import MixnetClient, init_client
 from nymtx.interfaces import IMixnetClient
@@ -32,7 +32,7 @@ RESOLVE_TIMEOUT = 10.0
 #: seconds between topology fetches while a send waits
 RESOLVE_POLL = 0.5
 
-_COLLABORATORS = ("directory", "links", "gateway_link", "inbox", "rng")
+_COLLABORATORS = ("directory", "links", "gateway_link", "inbox", "outbox", "rng")
 
 
 def connect(reactor, root, client_id, directory_url=None, *, gateway=None,
@@ -45,7 +45,7 @@ def connect(reactor, root, client_id, directory_url=None, *, gateway=None,
     is loaded; *directory_url*, when given, and the ``[debug]`` settings in
     *options* (milliseconds) apply to this run only. *options* may also
     hold the collaborators ``MixnetClient`` takes (``directory``, ``links``,
-    ``gateway_link``, ``inbox``, ``rng``); *register* replaces the gateway
+    ``gateway_link``, ``inbox``, ``outbox``, ``rng``); *register* replaces the gateway
     registration of a new id (``nymtx.testing.FakeNetwork.register``).
 
     Returns Deferred[MixnetClient] that fires once the client has started
@@ -54,12 +54,15 @@ def connect(reactor, root, client_id, directory_url=None, *, gateway=None,
     """
     collaborators = {name: options.pop(name) for name in _COLLABORATORS if name in options}
     try:
-        unknown = sorted(set(options) - set(DEBUG_DEFAULTS))
+        settings_keys = tuple(DEBUG_DEFAULTS) + tuple(RELIABLE_DEFAULTS)
+        unknown = sorted(set(options) - set(settings_keys))
         if unknown:
             raise ConfigError(
                 f"unknown option(s) {', '.join(unknown)}; allowed: gateway, resolve_timeout,"
-                f" resolve_poll, register, {', '.join(_COLLABORATORS + tuple(DEBUG_DEFAULTS))}")
-        settings = {name: parse_delay(value, name) for name, value in options.items()}
+                f" resolve_poll, register, {', '.join(_COLLABORATORS + settings_keys)}")
+        # [reliable] values are checked by ClientConfig (evolve, or init_client)
+        settings = {name: parse_delay(value, name) if name in DEBUG_DEFAULTS else value
+                    for name, value in options.items()}
         for name, value in (("resolve_timeout", resolve_timeout),
                             ("resolve_poll", resolve_poll)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) \
@@ -125,23 +128,25 @@ class ResolvingClient(MixnetClient):
             d.cancel()
         return super().stop()
 
-    def send(self, recipient, message):
-        """Deferred that fires when the packet leaves; fails with SendError
-        (also when a plain recipient is still unlisted after resolve_timeout)."""
+    def send(self, recipient, message, id=None, delivered=False):
+        """As MixnetClient.send; fails with SendError also when a plain
+        recipient is still unlisted after resolve_timeout."""
         try:
             check_message(message, self.config.maximum_message_size)
             client_key, gateway_key = parse_recipient(recipient)
         except SendError as e:
             return fail(e)
         if gateway_key is not None or self._halted or self._listed(client_key):
-            return super().send(recipient, message)
-        return Deferred.fromCoroutine(self._send_when_listed(recipient, client_key, message))
+            return super().send(recipient, message, id=id, delivered=delivered)
+        return Deferred.fromCoroutine(self._send_when_listed(recipient, client_key, message,
+                                                             id, delivered))
 
     def _listed(self, client_key):
         topology = self.core.topology
         return topology is not None and topology.gateway_for(client_key) is not None
 
-    async def _send_when_listed(self, recipient, client_key, message):
+    async def _send_when_listed(self, recipient, client_key, message, id=None,
+                                delivered=False):
         deadline = self.reactor.seconds() + self.resolve_timeout
         while not self._listed(client_key):
             remaining = deadline - self.reactor.seconds()
@@ -153,7 +158,7 @@ class ResolvingClient(MixnetClient):
                 await self._wait(self._refresh())
             except CancelledError:
                 raise ClientStopped("the client stopped before the message was sent")
-        return await super().send(recipient, message)
+        return await super().send(recipient, message, id=id, delivered=delivered)
 
     def _wait(self, d):
         self._waits.add(d)

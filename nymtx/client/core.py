@@ -1,7 +1,13 @@
 """The client core: topology, the two Poisson streams, and the fetch loop.
 
-Every payload that leaves is an end-to-end envelope (nymtx.message,
-docs/message-format.md), 975 bytes whatever it carries. Messages of any
+Every payload that leaves is a SURB-ACK back to this client's own gateway
+and an end-to-end envelope (nymtx.message, docs/message-format.md), 975
+bytes whatever it carries (docs/surb.md). Each message the application
+hands over is kept in the outbox (sqlite) until every fragment has been
+acknowledged; a fragment whose ack does not come back in time is sent
+again, in a slot of the sending stream, up to the configured cap; the
+application learns ``delivered`` or ``failed`` for each message. After a
+restart on the same files, what the outbox holds is sent again. Messages of any
 size up to ``[message] maximum_message_size`` wait in a bounded SendQueue
 as fragments; each tick of the sending stream (``SendingStream.tick``)
 sends the next fragment or, with none queued, drop cover to a gateway that
@@ -22,7 +28,9 @@ told to delete what was pulled.
 """
 
 import enum
+import hashlib
 import random
+import uuid
 
 import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -38,10 +46,24 @@ from nymtx.keys import KeyFormatError, decode_key, encode_key
 from nymtx.poisson import PoissonLoop
 from nymtx.message import (
     DEFAULT_MAX_MESSAGE_SIZE, FRAGMENT_DATA_SIZE, KIND_BINARY, KIND_TEXT, MessageLayerError,
-    Message,
-    QueueFull, Reassembler, Receiver, SendingStream, SendQueue, drop_gateway,
+    Message, Outgoing,
+    QueueFull, Reassembler, Receiver, SendingStream, SendQueue, drop_gateway, fragment_count,
     loop_cover_payload)
+from nymtx.message.envelope import check_recipient_key
+from nymtx.client.outbox import Outbox, OutboxError
+from nymtx.client.replystore import ReplyStore
+from nymtx.message import seal_fragment
+from nymtx.message.errors import PlaintextError
+from nymtx.message.fragment import KIND_REPLIABLE, KIND_TOP_UP
+from nymtx.message.payload import (
+    REPLY_DATA_SIZE, Fragment, decode_reply_fragment, encode_reply_fragment)
+from nymtx.reliable import replies as reply_layer
+from nymtx.reliable.ack import COVER, AckError, ack_packet, build_surb_ack, compose_payload
+from nymtx.reliable.inbound import Ack, Envelope, Reply, classify_record
+from nymtx.sphinx.surb import SurbError, use_surb
+from nymtx.reliable.retransmit import DELIVERED, Retransmitter
 from nymtx.sphinx import SphinxError, build_packet, sample_delays
+from nymtx.sphinx.surb import DELIVERY_SIZE
 from nymtx.topology import TopologyError
 
 #: Every packet carries a zero SURB identifier, as in nym v0.5.
@@ -56,7 +78,110 @@ class SendError(ValueError):
 
 
 class ClientStopped(Exception):
-    """The client stopped before the message left."""
+    """The client stopped before the message left (or was acknowledged); it
+    stays in the outbox and goes out again when a client starts on its files."""
+
+
+class DeliveryFailed(Exception):
+    """No acknowledgement came back for a fragment of the message after its
+    last retransmission ([reliable] maximum_retransmissions)."""
+
+
+#: the longest message id the application may give
+MAX_ID_LENGTH = 200
+_SET_ID_PERSON = b"nymtx-set-id"
+
+
+def _recipient_blob(client_key, gateway_key):
+    """What the outbox keeps as the recipient: client key || gateway key (if given)."""
+    return bytes(client_key) + (bytes(gateway_key) if gateway_key is not None else b"")
+
+
+def set_id_of(ack_key, number):
+    """The fragment set id of outbox message *number*: derived under the
+    outbox's secret key, so a restarted client sends the same set (the
+    recipient reassembles retries and first sends together) and the set id
+    still looks random to the recipient."""
+    return hashlib.blake2b(number.to_bytes(8, "big"), digest_size=8, key=ack_key,
+                           person=_SET_ID_PERSON).digest()
+
+
+#: fetch intervals added to the ack wait: an ack waits at this client's
+#: gateway for the next pull, an exponential wait of mean fetch_message_delay,
+#: which passes 5 means with probability e^-5 < 1 %: so few retries are
+#: spurious (an ack that was only waiting to be fetched)
+FETCH_WAITS = 5
+
+
+def ack_wait_addition(config):
+    """The Retransmitter's addition, in seconds: ``[reliable] ack_wait_addition``
+    (the gateways' commit) plus FETCH_WAITS fetch intervals."""
+    return (config.ack_wait_addition + FETCH_WAITS * config.fetch_message_delay) / 1000
+
+
+#: seconds a reply block this client builds is valid: nymtx nodes keep
+#: their keys (there are no key epochs yet), so this bounds only how long
+#: its keys are kept and how long a replier may hold it
+REPLY_SURB_LIFETIME = 24 * 3600.0
+#: seconds before a replier asks again for blocks it asked for and did not get
+ASK_AGAIN_AFTER = 60.0
+#: at most this many reply blocks with one message or top-up (nym's cap)
+MAX_REPLY_SURBS = reply_layer.MAX_SURBS_PER_MESSAGE
+
+
+def _join_reply(pieces):
+    """A reply's data (ReplyData or SurbRequest) from its pieces."""
+    try:
+        return reply_layer.decode_reply(b"".join(pieces))
+    except reply_layer.ReplyError as e:
+        raise PlaintextError(str(e)) from None
+
+
+def parse_sender_tag(text):
+    """A sender tag in the API (base58 of 16 bytes) as bytes, or SendError."""
+    import base58
+    if not isinstance(text, str):
+        raise SendError(f"a sender tag is a base58 string, not {type(text).__name__}")
+    try:
+        tag = base58.b58decode(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as e:
+        raise SendError(f"invalid sender tag: not base58 ({e})")
+    if len(tag) != reply_layer.TAG_SIZE:
+        raise SendError(f"invalid sender tag: {len(tag)} bytes, not {reply_layer.TAG_SIZE}")
+    return tag
+
+
+def encode_sender_tag(tag):
+    import base58
+    return base58.b58encode(bytes(tag)).decode("ascii")
+
+
+@attrs.define(eq=False)
+class _Tracked:
+    """A message the outbox holds that this run sends, retries and reports."""
+
+    number: int
+    id: str
+    recipient_key: bytes
+    gateway_key: object
+    framed: bytes
+    count: int
+    set_id: bytes
+    sent: object = None      # Deferred: the last fragment left (first sends)
+    outcome: object = None   # Deferred: delivered / DeliveryFailed, if asked for
+    #: a reply: the sender tag whose reply blocks carry it (no recipient key)
+    reply_tag: object = None
+    #: a reply's fragments not yet sent once (replies do not use the SendQueue)
+    next_index: int = 0
+
+    @property
+    def room(self):
+        return REPLY_DATA_SIZE if self.reply_tag is not None else FRAGMENT_DATA_SIZE
+
+    def fragment(self, index):
+        room = self.room
+        start = index * room
+        return Fragment(self.set_id, index, self.count, self.framed[start:start + room], room)
 
 
 class ClientStateError(RuntimeError):
@@ -328,6 +453,8 @@ class ClientCore:
     links: object           # .send(NodeAddress, packet)
     gateway_link: object    # .pull() / .ack(ids) -> Deferred; .start() / .stop(); or None
     inbox: object           # nymtx.client.inbox.Inbox
+    #: nymtx.client.outbox.Outbox; None: one in memory (nothing survives a restart)
+    outbox: object = None
     # (GatewayInfo) -> link: the gateway's client listener is known only from
     # the topology, so without a link one is made when the topology lists it.
     connect_gateway: object = None
@@ -349,6 +476,28 @@ class ClientCore:
     #: payloads pulled from the gateway, and how many were this client's own loops
     pulled: int = 0
     loops_returned: int = 0
+    #: fragments sent again (their ack was late), acks received, records that
+    #: were for nothing of ours (cover acks, stale or forged)
+    sent_retries: int = 0
+    acks_received: int = 0
+    unreadable: int = 0
+    #: messages whose outcome is known
+    delivered: int = 0
+    failed: int = 0
+    _owns_outbox: bool = False
+    _tracked: dict = attrs.field(factory=dict, init=False)
+    _rtx: Retransmitter = attrs.field(init=False)
+    _outcome_listeners: list = attrs.field(factory=list, init=False)
+    #: anonymous replies: the store (in the outbox's file), the replies not
+    #: yet sent once, and the SURB-ACKs of replies we received, to send on
+    replies: object = attrs.field(default=None, init=False)
+    _replyq: list = attrs.field(factory=list, init=False)
+    _reply_acks: list = attrs.field(factory=list, init=False)
+    _reply_reassembler: object = attrs.field(default=None, init=False)
+    _asked: dict = attrs.field(factory=dict, init=False)  # tag -> when we asked for more
+    #: replies received, reply acks sent on, reply blocks received
+    replies_received: int = 0
+    reply_acks_sent: int = 0
     _listeners: list = attrs.field(factory=list)
     _observers: list = attrs.field(factory=list)
     _sendq: SendQueue = attrs.field(init=False)
@@ -371,11 +520,23 @@ class ClientCore:
 
     def __attrs_post_init__(self):
         c = self.config
+        if self.outbox is None:
+            self.outbox = Outbox.open(":memory:", self.reactor)
+            self._owns_outbox = True
+        self.replies = ReplyStore(self.outbox.db, self.reactor)
+        self._reply_reassembler = Reassembler(self.reactor,
+                                              max_message_size=c.maximum_message_size,
+                                              join=_join_reply)
+        self._rtx = Retransmitter(self.reactor, self._outcome,
+                                  multiplier=c.ack_wait_multiplier / 100,
+                                  addition=ack_wait_addition(c),
+                                  max_retransmissions=c.maximum_retransmissions)
         self._sendq = SendQueue(max_message_size=c.maximum_message_size,
                                 max_messages=c.send_queue_messages,
                                 max_bytes=c.send_queue_bytes)
         self._stream = SendingStream(self._sendq, self._send_real, self._send_drop,
-                                     on_sent=self._message_sent, sendable=self._gateway_of)
+                                     on_sent=self._message_sent, sendable=self._gateway_of,
+                                     send_retry=self._send_retry)
         self._receiver = Receiver(
             self.keys.private_key, self.keys.public_key,
             Reassembler(self.reactor, max_message_size=c.maximum_message_size),
@@ -438,6 +599,7 @@ class ClientCore:
                 f"the client is {self.state.value}: a client starts only once;"
                 " make a new one (the same config gives the same keys and inbox)")
         self.state = CoreState.STARTING
+        self._restore()
         if self.gateway_link is not None:
             self.gateway_link.start()
         first = self._refresh.start()
@@ -466,15 +628,26 @@ class ClientCore:
         self._sending.stop()
         self._looping.stop()
         waits = [self._refresh.stop(), self._fetching.stop(), self._expiring.stop()]
-        for outgoing in self._sendq.clear():
-            outgoing.context.errback(
-                ClientStopped("the client stopped before the message was sent"))
+        self._sendq.clear()
+        tracked, self._tracked = self._tracked, {}
+        for t in tracked.values():
+            self._rtx.cancel(t.number)
+            if t.sent is not None and not t.sent.called:
+                t.sent.errback(ClientStopped(
+                    "the client stopped before the message was sent (it stays in the outbox"
+                    " and goes out when a client starts on the same files)"))
+            if t.outcome is not None and not t.outcome.called:
+                t.outcome.errback(ClientStopped(
+                    "the client stopped before the message was acknowledged (it stays in the"
+                    " outbox and goes out again when a client starts on the same files)"))
         d = Deferred.fromCoroutine(self._wait(waits))
         if not was_new:
             d.addCallback(lambda _: self.gateway_link.stop() if self.gateway_link else None)
 
         def stopped(result):
             self.state = CoreState.STOPPED
+            if self._owns_outbox:
+                self.outbox.close()
             return result
         d.addBoth(stopped)
         d.addBoth(self._stopping.fire)
@@ -547,21 +720,82 @@ class ClientCore:
 
     # -- sending --------------------------------------------------------------
 
-    def send(self, recipient, message):
+    def send(self, recipient, message, id=None, delivered=False):
         """Queue *message* for the sending stream: text (str) or bytes (binary),
-        or a nymtx.message.Message.
+        or a nymtx.message.Message. It is kept in the outbox until every
+        fragment is acknowledged, and sent again after a restart.
 
-        Raises SendError at once for a bad message or recipient, a message
-        over ``[message] maximum_message_size``, or a full send queue (the
-        error names the bound); returns a Deferred that fires when the last
-        fragment is handed to the first mixnode's link, or fails with
-        ClientStopped (the client stopped before it left, or had stopped
-        already).
+        Raises SendError at once for a bad message, recipient or *id*, a
+        message over ``[message] maximum_message_size``, or a full send queue
+        or outbox (the error names the bound). Returns a Deferred that fires
+        when the last fragment is handed to the first mixnode's link, or,
+        with *delivered* True, with ``"delivered"`` once every fragment is
+        acknowledged (failing with DeliveryFailed after the last retry).
+        Either fails with ClientStopped if the client stops first.
+
+        *id* (a string of 1 to MAX_ID_LENGTH characters, unique among the
+        messages not yet delivered) names the message in outcome events
+        (``on_outcome``); without one, a random id is made.
         """
         message = check_message(message, self.config.maximum_message_size)
         client_key, gateway_key = parse_recipient(recipient)
+        id = self._check_id(id)
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):
             return fail(ClientStopped("the client has stopped: the message was not queued"))
+        self._check_recipient(recipient, client_key, gateway_key)
+        return self._submit(client_key, gateway_key, message, id, delivered)
+
+    def send_anonymous(self, recipient, message, reply_surbs=5, id=None, delivered=False):
+        """As ``send``, with *reply_surbs* reply blocks (0 to 500) and this
+        client's sender tag for *recipient*, who can then ``reply`` without
+        learning this client's address (docs/surb.md §5)."""
+        message = check_message(message, self.config.maximum_message_size)
+        client_key, gateway_key = parse_recipient(recipient)
+        id = self._check_id(id)
+        if not isinstance(reply_surbs, int) or isinstance(reply_surbs, bool) \
+                or not 0 <= reply_surbs <= MAX_REPLY_SURBS:
+            raise SendError(f"replySurbs is a whole number from 0 to {MAX_REPLY_SURBS},"
+                            f" not {reply_surbs!r}")
+        if self.state in (CoreState.STOPPING, CoreState.STOPPED):
+            return fail(ClientStopped("the client has stopped: the message was not queued"))
+        self._check_recipient(recipient, client_key, gateway_key)
+        tag = self.replies.sender_tag(client_key)
+        blocks = self._make_reply_blocks(tag, reply_surbs)
+        framed = reply_layer.encode_repliable(tag, blocks, message.kind, message.data)
+        if len(framed) - 1 > self.config.maximum_message_size:
+            raise SendError(f"message too long with its reply blocks: {len(framed) - 1} bytes,"
+                            f" but the maximum is {self.config.maximum_message_size}")
+        return self._submit(client_key, gateway_key, Message(KIND_REPLIABLE, framed[1:]), id,
+                            delivered)
+
+    def reply(self, sender_tag, message, id=None, delivered=False):
+        """Reply to the sender of a message that came with *sender_tag* (16
+        bytes, ``Message.sender_tag``), through the reply blocks it sent: one
+        block per fragment of 621 bytes, so the reply can be no longer than
+        the blocks held allow. When few blocks are left, more are asked for.
+        Returns a Deferred as ``send`` does; SendError without enough blocks."""
+        message = check_message(message, self.config.maximum_message_size)
+        if not isinstance(sender_tag, (bytes, bytearray)) or \
+                len(sender_tag) != reply_layer.TAG_SIZE:
+            raise SendError(f"a sender tag is {reply_layer.TAG_SIZE} bytes")
+        id = self._check_id(id)
+        if self.state in (CoreState.STOPPING, CoreState.STOPPED):
+            return fail(ClientStopped("the client has stopped: the reply was not queued"))
+        framed = reply_layer.encode_reply(message.kind, message.data)
+        return self._submit_reply(bytes(sender_tag), framed, id, delivered)
+
+    def reply_blocks(self, sender_tag):
+        """How many unexpired reply blocks this client holds for *sender_tag*."""
+        return self.replies.count(bytes(sender_tag))
+
+    def _check_id(self, id):
+        if id is None:
+            return uuid.uuid4().hex
+        if not isinstance(id, str) or not 1 <= len(id) <= MAX_ID_LENGTH:
+            raise SendError(f"a message id is a string of 1 to {MAX_ID_LENGTH} characters")
+        return id
+
+    def _check_recipient(self, recipient, client_key, gateway_key):
         if self._expired is not None:
             raise SendError(f"no current signed topology: {self._expired}")
         if self.topology is not None:
@@ -573,23 +807,173 @@ class ClientCore:
                 raise SendError(
                     f"unknown gateway {encode_key(gateway_key)} in {recipient}:"
                     " it is not in the topology")
-        sent = Deferred()
+
+    def _make_reply_blocks(self, tag, n):
+        """*n* fresh reply blocks back to this client, their keys remembered
+        under *tag*; SendError without a route to its own gateway."""
+        if n == 0:
+            return []
+        own = None
+        if self.topology is not None and self.config.gateway_key is not None:
+            own = self.topology.gateway_by_key(self.config.gateway_key)
+        if own is None:
+            raise SendError("reply blocks need a route to this client's own gateway, which"
+                            " the topology does not list (yet)")
+        expires = int(self.reactor.seconds() + REPLY_SURB_LIFETIME)
+        mean = self.config.average_packet_delay / 1000
         try:
-            self._sendq.enqueue(client_key, message, destination=gateway_key, context=sent)
-        except QueueFull as e:
-            raise SendError(f"{e} (the sending stream sends one fragment of"
-                            f" {FRAGMENT_DATA_SIZE} bytes every"
-                            f" {self.config.message_sending_average_delay} ms on average)")
+            made = reply_layer.build_reply_surbs(
+                n, lambda: self.topology.route(own, self.rng), self.keys.public_key, expires,
+                lambda k: sample_delays(k, mean, self.rng))
+        except (TopologyError, SphinxError, SurbError) as e:
+            raise SendError(f"cannot build reply blocks: {e}")
+        for block, keys in made:
+            self.replies.remember(keys, tag, expires)
+        return [block for block, _ in made]
+
+    def _submit_reply(self, tag, framed, id, delivered=False, check_blocks=True):
+        count = -(-len(framed) // REPLY_DATA_SIZE)
+        # blocks are taken as the fragments leave: those queued are spoken for
+        queued = sum(t.count - t.next_index for t in self._replyq if t.reply_tag == tag)
+        held = self.replies.count(tag) - queued
+        if check_blocks and held < count:
+            raise SendError(f"a reply of {count} fragment(s) needs as many reply blocks;"
+                            f" {held} are held for this sender tag")
+        try:
+            number = self.outbox.add(id, b"", framed[1:], framed[0], count, reply_tag=tag)
+        except OutboxError as e:
+            raise SendError(str(e))
+        tracked = _Tracked(number, id, None, None, framed, count,
+                           set_id_of(self.outbox.ack_key, number), sent=Deferred(),
+                           reply_tag=tag)
+        self._tracked[number] = tracked
+        self._replyq.append(tracked)
+        self._rtx.track(number, count)
+        if check_blocks:
+            self._ask_for_more(tag, held - count)
+        if delivered:
+            tracked.outcome = Deferred()
+            return tracked.outcome
+        return tracked.sent
+
+    def _ask_for_more(self, tag, left):
+        """With few blocks left (and at least one to ask with), ask the
+        sender for more: a SURB request, itself a reply."""
+        low, want = self.replies.low_water, self.replies.request
+        if not 1 <= left < low:
+            return
+        asked = self._asked.get(tag)
+        if asked is not None and self.reactor.seconds() < asked + ASK_AGAIN_AFTER:
+            return  # one request at a time, until its blocks come (or it was lost)
+        self._asked[tag] = self.reactor.seconds()
+        try:
+            self._submit_reply(tag, reply_layer.encode_surb_request(want), uuid.uuid4().hex,
+                               check_blocks=False).addErrback(lambda f: None)
+        except SendError as e:
+            self.log.debug("no SURB request: {why}", why=str(e))
+
+    def _submit(self, client_key, gateway_key, message, id, delivered):
+        count = fragment_count(len(message.data))
+        try:
+            check_recipient_key(client_key)
+            number = self.outbox.add(id, _recipient_blob(client_key, gateway_key),
+                                     message.data, message.kind, count)
+        except OutboxError as e:  # full, or a duplicate id: the message says which
+            raise SendError(str(e))
         except MessageLayerError as e:  # a recipient key nothing can be sealed to
             raise SendError(f"invalid recipient_address: {e}")
-        return sent
+        tracked = _Tracked(number, id, client_key, gateway_key,
+                           bytes((message.kind,)) + message.data, count,
+                           set_id_of(self.outbox.ack_key, number), sent=Deferred())
+        try:
+            self._sendq.enqueue(client_key, message, destination=gateway_key, context=tracked,
+                                set_id=tracked.set_id)
+        except (QueueFull, MessageLayerError) as e:
+            self.outbox.remove(number)
+            if isinstance(e, QueueFull):
+                raise SendError(f"{e} (the sending stream sends one fragment of"
+                                f" {FRAGMENT_DATA_SIZE} bytes every"
+                                f" {self.config.message_sending_average_delay} ms on average)")
+            raise SendError(f"invalid recipient_address: {e}")
+        self._tracked[number] = tracked
+        self._rtx.track(number, count)
+        if delivered:
+            tracked.outcome = Deferred()
+            return tracked.outcome
+        return tracked.sent
+
+    def on_outcome(self, callback):
+        """Call *callback(id, outcome)* for each message whose outcome is known:
+        ``"delivered"`` (every fragment acknowledged) or ``"failed"`` (a
+        fragment's last retry went unacknowledged), restored messages
+        included. Returns a function that stops the calls."""
+        self._outcome_listeners.append(callback)
+
+        def cancel():
+            if callback in self._outcome_listeners:
+                self._outcome_listeners.remove(callback)
+        return cancel
+
+    @property
+    def unacknowledged(self):
+        """Messages in the outbox: sent or queued, not yet delivered or failed."""
+        return len(self.outbox)
+
+    def _restore(self):
+        """Pick up what the outbox holds from an earlier run: every fragment not
+        acknowledged is due at once and goes out through the stream's slots
+        (one per tick, never a burst), each afresh."""
+        for p in self.outbox.pending():
+            if p.number in self._tracked:
+                continue
+            client_key = p.recipient[:32] or None
+            gateway_key = p.recipient[32:64] or None
+            reply_tag = p.reply_tag if client_key is None else None
+            self._tracked[p.number] = _Tracked(
+                p.number, p.id, client_key, gateway_key, bytes((p.kind,)) + p.body,
+                p.fragments, set_id_of(self.outbox.ack_key, p.number), reply_tag=reply_tag,
+                next_index=p.fragments)
+            self._rtx.track(p.number, p.fragments, acked=p.acked, attempts=p.attempts)
+        if self._tracked:
+            self.log.info("{n} message(s) from the outbox go out again", n=len(self._tracked))
+
+    def _outcome(self, number, outcome):
+        tracked = self._tracked.pop(number, None)
+        self.outbox.remove(number)
+        if tracked is None:
+            return
+        if outcome == DELIVERED:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self._sendq.discard(tracked)
+            if tracked in self._replyq:
+                self._replyq.remove(tracked)
+            self.log.warn("message {id} failed: no acknowledgement after"
+                          " {n} retransmission(s)", id=tracked.id,
+                          n=self.config.maximum_retransmissions)
+        if tracked.outcome is not None and not tracked.outcome.called:
+            if outcome == DELIVERED:
+                tracked.outcome.callback(outcome)
+            else:
+                tracked.outcome.errback(DeliveryFailed(
+                    f"message {tracked.id}: no acknowledgement after"
+                    f" {self.config.maximum_retransmissions} retransmission(s)"))
+        for listener in list(self._outcome_listeners):
+            try:
+                listener(tracked.id, outcome)
+            except Exception:
+                self.log.failure("outcome callback {cb!r} failed", cb=listener)
 
     def _gateway_of(self, outgoing):
-        """The gateway a queued message goes to, or None (not in the topology)."""
+        """The gateway a queued message (an Outgoing or a _Tracked) goes to, or
+        None (not in the topology)."""
         if self.topology is None:
             return None
-        if outgoing.destination is not None:
-            return self.topology.gateway_by_key(outgoing.destination)
+        destination = getattr(outgoing, "destination", None) if isinstance(
+            outgoing, Outgoing) else outgoing.gateway_key
+        if destination is not None:
+            return self.topology.gateway_by_key(destination)
         return self.topology.gateway_for(outgoing.recipient_key)
 
     def _sending_tick(self):
@@ -610,7 +994,7 @@ class ClientCore:
         try:
             self._send_packet(gateway, self.keys.public_key,
                               loop_cover_payload(self.keys.public_key))
-        except (TopologyError, SphinxError, AddressError) as e:
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
             self.log.debug("loop cover skipped: {why}", why=str(e))
             self.skipped_cover += 1
             return
@@ -621,17 +1005,114 @@ class ClientCore:
         gateway = self._gateway_of(outgoing)
         if gateway is None:
             return self._blocked_by("no recipient of a queued message is in the topology")
+        tracked, index = outgoing.context, outgoing.next_index
         try:
-            self._send_packet(gateway, outgoing.recipient_key, payload)
-        except (TopologyError, SphinxError, AddressError) as e:
+            round_trip = self._send_packet(gateway, outgoing.recipient_key, payload,
+                                           tracked.number, index, 0)
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
             return self._blocked_by(f"no route: {e}")
         self._blocked = None
         self.sent_real += 1
+        self._rtx.sent(tracked.number, index, round_trip)
+        self.outbox.sent(tracked.number, index)
+        return True
+
+    def _send_retry(self):
+        """What a slot that would carry drop cover carries instead, one packet:
+        the ack of a reply we received (docs/surb.md §5.4), else a reply's
+        next fragment, else a due retransmission; False when there is none
+        or it cannot leave now (the tick then sends drop cover)."""
+        while self._reply_acks:
+            surb_ack = self._reply_acks.pop(0)
+            try:
+                first_hop, packet = ack_packet(surb_ack)
+            except AckError as e:
+                self.log.debug("a reply's SURB-ACK is unusable: {why}", why=str(e))
+                continue
+            self.links.send(first_hop, packet)
+            self.reply_acks_sent += 1
+            return True
+        for tracked in list(self._replyq):
+            if tracked.next_index >= tracked.count:
+                self._replyq.remove(tracked)
+                continue
+            if self._send_reply_fragment(tracked, tracked.next_index, 0):
+                tracked.next_index += 1
+                if tracked.next_index >= tracked.count:
+                    self._replyq.remove(tracked)
+                    self.sent_messages += 1
+                    if tracked.sent is not None and not tracked.sent.called:
+                        tracked.sent.callback(None)
+                return True
+        retry = self._rtx.take()
+        if retry is None:
+            return False
+        tracked = self._tracked.get(retry.message)
+        if tracked is None:  # pragma: no cover - every tracked message is in _tracked
+            self._rtx.cancel(retry.message)
+            return False
+        if tracked.reply_tag is not None:
+            if tracked.next_index <= retry.index:
+                return False  # not sent once yet: the reply queue sends it first
+            if self._send_reply_fragment(tracked, retry.index, retry.attempt):
+                self.sent_retries += 1
+                return True
+            return False
+        gateway = self._gateway_of(tracked)
+        if gateway is None:
+            return self._blocked_by("the recipient of a message to send again is not in"
+                                    " the topology")
+        payload = seal_fragment(tracked.recipient_key, tracked.fragment(retry.index))
+        try:
+            round_trip = self._send_packet(gateway, tracked.recipient_key, payload,
+                                           tracked.number, retry.index, retry.attempt)
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
+            return self._blocked_by(f"no route: {e}")
+        self._blocked = None
+        self.sent_retries += 1
+        self._rtx.sent(tracked.number, retry.index, round_trip)
+        self.outbox.sent(tracked.number, retry.index)
+        return True
+
+    def _send_reply_fragment(self, tracked, index, attempt):
+        """Fragment *index* of a reply through a fresh reply block (single
+        use), with our own SURB-ACK inside; False without a block or route."""
+        own = None
+        if self.topology is not None and self.config.gateway_key is not None:
+            own = self.topology.gateway_by_key(self.config.gateway_key)
+        if own is None:
+            return self._blocked_by("a reply's ack needs a route to my own gateway")
+        block = self.replies.take(tracked.reply_tag)
+        if block is None:
+            return self._blocked_by("no reply block left for a reply")
+        c = self.config
+        try:
+            ack_route = self.topology.route(own, self.rng)
+            ack_delays = sample_delays(len(ack_route), c.average_ack_delay / 1000, self.rng)
+            surb_ack = build_surb_ack(ack_route, self.keys.public_key, self.outbox.ack_key,
+                                      tracked.number, index, attempt, ack_delays)
+            body = encode_reply_fragment(tracked.fragment(index))
+            packet = use_surb(block.surb, reply_layer.reply_message(surb_ack, body))
+            first_hop = NodeAddress.from_bytes(block.surb.first_hop)
+        except (TopologyError, SphinxError, SurbError, AckError, AddressError,
+                reply_layer.ReplyError) as e:
+            return self._blocked_by(f"cannot send a reply: {e}")
+        self.links.send(first_hop, packet)
+        self._blocked = None
+        self.sent_real += 1
+        # The block's delays are its builder's: take ours as the estimate, and
+        # the builder's fetch and sending waits before it sends our ack on.
+        forward = 4 * c.average_packet_delay / 1000
+        waits = FETCH_WAITS * (c.fetch_message_delay + c.message_sending_average_delay) / 1000
+        self._rtx.sent(tracked.number, index, forward + sum(ack_delays) / 1e9 + waits)
+        self.outbox.sent(tracked.number, index)
         return True
 
     def _message_sent(self, outgoing):
         self.sent_messages += 1
-        outgoing.context.callback(None)
+        sent = outgoing.context.sent
+        if sent is not None and not sent.called:
+            sent.callback(None)
 
     def _send_drop(self, seal):
         gateway = drop_gateway(self.topology, self.rng) if self.topology is not None else None
@@ -640,7 +1121,7 @@ class ClientCore:
             return
         try:
             self._send_packet(gateway, gateway.public_key, seal(gateway.public_key))
-        except (TopologyError, SphinxError, AddressError) as e:
+        except (TopologyError, SphinxError, AddressError, AckError) as e:
             self.log.debug("drop cover skipped: {why}", why=str(e))
             self.skipped_cover += 1
             return
@@ -654,11 +1135,35 @@ class ClientCore:
             self._blocked = why
         return False
 
-    def _send_packet(self, gateway, destination, payload):
+    def _send_packet(self, gateway, destination, payload, number=COVER, index=None,
+                     attempt=None):
+        """Build and send one packet: *payload* (the 608-byte envelope) after a
+        SURB-ACK for (*number*, *index*, *attempt*) through three mixnodes back
+        to this client's own gateway. Returns the sum of the delays drawn for
+        both routes, in seconds (the Retransmitter's round-trip estimate).
+
+        Cover (number COVER) carries a real SURB-ACK too, with a random index
+        and attempt: its ack comes back like any other, and its identifier is
+        as fresh as a real one's to the gateway that sees it."""
+        own = None
+        if self.config.gateway_key is not None:
+            own = self.topology.gateway_by_key(self.config.gateway_key)
+        if own is None:
+            raise TopologyError("my own gateway is not in the topology: no route for the"
+                                " acknowledgements")
+        if number == COVER:
+            index, attempt = self.rng.getrandbits(32), self.rng.getrandbits(16)
+        ack_route = self.topology.route(own, self.rng)
+        ack_delays = sample_delays(len(ack_route), self.config.average_ack_delay / 1000,
+                                   self.rng)
+        surb_ack = build_surb_ack(ack_route, self.keys.public_key, self.outbox.ack_key,
+                                  number, index, attempt, ack_delays)
         route = self.topology.route(gateway, self.rng)
         delays = sample_delays(len(route), self.config.average_packet_delay / 1000, self.rng)
-        packet = build_packet(route, destination, IDENTIFIER, payload, delays)
+        packet = build_packet(route, destination, IDENTIFIER,
+                              compose_payload(surb_ack, payload), delays)
         self.links.send(NodeAddress.from_bytes(route[0].address), packet)
+        return (sum(delays) + sum(ack_delays)) / 1e9
 
     # -- receiving ------------------------------------------------------------
 
@@ -742,7 +1247,28 @@ class ClientCore:
             if gateway_id in seen:
                 continue
             self.pulled += 1
-            message = self._receiver.receive(body)
+            record = classify_record(body, self.outbox.ack_key, self._claim)
+            if isinstance(record, Ack):
+                self._acked(record.ref)
+                continue
+            if isinstance(record, Reply):
+                message = self._reply_received(record)
+                if message is not None:
+                    complete.append(message)
+                continue
+            if not isinstance(record, Envelope) and len(body) == DELIVERY_SIZE:
+                # a SURB delivery that is no ack of ours: a cover packet's ack
+                # (every packet comes back as one), stale or forged
+                self.unreadable += 1
+                self.log.debug("dropped a record: {why}",
+                               why=getattr(record, "reason", "a reply (not wired yet)"))
+                continue
+            # An envelope, or what the message layer counts and drops
+            # (a record of no known size)
+            payload = record.payload if isinstance(record, Envelope) else body
+            message = self._receiver.receive(payload)
+            if message is not None and message.kind in (KIND_REPLIABLE, KIND_TOP_UP):
+                message = self._forward_reply_layer(message)
             if message is not None:
                 complete.append(message)
         # Commit first: the gateway deletes what we ack, so an ack before the
@@ -761,6 +1287,68 @@ class ClientCore:
         d.addCallback(lambda _: self.inbox.acked(ids))
         d.addErrback(self._pull_failed)
         return None
+
+    def _claim(self, identifier):
+        """(tag, keys) of a reply block we gave out, once; else None."""
+        return self.replies.claim(identifier)
+
+    def _forward_reply_layer(self, message):
+        """A message with reply blocks: keep them under its tag and hand on
+        the message with the tag; a top-up: keep them, hand on nothing."""
+        try:
+            got = reply_layer.decode_forward(bytes((message.kind,)) + message.data)
+        except reply_layer.ReplyError as e:
+            self.log.debug("dropped a malformed message with reply blocks: {why}", why=str(e))
+            return None
+        kept = self.replies.add(got.tag, got.surbs)
+        self._asked.pop(bytes(got.tag), None)
+        if isinstance(got, reply_layer.TopUp):
+            self.log.debug("{n} reply block(s) more for a sender tag", n=kept)
+            return None
+        return Message(got.kind, got.body, bytes(got.tag))
+
+    def _reply_received(self, record):
+        """A reply through one of our blocks: its ack is sent on from our
+        stream (its last hop, our gateway, cannot see it), its fragment
+        reassembled; a complete reply is a Message with the tag, a SURB
+        request is answered with more blocks."""
+        try:
+            their_ack, body = reply_layer.split_reply(record.message)
+            fragment = decode_reply_fragment(body)
+        except (reply_layer.ReplyError, PlaintextError) as e:
+            self.unreadable += 1
+            self.log.debug("dropped a malformed reply: {why}", why=str(e))
+            return None
+        # acked whatever it holds: it is stored (about to be committed) here
+        self._reply_acks.append(their_ack)
+        self.replies_received += 1
+        done = self._reply_reassembler.add(fragment)
+        if isinstance(done, reply_layer.SurbRequest):
+            self._top_up(record.tag, done.amount)
+            return None
+        if isinstance(done, reply_layer.ReplyData):
+            return Message(done.kind, done.body, bytes(record.tag))
+        return None
+
+    def _top_up(self, tag, amount):
+        recipient = self.replies.recipient_of(tag)
+        if recipient is None:
+            return
+        amount = min(amount, self.replies.request)
+        try:
+            blocks = self._make_reply_blocks(tag, amount)
+            framed = reply_layer.encode_top_up(tag, blocks)
+            self._submit(recipient, None, Message(KIND_TOP_UP, framed[1:]), uuid.uuid4().hex,
+                         False).addErrback(lambda f: None)
+        except SendError as e:
+            self.log.warn("cannot send the reply blocks asked for: {why}", why=str(e))
+
+    def _acked(self, ref):
+        """An ack for fragment ref.index of message ref.number (any attempt)."""
+        self.acks_received += 1
+        # the outbox first: the outcome (in acked) removes the message from it
+        self.outbox.mark_acked(ref.number, ref.index)
+        self._rtx.acked(ref.number, ref.index)
 
     def _pull_failed(self, failure):
         if self.state in (CoreState.STOPPING, CoreState.STOPPED):

@@ -19,10 +19,11 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nymtx.client.config import DEBUG_DEFAULTS, ClientConfig, ConfigError, \
+from nymtx.client.config import DEBUG_DEFAULTS, RELIABLE_DEFAULTS, ClientConfig, ConfigError, \
     is_initialised, parse_delay, parse_directory, parse_port, parse_socket_type
 from nymtx.client.core import ClientCore, ClientStateError, CoreState, SendError
 from nymtx.client.inbox import Inbox
+from nymtx.client.outbox import Outbox, OutboxError
 from nymtx.interfaces import IMixnetClient
 from nymtx.keys import KeyFormatError, KeyPair, decode_key, encode_key
 from nymtx.observer import OneShot
@@ -68,11 +69,15 @@ def init_client(reactor, root, client_id, directory_url, socket_type="none", por
     ConfigError (bad values, exists) or InitError (network).
     """
     try:
-        unknown = sorted(set(debug_ms) - set(DEBUG_DEFAULTS))
+        allowed = tuple(DEBUG_DEFAULTS) + tuple(RELIABLE_DEFAULTS)
+        unknown = sorted(set(debug_ms) - set(allowed))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)};"
-                              f" allowed: {', '.join(DEBUG_DEFAULTS)}")
-        values = {name: parse_delay(v, name) for name, v in debug_ms.items()}
+                              f" allowed: {', '.join(allowed)}")
+        # [debug] delays may come as text (flags); [reliable] values are
+        # checked by ClientConfig itself
+        values = {name: parse_delay(v, name) if name in DEBUG_DEFAULTS else v
+                  for name, v in debug_ms.items()}
         config = ClientConfig.new(
             root, client_id, directory_server=parse_directory(directory_url),
             socket_type=parse_socket_type(socket_type, "socket type"),
@@ -171,6 +176,8 @@ class MixnetClient:
     links: object = None
     gateway_link: object = None
     inbox: object = None
+    #: the durable send queue (docs/surb.md §4); default: outbox.sqlite beside the inbox
+    outbox: object = None
     rng: object = None
     core: ClientCore = attrs.field(default=None, init=False)
     _owns_links: bool = attrs.field(default=False, init=False)
@@ -192,9 +199,16 @@ class MixnetClient:
         if self.inbox is None:
             self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.inbox = Inbox(self.config.inbox_path, self.reactor)
+        if self.outbox is None:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self.outbox = Outbox.open(self.config.outbox_path, self.reactor)
+            except OutboxError as e:
+                raise ConfigError(str(e)) from e
         self.core = ClientCore(
             self.reactor, self.config, keys, self.directory, self.links,
-            self.gateway_link, self.inbox, rng=self.rng or random.SystemRandom(),
+            self.gateway_link, self.inbox, outbox=self.outbox,
+            rng=self.rng or random.SystemRandom(),
             connect_gateway=lambda gw: _default_gateway_link(self.reactor, gw, keys))
 
     @property
@@ -240,19 +254,26 @@ class MixnetClient:
             if self._owns_directory:
                 steps.append(self.directory.close)
             steps.append(self.inbox.close)
+            steps.append(self.outbox.close)
             self._stopped = OneShot()
             d = Deferred.fromCoroutine(_run_all(steps))
             d.addBoth(self._stopped.fire)
         return self._stopped.when_fired()
 
-    def send(self, recipient, message):
+    def send(self, recipient, message, id=None, delivered=False):
         """Send *message*: bytes (a binary message) or str (a text message), up
         to ``[message] maximum_message_size`` bytes, in fragments through the
         sending stream. The Deferred fires when its last fragment leaves;
-        fails with SendError (too long, unknown recipient, send queue full:
-        the error names the bound)."""
+        fails with SendError (too long, unknown recipient, send queue or
+        outbox full: the error names the bound).
+
+        With *delivered* True it fires with ``"delivered"`` once every
+        fragment is acknowledged instead, and fails with
+        nymtx.client.core.DeliveryFailed after the last retransmission. The
+        message waits in the outbox until then, across restarts; *id* names
+        it in ``on_outcome`` events."""
         try:
-            return self.core.send(recipient, message)
+            return self.core.send(recipient, message, id=id, delivered=delivered)
         except SendError as e:
             return fail(e)
 
@@ -275,6 +296,29 @@ class MixnetClient:
     def on_received(self, callback):
         """As on_message, with a nymtx.message.Message: text and binary told apart."""
         self.core.on_received(callback)
+
+    def send_anonymous(self, recipient, message, reply_surbs=5, id=None, delivered=False):
+        """As send, with *reply_surbs* reply blocks and this client's sender tag
+        for *recipient*: it can ``reply`` without learning this address."""
+        try:
+            return self.core.send_anonymous(recipient, message, reply_surbs, id=id,
+                                            delivered=delivered)
+        except SendError as e:
+            return fail(e)
+
+    def reply(self, sender_tag, message, id=None, delivered=False):
+        """Reply to a message that came with *sender_tag* (``Message.sender_tag``),
+        through the reply blocks its sender attached; fails with SendError
+        when too few are held for the reply's fragments (621 bytes each)."""
+        try:
+            return self.core.reply(sender_tag, message, id=id, delivered=delivered)
+        except SendError as e:
+            return fail(e)
+
+    def on_outcome(self, callback):
+        """Call *callback(id, outcome)* ("delivered" or "failed") for each
+        message sent, those from the outbox after a restart included."""
+        return self.core.on_outcome(callback)
 
     def clients(self):
         return self.core.clients()

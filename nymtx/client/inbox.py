@@ -72,7 +72,7 @@ class Inbox:
             cur.executemany("INSERT OR IGNORE INTO unacked VALUES (?)",
                             [(i,) for i in gateway_ids])
             cur.executemany("INSERT INTO messages (kind, body, received_at) VALUES (?, ?, ?)",
-                            [(m.kind, m.data, now) for m in stored])
+                            [_row(m) + (now,) for m in stored])
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -102,7 +102,7 @@ class Inbox:
                     cur.execute("INSERT INTO unacked VALUES (?)", (gateway_id,))
                 message = _message(body)
                 cur.execute("INSERT INTO messages (kind, body, received_at) VALUES (?, ?, ?)",
-                            (message.kind, message.data, now))
+                            _row(message) + (now,))
                 stored.append(body)
             cur.execute("COMMIT")
         except BaseException:
@@ -133,7 +133,7 @@ class Inbox:
             used += len(body)
             if max_bytes is not None and used > max_bytes:
                 break
-            rows.append((row_id, Message(kind, bytes(body))))
+            rows.append((row_id, _from_row(kind, body)))
         return rows
 
     def delete(self, ids):
@@ -152,7 +152,7 @@ class Inbox:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return [Message(kind, bytes(body)) for _, kind, body in rows]
+        return [_from_row(kind, body) for _, kind, body in rows]
 
     def __len__(self):
         return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
@@ -160,3 +160,22 @@ class Inbox:
     def close(self):
         self._db.close()
 
+
+
+#: a message with a sender tag (anonymous replies, docs/surb.md §5) is kept
+#: as kind | TAGGED, body = tag (16) || data
+TAGGED = 0x80
+_TAG = 16
+
+
+def _row(message):
+    if message.sender_tag is None:
+        return message.kind, message.data
+    return message.kind | TAGGED, bytes(message.sender_tag) + message.data
+
+
+def _from_row(kind, body):
+    body = bytes(body)
+    if kind & TAGGED and len(body) >= _TAG:
+        return Message(kind & ~TAGGED, body[_TAG:], body[:_TAG])
+    return Message(kind, body)

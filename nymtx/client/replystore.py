@@ -142,6 +142,12 @@ class ReplyStore:
             db.execute("INSERT INTO sender_tags (recipient, tag) VALUES (?, ?)", (recipient, tag))
         return tag
 
+    def recipient_of(self, tag):
+        """The recipient this client uses *tag* with (its own tags), or None."""
+        row = self.db.execute("SELECT recipient FROM sender_tags WHERE tag = ?",
+                              (_tag(tag),)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def expire(self):
         """Delete every expired block and key; returns how many."""
         now = self.clock.seconds()

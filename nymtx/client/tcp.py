@@ -50,7 +50,7 @@ class JsonLinesProtocol(LineReceiver):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         if self._push is not None:
-            self._push.stop()
+            self._push.close()
 
     def _write(self, data, is_binary):
         if self.transport.disconnecting or not self.connected:

@@ -119,7 +119,7 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         if self._push is not None:
-            self._push.stop()
+            self._push.close()
 
     def _write(self, data, is_binary):
         # autobahn raises Disconnected unless the connection is open
@@ -132,7 +132,7 @@ class MixWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         dispatcher = self.factory.dispatcher
         if isBinary:
-            answer = dispatcher.answer_binary(payload)
+            answer = dispatcher.answer_binary(payload, self._push)
         else:
             # at most the frame limit: autobahn refuses to send a longer message
             answer = dispatcher.answer_bytes(payload, self.factory.max_frame, self._push)

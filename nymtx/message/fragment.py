@@ -10,11 +10,18 @@ import os
 import attrs
 
 from .errors import MessageTooLarge, PlaintextError
-from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment
+from .envelope import VERSION
+from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, fragment_room
 
 KIND_TEXT = 0x01
 KIND_BINARY = 0x02
-KINDS = (KIND_TEXT, KIND_BINARY)
+#: what an application sends and receives
+DATA_KINDS = (KIND_TEXT, KIND_BINARY)
+#: the reply layer's forward kinds (docs/surb.md §5.2): a message with reply
+#: blocks and a sender tag, and reply blocks alone; the client parses them
+KIND_REPLIABLE = 0x10
+KIND_TOP_UP = 0x11
+KINDS = DATA_KINDS + (KIND_REPLIABLE, KIND_TOP_UP)
 
 #: the default largest message, in application bytes
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -26,6 +33,9 @@ class Message:
 
     kind: int
     data: bytes
+    #: for a message that came with reply blocks, the sender's tag (16 bytes):
+    #: whom to ``reply`` to; for a reply, the tag it answers. Else None.
+    sender_tag: object = None
 
     @property
     def is_text(self):
@@ -47,9 +57,10 @@ class Message:
         return cls(KIND_BINARY, bytes(data))
 
 
-def fragment_count(size):
-    """How many fragments carry a message of *size* application bytes."""
-    return -(-(size + 1) // FRAGMENT_DATA_SIZE)
+def fragment_count(size, room=FRAGMENT_DATA_SIZE):
+    """How many fragments (of *room* data bytes each) carry a message of *size*
+    application bytes."""
+    return -(-(size + 1) // room)
 
 
 def max_fragments(max_message_size):
@@ -63,8 +74,10 @@ def check_size(size, max_message_size):
             f"message too long. Sent {size} bytes, but the maximum is {max_message_size}")
 
 
-def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbytes=os.urandom):
-    """The fragments of *message* (a Message), in index order.
+def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbytes=os.urandom,
+                     version=VERSION):
+    """The fragments of *message* (a Message), in index order, for envelopes of
+    *version* (version 1 only for its test vectors).
 
     Raises MessageTooLarge, naming both sizes, past *max_message_size*.
     """
@@ -73,14 +86,19 @@ def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbyt
     check_size(len(message.data), max_message_size)
     framed = bytes((message.kind,)) + message.data
     set_id = randbytes(SET_ID_SIZE)
-    count = fragment_count(len(message.data))
-    step = FRAGMENT_DATA_SIZE
-    return [Fragment(set_id, i, count, framed[i * step:(i + 1) * step]) for i in range(count)]
+    step = fragment_room(version)
+    count = fragment_count(len(message.data), step)
+    return [Fragment(set_id, i, count, framed[i * step:(i + 1) * step], step)
+            for i in range(count)]
 
 
 def join_pieces(pieces):
     """The Message of a complete set's data pieces in index order, or a PlaintextError."""
-    framed = b"".join(pieces)
+    return join_framed(b"".join(pieces))
+
+
+def join_framed(framed):
+    """The Message of ``kind || data``, or a PlaintextError."""
     if not framed:
         raise PlaintextError("an empty set carries no message kind")
     kind, data = framed[0], framed[1:]

@@ -1,8 +1,9 @@
 """What an envelope holds: a type byte, then a fragment or cover.
 
-The PLAINTEXT_SIZE (926) bytes inside an envelope (docs/message-format.md):
+The PLAINTEXT_SIZE (559; 926 in a version-1 envelope) bytes inside an
+envelope (docs/message-format.md):
 
-    type (1) || body (925)
+    type (1) || body (558; 925)
 
     type 0x01  fragment:    set id (8) || index u32 || count u32 || length u16
                             || data (length) || zero padding
@@ -19,7 +20,8 @@ import os
 
 import attrs
 
-from .envelope import PLAINTEXT_SIZE, open_envelope, seal
+from .envelope import (
+    PLAINTEXT_SIZE, PLAINTEXT_V1_SIZE, VERSION, VERSION_1, open_envelope, seal)
 from .errors import PlaintextError
 
 TYPE_FRAGMENT = 0x01
@@ -33,12 +35,34 @@ SET_ID_SIZE = 8
 #: type || set id || index u32 || count u32 || length u16
 FRAGMENT_HEADER_SIZE = 1 + SET_ID_SIZE + 4 + 4 + 2  # 19
 #: application bytes one fragment carries: the rest of the plaintext
-FRAGMENT_DATA_SIZE = PLAINTEXT_SIZE - FRAGMENT_HEADER_SIZE  # 907
+FRAGMENT_DATA_SIZE = PLAINTEXT_SIZE - FRAGMENT_HEADER_SIZE  # 540
+#: the same in a version-1 envelope (still read)
+FRAGMENT_DATA_V1_SIZE = PLAINTEXT_V1_SIZE - FRAGMENT_HEADER_SIZE  # 907
+#: a reply packet's body (docs/surb.md §5.3): the 1007 bytes a SURB carries,
+#: after the replier's SURB-ACK (367); no envelope (the SURB's key hides it)
+REPLY_BODY_SIZE = 640
+#: the application bytes one reply fragment carries
+REPLY_DATA_SIZE = REPLY_BODY_SIZE - FRAGMENT_HEADER_SIZE  # 621
+#: a fragment's room (its full data size) -> the plaintext it fills
+_PLAINTEXT_OF_ROOM = {FRAGMENT_DATA_SIZE: PLAINTEXT_SIZE,
+                      FRAGMENT_DATA_V1_SIZE: PLAINTEXT_V1_SIZE,
+                      REPLY_DATA_SIZE: REPLY_BODY_SIZE}
+_PLAINTEXT_OF_VERSION = {VERSION: PLAINTEXT_SIZE, VERSION_1: PLAINTEXT_V1_SIZE}
 MAX_COUNT = (1 << 32) - 1
 LOOP_ID_SIZE = 16
 
-_COVER_BODY = bytes(PLAINTEXT_SIZE - 1)
-_LOOP_PADDING = bytes(PLAINTEXT_SIZE - 1 - LOOP_ID_SIZE)
+
+def plaintext_size(version=VERSION):
+    """The plaintext size of envelope *version* (PlaintextError if unknown)."""
+    try:
+        return _PLAINTEXT_OF_VERSION[version]
+    except (KeyError, TypeError):
+        raise PlaintextError(f"unknown envelope version {version!r}") from None
+
+
+def fragment_room(version=VERSION):
+    """The data one fragment carries in an envelope of *version*: 540 (907 in v1)."""
+    return plaintext_size(version) - FRAGMENT_HEADER_SIZE
 
 
 @attrs.frozen(slots=True)
@@ -49,9 +73,16 @@ class Fragment:
     index: int
     count: int
     data: bytes
+    #: the full data size of a fragment of this set: FRAGMENT_DATA_SIZE, or
+    #: FRAGMENT_DATA_V1_SIZE for one read from (or made for) a version-1 envelope
+    room: int = FRAGMENT_DATA_SIZE
 
     def __attrs_post_init__(self):
-        _check_fragment(self.set_id, self.index, self.count, self.data)
+        if self.room not in _PLAINTEXT_OF_ROOM:
+            raise PlaintextError(f"a fragment's room is {FRAGMENT_DATA_SIZE},"
+                                 f" {FRAGMENT_DATA_V1_SIZE} or {REPLY_DATA_SIZE} (a reply)"
+                                 f" bytes, not {self.room!r}")
+        _check_fragment(self.set_id, self.index, self.count, self.data, self.room)
 
 
 @attrs.frozen(slots=True)
@@ -79,7 +110,7 @@ class Reserved:
     body: bytes
 
 
-def _check_fragment(set_id, index, count, data):
+def _check_fragment(set_id, index, count, data, room=FRAGMENT_DATA_SIZE):
     if not isinstance(set_id, bytes) or len(set_id) != SET_ID_SIZE:
         raise PlaintextError(f"a set id is {SET_ID_SIZE} bytes, not {set_id!r}")
     if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
@@ -91,59 +122,91 @@ def _check_fragment(set_id, index, count, data):
     # Canonical: every fragment but the last is full and the last holds at
     # least one byte, so (count, last length) fix the message size and a
     # set cannot be padded out with empty fragments.
-    if index < count - 1 and len(data) != FRAGMENT_DATA_SIZE:
+    if index < count - 1 and len(data) != room:
         raise PlaintextError(
             f"fragment {index} of {count} holds {len(data)} bytes; all but the last"
-            f" hold exactly {FRAGMENT_DATA_SIZE}")
-    if index == count - 1 and not 1 <= len(data) <= FRAGMENT_DATA_SIZE:
+            f" hold exactly {room}")
+    if index == count - 1 and not 1 <= len(data) <= room:
         raise PlaintextError(
-            f"the last fragment holds 1 to {FRAGMENT_DATA_SIZE} bytes, not {len(data)}")
+            f"the last fragment holds 1 to {room} bytes, not {len(data)}")
 
 
 def encode_fragment(fragment):
-    """The PLAINTEXT_SIZE-byte plaintext of *fragment*."""
+    """The plaintext of *fragment*: PLAINTEXT_SIZE bytes (PLAINTEXT_V1_SIZE for
+    a fragment whose room is FRAGMENT_DATA_V1_SIZE)."""
     header = (bytes((TYPE_FRAGMENT,)) + fragment.set_id + fragment.index.to_bytes(4, "big")
               + fragment.count.to_bytes(4, "big") + len(fragment.data).to_bytes(2, "big"))
     body = header + fragment.data
-    return body + bytes(PLAINTEXT_SIZE - len(body))
+    return body + bytes(_PLAINTEXT_OF_ROOM[fragment.room] - len(body))
 
 
-def encode_loop_cover(loop_id):
+def encode_reply_fragment(fragment):
+    """The REPLY_BODY_SIZE-byte body of a reply packet: a fragment (of room
+    REPLY_DATA_SIZE) laid out as in an envelope, type byte 0x05."""
+    if fragment.room != REPLY_DATA_SIZE:
+        raise PlaintextError(f"a reply fragment's room is {REPLY_DATA_SIZE}, not {fragment.room}")
+    return bytes((TYPE_REPLY,)) + encode_fragment(fragment)[1:]
+
+
+def decode_reply_fragment(body):
+    """The Fragment in a reply packet's body, or a PlaintextError."""
+    if not isinstance(body, (bytes, bytearray)) or len(body) != REPLY_BODY_SIZE:
+        got = len(body) if isinstance(body, (bytes, bytearray)) else type(body).__name__
+        raise PlaintextError(f"a reply body is {REPLY_BODY_SIZE} bytes, not {got}")
+    if body[0] != TYPE_REPLY:
+        raise PlaintextError(f"a reply body starts with type {TYPE_REPLY}, not {body[0]}")
+    return _decode_fragment(bytes(body), REPLY_DATA_SIZE)
+
+
+def _decode_fragment(plaintext, room):
+    size = len(plaintext)
+    set_id = plaintext[1:9]
+    index = int.from_bytes(plaintext[9:13], "big")
+    count = int.from_bytes(plaintext[13:17], "big")
+    length = int.from_bytes(plaintext[17:19], "big")
+    if length > room:
+        raise PlaintextError(
+            f"fragment length {length} exceeds the {room} bytes it has room for")
+    end = FRAGMENT_HEADER_SIZE + length
+    if plaintext[end:].count(0) != size - end:
+        raise PlaintextError("fragment padding is not all zero")
+    return Fragment(set_id, index, count, plaintext[FRAGMENT_HEADER_SIZE:end], room)
+
+
+def encode_loop_cover(loop_id, version=VERSION):
     if not isinstance(loop_id, bytes) or len(loop_id) != LOOP_ID_SIZE:
         raise PlaintextError(f"a loop id is {LOOP_ID_SIZE} bytes, not {loop_id!r}")
-    return bytes((TYPE_LOOP_COVER,)) + loop_id + _LOOP_PADDING
+    return (bytes((TYPE_LOOP_COVER,)) + loop_id
+            + bytes(plaintext_size(version) - 1 - LOOP_ID_SIZE))
 
 
-def encode_drop_cover():
-    return bytes((TYPE_DROP_COVER,)) + _COVER_BODY
+def encode_drop_cover(version=VERSION):
+    return bytes((TYPE_DROP_COVER,)) + bytes(plaintext_size(version) - 1)
 
 
 def decode_plaintext(plaintext):
-    """A Fragment, LoopCover, DropCover or Reserved, or a PlaintextError."""
-    if not isinstance(plaintext, (bytes, bytearray)) or len(plaintext) != PLAINTEXT_SIZE:
+    """A Fragment, LoopCover, DropCover or Reserved, or a PlaintextError.
+
+    A plaintext of PLAINTEXT_SIZE bytes (version 2) or PLAINTEXT_V1_SIZE
+    (version 1); a fragment's room is what its plaintext holds."""
+    if not isinstance(plaintext, (bytes, bytearray)) or \
+            len(plaintext) not in (PLAINTEXT_SIZE, PLAINTEXT_V1_SIZE):
         got = len(plaintext) if isinstance(plaintext, (bytes, bytearray)) else \
             type(plaintext).__name__
-        raise PlaintextError(f"a plaintext is {PLAINTEXT_SIZE} bytes, not {got}")
+        raise PlaintextError(f"a plaintext is {PLAINTEXT_SIZE} bytes (or {PLAINTEXT_V1_SIZE}"
+                             f" in version 1), not {got}")
     plaintext = bytes(plaintext)
+    size = len(plaintext)
+    room = size - FRAGMENT_HEADER_SIZE
     kind = plaintext[0]
     if kind == TYPE_FRAGMENT:
-        set_id = plaintext[1:9]
-        index = int.from_bytes(plaintext[9:13], "big")
-        count = int.from_bytes(plaintext[13:17], "big")
-        length = int.from_bytes(plaintext[17:19], "big")
-        if length > FRAGMENT_DATA_SIZE:
-            raise PlaintextError(
-                f"fragment length {length} exceeds the {FRAGMENT_DATA_SIZE} bytes it has room for")
-        end = FRAGMENT_HEADER_SIZE + length
-        if plaintext[end:].count(0) != PLAINTEXT_SIZE - end:
-            raise PlaintextError("fragment padding is not all zero")
-        return Fragment(set_id, index, count, plaintext[FRAGMENT_HEADER_SIZE:end])
+        return _decode_fragment(plaintext, room)
     if kind == TYPE_LOOP_COVER:
-        if plaintext[1 + LOOP_ID_SIZE:] != _LOOP_PADDING:
+        if plaintext[1 + LOOP_ID_SIZE:].count(0) != size - 1 - LOOP_ID_SIZE:
             raise PlaintextError("a loop cover body is its id, then zero bytes")
         return LoopCover(plaintext[1:1 + LOOP_ID_SIZE])
     if kind == TYPE_DROP_COVER:
-        if plaintext[1:] != _COVER_BODY:
+        if plaintext[1:].count(0) != size - 1:
             raise PlaintextError("a drop cover body is all zero")
         return DropCover()
     if kind in RESERVED_TYPES:
@@ -152,23 +215,24 @@ def decode_plaintext(plaintext):
 
 
 def seal_fragment(recipient_public_key, fragment, randbytes=os.urandom):
-    """The 975-byte payload that carries *fragment* to *recipient_public_key*."""
+    """The envelope that carries *fragment* to *recipient_public_key*:
+    ENVELOPE_SIZE bytes (version 1's 975 for a fragment of room 907)."""
     return seal(recipient_public_key, encode_fragment(fragment), randbytes)
 
 
-def loop_cover_payload(own_public_key, loop_id=None, randbytes=os.urandom):
+def loop_cover_payload(own_public_key, loop_id=None, randbytes=os.urandom, version=VERSION):
     """A loop cover payload, sealed to the sender's own key (it comes back).
 
     *loop_id* (16 bytes) comes back in the LoopCover; without one, a random id.
     """
     if loop_id is None:
         loop_id = os.urandom(LOOP_ID_SIZE)
-    return seal(own_public_key, encode_loop_cover(loop_id), randbytes)
+    return seal(own_public_key, encode_loop_cover(loop_id, version), randbytes)
 
 
-def drop_cover_payload(recipient_public_key, randbytes=os.urandom):
+def drop_cover_payload(recipient_public_key, randbytes=os.urandom, version=VERSION):
     """A drop cover payload, sealed to whoever discards it (docs/decisions.md)."""
-    return seal(recipient_public_key, encode_drop_cover(), randbytes)
+    return seal(recipient_public_key, encode_drop_cover(version), randbytes)
 
 
 def open_payload(private_key, public_key, payload):

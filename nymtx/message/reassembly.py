@@ -86,6 +86,8 @@ class Reassembler:
     timeout: float = attrs.field(default=DEFAULT_TIMEOUT, validator=_positive)
     remember_completed: float = attrs.field(default=2 * DEFAULT_TIMEOUT, validator=_positive)
     max_completed: int = attrs.field(default=65536, validator=_positive)
+    #: what a complete set's pieces make: a Message (replies have their own)
+    join: object = join_pieces
     stats: ReassemblyStats = attrs.field(factory=ReassemblyStats, init=False)
     buffered_bytes: int = attrs.field(default=0, init=False)
     _partial: collections.OrderedDict = attrs.field(factory=collections.OrderedDict, init=False)
@@ -179,11 +181,11 @@ class Reassembler:
         while len(self._completed) > self.max_completed:
             self._completed.popitem(last=False)
         try:
-            message = join_pieces(pieces)
+            message = self.join(pieces)
         except PlaintextError:
             self.stats.malformed += 1
             return None
-        if len(message.data) > self.max_message_size:
+        if len(getattr(message, "data", b"")) > self.max_message_size:
             self.stats.too_large += 1
             return None
         self.stats.completed += 1

@@ -101,14 +101,15 @@ class SendQueue:
     def __iter__(self):
         return iter(self._queue)
 
-    def enqueue(self, recipient_key, message, destination=None, context=None):
+    def enqueue(self, recipient_key, message, destination=None, context=None, set_id=None):
         """Queue *message* (a Message) for *recipient_key*; return its Outgoing.
 
         Raises MessageTooLarge past the maximum size, QueueFull when the
         queue holds ``max_messages`` messages or the message would take it
         past ``max_bytes``; both name the numbers. RecipientKeyError for a
         key nothing can be sealed to: refused here, it cannot jam the
-        stream later.
+        stream later. *set_id*: the caller's (the client derives it from the
+        outbox's number, so a restart sends the same set), else random.
         """
         if not isinstance(message, Message) or message.kind not in KINDS:
             raise TypeError(f"enqueue takes a Message of a known kind, not {message!r}")
@@ -125,7 +126,7 @@ class SendQueue:
                 f" stream and this message adds {size}, over the {self.max_bytes}-byte"
                 " bound; try again later")
         outgoing = Outgoing(recipient_key, message, destination, context,
-                            set_id=self.randbytes(SET_ID_SIZE),
+                            set_id=set_id or self.randbytes(SET_ID_SIZE),
                             count=fragment_count(len(message.data)),
                             framed=bytes((message.kind,)) + message.data)
         self._queue.append(outgoing)
@@ -158,6 +159,14 @@ class SendQueue:
             return True
         self._queue.append(outgoing)  # its turn is over: to the back
         return False
+
+    def discard(self, context):
+        """Take the message queued with *context* out (its outcome is known)."""
+        for outgoing in list(self._queue):
+            if outgoing.context is context:
+                self._queue.remove(outgoing)
+                self.queued_bytes -= outgoing.remaining_bytes
+                outgoing._framed = b""
 
     def clear(self):
         """Empty the queue (the client stops); return what was still queued."""
@@ -195,6 +204,11 @@ class SendingStream:
     - ``send_drop(seal)`` sends drop cover: it picks where the drop ends
       (``drop_gateway``), then calls ``seal(gateway_key)`` for the payload.
     - ``on_sent(outgoing)`` is called when a message's last fragment left.
+    - ``send_retry()`` (optional), tried when no new fragment can go: sends
+      one retransmission that is due and returns True, or returns False
+      when none is due or it cannot leave now. So a retransmission takes a
+      slot that would have carried drop cover: never an extra packet
+      (docs/surb.md §3).
     """
 
     queue: SendQueue
@@ -203,7 +217,9 @@ class SendingStream:
     on_sent: object = None
     sendable: object = None
     randbytes: object = os.urandom
+    send_retry: object = None
     real_sent: int = 0
+    retries_sent: int = 0
     drop_sent: int = 0
     failed: int = 0
 
@@ -218,6 +234,9 @@ class SendingStream:
                     self.on_sent(outgoing)
                 return True
             self.failed += 1
+        if self.send_retry is not None and self.send_retry():
+            self.retries_sent += 1
+            return True
         self.send_drop(lambda key: drop_cover_payload(key, self.randbytes))
         self.drop_sent += 1
         return False

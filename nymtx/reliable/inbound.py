@@ -16,7 +16,7 @@ from nymtx.sphinx.constants import MAX_MESSAGE_SIZE
 from nymtx.sphinx.surb import (
     DELIVERY_SIZE, SurbDelivery, SurbError, open_surb_delivery, parse_delivery)
 
-from .ack import STORED_SIZE, open_ack, split_payload
+from .ack import STORED_SIZE, SURB_ACK_SIZE, open_ack, split_payload
 
 #: the first byte of a SURB-ACK: its first hop's address family
 _FAMILIES = (4, 6)
@@ -65,7 +65,8 @@ class Reply:
 
 @attrs.frozen
 class Envelope:
-    """A STORED_SIZE-byte end-to-end envelope for the message layer."""
+    """An end-to-end envelope for the message layer: STORED_SIZE bytes
+    (version 2), or a version-1 envelope of MAX_MESSAGE_SIZE bytes."""
 
     payload: bytes
 
@@ -86,6 +87,14 @@ def classify_record(record, ack_key, claim):
         return Unreadable(f"a record is bytes, not {type(record).__name__}")
     record = bytes(record)
     if len(record) == STORED_SIZE:
+        return Envelope(record)
+    if len(record) == MAX_MESSAGE_SIZE:
+        # A gateway from before issue 12 stores the whole Sphinx message: a
+        # SURB-ACK (its first byte an address family) before the stored
+        # part, which is ours to cut off (that gateway sends no ack). Else a
+        # version-1 envelope, which starts with 0x01.
+        if record[0] in _FAMILIES:
+            return Envelope(record[SURB_ACK_SIZE:])
         return Envelope(record)
     if len(record) != DELIVERY_SIZE:
         return Unreadable(f"a record of {len(record)} bytes")

@@ -1,4 +1,5 @@
-"""Writes message.json: deterministic vectors of the end-to-end message format.
+"""Writes message.json (envelope version 1) and message-v2.json (version 2):
+deterministic vectors of the end-to-end message format.
 
 Run from the repository root: python tests/vectors/make_message_vectors.py
 Every key is fixed (SHA-256 of a label), so each vector records the exact
@@ -21,7 +22,8 @@ from nymtx.message import (
 from nymtx.message.envelope import derive
 from nymtx.message.payload import encode_drop_cover, encode_loop_cover
 
-PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "message.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PATHS = {1: os.path.join(HERE, "message.json"), 2: os.path.join(HERE, "message-v2.json")}
 
 
 def _key(label):
@@ -72,18 +74,24 @@ def _negative(name, vector, payload, opener, error):
             "error": error.__name__}
 
 
-def build():
+def build(version=1):
+    """The vectors of envelope *version* (1: message.json, 2: message-v2.json).
+    Version 2's are labelled apart, so no ephemeral key is shared with 1's."""
     bob, carol = _key("bob"), _key("carol")
+    p = "" if version == 1 else "v2 "
     text = fragment_message(Message(KIND_TEXT, "héllo, Bob".encode()),
-                            randbytes=lambda n: bytes(range(1, n + 1)))
+                            randbytes=lambda n: bytes(range(1, n + 1)), version=version)
     binary = fragment_message(Message(KIND_BINARY, bytes(range(256)) * 4 + b"tail"),
-                              randbytes=lambda n: bytes(range(0xa0, 0xa0 + n)))
+                              randbytes=lambda n: bytes(range(0xa0, 0xa0 + n)), version=version)
     vectors = [
-        _vector("text message, one fragment", bob, "text", encode_fragment(text[0])),
-        _vector("binary message, fragment 0 of 2", bob, "binary 0", encode_fragment(binary[0])),
-        _vector("binary message, fragment 1 of 2", bob, "binary 1", encode_fragment(binary[1])),
-        _vector("loop cover", bob, "loop", encode_loop_cover(bytes(range(0x10, 0x20)))),
-        _vector("drop cover", bob, "drop", encode_drop_cover()),
+        _vector("text message, one fragment", bob, p + "text", encode_fragment(text[0])),
+        _vector("binary message, fragment 0 of 2", bob, p + "binary 0",
+                encode_fragment(binary[0])),
+        _vector("binary message, fragment 1 of 2", bob, p + "binary 1",
+                encode_fragment(binary[1])),
+        _vector("loop cover", bob, p + "loop",
+                encode_loop_cover(bytes(range(0x10, 0x20)), version)),
+        _vector("drop cover", bob, p + "drop", encode_drop_cover(version)),
     ]
     base = bytes.fromhex(vectors[0]["payload"])
     flip = lambda at: base[:at] + bytes((base[at] ^ 0x01,)) + base[at + 1:]  # noqa: E731
@@ -91,26 +99,32 @@ def build():
         _negative("tampered tag", vectors[0], flip(len(base) - 1), bob, NotForMe),
         _negative("tampered ciphertext", vectors[0], flip(40), bob, NotForMe),
         _negative("tampered ephemeral key", vectors[0], flip(5), bob, NotForMe),
-        _negative("unknown version", vectors[0], bytes((0x02,)) + base[1:], bob, EnvelopeError),
+        # version 1: 0x02 at 975 bytes; version 2: 0x03 (no such version)
+        _negative("unknown version", vectors[0], bytes((version + 1,)) + base[1:], bob,
+                  EnvelopeError),
         _negative("wrong recipient", vectors[0], base, carol, NotForMe),
         _negative("right private key, wrong public key", vectors[0], base,
                   KeyPair(bob.private_key, carol.public_key), NotForMe),
     ]
+    if version == 2:
+        negatives.append(_negative("version 1 byte on a version-2 envelope", vectors[0],
+                                   bytes((0x01,)) + base[1:], bob, EnvelopeError))
     messages = [
         {"name": "text", "kind": KIND_TEXT, "data": "héllo, Bob".encode().hex(),
          "payloads": [vectors[0]["name"]]},
         {"name": "binary", "kind": KIND_BINARY, "data": (bytes(range(256)) * 4 + b"tail").hex(),
          "payloads": [vectors[1]["name"], vectors[2]["name"]]},
     ]
-    return {"format": "nymtx-message-v1", "vectors": vectors, "negative": negatives,
+    return {"format": f"nymtx-message-v{version}", "vectors": vectors, "negative": negatives,
             "messages": messages}
 
 
 def main():
-    with open(PATH, "w") as f:
-        json.dump(build(), f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    print(f"wrote {PATH}", file=sys.stderr)
+    for version, path in PATHS.items():
+        with open(path, "w") as f:
+            json.dump(build(version), f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
