@@ -48,7 +48,7 @@ DEBUG = {
     "directory_keys": (
         (), lambda v, n: _trust("directory_keys", v, n),
         "Pinned directory keys (base58): a node of layer 2 or 3 then admits only the\n"
-        "previous layer's mixnodes of the signed topology, by address (docs/trust.md)."),
+        "previous layer's mixnodes of the signed topology, by key (docs/mix-link.md)."),
     "directory_threshold": (
         0, lambda v, n: _trust("directory_threshold", v, n),
         "How many of directory_keys must agree; 0: a majority."),
