@@ -52,6 +52,10 @@ DEBUG = {
     "directory_threshold": (
         0, lambda v, n: _trust("directory_threshold", v, n),
         "How many of directory_keys must agree; 0: a majority."),
+    "sphinx_key_rotation": (
+        0, _ms(low=0),
+        "Milliseconds each Sphinx key is used before the next (announced ahead,\n"
+        "docs/trust.md, \"Key rotation\"); 0: the key never rotates, as in nym v0.5."),
     "presence_sending_delay": (
         1500, _ms(), "How often the node announces itself (ms). nym: 1500."),
     "metrics_sending_delay": (

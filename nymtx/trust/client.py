@@ -176,6 +176,9 @@ class SigningDirectoryClient:
     def report_metrics(self, metrics):
         try:
             sphinx_key = decode_key(metrics["pubKey"])
+            if self.schedule is not None:
+                # the key the presence announces in use, not the first one
+                sphinx_key = self.schedule.in_use(self._now())
             sent = metrics["sent"]
             if isinstance(sent, dict):
                 sent = sum(sent.values())
