@@ -29,6 +29,8 @@ from nymtx.topology import LAYERS
 REFRESH_INTERVAL = 10.0
 #: seconds between tries until the first topology arrives
 FIRST_INTERVAL = 1.0
+#: seconds at least between refreshes asked by an unknown key or address
+MISS_INTERVAL = 1.0
 
 
 def _ip(host):
@@ -169,6 +171,7 @@ class LinkAuthority(LastLayerAdmission):
         #: NodeAddress -> link key of every node of the topology
         self.peers = {}
         self._converted = {}  # identity key -> link key: a conversion per node, once
+        self._asked = None    # when a miss last asked for a fresh topology
 
     def _link_key(self, identity_key):
         from nymtx.trust.mixlink import LinkError, link_public_key
@@ -194,8 +197,13 @@ class LinkAuthority(LastLayerAdmission):
                 allowed.add(key)
         allowed = frozenset(allowed)
         if allowed != self.allowed_keys or self._problem is not None:
-            self.log.info("mix links: {n} layer-{layer} nodes may connect, {m} nodes"
-                          " known by key", n=len(allowed), layer=self.layer, m=len(peers))
+            if self.layer is None:
+                self.log.info("mix links: {m} nodes known by key (this node reads"
+                              " clients, unauthenticated)", m=len(peers))
+            else:
+                self.log.info("mix links: {n} layer-{layer} nodes may connect, {m} nodes"
+                              " known by key", n=len(allowed), layer=self.layer,
+                              m=len(peers))
         self.allowed_keys, self.peers, self._problem = allowed, peers, None
         if len(self._converted) > 4 * len(peers) + 64:
             live = {n.identity_key for n in tuple(topology.mixnodes) + tuple(topology.gateways)}
@@ -219,15 +227,26 @@ class LinkAuthority(LastLayerAdmission):
         if key in self.allowed_keys:
             return None
         self.refused += 1
+        self._miss()
         from nymtx.keys import encode_key
         return (f"key {encode_key(key)} is not a layer-{self.layer} node of the signed"
                 " topology")
+
+    def _miss(self):
+        # a node that joined since the last refresh (every 10 s): ask again
+        # now, at most once a second, so its link opens on the sender's next
+        # try instead of up to 10 s later
+        now = self.clock.seconds()
+        if self.running and (self._asked is None or now - self._asked >= MISS_INTERVAL):
+            self._asked = now
+            self.refresh()
 
     def initiator(self, address):
         """A MixLink to the node at *address*; LinkError if the topology has none."""
         from nymtx.trust.mixlink import LinkError, MixLink
         key = self.peers.get(address)
         if key is None:
+            self._miss()
             raise LinkError(f"no node of the signed topology is at {address}: its link key"
                             " is not known")
         return MixLink(True, self.keys, remote_key=key)
