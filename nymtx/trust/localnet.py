@@ -74,10 +74,12 @@ def make_signed(network, node):
                                 make_site(registry), f"{node.host}:{node.port}",
                                 registry=registry)
     keys = node_keys(network.home, node.name)
-    # the nodes pin the directories too: they speak mix links (docs/mix-link.md)
+    # the nodes do not pin the directories: their links stay plain (a
+    # local network's nodes join within a second of each other, and each
+    # first refusal of a node not yet in a topology costs its sender a
+    # backoff; docs/mix-link.md, "Operating it")
     directory = node_directory(reactor, list(network.directory_urls.values()),
-                               node_identity(_folder(network, node.name)),
-                               directory_keys(network))
+                               node_identity(_folder(network, node.name)))
     if node.kind == "mixnode":
         service = MixnodeService(
             reactor, keys, node.layer, _strport(node.listen_host, node.port), node.host,
@@ -91,11 +93,6 @@ def make_signed(network, node):
             node.host, directory=directory,
             presence_interval=timing.presence_interval)
     hand_over(service, directory)
-    from nymtx.trust.admission import guard_mix_port, guard_mixnode
-    if node.kind == "mixnode":
-        guard_mixnode(service, directory, reactor)
-    else:
-        guard_mix_port(service, directory, reactor)
     return service
 
 
