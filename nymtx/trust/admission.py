@@ -20,6 +20,7 @@ that wants the address check as well.
 import ipaddress
 
 from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -59,6 +60,7 @@ class LastLayerAdmission(Service):
         self._loop = None
         self._problem = None
         self._warned = False
+        self._inflight = set()  # refreshes under way
 
     def startService(self):
         super().startService()
@@ -77,9 +79,22 @@ class LastLayerAdmission(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        # a request still under way would outlive the node (its directory
+        # client is closed next): cut it, and say when it is gone
+        inflight = list(self._inflight)
+        for d in inflight:
+            d.cancel()
+        return DeferredList(inflight, consumeErrors=True) if inflight else None
 
     def refresh(self):
+        inflight = self._inflight
         d = self.directory.get_topology()
+        inflight.add(d)
+
+        def done(result):
+            inflight.discard(d)
+            return result
+        d.addBoth(done)
         d.addCallbacks(self._got, self._failed)
         return d
 
@@ -95,6 +110,8 @@ class LastLayerAdmission(Service):
 
     def _failed(self, failure):
         from nymtx.trust.client import TopologyExpired
+        if failure.check(CancelledError):
+            return  # stopped
         why = failure.getErrorMessage()
         if failure.check(TopologyExpired):
             # who the last layer is cannot be known any more
@@ -213,6 +230,8 @@ class LinkAuthority(LastLayerAdmission):
 
     def _failed(self, failure):
         from nymtx.trust.client import TopologyExpired
+        if failure.check(CancelledError):
+            return  # stopped
         if failure.check(TopologyExpired):
             self.allowed_keys, self.peers = frozenset(), {}
         why = failure.getErrorMessage()
