@@ -61,7 +61,7 @@ class ProcessNetwork(MultiService):
         self.directories = options.get("directories", 1)
         self.nodes = more_directories(options["plan"], self.directories)
         self.signed = self.directories > 1
-        self.home = options["home"]
+        self.home = options.get("home")
         self.directory_urls = {n.name: f"http://{n.host}:{n.port}" for n in self.nodes
                                if n.kind == "directory"}
         self.directory_url = f"http://{self.nodes[0].host}:{self.nodes[0].port}"
