@@ -54,21 +54,75 @@ def tcp_endpoint(reactor, address):
 
 @implementer(IPushProducer)
 class _LinkProtocol(Protocol):
-    """The connected end of one link; the link owns the logic."""
+    """The connected end of one link; the link owns the logic.
+
+    With the links' ``secure`` (nymtx.trust.mixlink), the connection first
+    runs the mix link handshake as its initiator, and counts as connected
+    only once the receiving node has proven its key; each packet then
+    leaves as one sealed frame.
+    """
 
     def __init__(self, link):
         self.link = link
         self.paused = False
+        self.mixlink = None
+        self._timer = None
+        self.why = None  # why this side closed the connection, if it did
 
     def connectionMade(self):
         self.transport.registerProducer(self, True)
-        self.link._connected(self)
+        secure = self.link.links.secure
+        if secure is None:
+            self.link._connected(self)
+            return
+        from nymtx.trust.mixlink import HANDSHAKE_TIMEOUT, LinkError
+        self.link._handshaking(self)
+        try:
+            self.mixlink = secure.initiator(self.link.address)
+        except LinkError as e:
+            self._close(str(e))
+            return
+        self.transport.write(self.mixlink.take_output())
+        self._timer = self.link.links._reactor.callLater(
+            HANDSHAKE_TIMEOUT, self._close, "no handshake answer within"
+            f" {HANDSHAKE_TIMEOUT:g} s", True)
 
     def dataReceived(self, data):
-        # Mix links carry packets one way; whatever the peer says is ignored.
-        pass
+        mixlink = self.mixlink
+        if mixlink is None:
+            # Plain mix links carry packets one way; whatever the peer says is ignored.
+            return
+        from nymtx.trust.mixlink import LinkError
+        was_open = mixlink.is_open
+        try:
+            mixlink.receive(data)
+        except LinkError as e:
+            self._close(str(e))
+            return
+        out = mixlink.take_output()
+        if out:
+            self.transport.write(out)
+        if mixlink.is_open and not was_open:
+            self._cancel()
+            self.link._connected(self)
+
+    def _close(self, why, abort=False):
+        if self._timer is not None and not abort:
+            self._cancel()
+        self._timer = None
+        self.why = why
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def _cancel(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def connectionLost(self, reason):
+        self._cancel()
         self.link._lost(self, reason)
 
     def pauseProducing(self):
@@ -135,6 +189,7 @@ class _Link:
     queue: collections.deque
     state: PeerState = PeerState.IDLE
     protocol: object = None        # in CONNECTED
+    handshaking: object = None     # in CONNECTING: connected, the mix link handshake under way
     connecting: object = None      # the endpoint's Deferred, in CONNECTING
     retry: object = None           # the DelayedCall of the next attempt, in WAITING
     flush_call: object = None      # the DelayedCall that writes this turn's packets
@@ -168,7 +223,8 @@ class _Link:
         if self.state is not PeerState.CONNECTED or protocol.paused or not queue:
             return
         n = len(queue)
-        data = b"".join(queue)
+        mixlink = getattr(protocol, "mixlink", None)
+        data = b"".join(queue) if mixlink is None else mixlink.seal_all(queue)
         queue.clear()
         self.queued_since = None
         protocol.transport.write(data)
@@ -224,8 +280,15 @@ class _Link:
             self.state = PeerState.IDLE
             self.not_before = links._reactor.seconds() + delay
 
+    def _handshaking(self, protocol):
+        self.connecting = None
+        self.handshaking = protocol
+        if self.links._stopping or self.state is PeerState.CLOSED:
+            protocol.transport.loseConnection()
+
     def _connected(self, protocol):
         self.connecting = None
+        self.handshaking = None
         if self.links._stopping or self.state is PeerState.CLOSED:
             protocol.transport.loseConnection()
             return
@@ -237,6 +300,19 @@ class _Link:
         self._flush()
 
     def _lost(self, protocol, reason):
+        if self.handshaking is protocol:
+            # the TCP connection came up but no mix link did: a failed attempt
+            self.handshaking = None
+            links = self.links
+            count = links._quiet.allow("handshake")
+            if count:
+                links.log.info("mix link to {peer} failed: {why} ({count} failed"
+                               " handshakes since the last such line)", peer=self.key,
+                               why=protocol.why or reason.getErrorMessage(), count=count)
+            links.handshake_failures += 1
+            if self.state is PeerState.CONNECTING:
+                self._schedule_retry()
+            return
         if self.protocol is protocol:
             self.protocol = None
             if self.flush_call is not None:
@@ -262,6 +338,8 @@ class _Link:
         if self.connecting is not None:
             d, self.connecting = self.connecting, None
             d.cancel()
+        if self.handshaking is not None:
+            self.handshaking.transport.loseConnection()
         self.queue.clear()
         self.queued_since = None
         if self.protocol is not None:
@@ -290,7 +368,7 @@ class PacketLinks:
 
     def __init__(self, reactor, queue_size=1024, initial_backoff=0.1,
                  maximum_backoff=30.0, endpoint_for=tcp_endpoint, max_peers=1024,
-                 jitter=0.5, rng=None, max_wait=MAX_WAIT):
+                 jitter=0.5, rng=None, max_wait=MAX_WAIT, secure=None):
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
         if max_peers < 1:
@@ -305,6 +383,13 @@ class PacketLinks:
         if max_wait is not None and not max_wait > 0:
             raise ValueError(f"max_wait must be positive (or None), not {max_wait}")
         self.max_wait = max_wait
+        #: None: plain links (1372-byte packets back to back, the seed's
+        #: wire). Else what gives each connection its mix link (a
+        #: nymtx.trust.admission.LinkAuthority): ``initiator(address)``
+        #: returns a MixLink or raises LinkError. May be set before links open.
+        self.secure = secure
+        #: connections closed before their mix link was up
+        self.handshake_failures = 0
         # least recently used first: send() moves a peer to the end
         self._links = collections.OrderedDict()
         self._closing = set()  # Deferreds of evicted links still closing

@@ -58,6 +58,10 @@ class MixNodeInfo:
     layer: int = attrs.field(validator=_check_layer)
     last_seen: int = attrs.field(default=0, validator=_check_int)
     version: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    #: the node's Ed25519 identity key when the topology is signed (the
+    #: threshold merge sets it; a seed topology has none): mix links prove
+    #: it (nymtx.trust.mixlink). Not compared: the same node either way.
+    identity_key: bytes = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -72,6 +76,8 @@ class GatewayInfo:
         default=(), converter=tuple, validator=_check_clients)
     last_seen: int = attrs.field(default=0, validator=_check_int)
     version: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    #: as MixNodeInfo.identity_key
+    identity_key: bytes = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

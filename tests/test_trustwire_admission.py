@@ -1,6 +1,8 @@
 """The gateway's mix port admits only the last layer's mixnodes of the
-signed topology: single-hop packets from anyone else no longer fill Bob's
-quota (issue 15: 0 of 20 of Alice's messages got through)."""
+signed topology, by the key each proves on its mix link (docs/mix-link.md):
+single-hop packets from anyone else, even from the last layer's own host,
+no longer fill Bob's quota (issue 15: 0 of 20 of Alice's messages got
+through). The address-based admission is tested on its own first."""
 
 import attrs
 from twisted.internet import reactor
@@ -21,9 +23,11 @@ from nymtx.links import CONNECT_TIMEOUT, PacketLinks
 from nymtx.mixnode.service import MixnodeService
 from nymtx.sphinx import build_packet
 from nymtx.topology import Hop, MixNodeInfo, Topology
-from nymtx.trust.admission import AdmittingFactory, LastLayerAdmission
+from nymtx.trust.admission import (
+    AdmittingFactory, LastLayerAdmission, LinkAuthority, guard_mixnode)
 from nymtx.trust.client import TopologyExpired
 from nymtx.trust.identity import IdentityKey
+from nymtx.trust.mixlink import LinkKeys
 from nymtx.trust.wiring import hand_over, node_directory
 
 from tests.test_trustwire_nodes import run
@@ -154,15 +158,18 @@ class MixPortTests(TestCase):
         registries = [SignedRegistry(reactor, k) for k in keys]
         urls = [await self.listen(r) for r in registries]
         pins = [k.public_text for k in keys]
-        # the last layer on a host of its own (127.0.0.3); the attacker is
-        # on 127.0.0.1 with the first two layers
-        for layer, host in ((1, "127.0.0.1"), (2, "127.0.0.1"), (3, "127.0.0.3")):
+        # every node pins the directories and opens mix links by key: the
+        # attacker on the same host (127.0.0.1) as every node gets nowhere
+        mixnodes = []
+        for layer in (1, 2, 3):
             node = MixnodeService(
-                reactor, KeyPair.generate(), layer, f"tcp:0:interface={host}", host,
-                directory=node_directory(reactor, urls, IdentityKey.generate()),
+                reactor, KeyPair.generate(), layer, "tcp:0:interface=127.0.0.1",
+                "127.0.0.1", directory=node_directory(reactor, urls, IdentityKey.generate(),
+                                                      pins),
                 presence_interval=0.1, metrics_interval=1)
             hand_over(node, node.directory)
-            node.links._endpoint_for = bound_endpoint(host)
+            guard_mixnode(node, node.directory, reactor, interval=0.5)
+            mixnodes.append(node)
             node.startService()
             self.addCleanup(node.stopService)
             await node.whenListening()
@@ -177,7 +184,8 @@ class MixPortTests(TestCase):
         options = gateway_tap.Options()
         options.parseOptions(["--id", "G1", "--home", home])
         gateway = gateway_tap.makeService(options, reactor)
-        [admission] = [s for s in gateway if isinstance(s, LastLayerAdmission)]
+        [admission] = [s for s in gateway if isinstance(s, LinkAuthority)]
+        port_factory = gateway.mix_listener.factory.wrappedFactory
         gateway.startService()
         self.addCleanup(gateway.stopService)
         await gateway.whenListening()
@@ -201,21 +209,34 @@ class MixPortTests(TestCase):
         alice, bob = clients
         for _ in range(100):
             await admission.refresh()
-            if admission.allowed and bob.core.topology is not None \
+            if admission.allowed_keys and bob.core.topology is not None \
                     and bob.core.keys.public_key in bob.core.topology.clients():
                 break
             await sleep(0.1)
-        self.assertEqual({str(ip) for ip in admission.allowed}, {"127.0.0.3"})
+        self.assertEqual(admission.allowed_keys, {LinkKeys(mixnodes[2].directory.identity)
+                                                  .public_key})
 
-        # the attack: 20 single-hop packets for Bob, straight to the mix port
+        # the attack: 20 single-hop packets for Bob, straight to the mix
+        # port from the last layer's own host: plainly, then over a mix
+        # link proven by a key of its own (a node, but not of layer 3)
         [info] = bob.core.topology.gateways
-        attacker = PacketLinks(reactor)
-        self.addCleanup(attacker.stop)
         hop = Hop(address=info.address.to_bytes(), public_key=info.public_key)
-        for i in range(20):
-            attacker.send(info.address, build_packet(
-                [hop], bob.core.keys.public_key, IDENTIFIER, b"flood %d" % i, [0]))
-        await sleep(0.5)
+        plain = PacketLinks(reactor)
+        self.addCleanup(plain.stop)
+        stranger = LinkAuthority(reactor, mixnodes[0].directory, IdentityKey.generate())
+        await stranger.refresh()
+        keyed = PacketLinks(reactor, secure=stranger)
+        self.addCleanup(keyed.stop)
+        for attacker in (plain, keyed):
+            for i in range(20):
+                attacker.send(info.address, build_packet(
+                    [hop], bob.core.keys.public_key, IDENTIFIER, b"flood %d" % i, [0]))
+        for _ in range(100):
+            if len(port_factory.refused) == 2:
+                break
+            await sleep(0.05)
+        # (each attacker retries on its backoff: refused each time)
+        self.assertEqual(sorted(port_factory.refused), ["bad message 1", "not admitted"])
 
         sent = [f"message {i}" for i in range(5)]
         for text in sent:
@@ -227,9 +248,8 @@ class MixPortTests(TestCase):
                 break
             await sleep(0.05)
         self.assertEqual(sorted(m.decode() for m in received), sorted(sent),
-                         (dict(gateway.handler.dropped), admission.refused,
+                         (dict(gateway.handler.dropped), port_factory.refused,
                           gateway.handler.received))
-        self.assertGreater(admission.refused, 0)
 
 
 class GatewayPinsTests(SynchronousTestCase):
@@ -276,12 +296,14 @@ class MixnodeLayerTests(TestCase):
                 make_site(registry))
             self.addCleanup(port.stopListening)
             urls.append(f"http://127.0.0.1:{port.getHost().port}")
+        pins = tuple(k.public_text for k in keys)
         first = MixnodeService(
-            reactor, KeyPair.generate(), 1, "tcp:0:interface=127.0.0.4", "127.0.0.4",
-            directory=node_directory(reactor, urls, IdentityKey.generate()),
+            reactor, KeyPair.generate(), 1, "tcp:0:interface=127.0.0.1", "127.0.0.1",
+            directory=node_directory(reactor, urls, IdentityKey.generate(), pins),
             presence_interval=0.1, metrics_interval=1)
         hand_over(first, first.directory)
-        first.links._endpoint_for = bound_endpoint("127.0.0.4")
+        first_authority = guard_mixnode(first, first.directory, reactor, interval=0.5)
+        self.assertIsNone(first_authority.layer)  # layer 1 reads clients
         first.startService()
         self.addCleanup(first.stopService)
         await first.whenListening()
@@ -298,17 +320,20 @@ class MixnodeLayerTests(TestCase):
         options.identity = config.load_identity()
         options.replays = None
         second = mixnode_tap.makeService(options, reactor)
-        admission = second.factory.wrappedFactory.admission
+        port_factory = second.factory.wrappedFactory
+        admission = port_factory.authority
         self.assertEqual(admission.layer, 1)
         second.startService()
         self.addCleanup(second.stopService)
         await second.whenListening()
         for _ in range(100):
             await admission.refresh()
-            if admission.allowed:
+            await first_authority.refresh()
+            if admission.allowed_keys and len(first_authority.peers) == 2:
                 break
             await sleep(0.1)
-        self.assertEqual({str(ip) for ip in admission.allowed}, {"127.0.0.4"})
+        self.assertEqual(admission.allowed_keys, {LinkKeys(first.directory.identity)
+                                                  .public_key})
 
         second_address = NodeAddress.parse(f"127.0.0.1:{port}")
         sink = NodeAddress.parse(f"127.0.0.1:{port + 1}")
@@ -321,7 +346,7 @@ class MixnodeLayerTests(TestCase):
                 route, KeyPair.generate().public_key, IDENTIFIER, b"skip", [0, 0]))
         await sleep(0.5)
         self.assertEqual(second.node.received, 0)
-        self.assertGreater(admission.refused, 0)
+        self.assertEqual(port_factory.refused, {"bad message 1": 1})
         # through the first layer: admitted
         first_hop = Hop(address=first.announce_address.to_bytes(),
                         public_key=first.keys.public_key)

@@ -56,10 +56,18 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(options["directories"], 3)
         for argv, why in [(["--directories", "0"], "1 to 9"),
                           (["--directories", "x"], "whole number"),
-                          (["--directories", "3", "--processes"], "not with --processes")]:
+                          (["--directories", "3", "--netns"], "not with --netns"),
+                          (["--directories", "3", "--node", "directory-4", "--base-port",
+                            "36500"], "not a node")]:
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
                                   argv + ["--home", self.mktemp()])
             self.assertIn(why, str(e))
+
+    def test_a_child_of_processes_may_be_an_extra_directory(self):
+        options = tap.Options()
+        options.parseOptions(["--directories", "3", "--processes", "--base-port", "36500",
+                              "--node", "directory-3", "--home", self.mktemp()])
+        self.assertEqual(options["node"], "directory-3")
 
     def test_extra_directories_take_the_ports_after_the_plan(self):
         nodes = more_directories(plan(1, 1, 36500), 3)
@@ -213,3 +221,51 @@ class CommandTests(TestCase):
         self.assertEqual(len(data["directory_keys"]), 3)
         self.assertIn("--directory-keys " + ",".join(data["directory_keys"]),
                       watch.out.decode())
+
+
+class ProcessesTests(SynchronousTestCase):
+    """nym-localnet --processes --directories 3: one process per node, three
+    signing directories (each its own process), every node announced to
+    each, and the command prints what clients pin."""
+
+    def test_three_directories_in_processes(self):
+        import os
+        import subprocess
+        import time
+        import urllib.request
+        from nymtx.trust.document import parse_document
+        from nymtx.trust.identity import decode_identity_key
+        base = free_ports(12)
+        command = [sys.executable, "-m", "nymtx.localnet", "--processes", "--directories",
+                   "3", "--base-port", str(base), "--home", self.mktemp()]
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=os.environ)
+
+        def stop():
+            child.terminate()
+            child.communicate(timeout=30)
+        self.addCleanup(stop)
+        announcement, seen = None, []
+        deadline = time.monotonic() + 60
+        while announcement is None and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith("{") and '"directory_keys"' in line:
+                announcement = json.loads(line)
+        self.assertIsNotNone(announcement, "".join(seen[-20:]))
+        urls, keys = announcement["directories"], announcement["directory_keys"]
+        self.assertEqual(urls, [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 6}",
+                                f"http://127.0.0.1:{base + 7}"])
+        for url, key in zip(urls, keys):
+            for _ in range(100):
+                with urllib.request.urlopen(url + "/api/presence/topology?clients=none",
+                                            timeout=5) as answer:
+                    signed = parse_document(answer.read())
+                d = signed.document
+                if (len(d.mixnodes), len(d.gateways)) == (3, 1):
+                    break
+                time.sleep(0.1)
+            self.assertEqual(d.directory_key, decode_identity_key(key))
+            self.assertEqual((len(d.mixnodes), len(d.gateways)), (3, 1), url)

@@ -108,14 +108,32 @@ class DirectoryClient:
                     f"directory at {self.base_url} sent a topology that cannot be read: {e}")
         return Deferred.fromCoroutine(fetch())
 
-    def get_topology_json(self):
+    def get_topology_json(self, compact=False):
         """Deferred[dict]: the topology JSON object as the directory sent it,
-        for a caller that checks its signatures itself (nymtx.trust.client)."""
+        for a caller that checks its signatures itself (nymtx.trust.client).
+        With *compact*, the form without the gateways' client lists
+        (``?clients=none``; a seed directory sends the full one)."""
+        path = "/api/presence/topology" + ("?clients=none" if compact else "")
+
         async def fetch():
-            data = await self._request("GET", "/api/presence/topology")
+            data = await self._request("GET", path)
             if not isinstance(data, dict):
                 raise DirectoryError(
                     f"directory at {self.base_url} sent a topology that is not a JSON object")
+            return data
+        return Deferred.fromCoroutine(fetch())
+
+    def get_gateway_presence(self, identity_text):
+        """Deferred[dict]: one gateway's signed presence with its client list
+        (``GET /api/presence/gateway?identity=...``), unchecked."""
+        from urllib.parse import quote
+
+        async def fetch():
+            data = await self._request(
+                "GET", "/api/presence/gateway?identity=" + quote(identity_text, safe=""))
+            if not isinstance(data, dict):
+                raise DirectoryError(f"directory at {self.base_url} sent a gateway presence"
+                                     " that is not a JSON object")
             return data
         return Deferred.fromCoroutine(fetch())
 

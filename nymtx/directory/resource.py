@@ -77,6 +77,7 @@ class DirectoryResource(Resource):
             "/": {"GET": self._page},
             "/api/healthcheck": {"GET": self._healthcheck},
             "/api/presence/topology": {"GET": self._topology},
+            "/api/presence/gateway": {"GET": self._gateway},
             "/api/presence/mixnodes": {"POST": self._poster(*announce["mixnode"])},
             "/api/presence/mixproviders": {"POST": self._poster(*announce["gateway"])},
             # nym v0.7 renamed mixproviders to gateways.
@@ -111,6 +112,26 @@ class DirectoryResource(Resource):
         if compact is not None and request.args.get(b"clients") == [b"none"]:
             return _json(request, 200, compact())
         return _json(request, 200, self.registry.topology())
+
+    def _gateway(self, request):
+        # ?identity=<base58>: one gateway's signed presence with its client
+        # list, so that a client of the compact topology fetches only the
+        # lists it lacks (docs/directory.md, "One gateway's clients")
+        find = getattr(self.registry, "gateway_presence", None)
+        if find is None:
+            return _json(request, 404, {"error": "this directory has no signed presences:"
+                                        " the lists are in /api/presence/topology"})
+        values = request.args.get(b"identity")
+        if not values or len(values) != 1:
+            return _json(request, 400, {"error": "give ?identity=<the gateway's identity key,"
+                                        " base58>"})
+        try:
+            found = find(values[0].decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as e:
+            return _json(request, 400, {"error": _bounded(f"identity: {e}")})
+        if found is None:
+            return _json(request, 404, {"error": "no such gateway here"})
+        return _json(request, 200, found)
 
     def _metrics(self, request):
         return _json(request, 200, self.registry.metrics())

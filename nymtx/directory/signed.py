@@ -211,3 +211,19 @@ class SignedRegistry:
         """The same document without the gateways' client lists (the same
         signature: it covers their signed digests, not the lists)."""
         return self.topology(with_clients=False)
+
+    def gateway_presence(self, identity_text):
+        """The signed presence JSON, with its client list, of the gateway
+        whose identity key is *identity_text* (base58); None if none is
+        held. ValueError if the text is not an identity key."""
+        from nymtx.keys import KeyFormatError
+        from nymtx.trust.identity import decode_identity_key
+        try:
+            identity = decode_identity_key(identity_text, "the identity key")
+        except KeyFormatError as e:
+            raise ValueError(str(e))
+        self.expire()
+        signed = self._book.get(identity)
+        if signed is None or signed.presence.role != ROLE_GATEWAY:
+            return None
+        return signed.to_json(with_clients=True)

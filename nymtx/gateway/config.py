@@ -184,7 +184,7 @@ LAYOUT = (
         Key("directory_keys", lambda v, n: _trust("directory_keys", v, n), comment=(
             "The directories' keys (base58). When pinned, the mix port admits only the\n"
             "last layer's mixnodes of the topology directory_threshold of them signed\n"
-            "(by their addresses; docs/trust.md); [] admits anyone, as the seed did.")),
+            "(by their keys, on mix links: docs/mix-link.md); [] admits anyone, as the seed did.")),
         Key("directory_threshold", lambda v, n: _trust("directory_threshold", v, n),
             comment="How many of directory_keys must agree; 0: a majority."),
         Key("presence_sending_delay", shared.delay, field="presence_sending_delay_ms",

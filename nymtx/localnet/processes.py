@@ -56,7 +56,14 @@ class ProcessNetwork(MultiService):
         super().__init__()
         self.reactor = reactor
         self.options = options
-        self.nodes = options["plan"]
+        # with --directories N, directories 2..N after the plan's ports (trust hook)
+        from nymtx.trust.localnet import more_directories
+        self.directories = options.get("directories", 1)
+        self.nodes = more_directories(options["plan"], self.directories)
+        self.signed = self.directories > 1
+        self.home = options.get("home")
+        self.directory_urls = {n.name: f"http://{n.host}:{n.port}" for n in self.nodes
+                               if n.kind == "directory"}
         self.directory_url = f"http://{self.nodes[0].host}:{self.nodes[0].port}"
         self.children = {}
         self.exit_codes = {}
@@ -69,7 +76,8 @@ class ProcessNetwork(MultiService):
                 "--home", self.options["home"],
                 "--base-port", str(self.options["base-port"]),
                 "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
-                "--gateways", str(self.options["gateways"])] + self._log_level()
+                "--gateways", str(self.options["gateways"]),
+                "--directories", str(self.directories)] + self._log_level()
 
     def _log_level(self):
         level = self.options.get("log-level")
@@ -96,11 +104,20 @@ class ProcessNetwork(MultiService):
     async def start(self):
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
         try:
-            self._spawn(self.nodes[0])
-            await poll_topology(self.reactor, directory, lambda topology: None, 60.0,
-                                check=self._check_children)
-            for node in self.nodes[1:]:
+            # the directories first: the other nodes announce to their URLs
+            directories = [n for n in self.nodes if n.kind == "directory"]
+            for node in directories:
                 self._spawn(node)
+            for node in directories:
+                url = DirectoryClient(f"http://{node.host}:{node.port}", reactor=self.reactor)
+                try:
+                    await poll_topology(self.reactor, url, lambda topology: None, 60.0,
+                                        check=self._check_children)
+                finally:
+                    await url.close()
+            for node in self.nodes:
+                if node.kind != "directory":
+                    self._spawn(node)
             mixnodes = sum(1 for n in self.nodes if n.kind == "mixnode")
             gateways = sum(1 for n in self.nodes if n.kind == "gateway")
 

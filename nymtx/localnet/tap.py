@@ -105,9 +105,9 @@ class Options(usage.Options):
                                    " --processes")
         if self["processes"] and self["base-port"] == 0:
             raise usage.UsageError("--processes needs a fixed --base-port, not 0")
-        if self["directories"] > 1 and (self["processes"] or self["netns"]):
-            raise usage.UsageError("--directories runs in one process: not with --processes"
-                                   " or --netns")
+        if self["directories"] > 1 and self["netns"]:
+            raise usage.UsageError("--directories runs in one process or with --processes:"
+                                   " not with --netns")
         self["timing"] = Timing()
         if self["netns-plan"] is not None:
             # imported here: ``python -m nymtx.localnet.netns`` must find it not yet imported
@@ -122,7 +122,12 @@ class Options(usage.Options):
                                     self["base-port"])
             except LocalNetError as e:
                 raise usage.UsageError(str(e))
-        if self["node"] is not None and self["node"] not in {n.name for n in self["plan"]}:
+        from nymtx.trust.localnet import more_directories  # directory-2.. (--directories)
+        try:
+            names = {n.name for n in more_directories(self["plan"], self["directories"])}
+        except LocalNetError as e:
+            raise usage.UsageError(str(e))
+        if self["node"] is not None and self["node"] not in names:
             raise usage.UsageError(f"--node {self['node']!r} is not a node of this network")
         self["home"] = str(nym_root(self["home"]))
         place = os.path.join(self["home"], "localnet")
@@ -201,7 +206,7 @@ def main(argv=None):
         reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
         stdio.StandardIO(ParentWatch(reactor), reactor=reactor)
         network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"],
-                               timing=options["timing"])
+                               timing=options["timing"], directories=options["directories"])
 
         def start_one():
             network.startService()

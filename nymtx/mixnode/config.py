@@ -48,10 +48,14 @@ DEBUG = {
     "directory_keys": (
         (), lambda v, n: _trust("directory_keys", v, n),
         "Pinned directory keys (base58): a node of layer 2 or 3 then admits only the\n"
-        "previous layer's mixnodes of the signed topology, by address (docs/trust.md)."),
+        "previous layer's mixnodes of the signed topology, by key (docs/mix-link.md)."),
     "directory_threshold": (
         0, lambda v, n: _trust("directory_threshold", v, n),
         "How many of directory_keys must agree; 0: a majority."),
+    "sphinx_key_rotation": (
+        0, _ms(low=0),
+        "Milliseconds each Sphinx key is used before the next (announced ahead,\n"
+        "docs/trust.md, \"Key rotation\"); 0: the key never rotates, as in nym v0.5."),
     "presence_sending_delay": (
         1500, _ms(), "How often the node announces itself (ms). nym: 1500."),
     "metrics_sending_delay": (

@@ -66,6 +66,9 @@ class Mixnode:
     pause_backlog: int = 4096
     max_backlog: int = 65536
     receivers: set = attrs.Factory(set)
+    #: a nymtx.trust.keyring.SphinxKeyring: rotating keys, each with its own
+    #: replay cache (then private_key and replay_cache are not used)
+    keyring: object = None
     _pool: object = None
     _reading_paused: bool = False
 
@@ -89,7 +92,10 @@ class Mixnode:
                 self._pause_reading(True)
             return
         try:
-            hop = process_packet(self.private_key, packet, self.replay_cache)
+            if self.keyring is not None:
+                hop = self.keyring.process(packet)
+            else:
+                hop = process_packet(self.private_key, packet, self.replay_cache)
         except SphinxError as e:
             self._drop(type(e).__name__)
             return
@@ -200,6 +206,9 @@ class Mixnode:
     def start(self):
         """Take packets again (after a stop); starts the workers, if any."""
         self._stopped = False
+        if self.workers > 1 and self.keyring is not None:
+            # the workers hold one private key; rotation is not wired there
+            raise ValueError("Sphinx key rotation needs workers = 1")
         if self.workers > 1:
             if self._pool is None:
                 kwargs = {} if self.spawn is None else {"spawn": self.spawn}

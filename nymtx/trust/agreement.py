@@ -115,11 +115,13 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
         p = signed.presence
         key = p.sphinx_key_at(now)
         if p.kind == "mixnode":
-            mixnodes.append(MixNodeInfo(p.host, key, p.layer, p.timestamp, p.version))
+            mixnodes.append(MixNodeInfo(p.host, key, p.layer, p.timestamp, p.version,
+                                        identity_key=signed.identity_key))
         else:
             clients = tuple(c for c in signed.clients or () if c not in ambiguous)
             gateways.append(GatewayInfo(p.host, p.client_listener, key, clients,
-                                        p.timestamp, p.version))
+                                        p.timestamp, p.version,
+                                        identity_key=signed.identity_key))
     # raw key bytes break ties: base58 of thousands of keys is slow
     mixnodes.sort(key=lambda n: (n.layer, str(n.address), n.public_key))
     gateways.sort(key=lambda n: (str(n.address), n.public_key))

@@ -24,9 +24,11 @@ from nymtx.keys import decode_key, encode_key
 from nymtx.trust.agreement import NoAgreement
 from nymtx.trust.document import DocumentError
 from nymtx.trust.metrics import sign_metrics
+from nymtx.topology import Topology
+from nymtx.trust.identity import encode_b58
 from nymtx.trust.presence import (
     DEFAULT_PRESENCE_LIFETIME, NS, ROLE_GATEWAY, ROLE_MIXNODE, PresenceError,
-    sign_seed_presence)
+    parse_signed_gateway, sign_seed_presence)
 
 
 class TopologyExpired(DirectoryError):
@@ -43,8 +45,21 @@ class TrustedDirectoryClient:
     directories: list = attrs.field(converter=list)
     trust: object
     clock: object
+    #: read the compact topology (``?clients=none``: bounded by design,
+    #: about 500 bytes a node whatever its clients) and fetch each gateway's
+    #: client list on its own, once per list (docs/directory.md)
+    compact: bool = True
+    #: lists fetched per refresh at most (each costs a signature check)
+    max_list_fetches: int = 16
+    #: client keys held across every list at most: past it, a list is not
+    #: kept (its clients need CLIENT@GATEWAY), so lists cannot grow memory
+    max_listed_clients: int = 100_000
     # base_url -> the last problem logged for it (None once it answers well)
     _trouble: dict = attrs.field(factory=dict, init=False)
+    # (gateway identity, clients digest) -> the checked list of client keys
+    _lists: dict = attrs.field(factory=dict, init=False)
+    _turn: int = attrs.field(default=0, init=False)
+    _full_logged: bool = attrs.field(default=False, init=False)
 
     log = Logger()
 
@@ -66,7 +81,7 @@ class TrustedDirectoryClient:
         fails with TopologyExpired when fewer have a current document."""
         async def fetch():
             answers = await DeferredList(
-                [d.get_topology_json() for d in self.directories], consumeErrors=True)
+                [self._topology_json(d) for d in self.directories], consumeErrors=True)
             now = self._now()
             for directory, (ok, result) in zip(self.directories, answers):
                 if not ok:
@@ -79,10 +94,96 @@ class TrustedDirectoryClient:
                     continue
                 self._note(directory, None)
             try:
-                return self.trust.topology(now)
+                if not self.compact or not hasattr(self.trust, "agreement"):
+                    return self.trust.topology(now)
+                agreement = self.trust.agreement(now)
             except NoAgreement as e:
                 raise TopologyExpired(str(e))
+            return await self._with_lists(agreement)
         return Deferred.fromCoroutine(fetch())
+
+    def _topology_json(self, directory):
+        if self.compact:
+            try:
+                return directory.get_topology_json(compact=True)
+            except TypeError:
+                pass  # a directory client without the compact form
+        return directory.get_topology_json()
+
+    async def _with_lists(self, agreement):
+        """The agreement's topology, each gateway with the client list whose
+        digest it signed: carried in a document, held from an earlier
+        refresh, or fetched now from a directory (and checked)."""
+        gateways = {i: s for i, s in agreement.presences.items()
+                    if s.presence.role == ROLE_GATEWAY}
+        wanted = {(i, s.presence.clients_digest) for i, s in gateways.items()}
+        lists = {k: v for k, v in self._lists.items() if k in wanted}
+        held = sum(len(v) for v in lists.values())
+        missing = []
+        for identity in sorted(gateways):
+            signed = gateways[identity]
+            key = (identity, signed.presence.clients_digest)
+            if key in lists:
+                continue
+            if signed.presence.clients_count == 0:
+                lists[key] = ()
+            elif signed.clients is not None:
+                missing.insert(0, (key, signed.clients))  # carried: free to keep
+            else:
+                missing.append((key, None))
+        carried = [m for m in missing if m[1] is not None]
+        fetch = [m for m in missing if m[1] is None]
+        if len(fetch) > self.max_list_fetches:
+            # the next refresh takes the next ones: every list comes in turn
+            start = self._turn % len(fetch)
+            fetch = (fetch[start:] + fetch[:start])[:self.max_list_fetches]
+            self._turn += self.max_list_fetches
+        results = await DeferredList([Deferred.fromCoroutine(self._fetch_list(key))
+                                      for key, _ in fetch],
+                                     consumeErrors=True)
+        got = carried + [(key, result) for (key, _), (ok, result) in zip(fetch, results)
+                         if ok and result is not None]
+        for key, clients in got:
+            if held + len(clients) > self.max_listed_clients:
+                if not self._full_logged:
+                    self._full_logged = True
+                    self.log.warn("client lists: more than {n} client keys listed; further"
+                                  " lists are not kept (their clients are reached as"
+                                  " CLIENT@GATEWAY)", n=self.max_listed_clients)
+                continue
+            lists[key] = clients
+            held += len(clients)
+        self._lists = lists
+        # a client two gateways list is resolved by neither (as merge does)
+        count = {}
+        for clients in lists.values():
+            for client in clients:
+                count[client] = count.get(client, 0) + 1
+        topology = agreement.topology
+        out = []
+        for gateway in topology.gateways:
+            signed = gateways.get(gateway.identity_key)
+            clients = () if signed is None else lists.get(
+                (gateway.identity_key, signed.presence.clients_digest), ())
+            out.append(attrs.evolve(gateway, registered_clients=tuple(
+                c for c in clients if count.get(c) == 1)))
+        return Topology(topology.mixnodes, out)
+
+    async def _fetch_list(self, key):
+        identity, digest = key
+        for directory in self.directories:
+            get = getattr(directory, "get_gateway_presence", None)
+            if get is None:
+                continue
+            try:
+                data = await get(encode_b58(identity))
+                signed = parse_signed_gateway(data)
+            except (DirectoryError, PresenceError):
+                continue
+            if signed.identity_key == identity and signed.clients is not None \
+                    and signed.presence.clients_digest == digest:
+                return signed.clients
+        return None
 
     def _to_all(self, call):
         async def send():
@@ -176,6 +277,9 @@ class SigningDirectoryClient:
     def report_metrics(self, metrics):
         try:
             sphinx_key = decode_key(metrics["pubKey"])
+            if self.schedule is not None:
+                # the key the presence announces in use, not the first one
+                sphinx_key = self.schedule.in_use(self._now())
             sent = metrics["sent"]
             if isinstance(sent, dict):
                 sent = sum(sent.values())

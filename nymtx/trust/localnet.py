@@ -47,11 +47,26 @@ def directory_identity(network, name):
     return IdentityKey.load_or_generate(_folder(network, name))
 
 
+def _nodes(network):
+    nodes = network.nodes
+    return list(nodes.values()) if isinstance(nodes, dict) else list(nodes)
+
+
+def directory_urls(network):
+    """name -> URL of each directory: those this process started, else (a
+    node of ``--processes``, whose directories run elsewhere) the plan's
+    fixed ports."""
+    if getattr(network, "directory_urls", None):
+        return dict(network.directory_urls)
+    return {n.name: f"http://{n.host}:{n.port}" for n in _nodes(network)
+            if n.kind == "directory" and n.port}
+
+
 def directory_keys(network):
     """The base58 keys of the network's directories, in the order of
     ``directory_urls``: what a client pins."""
-    return [directory_identity(network, name).public_text
-            for name, node in network.nodes.items() if node.kind == "directory"]
+    return [directory_identity(network, n.name).public_text
+            for n in _nodes(network) if n.kind == "directory"]
 
 
 def make_signed(network, node):
@@ -74,7 +89,11 @@ def make_signed(network, node):
                                 make_site(registry), f"{node.host}:{node.port}",
                                 registry=registry)
     keys = node_keys(network.home, node.name)
-    directory = node_directory(reactor, list(network.directory_urls.values()),
+    # the nodes do not pin the directories: their links stay plain (a
+    # local network's nodes join within a second of each other, and each
+    # first refusal of a node not yet in a topology costs its sender a
+    # backoff; docs/mix-link.md, "Operating it")
+    directory = node_directory(reactor, list(directory_urls(network).values()),
                                node_identity(_folder(network, node.name)))
     if node.kind == "mixnode":
         service = MixnodeService(
@@ -95,16 +114,17 @@ def make_signed(network, node):
 def trusted_reader(network):
     """A TrustedDirectoryClient over every directory, a majority needed."""
     from nymtx.trust.wiring import client_directory
-    return client_directory(network.reactor, list(network.directory_urls.values()),
+    return client_directory(network.reactor, list(directory_urls(network).values()),
                             directory_keys(network))
 
 
 def client_settings(network):
     """What ``init_client`` needs to trust this network's directories."""
-    urls = list(network.directory_urls.values())
+    urls = list(directory_urls(network).values())
     return dict(directory_url=urls[0], more_directories=urls[1:],
                 directory_keys=directory_keys(network))
 
 
-__all__ = ["MAX_DIRECTORIES", "client_settings", "directory_keys", "make_signed",
+__all__ = ["MAX_DIRECTORIES", "client_settings", "directory_keys", "directory_urls",
+           "make_signed",
            "more_directories", "trusted_reader"]
