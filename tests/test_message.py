@@ -22,8 +22,9 @@ from nymtx.message import (
     encode_fragment, fragment_count, fragment_message, loop_cover_payload, open_envelope,
     open_payload, seal, seal_fragment)
 from nymtx.message import ENVELOPE_V1_SIZE, FRAGMENT_DATA_V1_SIZE, PLAINTEXT_V1_SIZE, VERSION_1
+from nymtx.message import MAX_MESSAGE_SIZE_V2
 from nymtx.message.payload import (
-    TYPE_ACK, TYPE_LOOP_COVER, encode_drop_cover, encode_loop_cover)
+    MAX_COUNT, SET_ID_SIZE, TYPE_ACK, TYPE_LOOP_COVER, encode_drop_cover, encode_loop_cover)
 from nymtx.message.payload import decode_reply_fragment, encode_reply_fragment
 from nymtx.reliable.ack import SURB_ACK_SIZE
 from nymtx.message.reassembly import set_cost
@@ -37,7 +38,7 @@ BOB = KeyPair.generate(random.Random(1).randbytes)
 CAROL = KeyPair.generate(random.Random(2).randbytes)
 
 
-def plain_fragment(data=b"\x02hello", count=1, index=0, set_id=b"S" * 8):
+def plain_fragment(data=b"\x02hello", count=1, index=0, set_id=b"S" * SET_ID_SIZE):
     return Fragment(set_id, index, count, data)
 
 
@@ -46,7 +47,10 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertEqual(ENVELOPE_SIZE, MAX_MESSAGE_SIZE - SURB_ACK_SIZE)
         self.assertEqual(ENVELOPE_SIZE, 608)
         self.assertEqual(PLAINTEXT_SIZE, 608 - 1 - 32 - 16)
-        self.assertEqual(FRAGMENT_DATA_SIZE, 540)
+        self.assertEqual(FRAGMENT_HEADER_SIZE, 11)
+        self.assertEqual(FRAGMENT_DATA_SIZE, 548)
+        # 0.9 of the room the SURB-ACK leaves (issue 11's benchmark)
+        self.assertGreaterEqual(FRAGMENT_DATA_SIZE / ENVELOPE_SIZE, 0.9)
         # version 1, still read, filled the whole room
         self.assertEqual((ENVELOPE_V1_SIZE, PLAINTEXT_V1_SIZE, FRAGMENT_DATA_V1_SIZE),
                          (975, 926, 907))
@@ -171,12 +175,25 @@ class PlaintextTests(SynchronousTestCase):
         self.assertEqual(decode_plaintext(encode_fragment(f)), f)
 
     def test_header_layout(self):
-        f = Fragment(bytes(range(8)), 2, 3, b"\x02abc")
+        f = Fragment(bytes(range(4)), 2, 3, b"\x02abc")
         plain = encode_fragment(f)
         self.assertEqual(plain[:FRAGMENT_HEADER_SIZE].hex(),
-                         "01" "0001020304050607" "00000002" "00000003" "0004")
-        self.assertEqual(plain[19:23], b"\x02abc")
-        self.assertEqual(plain[23:], bytes(PLAINTEXT_SIZE - 23))
+                         "01" "00010203" "0002" "0003" "0004")
+        self.assertEqual(plain[11:15], b"\x02abc")
+        self.assertEqual(plain[15:], bytes(PLAINTEXT_SIZE - 15))
+        # the largest index and count a u16 holds
+        last = Fragment(b"\xff" * 4, MAX_COUNT - 1, MAX_COUNT, b"z")
+        plain = encode_fragment(last)
+        self.assertEqual(plain[:FRAGMENT_HEADER_SIZE].hex(), "01" "ffffffff" "fffe" "ffff" "0001")
+        self.assertEqual(decode_plaintext(plain), last)
+        self.assertRaises(PlaintextError, Fragment, b"S" * 4, 0, MAX_COUNT + 1, b"z" * 548)
+        # version 1 keeps its 19-byte header: 8-byte set id, u32 index and count
+        v1 = encode_fragment(Fragment(bytes(range(8)), 2, 3, b"\x02abc", FRAGMENT_DATA_V1_SIZE))
+        self.assertEqual(v1[:19].hex(), "01" "0001020304050607" "00000002" "00000003" "0004")
+        self.assertEqual(v1[19:23], b"\x02abc")
+        # and a set id of the other version's size is refused either way
+        self.assertRaises(PlaintextError, Fragment, b"S" * 8, 0, 1, b"z")
+        self.assertRaises(PlaintextError, Fragment, b"S" * 4, 0, 1, b"z", FRAGMENT_DATA_V1_SIZE)
 
     def _refused(self, plain, why):
         e = self.assertRaises(PlaintextError, decode_plaintext, plain)
@@ -187,13 +204,13 @@ class PlaintextTests(SynchronousTestCase):
         self._refused(b"\x00" + good[1:], "unknown payload type 0")
         self._refused(b"\x09" + good[1:], "unknown payload type 9")
         self._refused(good[:-1] + b"\x01", "padding")
-        self._refused(good[:17] + (541).to_bytes(2, "big") + good[19:], "exceeds")
-        self._refused(good[:9] + (1).to_bytes(4, "big") + good[13:], "not below its count")
-        self._refused(good[:13] + bytes(4) + good[17:], "count is 1 to")
-        self._refused(good[:17] + bytes(PLAINTEXT_SIZE - 17), "the last fragment holds 1 to")
+        self._refused(good[:9] + (549).to_bytes(2, "big") + good[11:], "exceeds")
+        self._refused(good[:5] + (1).to_bytes(2, "big") + good[7:], "not below its count")
+        self._refused(good[:7] + bytes(2) + good[9:], "count is 1 to")
+        self._refused(good[:9] + bytes(PLAINTEXT_SIZE - 9), "the last fragment holds 1 to")
         # a fragment before the last that is not full
         short = encode_fragment(plain_fragment(b"\x02hi"))
-        self._refused(short[:13] + (2).to_bytes(4, "big") + short[17:], "all but the last")
+        self._refused(short[:7] + (2).to_bytes(2, "big") + short[9:], "all but the last")
         self._refused(bytes((TYPE_LOOP_COVER,)) + bytes(16) + b"\x01" + bytes(PLAINTEXT_SIZE - 18),
                       "loop cover body")
         self._refused(b"\x03\x01" + bytes(PLAINTEXT_SIZE - 2), "drop cover body")
@@ -217,8 +234,25 @@ class FragmentTests(SynchronousTestCase):
         self.assertEqual(fragment_count(0), 1)
         self.assertEqual(fragment_count(FRAGMENT_DATA_SIZE - 1), 1)
         self.assertEqual(fragment_count(FRAGMENT_DATA_SIZE), 2)
-        self.assertEqual(fragment_count(DEFAULT_MAX_MESSAGE_SIZE), 1942)
+        self.assertEqual(fragment_count(DEFAULT_MAX_MESSAGE_SIZE), 1914)
+        # one set of version 2 holds at most 65,535 fragments
+        self.assertEqual(MAX_MESSAGE_SIZE_V2, 65535 * 548 - 1)
+        self.assertEqual(fragment_count(MAX_MESSAGE_SIZE_V2), MAX_COUNT)
+        self.assertEqual(fragment_count(MAX_MESSAGE_SIZE_V2 + 1), MAX_COUNT + 1)
         self.assertEqual(fragment_count(DEFAULT_MAX_MESSAGE_SIZE, FRAGMENT_DATA_V1_SIZE), 1157)
+
+    def test_longest_version_2_message(self):
+        # a u16 count: one byte past 65,535 full fragments is refused, naming
+        # both sizes, whatever maximum the caller allows
+        longest = Message(KIND_BINARY, bytes(MAX_MESSAGE_SIZE_V2))
+        frags = fragment_message(longest, max_message_size=1 << 30)
+        self.assertEqual((len(frags), frags[-1].count, len(frags[-1].data)),
+                         (MAX_COUNT, MAX_COUNT, FRAGMENT_DATA_SIZE))
+        e = self.assertRaises(MessageTooLarge, fragment_message,
+                              Message(KIND_BINARY, bytes(MAX_MESSAGE_SIZE_V2 + 1)),
+                              max_message_size=1 << 30)
+        self.assertIn(f"Sent {MAX_MESSAGE_SIZE_V2 + 1} bytes, but the maximum is"
+                      f" {MAX_MESSAGE_SIZE_V2}", str(e))
 
     def test_split(self):
         data = os.urandom(3 * FRAGMENT_DATA_SIZE)
@@ -369,7 +403,7 @@ class ReassemblyTests(SynchronousTestCase):
         for i, f in enumerate(frags):
             # a flood of fragments of made-up sets, each claiming the largest count
             for _ in range(300):
-                junk = Fragment(rng.randbytes(8), 0, fragment_count(DEFAULT_MAX_MESSAGE_SIZE),
+                junk = Fragment(rng.randbytes(SET_ID_SIZE), 0, fragment_count(DEFAULT_MAX_MESSAGE_SIZE),
                                 rng.randbytes(FRAGMENT_DATA_SIZE))
                 r.add(junk)
                 sent += 1
@@ -392,7 +426,7 @@ class ReassemblyTests(SynchronousTestCase):
 
     def test_count_over_the_maximum_not_buffered(self):
         r = self.reassembler(max_message_size=1000)
-        big = Fragment(b"B" * 8, 0, 3, b"\x02" + bytes(FRAGMENT_DATA_SIZE - 1))
+        big = Fragment(b"B" * SET_ID_SIZE, 0, 3, b"\x02" + bytes(FRAGMENT_DATA_SIZE - 1))
         self.assertIsNone(r.add(big))
         self.assertEqual(r.partial_sets, 0)
         self.assertEqual(r.stats.too_large, 1)
@@ -408,10 +442,10 @@ class ReassemblyTests(SynchronousTestCase):
 
     def test_malformed_kind_and_text(self):
         r = self.reassembler()
-        self.assertIsNone(r.add(Fragment(b"K" * 8, 0, 1, b"\x07abc")))
-        self.assertIsNone(r.add(Fragment(b"T" * 8, 0, 1, b"\x01\xff\xfe")))
+        self.assertIsNone(r.add(Fragment(b"K" * SET_ID_SIZE, 0, 1, b"\x07abc")))
+        self.assertIsNone(r.add(Fragment(b"T" * SET_ID_SIZE, 0, 1, b"\x01\xff\xfe")))
         self.assertEqual(r.stats.malformed, 2)
-        self.assertEqual(r.add(Fragment(b"U" * 8, 0, 1, b"\x01")), Message(KIND_TEXT, b""))
+        self.assertEqual(r.add(Fragment(b"U" * SET_ID_SIZE, 0, 1, b"\x01")), Message(KIND_TEXT, b""))
 
     def test_buffer_must_hold_the_largest_message(self):
         e = self.assertRaises(ValueError, Reassembler, self.clock.seconds,
@@ -543,12 +577,25 @@ class FuzzTests(SynchronousTestCase):
     @given(st.one_of(
         st.binary(min_size=PLAINTEXT_SIZE, max_size=PLAINTEXT_SIZE),
         st.binary(min_size=PLAINTEXT_V1_SIZE, max_size=PLAINTEXT_V1_SIZE),
-        st.tuples(st.sampled_from([1, 2, 3, 4, 5, 0, 6, 255]), st.binary(max_size=8),
+        # version 2's header, every u16 anywhere in its range (the bounds:
+        # index at and past count, count 0 and 65,535, L past 548)
+        st.tuples(st.sampled_from([1, 2, 3, 4, 5, 0, 6, 255]), st.binary(max_size=4),
+                  st.one_of(st.integers(0, 4), st.integers(0, 2 ** 16 - 1),
+                            st.just(2 ** 16 - 2), st.just(2 ** 16 - 1)),
+                  st.one_of(st.integers(0, 5), st.integers(0, 2 ** 16 - 1),
+                            st.just(2 ** 16 - 1)),
+                  st.one_of(st.integers(0, 2 ** 16 - 1), st.integers(545, 551)),
+                  st.binary(max_size=PLAINTEXT_SIZE)).map(
+            lambda t: (bytes((t[0],)) + t[1].ljust(4, b"\0") + t[2].to_bytes(2, "big")
+                       + t[3].to_bytes(2, "big") + t[4].to_bytes(2, "big")
+                       + t[5])[:PLAINTEXT_SIZE].ljust(PLAINTEXT_SIZE, b"\0")),
+        # version 1's wide header, still read
+        st.tuples(st.sampled_from([1, 2, 3]), st.binary(max_size=8),
                   st.integers(0, 2 ** 32 - 1), st.integers(0, 2 ** 32 - 1),
-                  st.integers(0, 2 ** 16 - 1), st.binary(max_size=PLAINTEXT_SIZE)).map(
+                  st.integers(0, 2 ** 16 - 1), st.binary(max_size=PLAINTEXT_V1_SIZE)).map(
             lambda t: (bytes((t[0],)) + t[1].ljust(8, b"\0") + t[2].to_bytes(4, "big")
                        + t[3].to_bytes(4, "big") + t[4].to_bytes(2, "big")
-                       + t[5])[:PLAINTEXT_SIZE].ljust(PLAINTEXT_SIZE, b"\0")),
+                       + t[5])[:PLAINTEXT_V1_SIZE].ljust(PLAINTEXT_V1_SIZE, b"\0")),
         st.binary(max_size=PLAINTEXT_SIZE + 2)))
     def test_decode_plaintext_any_bytes(self, data):
         try:
@@ -628,7 +675,7 @@ class ReassemblyPropertyTests(SynchronousTestCase):
             index = min(index, count - 1)
             size = FRAGMENT_DATA_SIZE if index < count - 1 else length
             data = bytes((KIND_BINARY,)) + bytes(size - 1) if index == 0 else bytes(size)
-            r.add(Fragment(bytes([set_no]) * 8, index, count, data))
+            r.add(Fragment(bytes([set_no]) * SET_ID_SIZE, index, count, data))
             self.assertLessEqual(r.partial_sets, 3)
             self.assertLessEqual(r.buffered_bytes, r.max_buffered_bytes)
             self.assertLessEqual(len(r._completed), 4)

@@ -14,6 +14,7 @@ import attrs
 from nymtx import config as shared
 from nymtx.config import ConfigError, ConfigFileError, Key, Section
 from nymtx.keys import KeyFormatError, KeyPair, decode_key
+from nymtx.message import MAX_MESSAGE_SIZE_V2
 from nymtx.paths import node_dir, write_atomically
 
 __all__ = ["ClientConfig", "ConfigError", "DEBUG_DEFAULTS", "is_initialised"]
@@ -194,8 +195,9 @@ LAYOUT = (
         "end-to-end message options (docs/message-format.md); sizes in bytes"), keys=[
         Key("maximum_message_size", shared.count, comment=(
             "The longest message this client sends or accepts, in bytes of application\n"
-            "data. A message is cut into fragments of 540 bytes, one per packet of the\n"
-            "sending stream; a longer one is refused with an error naming both sizes.")),
+            "data. A message is cut into fragments of 548 bytes, one per packet of the\n"
+            "sending stream; a longer one is refused with an error naming both sizes.\n"
+            "At most 35913179 (65,535 fragments).")),
         Key("send_queue_messages", shared.count, comment=(
             "Messages that may wait for the sending stream at once; past it a send is\n"
             "refused (the application's backpressure signal), never buffered.")),
@@ -298,6 +300,14 @@ class ClientConfig:
         for section in LAYOUT:
             for key in section.keys:
                 key.check(getattr(self, key.attribute), _WHERE[key.attribute])
+        # one fragment set of version 2 holds at most 65,535 fragments (a u16
+        # count, docs/message-format.md "Maximum size"), so no longer message
+        # can be sent or received whatever is configured
+        if self.maximum_message_size > MAX_MESSAGE_SIZE_V2:
+            raise ConfigError(
+                f"[message] maximum_message_size ({self.maximum_message_size}) must be at"
+                f" most {MAX_MESSAGE_SIZE_V2}: the longest message one fragment set can"
+                " carry (65,535 fragments of 548 bytes, less the kind byte)")
         # the queue must hold one largest message (framed: one kind byte more)
         if self.send_queue_bytes < self.maximum_message_size + 1:
             raise ConfigError(

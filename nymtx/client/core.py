@@ -97,12 +97,13 @@ def _recipient_blob(client_key, gateway_key):
     return bytes(client_key) + (bytes(gateway_key) if gateway_key is not None else b"")
 
 
-def set_id_of(ack_key, number):
+def set_id_of(ack_key, number, reply=False):
     """The fragment set id of outbox message *number*: derived under the
     outbox's secret key, so a restarted client sends the same set (the
     recipient reassembles retries and first sends together) and the set id
-    still looks random to the recipient."""
-    return hashlib.blake2b(number.to_bytes(8, "big"), digest_size=8, key=ack_key,
+    still looks random to the recipient. 4 bytes (version 2's header), or 8
+    for a reply (its wide header): docs/message-format.md "Fragment"."""
+    return hashlib.blake2b(number.to_bytes(8, "big"), digest_size=8 if reply else 4, key=ack_key,
                            person=_SET_ID_PERSON).digest()
 
 
@@ -844,7 +845,7 @@ class ClientCore:
         except OutboxError as e:
             raise SendError(str(e))
         tracked = _Tracked(number, id, None, None, framed, count,
-                           set_id_of(self.outbox.ack_key, number), sent=Deferred(),
+                           set_id_of(self.outbox.ack_key, number, reply=True), sent=Deferred(),
                            reply_tag=tag)
         self._tracked[number] = tracked
         self._replyq.append(tracked)
@@ -931,7 +932,8 @@ class ClientCore:
             reply_tag = p.reply_tag if client_key is None else None
             self._tracked[p.number] = _Tracked(
                 p.number, p.id, client_key, gateway_key, bytes((p.kind,)) + p.body,
-                p.fragments, set_id_of(self.outbox.ack_key, p.number), reply_tag=reply_tag,
+                p.fragments, set_id_of(self.outbox.ack_key, p.number, reply_tag is not None),
+                reply_tag=reply_tag,
                 next_index=p.fragments)
             self._rtx.track(p.number, p.fragments, acked=p.acked, attempts=p.attempts)
         if self._tracked:

@@ -15,8 +15,8 @@ from .errors import (
     EnvelopeError, MessageLayerError, MessageTooLarge, NotForMe, PlaintextError, QueueFull,
     RecipientKeyError)
 from .fragment import (
-    DEFAULT_MAX_MESSAGE_SIZE, KIND_BINARY, KIND_TEXT, Message, fragment_count,
-    fragment_message, join_pieces)
+    DEFAULT_MAX_MESSAGE_SIZE, KIND_BINARY, KIND_TEXT, MAX_MESSAGE_SIZE_V2, Message,
+    fragment_count, fragment_message, join_pieces)
 from .payload import (
     FRAGMENT_DATA_SIZE, FRAGMENT_DATA_V1_SIZE, FRAGMENT_HEADER_SIZE, DropCover, Fragment, LoopCover, Reserved,
     decode_plaintext, drop_cover_payload, encode_fragment, loop_cover_payload, open_payload,
@@ -30,7 +30,7 @@ __all__ = [
     "EnvelopeError", "MessageLayerError", "MessageTooLarge", "NotForMe", "PlaintextError",
     "QueueFull", "RecipientKeyError",
     "DEFAULT_MAX_MESSAGE_SIZE", "KIND_BINARY", "KIND_TEXT", "Message", "fragment_count",
-    "fragment_message", "join_pieces",
+    "fragment_message", "join_pieces", "MAX_MESSAGE_SIZE_V2",
     "FRAGMENT_DATA_SIZE", "FRAGMENT_HEADER_SIZE", "DropCover", "Fragment", "LoopCover",
     "Reserved", "decode_plaintext", "drop_cover_payload", "encode_fragment",
     "loop_cover_payload", "open_payload", "seal_fragment",

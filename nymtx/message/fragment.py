@@ -1,7 +1,8 @@
 """Splitting a message into fragments, and the message value itself.
 
 A message is carried as ``kind (1) || bytes`` cut into FRAGMENT_DATA_SIZE
-pieces, all in one set with a random 8-byte id (docs/message-format.md). The
+pieces, all in one set with a random 4-byte id (8 in version 1;
+docs/message-format.md). The
 kind lets the API give text back as text and binary as bytes.
 """
 
@@ -11,7 +12,9 @@ import attrs
 
 from .errors import MessageTooLarge, PlaintextError
 from .envelope import VERSION
-from .payload import FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, fragment_room
+from .payload import (
+    FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, fragment_room, max_count, set_id_size)
+from .payload import max_message_size as _longest
 
 KIND_TEXT = 0x01
 KIND_BINARY = 0x02
@@ -25,6 +28,10 @@ KINDS = DATA_KINDS + (KIND_REPLIABLE, KIND_TOP_UP)
 
 #: the default largest message, in application bytes
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+#: the longest message version 2 can carry: 65,535 fragments of 548 bytes,
+#: less the kind byte (35,913,179 bytes); a configured maximum above it is
+#: refused (nymtx.client.config)
+MAX_MESSAGE_SIZE_V2 = _longest(FRAGMENT_DATA_SIZE)
 
 
 @attrs.frozen(slots=True)
@@ -85,9 +92,13 @@ def fragment_message(message, max_message_size=DEFAULT_MAX_MESSAGE_SIZE, randbyt
         raise PlaintextError(f"unknown message kind {message.kind!r}")
     check_size(len(message.data), max_message_size)
     framed = bytes((message.kind,)) + message.data
-    set_id = randbytes(SET_ID_SIZE)
     step = fragment_room(version)
     count = fragment_count(len(message.data), step)
+    if count > max_count(step):
+        raise MessageTooLarge(
+            f"message too long. Sent {len(message.data)} bytes, but the maximum is"
+            f" {_longest(step)}")
+    set_id = randbytes(set_id_size(step))
     return [Fragment(set_id, i, count, framed[i * step:(i + 1) * step], step)
             for i in range(count)]
 
