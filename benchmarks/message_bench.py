@@ -14,8 +14,9 @@ over 559 bytes, framing). Rates are medians too.
 Efficiency: the application bytes of a 1 MiB message over the number of
 1372-byte packets it needs, against the Sphinx message room of one packet
 (975 bytes). The target was 0.9; every packet now carries a 367-byte
-SURB-ACK (docs/surb.md §2.4), so it is 0.554, and 0.888 of the 608 bytes
-the SURB-ACK leaves (``of_room_after_surb_ack``).
+SURB-ACK (docs/surb.md §2.4), so it is 0.562, and 0.901 of the 608 bytes
+the SURB-ACK leaves (``of_room_after_surb_ack``: version 2's 11-byte
+fragment header, docs/message-format.md "Efficiency").
 """
 
 import argparse
@@ -164,7 +165,9 @@ def main(argv=None):
     print(f"1 MiB message: {out['packets']} packets, {out['app_bytes_per_packet']:.1f}"
           f" application bytes per {PACKET_SIZE}-byte packet: efficiency"
           f" {out['efficiency']:.4f} of the {MAX_MESSAGE_SIZE}-byte room"
-          f" ({out['of_whole_packet']:.4f} of the whole packet)")
+          f" ({out['of_whole_packet']:.4f} of the whole packet,"
+          f" {out['of_room_after_surb_ack']:.4f} of the {ENVELOPE_SIZE} bytes after the"
+          f" SURB-ACK)")
     print(f"1 MiB message: seal all {out['mib_seal_s'] * 1000:.0f} ms (floor"
           f" {out['mib_seal_floor_s'] * 1000:.0f} ms, ratio {out['mib_seal_ratio']:.2f}),"
           f" open and reassemble {out['mib_open_s'] * 1000:.0f} ms (floor"

@@ -13,7 +13,7 @@ import attrs
 from .errors import MessageTooLarge, PlaintextError
 from .envelope import VERSION
 from .payload import (
-    FRAGMENT_DATA_SIZE, SET_ID_SIZE, Fragment, fragment_room, max_count, set_id_size)
+    FRAGMENT_DATA_SIZE, Fragment, fragment_room, max_count, set_id_size)
 from .payload import max_message_size as _longest
 
 KIND_TEXT = 0x01
