@@ -299,6 +299,19 @@ class MessageSectionTests(SynchronousTestCase):
                                                 "maximum_message_size = 33554432"))
         self.assertIn("send_queue_bytes (16777216) must be at least", str(cm.exception))
         self.assertIn("33554433", str(cm.exception))
+        # version 2 carries at most 65,535 fragments of 548 bytes: one byte
+        # more is refused, naming both numbers, even with the queue to hold it
+        queue = "send_queue_bytes = 67108864"
+        text = text.replace("send_queue_bytes = 16777216", queue)
+        self.assertIn(queue, text)
+        longest = ClientConfig.from_toml(text.replace(
+            "maximum_message_size = 1048576", "maximum_message_size = 35913179"))
+        self.assertEqual(longest.maximum_message_size, 65535 * 548 - 1)
+        with self.assertRaises(ConfigError) as cm:
+            ClientConfig.from_toml(text.replace("maximum_message_size = 1048576",
+                                                "maximum_message_size = 35913180"))
+        self.assertIn("maximum_message_size (35913180) must be at most 35913179",
+                      str(cm.exception))
         for bad in ("0", "-1", '"1"', "1.5", "true"):
             with self.assertRaises(ConfigError) as cm:
                 ClientConfig.from_toml(text.replace("send_queue_messages = 1000",

@@ -133,7 +133,7 @@ class SendingTests(SynchronousTestCase):
         sent = core.send(bob.public_text, data)
         run_until(clock, 60)
         self.successResultOf(sent)
-        # 5000 bytes: 10 fragments of 540 (retries, with no acks here, are counted apart)
+        # 5000 bytes: 10 fragments of 548 (retries, with no acks here, are counted apart)
         self.assertEqual((core.sent_real, core.sent_messages), (10, 1))
         receiver = Receiver(bob.private_key, bob.public_key, Reassembler(clock))
         got = [receiver.receive(p) for d, p in opened(network, bob, core.links.packets)

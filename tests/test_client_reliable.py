@@ -107,7 +107,7 @@ class AckTests(SynchronousTestCase):
         while h.core.sent_real < 4:
             h.clock.advance(STEP)
         run(h.clock, 0.5)
-        self.assertEqual(h.core.sent_messages, 1)  # 2001 bytes: 4 fragments of 540
+        self.assertEqual(h.core.sent_messages, 1)  # 2001 bytes: 4 fragments of 548
         self.assertNoResult(d)
         h.ack_new(h.bob.public_key)
         run(h.clock, 3)
@@ -682,7 +682,7 @@ class OnALocalNetwork(TestCase):
             await deferLater(reactor, 0.5, lambda: None)  # duplicates would be in by now
             self.assertEqual(got, [b"once " * 300])
             [r] = result
-            fragments = 3  # 1501 bytes: 3 fragments of 540
+            fragments = 3  # 1501 bytes: 3 fragments of 548
             if r == DELIVERED:
                 self.assertLessEqual(alice.core.sent_retries, 2 * fragments)
             else:

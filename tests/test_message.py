@@ -574,6 +574,20 @@ class FuzzTests(SynchronousTestCase):
         bad = payload[:at] + bytes((payload[at] ^ xor,)) + payload[at + 1:]
         self.assertRaises(EnvelopeError, open_payload, BOB.private_key, BOB.public_key, bad)
 
+    @given(st.binary(min_size=4, max_size=4), st.integers(1, MAX_COUNT),
+           st.integers(0, MAX_COUNT), st.integers(1, FRAGMENT_DATA_SIZE))
+    def test_version_2_header_bounds_round_trip(self, set_id, count, index, length):
+        # every index and count a u16 allows, up to the 65,535 cap, survives
+        # encoding; one past the cap cannot even be built
+        index = min(index, count - 1)
+        data = bytes(FRAGMENT_DATA_SIZE if index < count - 1 else length)
+        f = Fragment(set_id, index, count, data)
+        plain = encode_fragment(f)
+        self.assertEqual(len(plain), PLAINTEXT_SIZE)
+        self.assertEqual(plain[5:9], index.to_bytes(2, "big") + count.to_bytes(2, "big"))
+        self.assertEqual(decode_plaintext(plain), f)
+        self.assertRaises(PlaintextError, Fragment, set_id, index, count + MAX_COUNT, data)
+
     @given(st.one_of(
         st.binary(min_size=PLAINTEXT_SIZE, max_size=PLAINTEXT_SIZE),
         st.binary(min_size=PLAINTEXT_V1_SIZE, max_size=PLAINTEXT_V1_SIZE),

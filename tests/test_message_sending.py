@@ -257,7 +257,7 @@ class ThroughTheNetworkTests(SynchronousTestCase):
             stream.tick()
         clock.advance(1)
         store.flush()
-        # 3000 bytes: 6 fragments of 540
+        # 3000 bytes: 6 fragments of 548
         self.assertEqual((stream.real_sent, stream.drop_sent), (6, 4))
         # drop cover is addressed to the gateway itself: discarded (its ack sent)
         self.assertEqual(handler.dropped["drop_cover"], 4)
