@@ -7,9 +7,10 @@ records, as a global passive observer would:
 
 - every mix-link packet as a mixnode or gateway receives it: the time, the
   receiving node, the sending node or client, the bytes. The sender is the
-  connection's source address, never anything the packet says: every client
-  and every mixnode makes its outgoing connections from its own loopback
-  address (127.0.1.x clients, 127.0.2.x mixnodes), as machines of a real
+  connection's source address, never anything the packet says: every
+  client, mixnode and gateway makes its outgoing connections from its own
+  loopback address (127.1.x.x clients, 127.2.x.x mixnodes, 127.3.x.x
+  gateways, which send the acks into layer 1), as machines of a real
   network have their own;
 - every chunk of bytes on every client–gateway connection, both ways, as the
   gateway's listener reads and writes it (the client is again the
@@ -30,7 +31,10 @@ gateway reads the destination and the payload to classify the packet: a
 real message of the workload, loop cover (today's clients: a MAC under the
 client's own key, :mod:`nymtx.client.cover`; or the message layer's typed,
 encrypted payloads, opened with the clients' keys, when it is there) or drop
-cover. The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
+cover. Every such packet's SURB-ACK names the ack its gateway then sends
+into layer 1 (docs/surb.md §2): acks are peeled hop by hop too, tied to the
+packet they acknowledge, and told from replies by the client's ack key.
+The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
 and a list of problems: every packet the truth cannot explain is named
 there, none is dropped silently.
 """
