@@ -93,6 +93,17 @@ class Tracing(SynchronousTestCase):
         post = attacks.tracing(view)
         np.testing.assert_allclose(post[1], [0.75, 0.25])
 
+    def test_a_gateways_acks_are_in_the_pool_as_no_clients_mass(self):
+        # c0 in, the gateway's ack in, one out (½ c0, ½ ack), c1 in, out:
+        # the pool then held ½ c0 + ½ ack + c1. The ack's mass counts in
+        # the mixing (it dilutes what leaves) but a target is a client's
+        # message: the posterior is over the clients alone
+        view = tiny_view([(0, 0, 2), (1, 3, 2), (2, 2, 3), (3, 1, 2), (4, 2, 3)],
+                         targets=[2, 4])
+        post = attacks.tracing(view)
+        np.testing.assert_allclose(post[0], [1.0, 0.0])
+        np.testing.assert_allclose(post[1], [1 / 3, 2 / 3])
+
 
 class Attacks(SynchronousTestCase):
 

@@ -202,7 +202,11 @@ class Recorder:
         self.packets = []
         self.chunks = []
         self.pulls = []
-        self._pending = {}       # client key -> messages its last store pull gave
+        # client key -> what each store pull not yet written gave, in order:
+        # answers wait for the gateway's commit, and a client keeps several
+        # pulls in flight (nymtx.gateway.private_server), so two pulls may
+        # be taken before the first answer is written
+        self._pending = collections.defaultdict(collections.deque)
         self.problems = []
 
     def source(self, host):
@@ -241,12 +245,13 @@ class Recorder:
                 # channel knows the key its handshake proved
                 proven = getattr(getattr(protocol, "channel", None), "remote_key", None)
                 key = self.key_for(client, proven)
-                if key is not None and key in self._pending:
+                if key is not None and self._pending.get(key):
                     if proven is not None and proven != key:
                         self.problems.append(
                             f"the gateway answered a pull of client {proven.hex()[:8]}"
                             f" on a connection from {addr.host}")
-                    self.pulls.append((now, client, bytes(data), self._pending.pop(key), key))
+                    self.pulls.append((now, client, bytes(data), self._pending[key].popleft(),
+                                       key))
 
             def makeConnection(transport):
                 make_connection(protocol, _TappedTransport(transport, on_write))
@@ -274,7 +279,7 @@ class _PullNoted:
 
     def pull(self, client_key, limit, after=0):
         got = self._store.pull(client_key, limit, after=after)
-        self._pending[bytes(client_key)] = len(got)
+        self._pending[bytes(client_key)].append(len(got))
         return got
 
     def __getattr__(self, name):
