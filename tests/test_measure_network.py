@@ -222,6 +222,16 @@ class RealMeasurement(TestCase):
             self.assertLess(g["by kind"][name]["ack lag median s"], 0.5, (name, g))
         self.assertGreater(g["correlation per 1 s"], 0.5, g)
         self.assertEqual({a["client"] for a in stream["arrivals"]}, {"c0", "c2"})
+        # a gateway that acked only real mail (cover's acks dropped) would
+        # show it: the check reads who was acked from the truth
+        only_real = trace.packet_kind.copy()
+        cover_acks = acks & (origin >= 0)
+        cover_acks[cover_acks] = kind[origin[cover_acks]] != REAL
+        only_real[cover_acks] = -1
+        (g,) = checks.ack_stream(attrs.evolve(trace, packet_kind=only_real))["gateways"]
+        self.assertEqual(g["by kind"]["loop"]["acked"], 0.0)
+        self.assertEqual(g["by kind"]["drop"]["acked"], 0.0)
+        self.assertGreater(g["by kind"]["real"]["acked"], 0.95)
 
 
 class TapHook(SynchronousTestCase):
@@ -295,6 +305,52 @@ class Classifier(SynchronousTestCase):
         self.assertEqual(self.classifier.classify(self.gateway.public_key, drop), (DROP, -1, -1))
         drop = message.drop_cover_payload(self.bob.public_key)
         self.assertEqual(self.classifier.classify(self.bob.public_key, drop), (DROP, 1, -1))
+
+
+class SurbPackets(SynchronousTestCase):
+    """Acks and replies at their gateway, as the truth reads them; on the
+    wire both are one size with every forward packet."""
+
+    def test_acks_open_under_the_ack_key_and_replies_do_not(self):
+        import os as _os
+        from nymtx.reliable.ack import ack_packet, build_surb_ack
+        from nymtx.sphinx import PACKET_SIZE, build_packet
+        from nymtx.sphinx.surb import build_surb, process_gateway_packet, use_surb
+        from nymtx.measure.trace import REPLY
+        from tests.test_sphinx import make_route
+        keys, route = make_route(4)
+        alice, bob = KeyPair.generate(), KeyPair.generate()
+        ack_key = _os.urandom(32)
+        clients = {alice.public_key: 0, bob.public_key: 1}
+
+        def at_gateway(packet):
+            for k in keys[:-1]:
+                packet = process_gateway_packet(k.private_key, packet).packet
+            return process_gateway_packet(keys[-1].private_key, packet)
+        delays = [1000] * 4
+        packets = {}
+        # the ack of a fragment, and of cover (message number 0)
+        for number in (7, 0):
+            surb_ack = build_surb_ack(route, alice.public_key, ack_key, number, 1, 0, delays)
+            _, packets["ack", number] = ack_packet(surb_ack)
+            self.assertEqual(network.surb_kind(clients, [ack_key, None],
+                                               at_gateway(packets["ack", number])), (ACK, 0))
+        # a reply through one of Alice's reply blocks (a random identifier)
+        surb, _ = build_surb(route, alice.public_key, _os.urandom(16), delays)
+        packets["reply"] = use_surb(surb, b"a reply")
+        self.assertEqual(network.surb_kind(clients, [ack_key, None],
+                                           at_gateway(packets["reply"])), (REPLY, 0))
+        # under another key an ack reads as a reply; for nobody's key, None
+        self.assertEqual(network.surb_kind(clients, [_os.urandom(32), None],
+                                           at_gateway(packets["ack", 7]))[0], REPLY)
+        self.assertIsNone(network.surb_kind({bob.public_key: 1}, [None, None],
+                                            at_gateway(packets["ack", 7])))
+        # a client without an ack key (a release before acks): a reply
+        self.assertEqual(network.surb_kind(clients, [None, None],
+                                           at_gateway(packets["ack", 7])), (REPLY, 0))
+        # one size on the wire: acks, replies and forward packets
+        forward = build_packet(route, bob.public_key, bytes(16), bytes(975), delays)
+        self.assertEqual({len(p) for p in packets.values()} | {len(forward)}, {PACKET_SIZE})
 
 
 class PullAnswers(SynchronousTestCase):

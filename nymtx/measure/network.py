@@ -530,6 +530,20 @@ def _load_ack_keys(cap):
     return out
 
 
+def surb_kind(clients, ack_keys, delivery):
+    """(ACK or REPLY, client) of a :class:`~nymtx.sphinx.surb.SurbDelivery`
+    at its gateway, or None when its destination is no client's (*clients*:
+    public key -> client number; *ack_keys*: per client, its ack key).
+
+    An ack's identifier opens under its client's ack key (docs/surb.md
+    §2.3); a reply block's identifier is random, and opens as an ack only
+    with probability 2⁻¹⁶: a SURB packet that does not open is a reply."""
+    c = clients.get(bytes(delivery.destination))
+    if c is None:
+        return None
+    return (ACK if ack_identifier_opens(ack_keys[c], delivery.identifier) else REPLY), c
+
+
 def ack_identifier_opens(ack_key, identifier):
     """Whether *identifier* is an ack identifier under *ack_key*, cover's
     (number 0) included: ``nymtx.reliable.ack.open_ack`` hides cover's."""
@@ -667,14 +681,12 @@ def to_trace(cap):
         if isinstance(hop, SurbDelivery):
             if position != layers:
                 problems.append(f"{where}: a SURB route of {position + 1} hops, not {layers + 1}")
-            c = classifier.clients.get(hop.destination)
-            if c is None:
+            surb = surb_kind(classifier.clients, ack_keys, hop)
+            if surb is None:
                 problems.append(f"{where}: a SURB packet for a key that is no client's")
                 p_kind[index], p_recipient[index] = -1, -1
                 return False
-            # an ack's identifier opens under its client's ack key; what
-            # does not is a reply (the workload sends none)
-            kind = ACK if ack_identifier_opens(ack_keys[c], hop.identifier) else REPLY
+            kind, c = surb
             p_kind[index], p_recipient[index], p_message[index] = kind, c, -1
             if p_sender[index] < 0:
                 p_sender[index] = c
