@@ -147,6 +147,20 @@ class Checks(SynchronousTestCase):
         self.assertLess(bad["p"], 1e-6)
         self.assertEqual(good["n"], 2000)
 
+    def test_two_sample_ks_tells_a_shifted_sample(self):
+        # (the ack stream's check: the lags of real packets' acks against cover's)
+        rng = np.random.default_rng(6)
+        same = checks.ks_two_samples(rng.exponential(0.02, 300), rng.exponential(0.02, 3000))
+        later = checks.ks_two_samples(rng.exponential(0.02, 300) + 0.01,
+                                      rng.exponential(0.02, 3000))
+        self.assertGreater(same["p"], 0.01)
+        self.assertLess(later["p"], 1e-6)
+        self.assertEqual((same["n"], same["m"]), (300, 3000))
+        self.assertIsNone(checks.ks_two_samples([], [1.0])["p"])
+        # the statistic is the largest gap between the two empirical CDFs
+        self.assertAlmostEqual(checks.ks_two_samples([1, 2], [3, 4])["statistic"], 1.0)
+        self.assertAlmostEqual(checks.ks_two_samples([1, 3], [2, 4])["statistic"], 0.5)
+
     def test_rates_show_the_old_deficit_and_not_the_new(self):
         for cover, expect_deficit in (("legacy", True), ("loopix", False)):
             _, trace = short_run(cover, minutes=4)

@@ -221,6 +221,11 @@ class RealMeasurement(TestCase):
             self.assertGreater(g["by kind"][name]["acked"], 0.95, (name, g))
             self.assertLess(g["by kind"][name]["ack lag median s"], 0.5, (name, g))
         self.assertGreater(g["correlation per 1 s"], 0.5, g)
+        ks = g["ack lag, real against cover (KS)"]
+        # (those that arrived two seconds before the end or earlier)
+        self.assertGreater(ks["n"], 10, ks)
+        self.assertLessEqual(ks["n"], int(np.sum(kind[acked] == REAL)), ks)
+        self.assertIsNotNone(ks["p"])
         self.assertEqual({a["client"] for a in stream["arrivals"]}, {"c0", "c2"})
         # a gateway that acked only real mail (cover's acks dropped) would
         # show it: the check reads who was acked from the truth

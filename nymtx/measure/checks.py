@@ -38,6 +38,22 @@ def ks_exponential(samples, mean):
     return {"statistic": d, "p": float(min(max(p, 0.0), 1.0)), "n": n}
 
 
+def ks_two_samples(a, b):
+    """Two-sample KS test: (D, p, n, m), the p-value asymptotic (Kolmogorov,
+    with Stephens' correction on the effective size), None for an empty side."""
+    a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    n, m = len(a), len(b)
+    if n == 0 or m == 0:
+        return {"statistic": None, "p": None, "n": n, "m": m}
+    both = np.concatenate([a, b])
+    d = float(np.max(np.abs(np.searchsorted(a, both, side="right") / n
+                            - np.searchsorted(b, both, side="right") / m)))
+    en = math.sqrt(n * m / (n + m))
+    lam = (en + 0.12 + 0.11 / en) * d
+    p = 2.0 * sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * lam * lam) for k in range(1, 101))
+    return {"statistic": d, "p": float(min(max(p, 0.0), 1.0)), "n": n, "m": m}
+
+
 def packet_sizes(trace):
     sizes = np.unique(trace.hop_size)
     return {"sizes": [int(s) for s in sizes], "one_size": len(sizes) == 1,
@@ -200,16 +216,21 @@ def ack_stream(trace, bin_seconds=1.0):
                  "correlation per %g s" % bin_seconds: corr, "by kind": {}}
         ended = np.zeros(len(kind), dtype=bool)
         ended[trace.hop_packet[final]] = True
+        lags_of = {}
         for kd in FORWARD:
             mine = ended & (kind == kd)
             # a packet that arrived near the end may have its ack still to come
             seen = mine & (arrival < trace.duration - 2.0)
-            lags = lag[seen & acked]
+            lags = lags_of[kd] = lag[seen & acked]
             entry["by kind"][KIND_NAMES[kd]] = {
                 "ended here": int(mine.sum()),
                 "acked": float(acked[seen].mean()) if seen.any() else None,
                 "ack lag median s": float(np.median(lags)) if len(lags) else None,
                 "ack lag p90 s": float(np.percentile(lags, 90)) if len(lags) else None}
+        # the promise: an ack leaves as soon after a real packet as after
+        # cover (else its timing would tell them apart)
+        entry["ack lag, real against cover (KS)"] = ks_two_samples(
+            lags_of[REAL], np.concatenate([lags_of[LOOP], lags_of[DROP]]))
         gateways.append(entry)
     # the acks' arrival at each client's gateway: their last hop
     ack_in = into & (hop_kind == ACK)
