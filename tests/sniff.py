@@ -62,12 +62,13 @@ class Sniffer:
 
     @staticmethod
     def _ours(data):
-        # every connection of a measured network has a client's (127.1.x.x)
-        # or a mixnode's (127.2.x.x) address at one end: other traffic on the
-        # loopback (other tests') is not kept in memory
+        # every connection of a measured network has a client's (127.1.x.x),
+        # a mixnode's (127.2.x.x) or a gateway's (127.3.x.x: its acks into
+        # layer 1) address at one end: other traffic on the loopback (other
+        # tests') is not kept in memory
+        ours = (b"\x7f\x01", b"\x7f\x02", b"\x7f\x03")
         return (len(data) >= 34 and data[12:14] == b"\x08\x00"
-                and (data[26:28] in (b"\x7f\x01", b"\x7f\x02")
-                     or data[30:32] in (b"\x7f\x01", b"\x7f\x02")))
+                and (data[26:28] in ours or data[30:32] in ours))
 
     def stop(self):
         self._stop = True

@@ -93,6 +93,17 @@ class Tracing(SynchronousTestCase):
         post = attacks.tracing(view)
         np.testing.assert_allclose(post[1], [0.75, 0.25])
 
+    def test_a_gateways_acks_are_in_the_pool_as_no_clients_mass(self):
+        # c0 in, the gateway's ack in, one out (½ c0, ½ ack), c1 in, out:
+        # the pool then held ½ c0 + ½ ack + c1. The ack's mass counts in
+        # the mixing (it dilutes what leaves) but a target is a client's
+        # message: the posterior is over the clients alone
+        view = tiny_view([(0, 0, 2), (1, 3, 2), (2, 2, 3), (3, 1, 2), (4, 2, 3)],
+                         targets=[2, 4])
+        post = attacks.tracing(view)
+        np.testing.assert_allclose(post[0], [1.0, 0.0])
+        np.testing.assert_allclose(post[1], [1 / 3, 2 / 3])
+
 
 class Attacks(SynchronousTestCase):
 
@@ -135,6 +146,20 @@ class Checks(SynchronousTestCase):
         self.assertGreater(good["p"], 0.01)
         self.assertLess(bad["p"], 1e-6)
         self.assertEqual(good["n"], 2000)
+
+    def test_two_sample_ks_tells_a_shifted_sample(self):
+        # (the ack stream's check: the lags of real packets' acks against cover's)
+        rng = np.random.default_rng(6)
+        same = checks.ks_two_samples(rng.exponential(0.02, 300), rng.exponential(0.02, 3000))
+        later = checks.ks_two_samples(rng.exponential(0.02, 300) + 0.01,
+                                      rng.exponential(0.02, 3000))
+        self.assertGreater(same["p"], 0.01)
+        self.assertLess(later["p"], 1e-6)
+        self.assertEqual((same["n"], same["m"]), (300, 3000))
+        self.assertIsNone(checks.ks_two_samples([], [1.0])["p"])
+        # the statistic is the largest gap between the two empirical CDFs
+        self.assertAlmostEqual(checks.ks_two_samples([1, 2], [3, 4])["statistic"], 1.0)
+        self.assertAlmostEqual(checks.ks_two_samples([1, 3], [2, 4])["statistic"], 0.5)
 
     def test_rates_show_the_old_deficit_and_not_the_new(self):
         for cover, expect_deficit in (("legacy", True), ("loopix", False)):

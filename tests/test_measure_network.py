@@ -27,7 +27,7 @@ from nymtx.gateway import frames as F
 from nymtx.keys import KeyPair
 from nymtx.localnet import Timing
 from nymtx.measure import attacks, checks, cli, compare, network, sim
-from nymtx.measure.trace import DROP, LOOP, REAL
+from nymtx.measure.trace import ACK, DROP, FORWARD, LOOP, REAL
 from nymtx.listening import ConnectionLimit
 
 FAST = sim.Settings(clients=3, send_gap=0.05, loop_gap=0.1, hop_delay=0.02, fetch_gap=0.1)
@@ -76,9 +76,15 @@ class RealMeasurement(TestCase):
         self.assertTrue(np.all(trace.packet_sent[short] > trace.duration - 3.0))
         self.assertGreater(np.mean(~short), 0.5)
         topo = trace.topology
-        self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_mix] < topo.n_clients))
+        # into layer 1: the clients' packets, and the gateway's acks
+        into_first = trace.hop_dst == topo.first_mix
+        acks = trace.packet_kind == ACK
+        from_client = trace.hop_src[into_first] < topo.n_clients
+        self.assertTrue(np.all(from_client == ~acks[trace.hop_packet[into_first]]))
+        self.assertTrue(np.all(trace.hop_src[into_first][~from_client] == topo.first_gateway))
         self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_gateway]
                                == topo.first_gateway - 1))
+        self._the_acks(trace, stats)
         # the delays peeled are the ones the nodes applied: no packet leaves a
         # mix before its delay (the clocks are one), and none very late
         lateness = network.link_checks(cap, trace)["lateness"]
@@ -151,7 +157,10 @@ class RealMeasurement(TestCase):
             if problems:
                 found = problems
                 break
-        self.assertTrue(any("came from client c1" in p for p in found), found)
+        # (or, since every packet is acked, drop cover too: its ack goes
+        # back to its true sender)
+        self.assertTrue(any("came from client c1" in p or
+                            "of client c1 came back to client c0" in p for p in found), found)
         # a message that left its client but never reached its gateway (the
         # truth still knows where it went)
         trace, _, _ = network.to_trace(cap)
@@ -160,8 +169,74 @@ class RealMeasurement(TestCase):
         lost = [p for p in cap.packets if not (p[1] == gateway and abs(p[0] - exit_time) < 1e-6)]
         self.assertEqual(len(lost), len(cap.packets) - 1)
         _, problems, _ = network.to_trace(attrs.evolve(cap, packets=lost))
-        self.assertEqual(len(problems), 1, problems)
-        self.assertIn("never arrived", problems[0])
+        # (and the ack its gateway sent for it is one the capture cannot explain)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertTrue(any("never arrived" in p for p in problems), problems)
+        # (the ack is still followed to its end: only its first hop is named)
+        self.assertTrue(any("the ack of no packet" in p for p in problems), problems)
+        # an ack sent twice by the gateway (a replay into layer 1): the
+        # second has no packet left to acknowledge
+        t, dst, src, packet = next(p for p in cap.packets if p[2] == gateway)
+        _, problems, _ = network.to_trace(attrs.evolve(cap, packets=cap.packets + [
+            (cap.end - 0.5, dst, src, packet)]))
+        self.assertTrue(any("the ack of no packet" in p for p in problems), problems)
+
+    def _the_acks(self, trace, stats):
+        """Every packet a client sent comes back to it as an ack (docs/surb.md
+        §2.5), which the truth peels hop by hop like any other packet."""
+        topo = trace.topology
+        kind, origin = trace.packet_kind, trace.packet_origin
+        acks = kind == ACK
+        self.assertGreater(acks.sum(), 200)
+        self.assertEqual(stats["ack packets"], int(acks.sum()))
+        self.assertEqual(stats["reply packets"], 0)
+        self.assertTrue(np.all(origin[~acks] == -1))
+        # each ack acknowledges a forward packet of the client it returns to
+        acked = origin[acks & (origin >= 0)]
+        self.assertGreater(len(acked), 0.9 * acks.sum())
+        self.assertTrue(np.all(np.isin(kind[acked], FORWARD)))
+        self.assertTrue(np.all(trace.packet_sender[acks & (origin >= 0)]
+                               == trace.packet_sender[acked]))
+        self.assertTrue(np.all(trace.packet_recipient[acks] == trace.packet_sender[acks]))
+        self.assertEqual(len(set(acked)), len(acked))        # one ack each
+        # real, loop and drop packets alike are acked
+        self.assertEqual(set(kind[acked]), {REAL, LOOP, DROP})
+        # an ack's route: gateway -> layer 1 -> 2 -> 3 -> the gateway
+        for p in np.nonzero(acks)[0][:50]:
+            hops = np.nonzero(trace.hop_packet == p)[0]
+            route = [int(trace.hop_src[hops[0]])] + [int(d) for d in trace.hop_dst[hops]]
+            self.assertEqual(route[0], topo.first_gateway)
+            if len(route) == 5:
+                self.assertEqual(route[1:4], list(range(topo.first_mix, topo.first_gateway)))
+                self.assertEqual(route[4], topo.first_gateway)
+        # every packet that reached the gateway well before the end was acked
+        self.assertEqual(stats["packets that reached their gateway whose ack never left it"], 0)
+        stream = checks.ack_stream(trace)
+        self.assertEqual(stream["acks"], int(acks.sum()))
+        (g,) = stream["gateways"]
+        # (a few acks out are of packets sent before the workload began,
+        # which the trace leaves out; a few packets in are acked after its end)
+        self.assertLess(abs(g["acks out"] - g["final hops in"]), 0.05 * g["final hops in"], g)
+        for name in ("real", "loop", "drop"):
+            self.assertGreater(g["by kind"][name]["acked"], 0.95, (name, g))
+            self.assertLess(g["by kind"][name]["ack lag median s"], 0.5, (name, g))
+        self.assertGreater(g["correlation per 1 s"], 0.5, g)
+        ks = g["ack lag, real against cover (KS)"]
+        # (those that arrived two seconds before the end or earlier)
+        self.assertGreater(ks["n"], 10, ks)
+        self.assertLessEqual(ks["n"], int(np.sum(kind[acked] == REAL)), ks)
+        self.assertIsNotNone(ks["p"])
+        self.assertEqual({a["client"] for a in stream["arrivals"]}, {"c0", "c2"})
+        # a gateway that acked only real mail (cover's acks dropped) would
+        # show it: the check reads who was acked from the truth
+        only_real = trace.packet_kind.copy()
+        cover_acks = acks & (origin >= 0)
+        cover_acks[cover_acks] = kind[origin[cover_acks]] != REAL
+        only_real[cover_acks] = -1
+        (g,) = checks.ack_stream(attrs.evolve(trace, packet_kind=only_real))["gateways"]
+        self.assertEqual(g["by kind"]["loop"]["acked"], 0.0)
+        self.assertEqual(g["by kind"]["drop"]["acked"], 0.0)
+        self.assertGreater(g["by kind"]["real"]["acked"], 0.95)
 
 
 class TapHook(SynchronousTestCase):
@@ -237,6 +312,52 @@ class Classifier(SynchronousTestCase):
         self.assertEqual(self.classifier.classify(self.bob.public_key, drop), (DROP, 1, -1))
 
 
+class SurbPackets(SynchronousTestCase):
+    """Acks and replies at their gateway, as the truth reads them; on the
+    wire both are one size with every forward packet."""
+
+    def test_acks_open_under_the_ack_key_and_replies_do_not(self):
+        import os as _os
+        from nymtx.reliable.ack import ack_packet, build_surb_ack
+        from nymtx.sphinx import PACKET_SIZE, build_packet
+        from nymtx.sphinx.surb import build_surb, process_gateway_packet, use_surb
+        from nymtx.measure.trace import REPLY
+        from tests.test_sphinx import make_route
+        keys, route = make_route(4)
+        alice, bob = KeyPair.generate(), KeyPair.generate()
+        ack_key = _os.urandom(32)
+        clients = {alice.public_key: 0, bob.public_key: 1}
+
+        def at_gateway(packet):
+            for k in keys[:-1]:
+                packet = process_gateway_packet(k.private_key, packet).packet
+            return process_gateway_packet(keys[-1].private_key, packet)
+        delays = [1000] * 4
+        packets = {}
+        # the ack of a fragment, and of cover (message number 0)
+        for number in (7, 0):
+            surb_ack = build_surb_ack(route, alice.public_key, ack_key, number, 1, 0, delays)
+            _, packets["ack", number] = ack_packet(surb_ack)
+            self.assertEqual(network.surb_kind(clients, [ack_key, None],
+                                               at_gateway(packets["ack", number])), (ACK, 0))
+        # a reply through one of Alice's reply blocks (a random identifier)
+        surb, _ = build_surb(route, alice.public_key, _os.urandom(16), delays)
+        packets["reply"] = use_surb(surb, b"a reply")
+        self.assertEqual(network.surb_kind(clients, [ack_key, None],
+                                           at_gateway(packets["reply"])), (REPLY, 0))
+        # under another key an ack reads as a reply; for nobody's key, None
+        self.assertEqual(network.surb_kind(clients, [_os.urandom(32), None],
+                                           at_gateway(packets["ack", 7]))[0], REPLY)
+        self.assertIsNone(network.surb_kind({bob.public_key: 1}, [None, None],
+                                            at_gateway(packets["ack", 7])))
+        # a client without an ack key (a release before acks): a reply
+        self.assertEqual(network.surb_kind(clients, [None, None],
+                                           at_gateway(packets["ack", 7])), (REPLY, 0))
+        # one size on the wire: acks, replies and forward packets
+        forward = build_packet(route, bob.public_key, bytes(16), bytes(975), delays)
+        self.assertEqual({len(p) for p in packets.values()} | {len(forward)}, {PACKET_SIZE})
+
+
 class PullAnswers(SynchronousTestCase):
 
     def test_a_plaintext_answer_shows_its_count(self):
@@ -298,7 +419,18 @@ class Command(TestCase):
             nodes = pcap.load_nodes(f.read())
         self.assertEqual(nodes.mix_layers, [1, 2, 3])
         self.assertEqual(sorted(nodes.client_names.values()), ["c0", "c1", "c2"])
-        self.assertEqual(sorted(kind for kind, _ in nodes.sources.values()), ["mix"] * 3)
+        # (the gateway's outgoing connections carry its acks into layer 1)
+        self.assertEqual(sorted(kind for kind, _ in nodes.sources.values()),
+                         ["gateway"] + ["mix"] * 3)
+        # the ack stream, in the figures and the summary
+        self.assertGreater(figures["meta"]["ack packets"], 100)
+        stream = figures["checks"]["ack_stream"]
+        self.assertEqual(stream["acks"], figures["meta"]["ack packets"])
+        self.assertEqual(len(stream["gateways"]), 1)
+        with open(os.path.join(folder, "summary.md")) as f:
+            summary = f.read()
+        self.assertIn("### The ack stream", summary)
+        self.assertIn("- ack packets: %d" % stream["acks"], summary)
 
     def test_the_models_cover_is_not_the_networks(self):
         code, _, err = self.main_in_process(["--cover", "legacy"])

@@ -94,13 +94,20 @@ class RealCapture(TestCase):
         self.assertLess(np.median(lead), 0.05)
         self.assertEqual(set(view.hop_size), {1372})
         # the pull answers, per client: the frames down after the register answer
+        # (answers wait for the gateway's commit, and a client keeps several
+        # pulls in flight: the taps pair each answer with its store pull in order)
         self.assertEqual(collections.Counter(view.pull_client.tolist()),
                          collections.Counter(p[1] for p in cap.pulls))
         self.assertTrue(np.all(view.pull_count == -1))
         self.assertTrue(observed.link["every frame one size each way (after the handshake)"])
-        self.assertEqual(set(observed.link["channel messages down"]), {"50", "9871"})
-        # the exits asked about are every packet into the gateway
+        self.assertEqual(set(observed.link["channel messages down"]), {"50", "10521"})
+        # the gateway's acks into layer 1, named by the nodes file's "sources"
         gateway = view.topology.first_gateway
+        from_gateway = int(np.sum(view.hop_src == gateway))
+        self.assertGreater(from_gateway, 50)
+        self.assertEqual(observed.stats["packets from gateways into layer 1 (acks)"], from_gateway)
+        self.assertTrue(np.all(view.hop_dst[view.hop_src == gateway] == view.topology.first_mix))
+        # the exits asked about are every packet into the gateway
         self.assertEqual(len(view.targets), int(np.sum(view.hop_dst == gateway)))
 
         # the command reads it: entropies, and what it cannot compute

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.localnet import Timing
 from nymtx.measure import cli, network, processes as P, sim
-from nymtx.measure.trace import REAL
+from nymtx.measure.trace import ACK, REAL
 
 FAST = sim.Settings(clients=2, send_gap=0.05, loop_gap=0.1, hop_delay=0.02, fetch_gap=0.1)
 WORKLOAD = [sim.Phase(0.0, 0.5, "idle"),
@@ -51,7 +51,16 @@ class OneProcessPerNode(TestCase):
         # each packet's sender is its connection's address, mapped by the
         # parent: clients into layer 1, each mixnode into the next layer
         topo = trace.topology
-        self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_mix] < topo.n_clients))
+        # into layer 1: the clients' packets, and the gateways' acks (from the
+        # gateway processes' own source addresses)
+        into_first = trace.hop_dst == topo.first_mix
+        acks = trace.packet_kind == ACK
+        self.assertTrue(np.all((trace.hop_src[into_first] < topo.n_clients)
+                               == ~acks[trace.hop_packet[into_first]]))
+        self.assertTrue(np.all(trace.hop_src[into_first][acks[trace.hop_packet[into_first]]]
+                               == topo.first_gateway))
+        self.assertGreater(acks.sum(), 50)
+        self.assertEqual(stats["packets that reached their gateway whose ack never left it"], 0)
         self.assertTrue(np.all(trace.hop_src[trace.hop_dst == topo.first_gateway]
                                == topo.first_gateway - 1))
         self.assertEqual(set(trace.hop_size), {1372})

@@ -12,7 +12,9 @@ scoring (:func:`score`) alone compares them with the truth.
   exponential delays a mix is memoryless, so a packet leaving it is equally
   likely to be any packet inside; propagating each mix's pool as a
   distribution over senders (Loopix §4; WPES'21's simulator) is the exact
-  posterior of this adversary.
+  posterior of this adversary. Packets a gateway sends into layer 1 (acks,
+  docs/surb.md §2.5) enter the pools too, as mass of no client: the
+  adversary knows they are not a client's message, and a target is one.
 - ``deficit``: volume counting. Where the client–gateway link shows how
   many messages each pull held, a client that sends real messages in place
   of loop cover receives less while it sends: sent minus received, around
@@ -66,21 +68,25 @@ def tracing(view):
     n = topo.n_clients
     first_mix, first_gateway = topo.first_mix, topo.first_gateway
     n_mix = first_gateway - first_mix
-    pools = np.zeros((n_mix, n))
+    # column n: the mass of packets no client sent (a gateway's acks)
+    pools = np.zeros((n_mix, n + 1))
     counts = np.zeros(n_mix)
     wanted = {int(h): i for i, h in enumerate(view.targets)}
-    out = np.full((len(view.targets), n), 1.0 / n)
+    out = np.full((len(view.targets), n + 1), 1.0 / n)
+    out[:, n] = 0.0
     src, dst = view.hop_src, view.hop_dst
     for hop in range(len(view.hop_time)):
         a, b = int(src[hop]), int(dst[hop])
         if a < first_mix:
             vec = None
+        elif a >= first_gateway:
+            vec = np.eye(n + 1)[n]
         else:
             m = a - first_mix
             if counts[m] <= 0:
                 # a packet leaves a mix the adversary saw nothing enter (the
                 # capture began with packets inside): it knows nothing of it
-                vec = np.full(n, 1.0 / n)
+                vec = np.append(np.full(n, 1.0 / n), 0.0)
             else:
                 vec = pools[m] / counts[m]
                 pools[m] -= vec
@@ -96,8 +102,9 @@ def tracing(view):
                 pools[m] += vec
             counts[m] += 1
         elif b >= first_gateway and hop in wanted:
-            out[wanted[hop]] = vec if vec is not None else np.eye(n)[a]
-    return _normalise(np.clip(out, 0, None))
+            out[wanted[hop]] = vec if vec is not None else np.eye(n + 1)[a]
+    # the target is a client's message: the mass of acks in it drops out
+    return _normalise(np.clip(out[:, :n], 0, None))
 
 
 def deficit(view, hop_delay, fetch_gap, window=5.0, hops=4):

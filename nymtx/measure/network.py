@@ -7,9 +7,10 @@ records, as a global passive observer would:
 
 - every mix-link packet as a mixnode or gateway receives it: the time, the
   receiving node, the sending node or client, the bytes. The sender is the
-  connection's source address, never anything the packet says: every client
-  and every mixnode makes its outgoing connections from its own loopback
-  address (127.0.1.x clients, 127.0.2.x mixnodes), as machines of a real
+  connection's source address, never anything the packet says: every
+  client, mixnode and gateway makes its outgoing connections from its own
+  loopback address (127.1.x.x clients, 127.2.x.x mixnodes, 127.3.x.x
+  gateways, which send the acks into layer 1), as machines of a real
   network have their own;
 - every chunk of bytes on every client–gateway connection, both ways, as the
   gateway's listener reads and writes it (the client is again the
@@ -30,7 +31,10 @@ gateway reads the destination and the payload to classify the packet: a
 real message of the workload, loop cover (today's clients: a MAC under the
 client's own key, :mod:`nymtx.client.cover`; or the message layer's typed,
 encrypted payloads, opened with the clients' keys, when it is there) or drop
-cover. The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
+cover. Every such packet's SURB-ACK names the ack its gateway then sends
+into layer 1 (docs/surb.md §2): acks are peeled hop by hop too, tied to the
+packet they acknowledge, and told from replies by the client's ack key.
+The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
 and a list of problems: every packet the truth cannot explain is named
 there, none is dropped silently.
 """
@@ -52,8 +56,11 @@ from nymtx.keys import KeyPair
 from nymtx.localnet.model import count as _count_words
 from nymtx.localnet import HOST, LocalNetwork, Timing, plan
 from nymtx.measure.sim import _poisson_times
-from nymtx.measure.trace import DROP, LOOP, REAL, Topology, Trace
+from nymtx.measure.trace import ACK, DROP, LOOP, REAL, REPLY, Topology, Trace
+from nymtx.reliable.ack import COMPACT_ADDRESS_SIZE, SURB_ACK_SIZE
 from nymtx.sphinx import ForwardHop, SphinxError, process_packet
+from nymtx.sphinx.constants import ADDRESS_SIZE, HEADER_SIZE, MAX_MESSAGE_SIZE
+from nymtx.sphinx.surb import SurbDelivery, process_gateway_packet
 
 try:   # the end-to-end message layer (issue 11), when it is merged
     from nymtx import message as _message_layer
@@ -78,8 +85,9 @@ def debug_ms(settings):
 
 
 def source_host(kind, index):
-    """The loopback address client or mixnode number *index* connects from."""
-    base = {"client": 1, "mixnode": 2}[kind]
+    """The loopback address client, mixnode or gateway number *index*
+    connects from (gateways send acks into layer 1, docs/surb.md §2.5)."""
+    base = {"client": 1, "mixnode": 2, "gateway": 3}[kind]
     return f"127.{base}.{index // 250}.{index % 250 + 1}"
 
 
@@ -194,7 +202,11 @@ class Recorder:
         self.packets = []
         self.chunks = []
         self.pulls = []
-        self._pending = {}       # client key -> messages its last store pull gave
+        # client key -> what each store pull not yet written gave, in order:
+        # answers wait for the gateway's commit, and a client keeps several
+        # pulls in flight (nymtx.gateway.private_server), so two pulls may
+        # be taken before the first answer is written
+        self._pending = collections.defaultdict(collections.deque)
         self.problems = []
 
     def source(self, host):
@@ -233,12 +245,13 @@ class Recorder:
                 # channel knows the key its handshake proved
                 proven = getattr(getattr(protocol, "channel", None), "remote_key", None)
                 key = self.key_for(client, proven)
-                if key is not None and key in self._pending:
+                if key is not None and self._pending.get(key):
                     if proven is not None and proven != key:
                         self.problems.append(
                             f"the gateway answered a pull of client {proven.hex()[:8]}"
                             f" on a connection from {addr.host}")
-                    self.pulls.append((now, client, bytes(data), self._pending.pop(key), key))
+                    self.pulls.append((now, client, bytes(data), self._pending[key].popleft(),
+                                       key))
 
             def makeConnection(transport):
                 make_connection(protocol, _TappedTransport(transport, on_write))
@@ -266,7 +279,7 @@ class _PullNoted:
 
     def pull(self, client_key, limit, after=0):
         got = self._store.pull(client_key, limit, after=after)
-        self._pending[bytes(client_key)] = len(got)
+        self._pending[bytes(client_key)].append(len(got))
         return got
 
     def __getattr__(self, name):
@@ -287,12 +300,15 @@ class TappedNetwork(LocalNetwork):
         self.first_mix = clients
 
     def _make(self, node):
-        if node.kind != "mixnode":
+        if node.kind not in ("mixnode", "gateway"):
             service = super()._make(node)
         else:
-            index = self.mixnode_names.index(node.name)
-            real, self.reactor = self.reactor, SourceBoundReactor(
-                self.reactor, source_host("mixnode", index))
+            # a gateway too sends on mix links: every packet that ends at it
+            # makes it send an ack packet into layer 1 (docs/surb.md §2.5)
+            source = (source_host("mixnode", self.mixnode_names.index(node.name))
+                      if node.kind == "mixnode"
+                      else source_host("gateway", self.gateway_names.index(node.name)))
+            real, self.reactor = self.reactor, SourceBoundReactor(self.reactor, source)
             try:
                 service = super()._make(node)
             finally:
@@ -366,6 +382,8 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
         net = TappedNetwork(reactor, home, nodes, recorder, s.clients, timing=timing)
     for j in range(len(net.mixnode_names)):
         recorder.sources[source_host("mixnode", j)] = s.clients + j
+    for k in range(len(net.gateway_names)):
+        recorder.sources[source_host("gateway", k)] = s.clients + len(net.mixnode_names) + k
     names = [f"c{i}" for i in range(s.clients)]
     clients = []
     net.startService()
@@ -377,11 +395,13 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
         for i, name in enumerate(names):
             recorder.sources[source_host("client", i)] = i
             # maximum_retransmissions=0: the truth maps each message to one
-            # packet; retransmissions (docs/surb.md §3) are not modelled yet
+            # packet; retransmissions (docs/surb.md §3) are not modelled yet.
+            # An ack's hops draw their delays with the forward packets' mean,
+            # so the per-hop delay checks hold for both streams.
             client = await connect(
                 SourceBoundReactor(reactor, source_host("client", i)), home, name, url,
                 gateway=gateway_keys[i % len(gateway_keys)], maximum_retransmissions=0,
-                **debug_ms(s))
+                average_ack_delay=debug_ms(s)["average_packet_delay"], **debug_ms(s))
             clients.append(client)
             recorder.client_keys[client.core.keys.public_key] = i
             recorder.key_of[i] = client.core.keys.public_key
@@ -466,6 +486,11 @@ def nodes_document(cap):
     first_mix = len(cap.clients)
     doc["sources"] = {source_host("mixnode", j): f"{address[first_mix + j].ip}:"
                       f"{address[first_mix + j].port}" for j in layers}
+    # the gateways' outgoing connections, which carry their acks into layer 1
+    first_gateway = first_mix + len(cap.mixnodes)
+    doc["sources"].update({source_host("gateway", k): f"{address[first_gateway + k].ip}:"
+                           f"{address[first_gateway + k].port}"
+                           for k in range(len(cap.gateways))})
     doc["clients"] = {source_host("client", i): name for i, name in enumerate(cap.clients)}
     return doc
 
@@ -482,6 +507,51 @@ def _load_keys(cap):
         node_keys[first_gateway + k] = KeyPair.load(os.path.join(cap.home, "localnet", name))
     client_keys = [ClientConfig.load(cap.home, c).load_keys() for c in cap.clients]
     return node_keys, client_keys
+
+
+def _load_ack_keys(cap):
+    """Each client's ack key (docs/surb.md §2.3), from its outbox file; None
+    for a client without one (a release before acks)."""
+    import sqlite3
+    out = []
+    for c in cap.clients:
+        path = ClientConfig.load(cap.home, c).outbox_path
+        key = None
+        if os.path.exists(path):
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name = 'ack_key'").fetchone()
+                key = bytes(row[0]) if row else None
+            except sqlite3.Error:
+                key = None
+            finally:
+                db.close()
+        out.append(key)
+    return out
+
+
+def surb_kind(clients, ack_keys, delivery):
+    """(ACK or REPLY, client) of a :class:`~nymtx.sphinx.surb.SurbDelivery`
+    at its gateway, or None when its destination is no client's (*clients*:
+    public key -> client number; *ack_keys*: per client, its ack key).
+
+    An ack's identifier opens under its client's ack key (docs/surb.md
+    §2.3); a reply block's identifier is random, and opens as an ack only
+    with probability 2⁻¹⁶: a SURB packet that does not open is a reply."""
+    c = clients.get(bytes(delivery.destination))
+    if c is None:
+        return None
+    return (ACK if ack_identifier_opens(ack_keys[c], delivery.identifier) else REPLY), c
+
+
+def ack_identifier_opens(ack_key, identifier):
+    """Whether *identifier* is an ack identifier under *ack_key*, cover's
+    (number 0) included: ``nymtx.reliable.ack.open_ack`` hides cover's."""
+    if ack_key is None:
+        return False
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    plain = Cipher(algorithms.AES(ack_key), modes.ECB()).decryptor().update(bytes(identifier))
+    return plain[14:] == b"\x00\x00"
 
 
 class Classifier:
@@ -580,6 +650,7 @@ def to_trace(cap):
     first_mix, first_gateway = topology.first_mix, topology.first_gateway
     layers = max(cap.mix_layers)
     node_keys, client_keys = _load_keys(cap)
+    ack_keys = _load_ack_keys(cap)
     classifier = Classifier(client_keys, [node_keys[first_gateway + k]
                                           for k in range(len(cap.gateways))], cap.message_body)
 
@@ -592,10 +663,39 @@ def to_trace(cap):
     p_last_time = []                # and when
     hops = []                       # (time, src, dst, size, packet)
     expected = {}                   # bytes a node forwarded -> (packet, hop, next node)
+    p_origin = []                   # per ack: the packet it acknowledges; else -1
+    # the SURB-ACK header of every packet that reached its gateway -> (that
+    # packet, its gateway, the ack's first hop, when the ack was due to leave)
+    acks_due = {}
+
+    def peel(node, packet):
+        # a gateway's last hop may be a SURB's packet (an ack, a reply), which
+        # only process_gateway_packet reads (docs/surb.md §1.4)
+        if node >= first_gateway:
+            return process_gateway_packet(node_keys[node].private_key, packet)
+        return process_packet(node_keys[node].private_key, packet)
 
     def follow(hop, index, position, node, where, chained=True):
         """Note what *hop* (peeled at *node*) says; True if the packet goes on."""
         p_delays[index][position] = hop.delay_ns / 1e9
+        if isinstance(hop, SurbDelivery):
+            if position != layers:
+                problems.append(f"{where}: a SURB route of {position + 1} hops, not {layers + 1}")
+            surb = surb_kind(classifier.clients, ack_keys, hop)
+            if surb is None:
+                problems.append(f"{where}: a SURB packet for a key that is no client's")
+                p_kind[index], p_recipient[index] = -1, -1
+                return False
+            kind, c = surb
+            p_kind[index], p_recipient[index], p_message[index] = kind, c, -1
+            if p_sender[index] < 0:
+                p_sender[index] = c
+            elif kind == ACK and c != p_sender[index]:
+                problems.append(f"{where}: an ack of a packet of {name(p_sender[index])}"
+                                f" came back to {name(c)}")
+            if cap.client_gateway[c] != node - first_gateway:
+                problems.append(f"{where}: a SURB packet of {name(c)} at another gateway")
+            return False
         if isinstance(hop, ForwardHop):
             nxt = cap.node_address.get(hop.next_address, -1)
             if nxt < 0:
@@ -620,26 +720,54 @@ def to_trace(cap):
         if kind[0] == REAL and cap.message_sender[kind[2]] != sender:
             problems.append(f"{where}: message {kind[2]} of"
                             f" {name(cap.message_sender[kind[2]])} came from {name(sender)}")
+        message = hop.message
+        if chained and len(message) == MAX_MESSAGE_SIZE and message[0] in (4, 6):
+            # its SURB-ACK: the ack packet the gateway sends is this header
+            # and a random payload, to this first hop (docs/surb.md §2.2)
+            first_hop = cap.node_address.get(
+                bytes(message[:COMPACT_ADDRESS_SIZE])
+                + bytes(ADDRESS_SIZE - COMPACT_ADDRESS_SIZE), -1)
+            acks_due[bytes(message[COMPACT_ADDRESS_SIZE:SURB_ACK_SIZE])] = (
+                index, node, first_hop, p_last_time[index] + hop.delay_ns / 1e9)
         return False
     for t, dst, src, packet in sorted(cap.packets, key=lambda r: r[0]):
         where = f"a packet at {name(dst)} from {name(src)} at {t - cap.start:.3f} s"
         if src < 0:
             problems.append(f"{where}: its sender's address is no node's")
         try:
-            hop = process_packet(node_keys[dst].private_key, packet)
+            hop = peel(dst, packet)
         except SphinxError as e:
             problems.append(f"{where} cannot be peeled: {e}")
             continue
         earlier = expected.pop(packet, None)
+        origin = -1
+        if earlier is None and src >= first_gateway:
+            # a gateway sends only acks: the SURB-ACK of a packet that ended there
+            due = acks_due.pop(bytes(packet[:HEADER_SIZE]), None)
+            if due is None:
+                # still followed (its later hops are explained by it, and its
+                # last names the client it is for), but named here
+                problems.append(f"{where}: a packet from a gateway that is the ack of no"
+                                " packet that ended there")
+                origin = -2
+            else:
+                origin, gateway, first_hop, _ = due
+                if gateway != src:
+                    problems.append(f"{where}: the ack of a packet that ended at {name(gateway)}")
+                if first_hop != dst:
+                    problems.append(f"{where}: its SURB-ACK named {name(first_hop)}")
         if earlier is None:
-            if not 0 <= src < n:
+            if origin == -1 and not 0 <= src < n:
                 problems.append(f"{where}: no earlier hop forwarded it, and it does not"
                                 " come from a client")
                 continue
             if not (first_mix <= dst < first_gateway and cap.mix_layers[dst - first_mix] == 1):
                 problems.append(f"{where}: a first hop to {name(dst)}, not a layer-1 mixnode")
             index = len(p_sender)
-            p_sender.append(src)
+            # an ack's sender is the client whose packet it acknowledges
+            # (-1 until its last hop names it, for an ack of no packet seen)
+            p_sender.append(src if origin == -1 else p_sender[origin] if origin >= 0 else -1)
+            p_origin.append(max(origin, -1))
             p_sent.append(t)
             p_delays.append([np.nan] * 5)
             p_kind.append(-1)
@@ -678,7 +806,7 @@ def to_trace(cap):
                 problems.append(f"{where}: its route goes to {name(node)}")
                 break
             try:
-                hop = process_packet(node_keys[node].private_key, packet)
+                hop = peel(node, packet)
             except SphinxError as e:
                 problems.append(f"{where} cannot be peeled: {e}")
                 break
@@ -705,6 +833,14 @@ def to_trace(cap):
 
     kind = np.asarray(p_kind, dtype=np.int64)[keep]
     message = np.asarray(p_message, dtype=np.int64)[keep]
+    origin = np.asarray(p_origin, dtype=np.int64)
+    kept_origin = (origin >= 0) & keep[np.maximum(origin, 0)] if len(origin) else origin > 0
+    origin = np.where(kept_origin, new_index[np.maximum(origin, 0)], -1)[keep] \
+        if len(origin) else origin
+    # packets that ended at their gateway in time for their ack to be seen,
+    # and whose ack never left it
+    unacked = sum(1 for index, _, _, due in acks_due.values()
+                  if keep[index] and due < cap.end - LOST_AFTER)
 
     # ---- messages: every one that left its client must have been found
     m_count = len(cap.message_sender)
@@ -741,11 +877,14 @@ def to_trace(cap):
         message_queued=np.asarray(cap.message_queued, dtype=float),
         pull_time=pull_time, pull_client=pull_client, pull_count=pull_count,
         pull_true_count=pull_true,
-        phases=list(cap.phases))
+        phases=list(cap.phases), packet_origin=origin)
     stats = {"messages": m_count, "messages found": int(found.sum()),
              "messages not sent by the end": len(unsent),
              "packets tapped": len(cap.packets),
-             "packets sent before the workload (left out)": int(np.sum(p_sent < 0))}
+             "packets sent before the workload (left out)": int(np.sum(p_sent < 0)),
+             "ack packets": int(np.sum(kind == ACK)),
+             "reply packets": int(np.sum(kind == REPLY)),
+             "packets that reached their gateway whose ack never left it": unacked}
     return trace, problems, stats
 
 

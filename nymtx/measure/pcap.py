@@ -773,7 +773,11 @@ def observe(frames, nodes):
     # (times count from the capture's first segment of the network's traffic)
     stats = {"frames": len(frames), **{k: v for k, v in sorted(counts.items())},
              "clients seen": n, "mix-link packets": len(hops),
-             "packets into gateways": int(len(view.targets)), "pull answers": len(pulls),
+             "packets into gateways": int(len(view.targets)),
+             # a gateway sends only acks, one per packet that ends at it
+             # (docs/surb.md §2.5): they are packets like any other here
+             "packets from gateways into layer 1 (acks)": int(np.sum(hop_src >= first_gateway)),
+             "pull answers": len(pulls),
              "connections": len(connections), "capture start (Unix s)": start}
     return Observed(view=view, stats=stats, problems=problems, link=link)
 

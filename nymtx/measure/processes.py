@@ -8,7 +8,7 @@ as :class:`nymtx.measure.network.TappedNetwork` installed on its listeners.
 The taps write their records to a file of their own (``<home>/taps/NAME.tap``,
 the **tap record format** below and in docs/anonymity.md); once every child
 has stopped, the parent reads the files and names the ends (a peer is the
-connection's source address, mapped to a client or a mixnode as in one
+connection's source address, mapped to a client, a mixnode or a gateway as in one
 process) into the same :class:`~nymtx.measure.network.Capture`.
 
 Every process reads the same clock (``time.time``, the reactor's

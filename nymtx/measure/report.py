@@ -143,11 +143,48 @@ def write(folder, trace, settings, scores, checks, meta):
             f"| {r['client']} | {r['real_sent']} | {s['busy']['per_minute']:.1f} |"
             f" {s['idle']['per_minute']:.1f} | {s['z']:+.2f} | {g['busy']['per_minute']:.1f} |"
             f" {g['idle']['per_minute']:.1f} | {g['z']:+.2f} |")
+    lines += _ack_lines(checks.get("ack_stream"))
     lines += ["", "![rates](rates.png)", "", "![delays](delays.png)", ""]
     summary = os.path.join(folder, "summary.md")
     with open(summary, "w") as f:
         f.write("\n".join(lines))
     return summary
+
+
+def _ack_lines(stream):
+    """The ack stream's section of the summary (docs/surb.md §2.5), or none
+    for a trace without acks (the model)."""
+    if stream is None:
+        return []
+
+    def f(x, fmt):
+        return "–" if x is None else format(x, fmt)
+    lines = ["", "### The ack stream", "",
+             f"{stream['acks']} ack packets. Per gateway: the packets that end at it"
+             " (real, loop and drop) and the acks it sends into layer 1, per minute;"
+             " the correlation of their counts per second; per kind of packet, the"
+             " share acked and the median time from its release to its ack leaving;"
+             " the two-sample KS test of the lags of real packets against cover's"
+             " (a small p: the ack's timing tells real from cover).", "",
+             "| gateway | in / min | acks out / min | correlation | real: acked, lag |"
+             " loop: acked, lag | drop: acked, lag | lag real vs cover: KS D, p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g in stream["gateways"]:
+        corr = next(v for k, v in g.items() if k.startswith("correlation"))
+        kinds = " | ".join(
+            f"{f(k['acked'], '.3f')}, {f(k['ack lag median s'], '.3f')} s"
+            for k in (g["by kind"][name] for name in ("real", "loop", "drop")))
+        ks = g["ack lag, real against cover (KS)"]
+        lines.append(f"| {g['gateway']} | {g['in']['per_minute']:.1f} |"
+                     f" {g['out']['per_minute']:.1f} | {f(corr, '.2f')} | {kinds} |"
+                     f" {f(ks['statistic'], '.3f')}, {f(ks['p'], '.3f')} |")
+    lines += ["", "Acks arriving at each client's gateway for it, per minute, while it"
+              " sends real messages (busy) and while it does not (idle):", "",
+              "| client | busy | idle | z |", "|---|---|---|---|"]
+    for a in stream["arrivals"]:
+        lines.append(f"| {a['client']} | {a['busy']['per_minute']:.1f} |"
+                     f" {a['idle']['per_minute']:.1f} | {a['z']:+.2f} |")
+    return lines
 
 
 #: what a capture cannot give, and why (the report of --pcap names them)

@@ -16,9 +16,13 @@ was, and for every packet its sender, kind, recipient and message.
 import attrs
 import numpy as np
 
-#: packet kinds
-REAL, LOOP, DROP = 0, 1, 2
-KIND_NAMES = {REAL: "real", LOOP: "loop", DROP: "drop"}
+#: packet kinds: a client's forward packets (real, loop and drop cover),
+#: and SURB packets (docs/surb.md): the ack a gateway sends for every packet
+#: that ends at it, and anonymous replies
+REAL, LOOP, DROP, ACK, REPLY = 0, 1, 2, 3, 4
+KIND_NAMES = {REAL: "real", LOOP: "loop", DROP: "drop", ACK: "ack", REPLY: "reply"}
+#: the kinds a client sends into layer 1 itself
+FORWARD = (REAL, LOOP, DROP)
 
 
 @attrs.define
@@ -84,6 +88,8 @@ class Trace:
     hop_size: np.ndarray
     hop_packet: np.ndarray          # truth: which packet
     # ---- per packet (truth)
+    #: the client that sent it; for an ack, the client whose packet it acks
+    #: (the ack's destination), though a gateway sent it into layer 1
     packet_sender: np.ndarray
     packet_kind: np.ndarray
     packet_recipient: np.ndarray    # client number, or -1 (drop cover)
@@ -101,6 +107,10 @@ class Trace:
     pull_true_count: np.ndarray     # truth: messages really delivered in that pull
     # ---- workload phases, for plots: list of (start, end, label)
     phases: list = attrs.Factory(list)
+    #: per packet: for an ack, the packet it acknowledges (-1 if that one
+    #: is outside the trace); -1 for every other packet. None: a trace
+    #: without acks (the model, a release before them)
+    packet_origin: np.ndarray = None
 
     def exits(self):
         """Per real message, the index of its hop into the gateway (-1 if it never got there)."""
