@@ -166,10 +166,18 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(received_event(Message.from_bytes(b"hi"), False),
                          (b'{"type":"received","data":"aGk="}', False))
 
+    def test_a_binary_reply_to_a_core_that_cannot_reply_is_an_error_not_a_failure(self):
+        # found by the fuzz below: the refusal escaped as an internal error
+        # and logged a traceback
+        answer = self.api.answer_binary(b"\x04" + b"t" * 16 + b"data")
+        self.assertError(answer.response, "cannot reply")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     @given(st.binary(max_size=120))
     def test_any_binary_frame_gets_a_response(self, frame):
         answer = self.api.answer_binary(frame)
-        self.assertIn(answer.response["type"], ("send", "error"))
+        # reply frames (0x04) are refused by a core that cannot reply
+        self.assertIn(answer.response["type"], ("send", "reply", "error"))
         json.loads(answer.data)
 
     def test_subscribe_pushes_each_message_once_after_the_answer(self):

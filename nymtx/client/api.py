@@ -372,7 +372,9 @@ class ApiDispatcher:
             else:
                 recipient, data, message_id = parse_binary_send(frame)
                 response = self._queue(recipient, Message.from_bytes(data), message_id)
-        except SendError as e:
+        except (SendError, _BadRequest) as e:
+            # _BadRequest: a reply frame to a client that cannot reply (the
+            # text requests' refusal, given here the same way)
             response = error(str(e))
         except ValueError as e:
             response = error(f"received invalid request. err: {e}")
