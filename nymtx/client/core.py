@@ -61,6 +61,7 @@ from nymtx.reliable import replies as reply_layer
 from nymtx.reliable.ack import COVER, AckError, ack_packet, build_surb_ack, compose_payload
 from nymtx.reliable.inbound import Ack, Envelope, Reply, classify_record
 from nymtx.sphinx.surb import SurbError, use_surb
+from nymtx.reliable.health import RouteHealth
 from nymtx.reliable.retransmit import DELIVERED, Retransmitter
 from nymtx.sphinx import SphinxError, build_packet, sample_delays
 from nymtx.sphinx.surb import DELIVERY_SIZE
@@ -487,6 +488,7 @@ class ClientCore:
     _owns_outbox: bool = False
     _tracked: dict = attrs.field(factory=dict, init=False)
     _rtx: Retransmitter = attrs.field(init=False)
+    _health: RouteHealth = attrs.field(init=False)
     _outcome_listeners: list = attrs.field(factory=list, init=False)
     #: anonymous replies: the store (in the outbox's file), the replies not
     #: yet sent once, and the SURB-ACKs of replies we received, to send on
@@ -530,7 +532,9 @@ class ClientCore:
         self._rtx = Retransmitter(self.reactor, self._outcome,
                                   multiplier=c.ack_wait_multiplier / 100,
                                   addition=ack_wait_addition(c),
-                                  max_retransmissions=c.maximum_retransmissions)
+                                  max_retransmissions=c.maximum_retransmissions,
+                                  on_timeout=self._ack_overdue)
+        self._health = RouteHealth(self.reactor)
         self._sendq = SendQueue(max_message_size=c.maximum_message_size,
                                 max_messages=c.send_queue_messages,
                                 max_bytes=c.send_queue_bytes)
@@ -1153,16 +1157,23 @@ class ClientCore:
                                 " acknowledgements")
         if number == COVER:
             index, attempt = self.rng.getrandbits(32), self.rng.getrandbits(16)
-        ack_route = self.topology.route(own, self.rng)
+        # around the mixnodes whose packets keep going unacknowledged
+        avoid = self._health.avoid()
+        ack_route = self.topology.route(own, self.rng, avoid)
         ack_delays = sample_delays(len(ack_route), self.config.average_ack_delay / 1000,
                                    self.rng)
         surb_ack = build_surb_ack(ack_route, self.keys.public_key, self.outbox.ack_key,
                                   number, index, attempt, ack_delays)
-        route = self.topology.route(gateway, self.rng)
+        route = self.topology.route(gateway, self.rng, avoid)
         delays = sample_delays(len(route), self.config.average_packet_delay / 1000, self.rng)
         packet = build_packet(route, destination, IDENTIFIER,
                               compose_payload(surb_ack, payload), delays)
         self.links.send(NodeAddress.from_bytes(route[0].address), packet)
+        if number != COVER:
+            # the mixnodes of both routes (not the gateways): what an ack
+            # clears and a timeout blames
+            self._health.sent((number, index, attempt),
+                              [hop.public_key for hop in route[:-1] + ack_route[:-1]])
         return (sum(delays) + sum(ack_delays)) / 1e9
 
     # -- receiving ------------------------------------------------------------
@@ -1343,9 +1354,13 @@ class ClientCore:
         except SendError as e:
             self.log.warn("cannot send the reply blocks asked for: {why}", why=str(e))
 
+    def _ack_overdue(self, number, index, attempt):
+        self._health.lost((number, index, attempt))
+
     def _acked(self, ref):
         """An ack for fragment ref.index of message ref.number (any attempt)."""
         self.acks_received += 1
+        self._health.acked((ref.number, ref.index, ref.attempt))
         # the outbox first: the outcome (in acked) removes the message from it
         self.outbox.mark_acked(ref.number, ref.index)
         self._rtx.acked(ref.number, ref.index)
