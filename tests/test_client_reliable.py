@@ -36,7 +36,7 @@ class Harness:
     """Alice's core against the fake network; Bob is a key there."""
 
     def __init__(self, case, outbox_path=None, network=None, keys=None, clock=None,
-                 **config_values):
+                 listen=True, **config_values):
         self.case = case
         self.clock = clock or Clock()
         self.keys = keys or KeyPair.generate()
@@ -58,7 +58,8 @@ class Harness:
                                FakeDirectory(self.network.topology), self.links, self.link,
                                self.inbox, outbox=self.outbox, rng=random.Random(7))
         self.outcomes = []
-        self.core.on_outcome(lambda i, o: self.outcomes.append((i, o)))
+        if listen:
+            self.core.on_outcome(lambda i, o: self.outcomes.append((i, o)))
         self._next_id = 10_000
         self._acked = 0
 
@@ -260,6 +261,42 @@ class RestartTests(SynchronousTestCase):
         run(second.clock, 3)
         self.assertEqual(sorted(second.outcomes), [(f"q{i}", DELIVERED) for i in range(3)])
         self.assertEqual(len(second.outbox), 0)
+        second.core.stop()
+
+    def test_restored_outcomes_before_the_application_is_back_are_kept_for_it(self):
+        # Alice killed with packets in flight: their acks wait at her gateway
+        # and come with the restarted client's first pull, before her
+        # application has connected again and subscribed
+        path = self.mktemp()
+        first = Harness(self, outbox_path=path)
+        first.core.start()
+        for i in range(2):
+            first.core.send(first.bob.public_text, f"flying {i}", id=f"f{i}")
+        run(first.clock, 3)
+        packets = first.to(first.bob.public_key)
+        self.assertEqual(len(packets), 2)
+        first.core.stop()
+        first.outbox.close()
+        second = Harness(self, outbox_path=path, network=first.network, keys=first.keys,
+                         clock=first.clock, listen=False)
+        for n, packet in enumerate(packets):
+            second.link.mail.append((n + 1, second.network.ack_record(packet)))
+        ids_only = []
+        second.core.on_outcome(lambda i, o: ids_only.append(i), every=False)
+        second.core.start()
+        run(second.clock, 2)
+        self.assertEqual(len(second.outbox), 0)  # delivered, with nobody to hear it
+        self.assertEqual(sorted(ids_only), ["f0", "f1"])  # a connection's own ids: live only
+        written = []
+        push = Push(second.core, lambda data, binary: written.append(json.loads(data)) or True)
+        push.watch_outcome("x")  # first an id, then every outcome
+        self.assertEqual(written, [])
+        push.watch_outcome(None)
+        self.assertEqual(sorted(w["id"] for w in written), ["f0", "f1"])
+        self.assertEqual({w["type"] for w in written}, {DELIVERED})
+        later = []
+        second.core.on_outcome(lambda i, o: later.append(i))
+        self.assertEqual(later, [])  # heard once, by the first
         second.core.stop()
 
     def test_a_message_half_acked_before_a_restart_sends_only_the_rest(self):

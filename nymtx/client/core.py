@@ -174,6 +174,8 @@ class _Tracked:
     reply_tag: object = None
     #: a reply's fragments not yet sent once (replies do not use the SendQueue)
     next_index: int = 0
+    #: from the outbox of an earlier run: nobody in this run asked for it
+    restored: bool = False
 
     @property
     def room(self):
@@ -490,6 +492,10 @@ class ClientCore:
     _rtx: Retransmitter = attrs.field(init=False)
     _health: RouteHealth = attrs.field(init=False)
     _outcome_listeners: list = attrs.field(factory=list, init=False)
+    #: the listeners of every outcome (not of chosen ids), and the outcomes of
+    #: restored messages that came while there was none (see on_outcome)
+    _every_listeners: list = attrs.field(factory=list, init=False)
+    _unheard: list = attrs.field(factory=list, init=False)
     #: anonymous replies: the store (in the outbox's file), the replies not
     #: yet sent once, and the SURB-ACKs of replies we received, to send on
     replies: object = attrs.field(default=None, init=False)
@@ -906,16 +912,32 @@ class ClientCore:
             return tracked.outcome
         return tracked.sent
 
-    def on_outcome(self, callback):
+    def on_outcome(self, callback, every=True):
         """Call *callback(id, outcome)* for each message whose outcome is known:
         ``"delivered"`` (every fragment acknowledged) or ``"failed"`` (a
         fragment's last retry went unacknowledged), restored messages
-        included. Returns a function that stops the calls."""
+        included. Returns a function that stops the calls.
+
+        A restored message's outcome may come before the application is
+        back (its acks wait at the gateway and come with the first pull):
+        such outcomes are kept, and the first *every* listener (one that
+        wants every outcome, not a connection watching its own ids) gets
+        them at once."""
         self._outcome_listeners.append(callback)
+        if every:
+            self._every_listeners.append(callback)
+            unheard, self._unheard = self._unheard, []
+            for message_id, outcome in unheard:
+                try:
+                    callback(message_id, outcome)
+                except Exception:
+                    self.log.failure("outcome callback {cb!r} failed", cb=callback)
 
         def cancel():
             if callback in self._outcome_listeners:
                 self._outcome_listeners.remove(callback)
+            if callback in self._every_listeners:
+                self._every_listeners.remove(callback)
         return cancel
 
     @property
@@ -936,7 +958,7 @@ class ClientCore:
             self._tracked[p.number] = _Tracked(
                 p.number, p.id, client_key, gateway_key, bytes((p.kind,)) + p.body,
                 p.fragments, set_id_of(self.outbox.ack_key, p.number), reply_tag=reply_tag,
-                next_index=p.fragments)
+                next_index=p.fragments, restored=True)
             self._rtx.track(p.number, p.fragments, acked=p.acked, attempts=p.attempts)
         if self._tracked:
             self.log.info("{n} message(s) from the outbox go out again", n=len(self._tracked))
@@ -963,6 +985,9 @@ class ClientCore:
                 tracked.outcome.errback(DeliveryFailed(
                     f"message {tracked.id}: no acknowledgement after"
                     f" {self.config.maximum_retransmissions} retransmission(s)"))
+        if tracked.restored and not self._every_listeners:
+            # at most what the outbox held: each restored message ends once
+            self._unheard.append((tracked.id, outcome))
         for listener in list(self._outcome_listeners):
             try:
                 listener(tracked.id, outcome)
