@@ -6,6 +6,7 @@ import json
 import random
 
 from hypothesis import given, settings, strategies as st
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -185,6 +186,31 @@ class RetryTests(SynchronousTestCase):
         # one, and every packet is the sending stream's or the loop stream's
         self.assertEqual(len(ticks), h.core.sent_real + h.core.sent_retries + h.core.sent_drop)
         self.assertEqual(len(h.links.packets), len(ticks) + h.core.sent_loop)
+        h.core.stop()
+
+    def test_no_retry_is_burned_while_the_own_gateway_cannot_be_pulled(self):
+        h = Harness(self, maximum_retransmissions=2)
+        h.core.start()
+        run(h.clock, 1)
+        down = {"down": True}
+        pull = h.link.pull
+
+        def failing_pull(limit=100):
+            if down["down"]:
+                return fail(ConnectionRefusedError("the gateway restarts"))
+            return pull(limit)
+        h.link.pull = failing_pull
+        h.core.send(h.bob.public_text, "waits", id="w")
+        run(h.clock, 120)  # far past the cap's three round trips
+        self.assertEqual(h.outcomes, [])
+        self.assertEqual(len(h.to(h.bob.public_key)), 1)  # the first send only
+        self.assertEqual(h.core.sent_retries, 0)
+        down["down"] = False  # the gateway is back: the retry goes, and is acked
+        run(h.clock, 3)
+        self.assertEqual(len(h.to(h.bob.public_key)), 2)
+        h.ack_new(h.bob.public_key)
+        run(h.clock, 3)
+        self.assertEqual(h.outcomes, [("w", DELIVERED)])
         h.core.stop()
 
     def test_a_retry_waits_for_its_round_trip_estimate(self):

@@ -1073,6 +1073,12 @@ class ClientCore:
                     if tracked.sent is not None and not tracked.sent.called:
                         tracked.sent.callback(None)
                 return True
+        if self._gateway_down:
+            # the acks come through our own gateway: while we cannot pull from
+            # it, no retry can be acknowledged, and sending one would only
+            # burn it (a restarted gateway would fail messages through the
+            # cap). The due ones wait, queued, and go once a pull succeeds.
+            return False
         retry = self._rtx.take()
         if retry is None:
             return False
