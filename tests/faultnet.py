@@ -39,6 +39,8 @@ from nymtx.localnet.tap import Options
 from tests.ports import free_ports
 
 FAULTS = ("mixnode", "gateway", "client")
+#: the floor: the same run with no fault (its "fault" is only the moment)
+NO_FAULT = "none"
 COUNT = 200
 #: Bob holds this many messages when the fault comes
 FAULT_AFTER = 20
@@ -171,8 +173,8 @@ async def run_fault(reactor, home, fault, count=COUNT, bound=120.0, cleanups=Non
     the order to call them (a test adds them with addCleanup); without it,
     they are called here before returning.
     """
-    if fault not in FAULTS:
-        raise ValueError(f"fault is one of {FAULTS}, not {fault!r}")
+    if fault not in FAULTS + (NO_FAULT,):
+        raise ValueError(f"fault is one of {FAULTS + (NO_FAULT,)}, not {fault!r}")
     own = cleanups is None
     cleanups = [] if own else cleanups
     run = FaultRun(fault, count, clock=reactor)
@@ -273,7 +275,9 @@ async def _scenario(reactor, home, run, bound, cleanups):
 async def _fault(reactor, network, run, alice, start_alice):
     run.received_at_fault = len(run.received)
     run.delivered_at_fault = run.delivered
-    if run.fault == "mixnode":
+    if run.fault == NO_FAULT:
+        run.fault_at = reactor.seconds()
+    elif run.fault == "mixnode":
         run.fault_at = reactor.seconds()
         await network.kill("mix-2-1")
     elif run.fault == "gateway":
@@ -287,7 +291,8 @@ async def _fault(reactor, network, run, alice, start_alice):
                 break
             await sleep(reactor, 0.05)
         run.fault_at = reactor.seconds()
-        alice["app"].transport.loseConnection()
+        # the application's connection dies with the process (closing it
+        # first would lose the events of acks handled in between)
         alice["transport"].signalProcess("KILL")
         await alice["process"].ended
         await start_alice()
