@@ -325,6 +325,35 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(later, [])  # heard once, by the first
         second.core.stop()
 
+    def test_a_client_killed_right_after_an_outcome_reports_it_again(self):
+        # the event may still be in the API transport's buffer when the
+        # process dies: the row outlives it by REPORT_GRACE, so a restart
+        # in that time reports it again (at least once, never lost)
+        path = self.mktemp()
+        first = Harness(self, outbox_path=path)
+        first.core.start()
+        first.core.send(first.bob.public_text, "just acked", id="k")
+        run(first.clock, 3)
+        first.ack_new(first.bob.public_key)
+        run(first.clock, 0.5)
+        self.assertEqual(first.outcomes, [("k", DELIVERED)])
+        self.assertEqual(first.core.unacknowledged, 0)
+        self.assertEqual(len(first.outbox), 1)  # the row, for the grace
+        # killed now: a new client on the same file (its own clock)
+        second = Harness(self, outbox_path=path, network=first.network, keys=first.keys,
+                         listen=False)
+        second.core.start()
+        run(second.clock, 0.5)
+        self.assertEqual(second.to(first.bob.public_key), [])  # nothing sent again
+        heard = []
+        second.core.on_outcome(lambda i, o: heard.append((i, o)))
+        self.assertEqual(heard, [("k", DELIVERED)])
+        second.core.stop()
+        # the first, had it lived: the row goes after the grace
+        run(first.clock, 1)
+        self.assertEqual(len(first.outbox), 0)
+        first.core.stop()
+
     def test_a_message_half_acked_before_a_restart_sends_only_the_rest(self):
         path = self.mktemp()
         first = Harness(self, outbox_path=path)

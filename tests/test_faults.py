@@ -31,9 +31,11 @@ class FaultTests(TestCase):
         self.assertEqual(sorted(run.received), sorted(text(i) for i in range(COUNT)), why)
         self.assertEqual(set(run.received.values()), {1}, why)  # each exactly once
         self.assertEqual(run.delivered, COUNT, why)
-        # one event per message (a duplicate event would be a second entry)
-        self.assertEqual({k: v for k, v in run.outcomes.items() if v != ["delivered"]},
-                         {}, why)
+        # every event is delivered; a message whose event came in the second
+        # before a SIGKILL may be reported again by the restarted client
+        # (at least once, docs/client.md), never more than twice
+        self.assertEqual({k: v for k, v in run.outcomes.items()
+                          if set(v) != {"delivered"} or len(v) > 2}, {}, why)
 
     def test_a_layer2_mixnode_killed(self):
         return defer.Deferred.fromCoroutine(self._scenario("mixnode"))

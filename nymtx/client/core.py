@@ -71,6 +71,8 @@ from nymtx.topology import TopologyError
 IDENTIFIER = bytes(16)
 #: seconds between sweeps of reassembly sets that stopped receiving fragments
 EXPIRE_INTERVAL = 10.0
+#: how long an outbox row outlives its reported outcome (see ClientCore._outcome)
+REPORT_GRACE = 1.0
 
 
 class SendError(ValueError):
@@ -496,6 +498,8 @@ class ClientCore:
     #: restored messages that came while there was none (see on_outcome)
     _every_listeners: list = attrs.field(factory=list, init=False)
     _unheard: list = attrs.field(factory=list, init=False)
+    #: outbox rows of messages whose outcome was reported, removed after a grace
+    _removals: dict = attrs.field(factory=dict, init=False)
     #: anonymous replies: the store (in the outbox's file), the replies not
     #: yet sent once, and the SURB-ACKs of replies we received, to send on
     replies: object = attrs.field(default=None, init=False)
@@ -639,6 +643,12 @@ class ClientCore:
         self._looping.stop()
         waits = [self._refresh.stop(), self._fetching.stop(), self._expiring.stop()]
         self._sendq.clear()
+        # a clean stop: the events are out, the reported rows can go now
+        removals, self._removals = self._removals, {}
+        for number, call in removals.items():
+            if call.active():
+                call.cancel()
+            self.outbox.remove(number)
         tracked, self._tracked = self._tracked, {}
         for t in tracked.values():
             self._rtx.cancel(t.number)
@@ -912,6 +922,10 @@ class ClientCore:
             return tracked.outcome
         return tracked.sent
 
+    def _remove_reported(self, number):
+        self._removals.pop(number, None)
+        self.outbox.remove(number)
+
     def on_outcome(self, callback, every=True):
         """Call *callback(id, outcome)* for each message whose outcome is known:
         ``"delivered"`` (every fragment acknowledged) or ``"failed"`` (a
@@ -942,8 +956,9 @@ class ClientCore:
 
     @property
     def unacknowledged(self):
-        """Messages in the outbox: sent or queued, not yet delivered or failed."""
-        return len(self.outbox)
+        """Messages in the outbox: sent or queued, not yet delivered or failed
+        (rows kept only for the grace after their outcome do not count)."""
+        return len(self.outbox) - len(self._removals)
 
     def _restore(self):
         """Pick up what the outbox holds from an earlier run: every fragment not
@@ -965,9 +980,17 @@ class ClientCore:
 
     def _outcome(self, number, outcome):
         tracked = self._tracked.pop(number, None)
-        self.outbox.remove(number)
         if tracked is None:
+            self.outbox.remove(number)
             return
+        # The row goes REPORT_GRACE s after its event, not with it: the
+        # event is only in the API transport's buffer now, and a client
+        # killed before it is written would otherwise lose it for good. A
+        # client killed in the grace finds the row on restart (every
+        # fragment acked, or at the cap) and reports it again: an outcome
+        # is heard at least once.
+        self._removals[number] = self.reactor.callLater(
+            REPORT_GRACE, self._remove_reported, number)
         if outcome == DELIVERED:
             self.delivered += 1
         else:
