@@ -180,8 +180,12 @@ class Topology:
         return list(dict.fromkeys(
             key for gateway in self.gateways for key in gateway.registered_clients))
 
-    def route(self, gateway, rng):
-        """One uniformly random mixnode from each layer 1..LAYERS, then ``gateway``."""
+    def route(self, gateway, rng, avoid=frozenset()):
+        """One uniformly random mixnode from each layer 1..LAYERS, then ``gateway``.
+
+        Mixnodes whose public key is in *avoid* are left out of a layer that
+        has others (nymtx.reliable.health: nodes whose packets keep going
+        unacknowledged); a layer of only those is used whole."""
         if not isinstance(gateway, GatewayInfo):
             raise TopologyError(f"a route ends at a GatewayInfo, not {gateway!r}")
         hops = []
@@ -189,6 +193,8 @@ class Topology:
             candidates = self._layers[layer]
             if not candidates:
                 raise TopologyError(f"layer {layer} has no mixnodes")
+            if avoid:
+                candidates = [h for h in candidates if h.public_key not in avoid] or candidates
             hops.append(rng.choice(candidates))
         hops.append(Hop(address=gateway.address.to_bytes(), public_key=gateway.public_key))
         return hops

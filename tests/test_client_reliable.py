@@ -6,6 +6,7 @@ import json
 import random
 
 from hypothesis import given, settings, strategies as st
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -36,7 +37,7 @@ class Harness:
     """Alice's core against the fake network; Bob is a key there."""
 
     def __init__(self, case, outbox_path=None, network=None, keys=None, clock=None,
-                 **config_values):
+                 listen=True, **config_values):
         self.case = case
         self.clock = clock or Clock()
         self.keys = keys or KeyPair.generate()
@@ -58,7 +59,8 @@ class Harness:
                                FakeDirectory(self.network.topology), self.links, self.link,
                                self.inbox, outbox=self.outbox, rng=random.Random(7))
         self.outcomes = []
-        self.core.on_outcome(lambda i, o: self.outcomes.append((i, o)))
+        if listen:
+            self.core.on_outcome(lambda i, o: self.outcomes.append((i, o)))
         self._next_id = 10_000
         self._acked = 0
 
@@ -186,6 +188,31 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(h.links.packets), len(ticks) + h.core.sent_loop)
         h.core.stop()
 
+    def test_no_retry_is_burned_while_the_own_gateway_cannot_be_pulled(self):
+        h = Harness(self, maximum_retransmissions=2)
+        h.core.start()
+        run(h.clock, 1)
+        down = {"down": True}
+        pull = h.link.pull
+
+        def failing_pull(limit=100):
+            if down["down"]:
+                return fail(ConnectionRefusedError("the gateway restarts"))
+            return pull(limit)
+        h.link.pull = failing_pull
+        h.core.send(h.bob.public_text, "waits", id="w")
+        run(h.clock, 120)  # far past the cap's three round trips
+        self.assertEqual(h.outcomes, [])
+        self.assertEqual(len(h.to(h.bob.public_key)), 1)  # the first send only
+        self.assertEqual(h.core.sent_retries, 0)
+        down["down"] = False  # the gateway is back: the retry goes, and is acked
+        run(h.clock, 3)
+        self.assertEqual(len(h.to(h.bob.public_key)), 2)
+        h.ack_new(h.bob.public_key)
+        run(h.clock, 3)
+        self.assertEqual(h.outcomes, [("w", DELIVERED)])
+        h.core.stop()
+
     def test_a_retry_waits_for_its_round_trip_estimate(self):
         # delays of 0 ms cannot be configured; 1 ms per hop, a 1000 ms addition
         # and five fetch intervals of 100 ms: no retry before 1.5 s after the first send
@@ -261,6 +288,71 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(sorted(second.outcomes), [(f"q{i}", DELIVERED) for i in range(3)])
         self.assertEqual(len(second.outbox), 0)
         second.core.stop()
+
+    def test_restored_outcomes_before_the_application_is_back_are_kept_for_it(self):
+        # Alice killed with packets in flight: their acks wait at her gateway
+        # and come with the restarted client's first pull, before her
+        # application has connected again and subscribed
+        path = self.mktemp()
+        first = Harness(self, outbox_path=path)
+        first.core.start()
+        for i in range(2):
+            first.core.send(first.bob.public_text, f"flying {i}", id=f"f{i}")
+        run(first.clock, 3)
+        packets = first.to(first.bob.public_key)
+        self.assertEqual(len(packets), 2)
+        first.core.stop()
+        first.outbox.close()
+        second = Harness(self, outbox_path=path, network=first.network, keys=first.keys,
+                         clock=first.clock, listen=False)
+        for n, packet in enumerate(packets):
+            second.link.mail.append((n + 1, second.network.ack_record(packet)))
+        ids_only = []
+        second.core.on_outcome(lambda i, o: ids_only.append(i), every=False)
+        second.core.start()
+        run(second.clock, 2)
+        self.assertEqual(len(second.outbox), 0)  # delivered, with nobody to hear it
+        self.assertEqual(sorted(ids_only), ["f0", "f1"])  # a connection's own ids: live only
+        written = []
+        push = Push(second.core, lambda data, binary: written.append(json.loads(data)) or True)
+        push.watch_outcome("x")  # first an id, then every outcome
+        self.assertEqual(written, [])
+        push.watch_outcome(None)
+        self.assertEqual(sorted(w["id"] for w in written), ["f0", "f1"])
+        self.assertEqual({w["type"] for w in written}, {DELIVERED})
+        later = []
+        second.core.on_outcome(lambda i, o: later.append(i))
+        self.assertEqual(later, [])  # heard once, by the first
+        second.core.stop()
+
+    def test_a_client_killed_right_after_an_outcome_reports_it_again(self):
+        # the event may still be in the API transport's buffer when the
+        # process dies: the row outlives it by REPORT_GRACE, so a restart
+        # in that time reports it again (at least once, never lost)
+        path = self.mktemp()
+        first = Harness(self, outbox_path=path)
+        first.core.start()
+        first.core.send(first.bob.public_text, "just acked", id="k")
+        run(first.clock, 3)
+        first.ack_new(first.bob.public_key)
+        run(first.clock, 0.5)
+        self.assertEqual(first.outcomes, [("k", DELIVERED)])
+        self.assertEqual(first.core.unacknowledged, 0)
+        self.assertEqual(len(first.outbox), 1)  # the row, for the grace
+        # killed now: a new client on the same file (its own clock)
+        second = Harness(self, outbox_path=path, network=first.network, keys=first.keys,
+                         listen=False)
+        second.core.start()
+        run(second.clock, 0.5)
+        self.assertEqual(second.to(first.bob.public_key), [])  # nothing sent again
+        heard = []
+        second.core.on_outcome(lambda i, o: heard.append((i, o)))
+        self.assertEqual(heard, [("k", DELIVERED)])
+        second.core.stop()
+        # the first, had it lived: the row goes after the grace
+        run(first.clock, 1)
+        self.assertEqual(len(first.outbox), 0)
+        first.core.stop()
 
     def test_a_message_half_acked_before_a_restart_sends_only_the_rest(self):
         path = self.mktemp()

@@ -246,11 +246,17 @@ class Push:
         """Tell this connection the outcome of *message_id* (None: of every
         message, restored ones included)."""
         if message_id is None:
+            if not self._all_outcomes and self._cancel_outcomes is not None:
+                # listening for ids only: again as a listener of every outcome,
+                # which gets those of restored messages that came before it
+                self._cancel_outcomes()
+                self._cancel_outcomes = None
             self._all_outcomes = True
         else:
             self._ids.add(message_id)
         if self._cancel_outcomes is None and hasattr(self.core, "on_outcome"):
-            self._cancel_outcomes = self.core.on_outcome(self._outcome)
+            self._cancel_outcomes = self.core.on_outcome(self._outcome,
+                                                         every=self._all_outcomes)
 
     def _outcome(self, message_id, outcome):
         if not (self._all_outcomes or message_id in self._ids):

@@ -61,6 +61,7 @@ from nymtx.reliable import replies as reply_layer
 from nymtx.reliable.ack import COVER, AckError, ack_packet, build_surb_ack, compose_payload
 from nymtx.reliable.inbound import Ack, Envelope, Reply, classify_record
 from nymtx.sphinx.surb import SurbError, use_surb
+from nymtx.reliable.health import RouteHealth
 from nymtx.reliable.retransmit import DELIVERED, Retransmitter
 from nymtx.sphinx import SphinxError, build_packet, sample_delays
 from nymtx.sphinx.surb import DELIVERY_SIZE
@@ -70,6 +71,8 @@ from nymtx.topology import TopologyError
 IDENTIFIER = bytes(16)
 #: seconds between sweeps of reassembly sets that stopped receiving fragments
 EXPIRE_INTERVAL = 10.0
+#: how long an outbox row outlives its reported outcome (see ClientCore._outcome)
+REPORT_GRACE = 1.0
 
 
 class SendError(ValueError):
@@ -174,6 +177,8 @@ class _Tracked:
     reply_tag: object = None
     #: a reply's fragments not yet sent once (replies do not use the SendQueue)
     next_index: int = 0
+    #: from the outbox of an earlier run: nobody in this run asked for it
+    restored: bool = False
 
     @property
     def room(self):
@@ -488,7 +493,14 @@ class ClientCore:
     _owns_outbox: bool = False
     _tracked: dict = attrs.field(factory=dict, init=False)
     _rtx: Retransmitter = attrs.field(init=False)
+    _health: RouteHealth = attrs.field(init=False)
     _outcome_listeners: list = attrs.field(factory=list, init=False)
+    #: the listeners of every outcome (not of chosen ids), and the outcomes of
+    #: restored messages that came while there was none (see on_outcome)
+    _every_listeners: list = attrs.field(factory=list, init=False)
+    _unheard: list = attrs.field(factory=list, init=False)
+    #: outbox rows of messages whose outcome was reported, removed after a grace
+    _removals: dict = attrs.field(factory=dict, init=False)
     #: anonymous replies: the store (in the outbox's file), the replies not
     #: yet sent once, and the SURB-ACKs of replies we received, to send on
     replies: object = attrs.field(default=None, init=False)
@@ -531,7 +543,9 @@ class ClientCore:
         self._rtx = Retransmitter(self.reactor, self._outcome,
                                   multiplier=c.ack_wait_multiplier / 100,
                                   addition=ack_wait_addition(c),
-                                  max_retransmissions=c.maximum_retransmissions)
+                                  max_retransmissions=c.maximum_retransmissions,
+                                  on_timeout=self._ack_overdue)
+        self._health = RouteHealth(self.reactor)
         self._sendq = SendQueue(max_message_size=c.maximum_message_size,
                                 max_messages=c.send_queue_messages,
                                 max_bytes=c.send_queue_bytes)
@@ -630,6 +644,12 @@ class ClientCore:
         self._looping.stop()
         waits = [self._refresh.stop(), self._fetching.stop(), self._expiring.stop()]
         self._sendq.clear()
+        # a clean stop: the events are out, the reported rows can go now
+        removals, self._removals = self._removals, {}
+        for number, call in removals.items():
+            if call.active():
+                call.cancel()
+            self.outbox.remove(number)
         tracked, self._tracked = self._tracked, {}
         for t in tracked.values():
             self._rtx.cancel(t.number)
@@ -903,22 +923,43 @@ class ClientCore:
             return tracked.outcome
         return tracked.sent
 
-    def on_outcome(self, callback):
+    def _remove_reported(self, number):
+        self._removals.pop(number, None)
+        self.outbox.remove(number)
+
+    def on_outcome(self, callback, every=True):
         """Call *callback(id, outcome)* for each message whose outcome is known:
         ``"delivered"`` (every fragment acknowledged) or ``"failed"`` (a
         fragment's last retry went unacknowledged), restored messages
-        included. Returns a function that stops the calls."""
+        included. Returns a function that stops the calls.
+
+        A restored message's outcome may come before the application is
+        back (its acks wait at the gateway and come with the first pull):
+        such outcomes are kept, and the first *every* listener (one that
+        wants every outcome, not a connection watching its own ids) gets
+        them at once."""
         self._outcome_listeners.append(callback)
+        if every:
+            self._every_listeners.append(callback)
+            unheard, self._unheard = self._unheard, []
+            for message_id, outcome in unheard:
+                try:
+                    callback(message_id, outcome)
+                except Exception:
+                    self.log.failure("outcome callback {cb!r} failed", cb=callback)
 
         def cancel():
             if callback in self._outcome_listeners:
                 self._outcome_listeners.remove(callback)
+            if callback in self._every_listeners:
+                self._every_listeners.remove(callback)
         return cancel
 
     @property
     def unacknowledged(self):
-        """Messages in the outbox: sent or queued, not yet delivered or failed."""
-        return len(self.outbox)
+        """Messages in the outbox: sent or queued, not yet delivered or failed
+        (rows kept only for the grace after their outcome do not count)."""
+        return len(self.outbox) - len(self._removals)
 
     def _restore(self):
         """Pick up what the outbox holds from an earlier run: every fragment not
@@ -933,17 +974,24 @@ class ClientCore:
             self._tracked[p.number] = _Tracked(
                 p.number, p.id, client_key, gateway_key, bytes((p.kind,)) + p.body,
                 p.fragments, set_id_of(self.outbox.ack_key, p.number, reply_tag is not None),
-                reply_tag=reply_tag,
-                next_index=p.fragments)
+                reply_tag=reply_tag, next_index=p.fragments, restored=True)
             self._rtx.track(p.number, p.fragments, acked=p.acked, attempts=p.attempts)
         if self._tracked:
             self.log.info("{n} message(s) from the outbox go out again", n=len(self._tracked))
 
     def _outcome(self, number, outcome):
         tracked = self._tracked.pop(number, None)
-        self.outbox.remove(number)
         if tracked is None:
+            self.outbox.remove(number)
             return
+        # The row goes REPORT_GRACE s after its event, not with it: the
+        # event is only in the API transport's buffer now, and a client
+        # killed before it is written would otherwise lose it for good. A
+        # client killed in the grace finds the row on restart (every
+        # fragment acked, or at the cap) and reports it again: an outcome
+        # is heard at least once.
+        self._removals[number] = self.reactor.callLater(
+            REPORT_GRACE, self._remove_reported, number)
         if outcome == DELIVERED:
             self.delivered += 1
         else:
@@ -961,6 +1009,9 @@ class ClientCore:
                 tracked.outcome.errback(DeliveryFailed(
                     f"message {tracked.id}: no acknowledgement after"
                     f" {self.config.maximum_retransmissions} retransmission(s)"))
+        if tracked.restored and not self._every_listeners:
+            # at most what the outbox held: each restored message ends once
+            self._unheard.append((tracked.id, outcome))
         for listener in list(self._outcome_listeners):
             try:
                 listener(tracked.id, outcome)
@@ -1046,6 +1097,12 @@ class ClientCore:
                     if tracked.sent is not None and not tracked.sent.called:
                         tracked.sent.callback(None)
                 return True
+        if self._gateway_down:
+            # the acks come through our own gateway: while we cannot pull from
+            # it, no retry can be acknowledged, and sending one would only
+            # burn it (a restarted gateway would fail messages through the
+            # cap). The due ones wait, queued, and go once a pull succeeds.
+            return False
         retry = self._rtx.take()
         if retry is None:
             return False
@@ -1155,16 +1212,23 @@ class ClientCore:
                                 " acknowledgements")
         if number == COVER:
             index, attempt = self.rng.getrandbits(32), self.rng.getrandbits(16)
-        ack_route = self.topology.route(own, self.rng)
+        # around the mixnodes whose packets keep going unacknowledged
+        avoid = self._health.avoid()
+        ack_route = self.topology.route(own, self.rng, avoid)
         ack_delays = sample_delays(len(ack_route), self.config.average_ack_delay / 1000,
                                    self.rng)
         surb_ack = build_surb_ack(ack_route, self.keys.public_key, self.outbox.ack_key,
                                   number, index, attempt, ack_delays)
-        route = self.topology.route(gateway, self.rng)
+        route = self.topology.route(gateway, self.rng, avoid)
         delays = sample_delays(len(route), self.config.average_packet_delay / 1000, self.rng)
         packet = build_packet(route, destination, IDENTIFIER,
                               compose_payload(surb_ack, payload), delays)
         self.links.send(NodeAddress.from_bytes(route[0].address), packet)
+        if number != COVER:
+            # the mixnodes of both routes (not the gateways): what an ack
+            # clears and a timeout blames
+            self._health.sent((number, index, attempt),
+                              [hop.public_key for hop in route[:-1] + ack_route[:-1]])
         return (sum(delays) + sum(ack_delays)) / 1e9
 
     # -- receiving ------------------------------------------------------------
@@ -1345,9 +1409,13 @@ class ClientCore:
         except SendError as e:
             self.log.warn("cannot send the reply blocks asked for: {why}", why=str(e))
 
+    def _ack_overdue(self, number, index, attempt):
+        self._health.lost((number, index, attempt))
+
     def _acked(self, ref):
         """An ack for fragment ref.index of message ref.number (any attempt)."""
         self.acks_received += 1
+        self._health.acked((ref.number, ref.index, ref.attempt))
         # the outbox first: the outcome (in acked) removes the message from it
         self.outbox.mark_acked(ref.number, ref.index)
         self._rtx.acked(ref.number, ref.index)

@@ -18,7 +18,7 @@ observes (did the sender notice the loss?), and unbounded retries let it
 halve the set of candidate gateways until one is left. Five retries give
 it at most five such bits per fragment, while a fragment still fails only
 if six independent attempts are all lost: at 5 % loss per round trip,
-1.6e-8 per fragment, 3e-5 for a 1 MiB message of 1942 fragments.
+1.6e-8 per fragment, 3e-5 for a 1 MiB message of 1914 fragments.
 """
 
 import heapq
@@ -60,6 +60,9 @@ class Retransmitter:
 
     clock: object
     on_outcome: object = None
+    #: on_timeout(message, index, attempt): that send's ack is overdue (route
+    #: health, nymtx.reliable.health, blames its nodes)
+    on_timeout: object = None
     multiplier: float = DEFAULT_MULTIPLIER
     addition: float = DEFAULT_ADDITION
     max_retransmissions: int = DEFAULT_MAX_RETRANSMISSIONS
@@ -142,6 +145,8 @@ class Retransmitter:
             if m is None or m.deadlines.get(index) != deadline:
                 continue  # acked, re-sent since, or finished
             del m.deadlines[index]
+            if self.on_timeout is not None:
+                self.on_timeout(message, index, m.attempts.get(index, 1) - 1)
             self._expire(message, m, index)
         out = []
         for message, m in list(self._messages.items()):
