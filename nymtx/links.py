@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from nymtx.backoff import backoff_policy
 from nymtx.interfaces import IPacketLinks
+from nymtx.wire import no_delay
 
 #: Seconds a connection attempt may take before it counts as failed.
 CONNECT_TIMEOUT = 10
@@ -70,6 +71,7 @@ class _LinkProtocol(Protocol):
         self.why = None  # why this side closed the connection, if it did
 
     def connectionMade(self):
+        no_delay(self.transport)
         self.transport.registerProducer(self, True)
         secure = self.link.links.secure
         if secure is None:

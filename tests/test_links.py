@@ -445,6 +445,13 @@ class LoopbackLinksTests(TestCase):
         self.assertEqual(links.sent, {str(address): 300})
         self.assertEqual(links.dropped, 0)
 
+        # The sender turned Nagle off: each packet leaves when it is due, not
+        # when the previous one is acknowledged (up to a delayed-ACK per hop).
+        import socket
+        (link,) = links._links.values()
+        handle = link.protocol.transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
         stopped = links.stop()
         yield stopped
         # Every connection is closed once stop() has fired, on our side; wait
@@ -469,3 +476,23 @@ class LogThrottleTests(SynchronousTestCase):
         clock.advance(60)
         self.assertEqual(quiet.allow("x"), 6)  # the 5 held back, and this one
         self.assertEqual(quiet.allow("x"), 0)
+
+
+class NoDelayTests(SynchronousTestCase):
+    """nymtx.wire.no_delay on transports that are not TCP sockets."""
+
+    def test_a_memory_transport_is_left_alone(self):
+        from twisted.internet.testing import StringTransport
+        from nymtx.wire import no_delay
+        no_delay(StringTransport())  # no socket option to set: no error
+
+    def test_a_socket_that_refuses_is_not_an_error(self):
+        from nymtx.wire import no_delay
+        calls = []
+
+        class Refusing:
+            def setTcpNoDelay(self, enabled):
+                calls.append(enabled)
+                raise OSError(95, "Operation not supported")
+        no_delay(Refusing())
+        self.assertEqual(calls, [True])

@@ -36,6 +36,7 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import directlyProvides, providedBy
 
 from nymtx.addressing import encode_client_address
+from nymtx.wire import no_delay
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_SHA256"
 #: Mixed into the handshake hash: a peer speaking another version (or
@@ -418,6 +419,7 @@ class ChannelProtocol(Protocol, TimeoutMixin):
         Protocol.makeConnection(self, transport)
 
     def connectionMade(self):
+        no_delay(self.transport)
         self.callLater = self.clock.callLater
         self.setTimeout(self.handshake_timeout)
         first = self.channel.start()

@@ -41,6 +41,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from nymtx.sphinx import PACKET_SIZE
+from nymtx.wire import no_delay
 
 PROTOCOL_NAME = b"Noise_XK_25519_ChaChaPoly_SHA256"
 #: Mixed into the handshake hash: a peer speaking another version, or the
@@ -359,6 +360,7 @@ class LinkResponder(Protocol):
         self._timer = None
 
     def connectionMade(self):
+        no_delay(self.transport)
         self._timer = self.factory.clock.callLater(
             HANDSHAKE_TIMEOUT, self._refuse,
             f"no handshake within {HANDSHAKE_TIMEOUT:g} s", "timeout", True)
