@@ -37,3 +37,19 @@ class KeyCommandTests(SynchronousTestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertTrue(err.startswith("error: "))
         self.assertNotIn("Traceback", err)
+
+
+class UsageTests(SynchronousTestCase):
+    """The command is on usage.Options like every other: usage errors exit 2."""
+
+    def test_usage_errors_exit_2(self):
+        import contextlib
+        for argv, why in [([], "give a command: key"),
+                          (["key"], "give the FOLDER"),
+                          (["key", "a", "b"], "Wrong number of arguments"),
+                          (["key", "a", "--bogus"], "--bogus")]:
+            with self.subTest(argv=argv):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    self.assertEqual(main(argv), 2)
+                self.assertIn(why, err.getvalue())
