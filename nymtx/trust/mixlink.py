@@ -20,27 +20,21 @@ listener; nymtx.links runs the initiator side when a PacketLinks is given a
 ``secure`` (a :class:`LinkAuthority`).
 """
 
-import hashlib
-import hmac
-import os
 import warnings
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.bindings import (
-    crypto_scalarmult, crypto_scalarmult_base, crypto_sign_ed25519_pk_to_curve25519,
+    crypto_scalarmult_base, crypto_sign_ed25519_pk_to_curve25519,
     crypto_sign_ed25519_sk_to_curve25519)
 from cryptography.exceptions import InvalidTag
 from nacl.exceptions import RuntimeError as NaclRuntimeError
-from noise.backends.default import DefaultNoiseBackend
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseHandshakeError, NoiseInvalidMessage, NoiseValueError
-from noise.functions.dh import DH
-from noise.functions.hash import Hash
-from noise.functions.keypair import KeyPair as NoiseKeyPair
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from nymtx.sphinx import PACKET_SIZE
+from nymtx.noisebackend import BACKEND as _BACKEND, KeyPair as _KeyPair
 from nymtx.wire import no_delay
 
 PROTOCOL_NAME = b"Noise_XK_25519_ChaChaPoly_SHA256"
@@ -105,59 +99,6 @@ class LinkKeys:
         return "LinkKeys(<private>)"
 
 
-# -- Noise with libsodium ---------------------------------------------------
-
-class _KeyPair(NoiseKeyPair):
-    @classmethod
-    def from_private_bytes(cls, private_bytes):
-        if len(private_bytes) != KEY_SIZE:
-            raise NoiseValueError(f"a private key is {KEY_SIZE} bytes")
-        public = crypto_scalarmult_base(bytes(private_bytes))
-        return cls(private=bytes(private_bytes), public=public, public_bytes=public)
-
-    @classmethod
-    def from_public_bytes(cls, public_bytes):
-        if len(public_bytes) != KEY_SIZE:
-            raise NoiseValueError(f"a public key is {KEY_SIZE} bytes")
-        return cls(public=bytes(public_bytes), public_bytes=bytes(public_bytes))
-
-
-class _X25519(DH):
-    # libsodium, as the rest of nymtx: noiseprotocol's default goes
-    # through cryptography's key objects, several times slower
-    klass = _KeyPair
-    dhlen = KEY_SIZE
-
-    def generate_keypair(self):
-        return _KeyPair.from_private_bytes(os.urandom(KEY_SIZE))
-
-    def dh(self, private_key, public_key):
-        try:
-            return crypto_scalarmult(private_key, public_key)
-        except NaclRuntimeError:
-            raise NoiseValueError("the X25519 result is all zeros (a low-order point)")
-
-
-class _SHA256(Hash):
-    # hashlib: the default builds a cryptography hash object per call
-    fn = "sha256"
-    hashlen = 32
-    blocklen = 64
-
-    def hash(self, data):
-        return hashlib.sha256(data).digest()
-
-
-class _Backend(DefaultNoiseBackend):
-    def __init__(self):
-        super().__init__()
-        self.diffie_hellmans = {"25519": _X25519}
-        self.keypairs = {"25519": _KeyPair}
-        self.hashes = {"SHA256": _SHA256}
-        self.hmac = lambda key, data, algorithm: hmac.digest(key, data, algorithm)
-
-
-_BACKEND = _Backend()
 
 
 def _nonce(n):
