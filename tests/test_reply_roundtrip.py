@@ -25,7 +25,7 @@ from tests import test_client_reliable
 from tests.test_e2e import Network, coroutine, sleep
 
 
-class RecordingApi(WebSocketClientProtocol):
+class AppWebSocket(WebSocketClientProtocol):
     """An application's websocket that keeps every frame it is sent: the
     answers and the pushed events, in the order they come."""
 
@@ -57,7 +57,7 @@ class RecordingApi(WebSocketClientProtocol):
         raise AssertionError(f"only {len(found)} of {count} frames came: {self.texts()}")
 
 
-class RecordingStore:
+class StoreTap:
     """The gateway's store as its final-hop handler sees it, keeping a copy
     of each record added for *key* (the store's slots forbid wrapping a
     method in place)."""
@@ -74,7 +74,7 @@ class RecordingStore:
         return getattr(self._store, name)
 
 
-class RecordingReplies:
+class ReplyStoreTap:
     """A client's ReplyStore, keeping the identifier of each record that it
     opened as a reply through one of its blocks."""
 
@@ -93,7 +93,7 @@ class RecordingReplies:
 
 async def open_raw(port):
     factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/mix")
-    factory.protocol = RecordingApi
+    factory.protocol = AppWebSocket
     factory.opened = Deferred()
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
     return await factory.opened
@@ -122,11 +122,11 @@ class ReplyRoundTripTests(TestCase):
         # records her client opened as replies (by their identifiers).
         gateway = network.net.node_services["gateway-1"]
         stored_for_alice = []
-        gateway.handler.store = RecordingStore(gateway.handler.store, alice_key,
+        gateway.handler.store = StoreTap(gateway.handler.store, alice_key,
                                                stored_for_alice)
         alice_core = alice_service.client.core
         claimed = []
-        alice_core.replies = RecordingReplies(alice_core.replies, claimed)
+        alice_core.replies = ReplyStoreTap(alice_core.replies, claimed)
 
         bob.send_json({"type": "subscribe"})
         alice.send_json({"type": "subscribe"})
