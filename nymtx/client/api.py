@@ -556,8 +556,9 @@ class ApiDispatcher:
             d = self.core.send(recipient, message)
         else:
             d = self.core.send(recipient, message, id=message_id)
-            if self._push is not None:
-                self._push.watch_outcome(message_id)
+        # a send with an id, anonymous or not, tells this connection its outcome
+        if message_id is not None and self._push is not None:
+            self._push.watch_outcome(message_id)
         # A reply goes out once queued, as nym did; a message that never leaves
         # (the client stopped) is logged, not left as an unhandled error.
         d.addErrback(lambda f: self.log.warn("message not sent: {why}",
