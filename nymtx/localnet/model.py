@@ -130,6 +130,17 @@ async def poll_topology(reactor, directory, missing, timeout, poll=0.1, check=No
         await deferLater(reactor, poll, lambda: None)
 
 
+async def poll_clients(reactor, directory, client_keys, timeout, poll=0.1):
+    """The topology once its gateways list every key in *client_keys*
+    (``poll_topology`` with that as what is missing)."""
+    wanted = set(client_keys)
+
+    def missing(topology):
+        absent = len(wanted - set(topology.clients()))
+        return f"{count(absent, 'client')} not in the topology" if absent else None
+    return await poll_topology(reactor, directory, missing, timeout, poll)
+
+
 def why_failed(error):
     """An exception's or a Failure's text, for one line of an error message."""
     if hasattr(error, "getErrorMessage"):

@@ -22,7 +22,7 @@ from nymtx.gateway.private_server import RegistrationLimit
 from nymtx.gateway.service import GatewayService
 from nymtx.keys import KeyFormatError, KeyPair
 from nymtx.localnet.model import (
-    LocalNetError, Timing, count, describe, poll_topology, why_failed)
+    LocalNetError, Timing, count, describe, poll_clients, poll_topology, why_failed)
 from nymtx.mixnode.service import MixnodeService
 from nymtx.observer import OneShot
 
@@ -200,13 +200,8 @@ class LocalNetwork(MultiService):
     async def wait_for_clients(self, client_keys, timeout=30.0, poll=0.1):
         """The topology once the gateways list every key in *client_keys*."""
         directory = self._reader()
-        wanted = set(client_keys)
-
-        def missing(topology):
-            absent = len(wanted - set(topology.clients()))
-            return f"{count(absent, 'client')} not in the topology" if absent else None
         try:
-            return await poll_topology(self.reactor, directory, missing, timeout, poll)
+            return await poll_clients(self.reactor, directory, client_keys, timeout, poll)
         finally:
             await directory.close()
 

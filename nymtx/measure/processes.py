@@ -38,7 +38,7 @@ import sys
 
 from twisted.internet import defer, protocol
 
-from nymtx.localnet.model import LocalNetError, Timing, count, plan, poll_topology
+from nymtx.localnet.model import LocalNetError, Timing, plan, poll_clients
 from nymtx.localnet.processes import ProcessNetwork
 from nymtx.measure.network import DOWN, UP, Recorder
 
@@ -292,13 +292,8 @@ class ProcessNodes:
     async def wait_for_clients(self, client_keys, timeout=30.0, poll=0.1):
         from nymtx.directory.client import DirectoryClient
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
-        wanted = set(client_keys)
-
-        def missing(topology):
-            absent = len(wanted - set(topology.clients()))
-            return f"{count(absent, 'client')} not in the topology" if absent else None
         try:
-            return await poll_topology(self.reactor, directory, missing, timeout, poll)
+            return await poll_clients(self.reactor, directory, client_keys, timeout, poll)
         finally:
             await directory.close()
 
