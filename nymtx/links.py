@@ -229,7 +229,17 @@ class _Link:
         data = b"".join(queue) if mixlink is None else mixlink.seal_all(queue)
         queue.clear()
         self.queued_since = None
-        protocol.transport.write(data)
+        transport = protocol.transport
+        transport.write(data)
+        # Twisted sends buffered bytes when the reactor next polls the socket
+        # writable: one more loop of the reactor per hop. This turn's packets
+        # are all in the buffer, so send them now; whatever the socket does
+        # not take stays buffered and leaves as before. (doWrite is the
+        # IWriteDescriptor method the reactor itself calls; a memory
+        # transport in a test has none.)
+        do_write = getattr(transport, "doWrite", None)
+        if do_write is not None:
+            do_write()
         sent = self.links.sent
         sent[self.key] = sent.get(self.key, 0) + n
 
