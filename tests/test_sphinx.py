@@ -17,6 +17,7 @@ from nymtx.sphinx import (
     HEADER_SIZE, MAX_MESSAGE_SIZE, PACKET_SIZE, PAYLOAD_SIZE, FinalHop, ForwardHop, Hop,
     ReplayCache, SphinxError, build_packet, process_packet, sample_delays)
 from nymtx.sphinx import crypto, errors
+from nymtx.sphinx import packet as packet_module
 
 VECTORS = os.path.join(os.path.dirname(__file__), "vectors", "sphinx.json")
 
@@ -444,3 +445,87 @@ class FuzzTests(SynchronousTestCase):
             return
         # only possible if the flipped byte did not matter; never a wrong message
         self.assertEqual(final.message, b"m")
+
+
+class SharedSecretTests(SynchronousTestCase):
+    """The sender's shared secrets from one product scalar (one or two
+    multiplications) are the bytes the hop-by-hop blinding gives."""
+
+    @staticmethod
+    def sequential(secret, blindings, public_key):
+        shared = crypto.x25519(secret, public_key)
+        for b in blindings:
+            shared = crypto.x25519(b, shared)
+        return shared
+
+    @staticmethod
+    def product(secret, blindings):
+        p = packet_module._clamped(secret) % packet_module._ORDER
+        for b in blindings:
+            p = p * packet_module._clamped(b) % packet_module._ORDER
+        return p
+
+    @given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32),
+           st.lists(st.binary(min_size=32, max_size=32), max_size=4))
+    def test_same_bytes_as_one_blinding_after_another(self, secret, node_secret, blindings):
+        public_key = crypto_scalarmult_base(node_secret)
+        self.assertEqual(
+            packet_module._shared_secret(self.product(secret, blindings), public_key),
+            self.sequential(secret, blindings, public_key))
+
+    def test_both_branches_are_taken(self):
+        # about half of all products have no clamping-invariant form and go
+        # through the factor table: make sure both paths ran and agreed
+        rng = random.Random(7)
+        public_key = crypto_scalarmult_base(rng.randbytes(32))
+        direct = split = 0
+        for _ in range(40):
+            secret, blindings = rng.randbytes(32), [rng.randbytes(32) for _ in range(2)]
+            p = self.product(secret, blindings)
+            if packet_module._unclamped(p) is None:
+                split += 1
+            else:
+                direct += 1
+            self.assertEqual(packet_module._shared_secret(p, public_key),
+                             self.sequential(secret, blindings, public_key))
+        self.assertGreater(direct, 5)
+        self.assertGreater(split, 5)
+
+    def test_unclamped_scalars_survive_clamping(self):
+        rng = random.Random(8)
+        for _ in range(200):
+            p = rng.randrange(1, packet_module._ORDER)
+            s = packet_module._unclamped(p)
+            if s is not None:
+                value = int.from_bytes(s, "little")
+                self.assertEqual(packet_module._clamped(s), value)
+                self.assertEqual(value % packet_module._ORDER, p)
+
+    def test_without_a_factor_that_splits_the_product_the_old_way_is_used(self):
+        # the fallback (odds about 2^-24 per hop) builds the same packet
+        self.patch(packet_module, "_FACTORS", ())
+        results = []
+        original = packet_module._shared_secret
+
+        def spy(product, public_key):
+            results.append(original(product, public_key))
+            return results[-1]
+
+        self.patch(packet_module, "_shared_secret", spy)
+        rng = random.Random(9)
+        pairs = [KeyPair.generate() for _ in range(4)]
+        route = [Hop(NodeAddress("127.0.0.1", 7000 + i).to_bytes(), p.public_key)
+                 for i, p in enumerate(pairs)]
+        draws = rng.randbytes(4096)
+
+        def randbytes(n, _at=[0]):
+            chunk = draws[_at[0]:_at[0] + n]
+            _at[0] += n
+            return chunk
+
+        packet = build_packet(route, bytes(32), bytes(16), b"hello", [0] * 4, randbytes=randbytes)
+        current = packet
+        for pair in pairs[:-1]:
+            current = process_packet(pair.private_key, current).packet
+        self.assertEqual(process_packet(pairs[-1].private_key, current).message, b"hello")
+        self.assertIn(None, results)

@@ -78,21 +78,88 @@ def _check_route(route, destination, identifier, delays):
     return hops, destination, identifier
 
 
+#: The order of the prime-order subgroup of Curve25519.
+_ORDER = 2 ** 252 + 27742317777372353535851937790883648493
+_ORDER_INVERSE_MOD_8 = pow(_ORDER, -1, 8)
+
+
+def _clamped(scalar):
+    """*scalar* (32 bytes) as the integer X25519 multiplies by: bits 0-2 and
+    255 cleared, bit 254 set."""
+    value = int.from_bytes(scalar, "little")
+    return (value & ~7 & ((1 << 255) - 1)) | (1 << 254)
+
+
+def _unclamped(product):
+    """A 32-byte scalar that X25519's clamping leaves as it is and that is
+    congruent to *product* mod the group order, or None if there is none.
+
+    Such a scalar is a multiple of 8 in [2^254, 2^255). The multiple of 8 that
+    is congruent to *product* is unique mod 8*order (about 2^255), so it either
+    lies in that range (about half of all products) or no representative does.
+    """
+    s = product + ((-product * _ORDER_INVERSE_MOD_8) % 8) * _ORDER
+    if (1 << 254) <= s < (1 << 255):
+        return s.to_bytes(32, "little")
+    return None
+
+
+def _factor_table(count=24):
+    # Fixed clamping-invariant scalars with their inverses: when a product
+    # has no clamping-invariant form, product = r * rest is tried with each r
+    # until rest has one (each try succeeds about half of the time).
+    table = []
+    for i in range(count):
+        r = _clamped(hmac.digest(b"nymtx-sphinx-split", bytes((i,)), "sha256"))
+        table.append((r.to_bytes(32, "little"), pow(r, -1, _ORDER)))
+    return tuple(table)
+
+
+_FACTORS = _factor_table()
+
+
+def _shared_secret(product, public_key):
+    """X25519 of *public_key* by the scalar *product* (mod the group order).
+
+    The sender's shared secret with hop i is its key multiplied by the
+    clamped secret and by every earlier hop's clamped blinding factor. X25519
+    clamps each scalar it is given, so that product cannot simply be handed
+    to it; but every public key of an honest node is in the prime-order
+    subgroup, where only the scalar mod the order matters, so any
+    clamping-invariant scalar congruent to the product gives the same point,
+    and the same bytes, as the multiplications one after another. That is one
+    multiplication (about half of the time) or two, instead of i + 1.
+    (A key with a small-order component is multiplied by multiples of 8
+    either way, which removes that component alike.)
+    """
+    direct = _unclamped(product)
+    if direct is not None:
+        return x25519(direct, public_key)
+    for factor, inverse in _FACTORS:
+        rest = _unclamped(product * inverse % _ORDER)
+        if rest is not None:
+            return x25519(factor, x25519(rest, public_key))
+    return None
+
+
 def _build_header(hops, destination, identifier, delays, randbytes):
     """The header for checked *hops* [(address, public key)], and every hop's
     keys (shared with nymtx.sphinx.surb, which builds reply headers)."""
     n = len(hops)
     secret = randbytes(32)
     alpha = crypto_scalarmult_base(secret)
-    # X25519 clamps every scalar, so blinding factors cannot be multiplied
-    # into one scalar: the sender applies each earlier hop's blinding in turn,
-    # n(n+1)/2 scalar multiplications for n hops.
     keys = []
+    product = _clamped(secret) % _ORDER
     for _, public_key in hops:
-        shared = x25519(secret, public_key)
-        for earlier in keys:
-            shared = x25519(earlier.blinding, shared)
+        shared = _shared_secret(product, public_key)
+        if shared is None:
+            # no factor in the table split the product (odds about 2^-24):
+            # apply each earlier hop's blinding in turn, as a node would
+            shared = x25519(secret, public_key)
+            for earlier in keys:
+                shared = x25519(earlier.blinding, shared)
         keys.append(HopKeys(shared))
+        product = product * _clamped(keys[-1].blinding) % _ORDER
     streams = [stream(k.stream_key, _STREAM_SIZE) for k in keys]
 
     filler = b""
