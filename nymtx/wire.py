@@ -36,7 +36,13 @@ def no_delay(transport):
 
 
 class PacketReceiver(Protocol):
-    """Cuts the byte stream into packets and calls ``packetReceived`` for each."""
+    """Cuts the byte stream into packets and calls ``packetReceived`` for each.
+
+    Whole packets go first to ``packetsReceived`` (the packets of one read,
+    laid end to end), which calls ``packetReceived`` for each until the
+    connection is closing; a receiver that takes them in one piece
+    overrides it.
+    """
 
     packet_size = PACKET_SIZE
 
@@ -45,15 +51,26 @@ class PacketReceiver(Protocol):
 
     def dataReceived(self, data):
         buf = self._buffer
-        buf += data
         size = self.packet_size
-        if len(buf) < size:
-            return
-        whole = len(buf) - len(buf) % size
-        chunk = bytes(buf[:whole])
-        del buf[:whole]
-        for start in range(0, whole, size):
-            self.packetReceived(chunk[start:start + size])
+        if buf:
+            if len(buf) + len(data) < size:
+                buf += data
+                return
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        n = len(data)
+        whole = n - n % size
+        if whole < n:
+            buf += memoryview(data)[whole:]
+            data = data[:whole]
+        if whole:
+            self.packetsReceived(data)
+
+    def packetsReceived(self, packets):
+        size = self.packet_size
+        for start in range(0, len(packets), size):
+            self.packetReceived(packets[start:start + size])
             if self.transport is not None and getattr(self.transport, "disconnecting", False):
                 return
 

@@ -163,6 +163,57 @@ class ProtocolTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
 
+class Recorder(PacketReceiver):
+    packet_size = 7  # small packets: the cuts fall everywhere
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+        self.packets = []
+
+    def packetsReceived(self, packets):
+        self.reads.append(packets)
+        PacketReceiver.packetsReceived(self, packets)
+
+    def packetReceived(self, packet):
+        self.packets.append(packet)
+
+
+class FramingTests(SynchronousTestCase):
+    @given(st.binary(max_size=60), st.lists(st.integers(0, 60), max_size=12))
+    def test_packets_come_out_whole_however_the_stream_is_cut(self, data, cuts):
+        receiver = Recorder()
+        receiver.makeConnection(StringTransport())
+        pos = 0
+        for cut in sorted(cuts) + [len(data)]:
+            receiver.dataReceived(data[pos:max(pos, cut)])
+            pos = max(pos, cut)
+        whole = len(data) - len(data) % 7
+        self.assertEqual(receiver.packets, [data[i:i + 7] for i in range(0, whole, 7)])
+        self.assertTrue(all(type(p) is bytes for p in receiver.packets))
+        # each read's whole packets come in one piece, never an empty one
+        self.assertEqual(b"".join(receiver.reads), data[:whole])
+        self.assertTrue(all(r and len(r) % 7 == 0 for r in receiver.reads))
+        self.assertEqual(bytes(receiver._buffer), data[whole:])
+
+    def test_one_read_of_many_packets_is_one_piece(self):
+        receiver = Recorder()
+        receiver.makeConnection(StringTransport())
+        receiver.dataReceived(b"abc")
+        receiver.dataReceived(b"defghij" * 3 + b"kl")
+        self.assertEqual(receiver.reads, [b"abcdefg" + b"hijdefg" + b"hijdefg"])
+        self.assertEqual(receiver.packets, [b"abcdefg", b"hijdefg", b"hijdefg"])
+
+    def test_no_packet_after_the_connection_starts_closing(self):
+        receiver = Recorder()
+        transport = StringTransport()
+        receiver.makeConnection(transport)
+        receiver.packetReceived = lambda p: (receiver.packets.append(p),
+                                             transport.loseConnection())
+        receiver.dataReceived(b"x" * 21)
+        self.assertEqual(receiver.packets, [b"x" * 7])
+
+
 class FinalSink(PacketReceiver):
     """Stands in for the gateway: unwraps the final hop with its own key."""
 

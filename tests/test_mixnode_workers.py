@@ -1,5 +1,6 @@
 """A mixnode's worker processes: the pipe frames, the pool on a Clock, and real workers."""
 
+import fcntl
 import io
 import os
 import random
@@ -21,6 +22,7 @@ from nymtx.mixnode import tap, worker
 from nymtx.mixnode.config import ConfigError, config_path, init_mixnode, load_config, parse_config
 from nymtx.mixnode.node import Mixnode, MixnodeFactory
 from nymtx.mixnode.service import MixnodeService
+from nymtx.mixnode.workers import PIPE_SIZE, WorkerPool
 from nymtx.sphinx import PACKET_SIZE, Hop, ReplayCache, build_packet, process_packet
 from nymtx.sphinx.crypto import replay_tag, x25519
 from nymtx.testing import FakeLinks
@@ -311,6 +313,27 @@ class PoolTests(SynchronousTestCase):
         self.assertFalse(transport.paused)
         self.assertEqual(len(self.links.packets), 8)
 
+    def test_a_read_goes_to_a_worker_in_one_piece(self):
+        protocol = MixnodeFactory(self.node).buildProtocol(None)
+        protocol.makeConnection(PausableTransport())
+        packets = [make_packet(seed=i) for i in range(3)]
+        data = b"".join(packets)
+        protocol.dataReceived(data + b"\x00" * 100)
+        self.clock.advance(0)
+        written = [bytes(p.written) for p in self.spawner.processes if p.written]
+        self.assertEqual(written, [b"\x00\x00\x00\x03" + data])
+        self.assertEqual(self.node.received, 3)
+        for p in self.spawner.processes:
+            if p.written:
+                p.pump()
+        self.assertEqual(len(self.links.packets), 3)
+
+    def test_stop_delivers_what_was_never_sent_as_lost(self):
+        self.node.handle_packets(make_packet(seed=1) + make_packet(seed=2))
+        self.node.pool.stop()
+        self.assertEqual(self.node.pool.backlog, 0)
+        self.assertEqual(self.node.dropped, {"worker_lost": 2})
+
     def test_stop_ends_the_workers(self):
         self.send_turn([make_packet()])
         d = self.node.stop_workers()
@@ -318,6 +341,58 @@ class PoolTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(len(self.spawner.processes), 2)  # none restarted
         self.assertEqual(self.links.packets, [])
+
+
+class BatchTests(SynchronousTestCase):
+    """The pool alone: batches, their order and the tokens of their packets."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.spawner = FakeSpawner()
+        self.delivered = []
+        self.pool = WorkerPool(self.clock, KEYS[0].private_key, 2, self.delivered.extend,
+                               spawn=self.spawner, batch_size=2)
+        self.pool.start()
+
+    def test_a_piece_larger_than_a_batch_is_cut_and_answered_in_order(self):
+        packets = [make_packet(seed=i) for i in range(5)]
+        self.pool.submit(b"".join(packets[:3]), "a")
+        self.pool.submit(packets[3], "b")
+        self.pool.submit(packets[4], "c")
+        self.clock.advance(0)
+        first, second = self.spawner.processes
+        # batches of two at most (the first piece goes at once), each to the
+        # worker with the fewest packets: a0 a1 | a2, then b c
+        size = 4 + 2 * PACKET_SIZE
+        self.assertEqual((first.written[:4], len(first.written)), (b"\x00\x00\x00\x02", size))
+        self.assertEqual((second.written[:4], second.written[4 + PACKET_SIZE:][:4]),
+                         (b"\x00\x00\x00\x01", b"\x00\x00\x00\x02"))
+        self.assertEqual(self.pool.backlog, 5)
+        second.pump()  # packets 2 and 3 wait for 0 and 1
+        self.assertEqual(self.delivered, [])
+        first.pump()  # packets 0, 1 and then 4 (its third batch)
+        self.assertEqual([(token, len(results)) for token, results in self.delivered],
+                         [("a", 2), ("a", 1), ("b", 1), ("c", 1)])
+        want = [process_packet(KEYS[0].private_key, p).packet for p in packets]
+        self.assertEqual([r[4] for _, results in self.delivered for r in results], want)
+        self.assertEqual(self.pool.backlog, 0)
+
+    def test_results_are_delivered_as_they_come_in_order(self):
+        packets = [make_packet(seed=i) for i in range(2)]
+        self.pool.submit(b"".join(packets), "a")
+        self.clock.advance(0)
+        [busy] = [p for p in self.spawner.processes if p.written]
+        frame = worker.process_batch(KEYS[0].private_key, b"".join(packets), 2)
+        cut = 4 + 1 + worker.RECORD_SIZES[worker.FORWARD]
+        busy.protocol.childDataReceived(1, frame[:cut])
+        self.assertEqual([(t, len(r)) for t, r in self.delivered], [("a", 1)])
+        busy.protocol.childDataReceived(1, frame[cut:])
+        self.assertEqual([(t, len(r)) for t, r in self.delivered], [("a", 1), ("a", 1)])
+
+    def test_a_submit_of_no_whole_packets_is_refused(self):
+        for bad in (b"", b"x" * (PACKET_SIZE + 1)):
+            with self.assertRaises(ValueError):
+                self.pool.submit(bad)
 
 
 class PausableTransport:
@@ -364,6 +439,11 @@ class RealWorkersTests(TestCase):
         port = yield service.whenListening()
         pool = service.node.pool
         pids = [w.transport.pid for w in pool.workers]
+        # the pipes hold a batch (where the system allows it: Linux does)
+        for w in pool.workers:
+            for fd in (0, 1):
+                self.assertEqual(fcntl.fcntl(w.transport.pipes[fd].fileno(), 1032),
+                                 PIPE_SIZE)
         self.assertEqual(len(set(pids)), 2)
 
         def packets(n, first):

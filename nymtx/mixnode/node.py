@@ -13,11 +13,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from nymtx.addressing import AddressError, NodeAddress
-from nymtx.sphinx import ForwardHop, SphinxError, process_packet
+from nymtx.sphinx import PACKET_SIZE, ForwardHop, SphinxError, process_packet
 from nymtx.listening import ConnectionLimit
 from nymtx.mixnode.worker import FINAL_HOP, FORWARD
 from nymtx.mixnode.workers import LOST, WORKER_LOST, WorkerPool
-from nymtx.wire import BoundedPacketReceiver
+from nymtx.wire import BoundedPacketReceiver, PacketReceiver
 
 #: Drop reasons that are not a SphinxError subclass name (and FINAL_HOP,
 #: WORKER_LOST: a packet a worker held when it ended).
@@ -84,12 +84,7 @@ class Mixnode:
         self.received += 1
         pool = self._pool
         if pool is not None:
-            if pool.backlog >= self.max_backlog:
-                self._drop(WORKERS_BUSY)
-                return
-            pool.submit(packet, self.clock.seconds())
-            if not self._reading_paused and pool.backlog >= self.pause_backlog:
-                self._pause_reading(True)
+            self._submit(pool, packet, 1)
             return
         try:
             if self.keyring is not None:
@@ -104,23 +99,49 @@ class Mixnode:
             return
         self._forward(hop.next_address, hop.delay_ns, hop.packet, None)
 
-    def processed(self, items):
-        """The workers' results, ``[(arrival time, result), ...]`` in arrival order."""
+    def handle_packets(self, packets):
+        """Whole packets laid end to end, as one read brought them.
+
+        With workers they go to the pool in one piece (no packet is cut
+        out and joined again); else one by one through handle_packet.
+        """
+        pool = self._pool
+        if pool is None or self._stopped:
+            size = PACKET_SIZE
+            for start in range(0, len(packets), size):
+                self.handle_packet(packets[start:start + size])
+            return
+        count = len(packets) // PACKET_SIZE
+        self.received += count
+        self._submit(pool, packets, count)
+
+    def _submit(self, pool, packets, count):
+        if pool.backlog >= self.max_backlog:
+            self._drop(WORKERS_BUSY, count)
+            return
+        pool.submit(packets, self.clock.seconds())
+        if not self._reading_paused and pool.backlog >= self.pause_backlog:
+            self._pause_reading(True)
+
+    def processed(self, runs):
+        """The workers' results, ``[(arrival time, [result, ...]), ...]`` in arrival order."""
         if self._stopped:
             return
         replay_cache = self.replay_cache
-        for received_at, result in items:
-            if result == LOST:
-                self._drop(WORKER_LOST)
-                continue
-            tag = result[1]
-            if tag is not None and not replay_cache.insert(tag):
-                self._drop("ReplayError")
-                continue
-            if result[0] != FORWARD:
-                self._drop(result[2])
-                continue
-            self._forward(result[2], result[3], result[4], received_at)
+        forward = self._forward
+        for received_at, results in runs:
+            for result in results:
+                if result is LOST:
+                    self._drop(WORKER_LOST)
+                    continue
+                tag = result[1]
+                if tag is not None and not replay_cache.insert(tag):
+                    self._drop("ReplayError")
+                    continue
+                if result[0] != FORWARD:
+                    self._drop(result[2])
+                    continue
+                forward(result[2], result[3], result[4], received_at)
         if self._reading_paused and self._pool.backlog <= self.pause_backlog // 4:
             self._pause_reading(False)
 
@@ -169,9 +190,9 @@ class Mixnode:
         del self._held[token]
         self.links.send(address, packet)
 
-    def _drop(self, reason):
+    def _drop(self, reason, n=1):
         dropped = self.dropped
-        dropped[reason] = dropped.get(reason, 0) + 1
+        dropped[reason] = dropped.get(reason, 0) + n
 
     def take_metrics(self):
         """``{"received", "sent", "dropped"}`` since the last call; resets them.
@@ -251,6 +272,14 @@ class MixnodeProtocol(BoundedPacketReceiver):
 
     def packetReceived(self, packet):
         self.factory.node.handle_packet(packet)
+
+    def packetsReceived(self, packets):
+        node = self.factory.node
+        if node.pool is None:
+            PacketReceiver.packetsReceived(self, packets)
+        else:
+            # the workers take a read's packets in one piece
+            node.handle_packets(packets)
 
 
 #: Incoming connections at once: clients of a layer-1 node and the previous

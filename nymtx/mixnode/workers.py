@@ -16,15 +16,19 @@ places in the order given up so the rest flows on.
 """
 
 import collections
+import errno
+import fcntl
 import os
 import sys
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 import nymtx
-from nymtx.mixnode.worker import MAX_BATCH, ProtocolError, ResultParser, encode_batch
+from nymtx.mixnode.worker import MAX_BATCH, ProtocolError, ResultParser
+from nymtx.sphinx import PACKET_SIZE
 
 #: A result standing for a packet lost with its worker.
 LOST = "lost"
@@ -35,14 +39,76 @@ WORKER_LOST = "worker_lost"
 #: growing wait (one that cannot start must not spin).
 _STABLE = 10.0
 
+#: Bytes a worker's pipes hold (Linux's F_SETPIPE_SZ; 1 MiB is the default
+#: most an unprivileged process may ask for), and read from its output at a time.
+PIPE_SIZE = 1 << 20
+READ_SIZE = 1 << 18
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
 
 def spawn_worker(reactor, protocol):
     """Starts ``python -m nymtx.mixnode.worker`` with *protocol* on its pipes."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(nymtx.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return reactor.spawnProcess(protocol, sys.executable,
-                                [sys.executable, "-m", "nymtx.mixnode.worker"], env=env)
+    process = reactor.spawnProcess(protocol, sys.executable,
+                                   [sys.executable, "-m", "nymtx.mixnode.worker"], env=env)
+    widen_pipes(process)
+    return process
+
+
+def widen_pipes(process):
+    """Let *process*'s stdin and stdout pipes hold a batch, and read its output in big pieces.
+
+    A pipe holds 64 KiB, less than one read's batch (~47 packets) or its
+    results: the node's write and the worker's answer would each wait on the
+    other side in pieces. And Twisted reads a process's output 8 KiB at a
+    time (fdesc.readFromFD), about 5 results: each read a reactor turn, a
+    flush and a send to every next hop. Measured with --workers 2 in
+    benchmarks/mixnode_bench.py, see docs/mixnode.md, "Batches".
+    Best effort: on a system without F_SETPIPE_SZ the pipes stay as they are.
+    """
+    pipes = getattr(process, "pipes", {})
+    for fd in (0, 1):
+        pipe = pipes.get(fd)
+        if pipe is None:
+            continue
+        try:
+            fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
+    reader = pipes.get(1)
+    if reader is not None:
+        reader.doRead = lambda: _read_into(reader)
+
+
+def _read_into(reader):
+    # fdesc.readFromFD's contract, with a larger read
+    try:
+        data = os.read(reader.fd, READ_SIZE)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EINTR):
+            return None
+        return CONNECTION_LOST
+    if not data:
+        return CONNECTION_DONE
+    reader.dataReceived(data)
+    return None
+
+
+class _Batch:
+    """Packets sent to a worker in one frame, and their results so far.
+
+    *runs* is ``[(count, token), ...]``: the packets of each submit in order.
+    """
+
+    __slots__ = ("count", "runs", "results", "delivered")
+
+    def __init__(self, count, runs):
+        self.count = count
+        self.runs = runs
+        self.results = []
+        self.delivered = 0
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -52,7 +118,8 @@ class _WorkerProtocol(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.parser = ResultParser()
-        self.outstanding = collections.deque()  # seqs, in the order sent
+        self.outstanding = collections.deque()  # _Batches sent, in order
+        self.load = 0  # packets sent and not answered
         self.started_at = pool.reactor.seconds()
         self.ended = False
 
@@ -64,12 +131,13 @@ class _WorkerProtocol(ProcessProtocol):
                                 " stopping it", n=self.index, why=str(e))
             self.transport.signalProcess("KILL")
             return
-        if len(results) > len(self.outstanding):
+        if len(results) > self.load:
             self.pool.log.error("mixnode worker {n} answered packets it was not sent;"
                                 " stopping it", n=self.index)
             self.transport.signalProcess("KILL")
             return
-        self.pool._results(self, results)
+        if results:
+            self.pool._results(self, results)
 
     def errReceived(self, data):
         for line in data.decode("utf-8", "replace").splitlines():
@@ -83,12 +151,12 @@ class _WorkerProtocol(ProcessProtocol):
 class WorkerPool:
     """*count* worker processes unwrapping with *private_key*.
 
-    ``submit(packet)`` queues a packet; ``deliver(items)`` is called with
-    ``[(token, result), ...]`` in submission order, result as
-    :class:`nymtx.mixnode.worker.ResultParser` gives it or LOST, token what
-    submit was given. *spawn(reactor, protocol)* starts one worker (tests
-    give a fake one); ``backlog`` is how many packets are submitted and not
-    yet delivered.
+    ``submit(packets, token)`` queues packets (one, or several laid end to
+    end); ``deliver(runs)`` is called with ``[(token, [result, ...]), ...]``
+    in submission order, result as :class:`nymtx.mixnode.worker.ResultParser`
+    gives it or LOST, token what submit was given with those packets.
+    *spawn(reactor, protocol)* starts one worker (tests give a fake one);
+    ``backlog`` is how many packets are submitted and not yet delivered.
     """
 
     log = Logger()
@@ -111,18 +179,18 @@ class WorkerPool:
         self.lost = 0
         self._waits = [0.0] * count
         self._restart_calls = {}
-        self._pending = []        # (seq, packet) not yet sent to a worker
+        self._pending = collections.deque()  # (packets, count, token) not yet sent
+        self._pending_count = 0
         self._flush_call = None
-        self._next_seq = 0        # the next packet's number
-        self._next_out = 0        # the next number to deliver
-        self._done = {}           # seq -> result, waiting for earlier ones
-        self._tokens = {}         # seq -> token
+        self._batches = collections.deque()  # sent or given up, not yet delivered
+        self._submitted = 0
+        self._delivered = 0
         self._stopping = False
         self._stopped = None
 
     @property
     def backlog(self):
-        return self._next_seq - self._next_out
+        return self._submitted - self._delivered
 
     def start(self):
         self._stopping = False
@@ -145,16 +213,39 @@ class WorkerPool:
         self.workers[index] = protocol
         protocol.transport.write(self._key)
 
-    def submit(self, packet, token=None):
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        self._tokens[seq] = token
-        pending = self._pending
-        pending.append((seq, packet))
-        if len(pending) >= self.batch_size:
+    def submit(self, packets, token=None):
+        """Queue *packets*: one packet, or whole packets laid end to end."""
+        count = len(packets) // PACKET_SIZE
+        if count * PACKET_SIZE != len(packets) or not count:
+            raise ValueError(f"{len(packets)} bytes are not whole packets")
+        self._submitted += count
+        self._pending.append((packets, count, token))
+        self._pending_count += count
+        if self._pending_count >= self.batch_size:
             self._flush()
         elif self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _take(self, limit):
+        """Up to *limit* pending packets: (their batch frame, count, runs)."""
+        pending = self._pending
+        parts, runs, count = [b""], [], 0
+        while pending and count < limit:
+            packets, n, token = pending[0]
+            if count + n > limit:
+                # the rest of this submit goes in the next batch
+                take = limit - count
+                cut = take * PACKET_SIZE
+                pending[0] = (packets[cut:], n - take, token)
+                packets, n = packets[:cut], take
+            else:
+                pending.popleft()
+            parts.append(packets)
+            runs.append((n, token))
+            count += n
+        self._pending_count -= count
+        parts[0] = count.to_bytes(4, "big")  # the frame: docs/mixnode.md
+        return b"".join(parts), count, runs
 
     def _flush(self):
         if self._flush_call is not None:
@@ -166,40 +257,61 @@ class WorkerPool:
         alive = [w for w in self.workers if w is not None and not w.ended]
         if not alive:
             return  # sent when a worker is back (see _start's callers)
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), self.batch_size):
-            batch = pending[start:start + self.batch_size]
-            worker = min(alive, key=lambda w: len(w.outstanding))
-            worker.outstanding.extend(seq for seq, _ in batch)
-            worker.transport.write(encode_batch([p for _, p in batch]))
+        while self._pending:
+            frame, count, runs = self._take(self.batch_size)
+            worker = min(alive, key=lambda w: w.load)
+            batch = _Batch(count, runs)
+            self._batches.append(batch)
+            worker.outstanding.append(batch)
+            worker.load += count
+            worker.transport.write(frame)
 
     def _results(self, worker, results):
-        done = self._done
         outstanding = worker.outstanding
-        for result in results:
-            done[outstanding.popleft()] = result
+        worker.load -= len(results)
+        while results:
+            batch = outstanding[0]
+            wanted = batch.count - len(batch.results)
+            if len(results) < wanted:
+                batch.results.extend(results)
+                break
+            batch.results.extend(results[:wanted] if len(results) > wanted else results)
+            results = results[wanted:]
+            outstanding.popleft()
         self._release()
 
     def _release(self):
-        done = self._done
-        tokens = self._tokens
-        seq = self._next_out
+        batches = self._batches
         ready = []
-        while seq in done:
-            ready.append((tokens.pop(seq), done.pop(seq)))
-            seq += 1
-        self._next_out = seq
+        while batches:
+            batch = batches[0]
+            results = batch.results
+            start = batch.delivered
+            if start < len(results):
+                _runs_of(batch, start, len(results), ready)
+                self._delivered += len(results) - start
+                batch.delivered = len(results)
+            if batch.delivered < batch.count:
+                break
+            batches.popleft()
         if ready:
             self._deliver(ready)
+
+    def _give_up(self, batches):
+        lost = 0
+        for batch in batches:
+            missing = batch.count - len(batch.results)
+            batch.results.extend([LOST] * missing)
+            lost += missing
+        return lost
 
     def _ended(self, worker, reason):
         index = worker.index
         if self.workers[index] is worker:
             self.workers[index] = None
-        lost = len(worker.outstanding)
-        for seq in worker.outstanding:
-            self._done[seq] = LOST
+        lost = self._give_up(worker.outstanding)
         worker.outstanding.clear()
+        worker.load = 0
         self.lost += lost
         if self._stopping:
             self._release()
@@ -235,9 +347,11 @@ class WorkerPool:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        pending, self._pending = self._pending, []
-        for seq, _ in pending:
-            self._done[seq] = LOST
+        if self._pending:
+            _, count, runs = self._take(self._pending_count)
+            batch = _Batch(count, runs)
+            self._give_up([batch])
+            self._batches.append(batch)
         self._release()
         running = [w for w in self.workers if w is not None]
         if not running:
@@ -251,6 +365,21 @@ class WorkerPool:
     def kill(self, index):
         """Kill worker *index* (SIGKILL), as a crash would."""
         self.workers[index].transport.signalProcess("KILL")
+
+
+def _runs_of(batch, start, end, out):
+    """Appends to *out* ``(token, results)`` for the results start:end of *batch*."""
+    results = batch.results
+    first = 0
+    for n, token in batch.runs:
+        last = first + n
+        if last > start and first < end:
+            a, b = max(first, start), min(last, end)
+            whole = b - a == batch.count
+            out.append((token, results if whole else results[a:b]))
+        first = last
+        if first >= end:
+            break
 
 
 __all__ = ["LOST", "WORKER_LOST", "WorkerPool", "spawn_worker"]
