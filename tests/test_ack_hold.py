@@ -23,16 +23,17 @@ from tests.test_gateway_acks import CLIENT, GATEWAY, surb_ack
 HOLD = 0.05
 
 
-class TimedLinks(FakeLinks):
-    """Records when each ack left, on the clock."""
+def timed_links(clock):
+    """nymtx.testing's FakeLinks, also noting when each ack left (on the clock)."""
+    links = FakeLinks()
+    links.times = []
+    send = links.send
 
-    def __init__(self, clock):
-        super().__init__()
-        self.clock, self.times = clock, []
-
-    def send(self, address, packet):
-        self.times.append((self.clock.seconds(), packet[:sphinx.HEADER_SIZE]))
-        super().send(address, packet)
+    def timed_send(address, packet):
+        links.times.append((clock.seconds(), packet[:sphinx.HEADER_SIZE]))
+        send(address, packet)
+    links.send = timed_send
+    return links
 
 
 class Hold(SynchronousTestCase):
@@ -43,7 +44,7 @@ class Hold(SynchronousTestCase):
         self.addCleanup(lambda: self.store.db.close() if self.crashed else self.store.close())
         self.crashed = False
         self.store.register(CLIENT.public_key, b"t" * 32)
-        self.links = TimedLinks(self.clock)
+        self.links = timed_links(self.clock)
         self.handler = FinalHopHandler(self.clock, GATEWAY.private_key, self.store,
                                        links=self.links, public_key=GATEWAY.public_key,
                                        ack_hold=hold, rng=random.Random(seed))
