@@ -89,8 +89,11 @@ class CommitThenAck(SynchronousTestCase):
         self.store = MailboxStore.open(self.clock, self.path, commit_interval=0.5)
         self.store.register(CLIENT.public_key, b"t" * 32)
         self.links = FakeLinks()
+        # no hold: these tests are about the commit; the hold after it is
+        # tests/test_ack_hold.py's
         self.handler = FinalHopHandler(self.clock, GATEWAY.private_key, self.store,
-                                       links=self.links, public_key=GATEWAY.public_key)
+                                       links=self.links, public_key=GATEWAY.public_key,
+                                       ack_hold=0)
 
     def tearDown(self):
         if not getattr(self, "crashed", False):
@@ -219,8 +222,10 @@ class CommitThenAck(SynchronousTestCase):
         self.step(0.2)
         self.assertEqual(self.links.packets, [])
         self.store.flush()
+        # one commit, in the order they came: cover is a row of the batch
         self.assertEqual([p[:sphinx.HEADER_SIZE] for _, p in self.links.packets],
-                         [real[ack.COMPACT_ADDRESS_SIZE:], cover[ack.COMPACT_ADDRESS_SIZE:]])
+                         [cover[ack.COMPACT_ADDRESS_SIZE:], real[ack.COMPACT_ADDRESS_SIZE:]])
+        self.assertEqual(self.committed_rows(), [bytes(ack.STORED_SIZE)])
 
     def test_messages_without_a_surb_ack_are_stored_whole_and_not_acked(self):
         seed = b"a seed client's message"
@@ -329,9 +334,11 @@ class FuzzFinalHop(SynchronousTestCase):
             message = bytes([family]) + message[1:]
         before = (self.store.stored, len(self.links.packets), dict(self.handler.dropped))
         destination = GATEWAY.public_key if to_gateway else CLIENT.public_key
+        held = self.handler.acks_held
         self.handler.deliver(sphinx.FinalHop(destination, bytes(16), message, 0))
         self.store.flush()
-        acked = len(self.links.packets) - before[1]
+        # sent now, or held for its hold (the default's): either way, after the commit
+        acked = len(self.links.packets) - before[1] + self.handler.acks_held - held
         if message[0] in (4, 6):
             try:
                 ack.ack_packet(message[:ack.SURB_ACK_SIZE])

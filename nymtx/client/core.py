@@ -62,7 +62,7 @@ from nymtx.reliable.ack import COVER, AckError, ack_packet, build_surb_ack, comp
 from nymtx.reliable.inbound import Ack, Envelope, Reply, classify_record
 from nymtx.sphinx.surb import SurbError, use_surb
 from nymtx.reliable.health import RouteHealth
-from nymtx.reliable.retransmit import DELIVERED, Retransmitter
+from nymtx.reliable.retransmit import DELIVERED, GATEWAY_ACK_HOLD, Retransmitter
 from nymtx.sphinx import SphinxError, build_packet, sample_delays
 from nymtx.sphinx.surb import DELIVERY_SIZE
 from nymtx.topology import TopologyError
@@ -119,8 +119,12 @@ FETCH_WAITS = 5
 
 def ack_wait_addition(config):
     """The Retransmitter's addition, in seconds: ``[reliable] ack_wait_addition``
-    (the gateways' commit) plus FETCH_WAITS fetch intervals."""
-    return (config.ack_wait_addition + FETCH_WAITS * config.fetch_message_delay) / 1000
+    (the gateways' commit) plus FETCH_WAITS fetch intervals, plus as many
+    means of the recipient gateway's exponential hold on the ack (its
+    setting is not announced: the default, GATEWAY_ACK_HOLD). Both waits
+    pass 5 means together only if one does: at most 2 e^-5, 1.3 %."""
+    return ((config.ack_wait_addition + FETCH_WAITS * config.fetch_message_delay) / 1000
+            + FETCH_WAITS * GATEWAY_ACK_HOLD)
 
 
 #: seconds a reply block this client builds is valid: nymtx nodes keep

@@ -12,6 +12,7 @@ import attrs
 from nymtx import config as shared
 from nymtx.config import ConfigError, ConfigFileError, Key, Section
 from nymtx.paths import node_dir, write_atomically
+from nymtx.reliable.retransmit import GATEWAY_ACK_HOLD
 
 __all__ = ["ConfigError", "GatewayConfig", "load", "parse", "save", "validate"]
 
@@ -32,6 +33,7 @@ class GatewayConfig:
     quota_bytes: int = 20_000_000
     commit_interval_ms: int = 0
     commit_batch: int = 512
+    ack_delay_ms: int = round(GATEWAY_ACK_HOLD * 1000)
     message_retrieval_limit: int = 100
     max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
@@ -86,6 +88,9 @@ def _location(value, name):
 _MAX_IDLE_HOURS = 24 * 366
 _MAX_INTERVAL = 7 * 86400.0
 _MAX_BURST = 1_000_000
+#: a minute: the hold is meant to be far longer than a commit and far
+#: shorter than a client's ack wait
+_MAX_ACK_DELAY_MS = 60_000
 
 
 def _idle_hours(value, name):
@@ -156,6 +161,16 @@ LAYOUT = (
             "The most clients registered at once; further keys are refused. The\n"
             "directory refuses a presence document over 64 KiB, which is about 1090\n"
             "registered clients: above that this gateway would leave the topology.")),
+    ]),
+    Section("reliable", keys=[
+        Key("ack_delay_ms", lambda v, n: shared.delay(v, n, low=0, high=_MAX_ACK_DELAY_MS),
+            comment=(
+                "Every ack this gateway sends is held after its message's commit until an\n"
+                "exponential time of this mean (ms) from the packet's release has passed,\n"
+                "drop cover's and mail's alike, so that an ack's timing shows neither\n"
+                "what it acks nor how long the commit took (docs/surb.md 2.5). Clients\n"
+                "cannot read it: their ack wait assumes the default, 50; much more makes\n"
+                "their retries spurious. 0: each ack leaves with its commit.")),
     ]),
     Section("admission", comment=(
         "Registrations (docs/gateway-protocol.md, Admission): unused ones expire, and\n"

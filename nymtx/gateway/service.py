@@ -22,6 +22,7 @@ from nymtx.addressing import NodeAddress
 from nymtx.gateway import mix, private_server
 from nymtx.gateway.channel import HANDSHAKE_TIMEOUT
 from nymtx.gateway.mix import FinalHopHandler
+from nymtx.reliable.retransmit import GATEWAY_ACK_HOLD
 from nymtx.gateway.private_server import PrivateClientFactory
 from nymtx.gateway.store import MailboxStore, StoreError
 from nymtx.keys import encode_key
@@ -220,7 +221,8 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
                    client_handshake_timeout=HANDSHAKE_TIMEOUT,
                    client_idle_timeout=private_server.IDLE_TIMEOUT, fd_limit=raise_fd_limit,
                    registration_idle=REGISTRATION_IDLE,
-                   housekeeping_interval=HOUSEKEEPING_INTERVAL, admission=None):
+                   housekeeping_interval=HOUSEKEEPING_INTERVAL, admission=None,
+                   ack_hold=GATEWAY_ACK_HOLD, rng=None):
     """Build a :class:`Gateway` from values: open ``<data_dir>/gateway.sqlite``
     (StoreError if unusable), build the handler, the protocol factories
     within their bounds, the two listeners and (given *directory_url*) a
@@ -229,7 +231,8 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
     ``:memory:`` is not offered: the point of a gateway is that its mail
     survives it. *max_pull* is accepted for old configurations and unused:
     every pull on the private link is answered with exactly
-    ``nymtx.gateway.padded.PULL_SIZE`` slots.
+    ``nymtx.gateway.padded.PULL_SIZE`` slots. *ack_hold* is the mean
+    hold on every ack in seconds and *rng* what draws it (FinalHopHandler).
     """
     _host_port(announce_host, 1)  # before the store is opened
     data_dir = str(data_dir)
@@ -243,7 +246,8 @@ def GatewayService(reactor, keys, data_dir, mix_endpoint, client_endpoint,
     # the first hop each SURB-ACK names (docs/surb.md §2.2)
     links = PacketLinks(reactor)
     handler = FinalHopHandler(reactor, keys.private_key, store, max_delay=max_delay,
-                              links=links, public_key=keys.public_key, randbytes=randbytes)
+                              links=links, public_key=keys.public_key, randbytes=randbytes,
+                              ack_hold=ack_hold, rng=rng)
     client_factory = PrivateClientFactory(store, keys, clock=reactor, randbytes=randbytes,
                                           handshake_timeout=client_handshake_timeout,
                                           admission=admission,

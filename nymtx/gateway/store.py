@@ -22,6 +22,14 @@ COMMIT returns every hook gets the tokens of that batch, in order. Tokens
 live only in memory with their buffered messages, so a crash (or a failed
 commit) before the COMMIT loses both together: nothing is ever acked that
 was not stored (docs/surb.md §2.2).
+
+Drop cover goes through the same commit (:meth:`MailboxStore.add_cover`):
+its record is inserted with the batch and deleted again inside the same
+transaction, so it is never stored, never seen by a pull and never counted
+against a quota, yet its commit writes what a stored message's does and
+its token comes out of the same COMMIT (or is lost with a failed one). A
+token that skipped the commit would leave sooner than a stored message's
+and tell cover from mail (docs/surb.md §2.5).
 """
 
 import hmac
@@ -92,8 +100,8 @@ class MailboxStore:
     _pending: list = attrs.field(factory=list, init=False)
     #: tokens of the buffered messages, in order (None for none)
     _tokens: list = attrs.field(factory=list, init=False)
-    #: tokens with no message, released with the next commit (after_commit)
-    _riders: list = attrs.field(factory=list, init=False)
+    #: positions in _pending of drop cover (add_cover): deleted in the commit
+    _covers: list = attrs.field(factory=list, init=False)
     _hooks: list = attrs.field(factory=list, init=False)
     _timer: object = attrs.field(default=None, init=False)
     _usage: dict = attrs.field(factory=dict, init=False)     # key -> [count, bytes]
@@ -229,13 +237,21 @@ class MailboxStore:
             self._arm()
         return None
 
-    def after_commit(self, token):
-        """Hand *token* to the commit hooks with the next commit, storing
-        nothing: what the gateway does with the SURB-ACK of drop cover
-        addressed to itself, so that its ack leaves when a stored message's
-        would (an ack sent at once would tell drop cover from mail)."""
-        self._riders.append(token)
-        self._arm()
+    def add_cover(self, key, message, token):
+        """Put drop cover through a commit: *message* is buffered like a
+        stored message (under *key*, 32 bytes like a client's, so that its
+        row costs what theirs do), inserted with the next batch and deleted
+        again in the same transaction, and *token* goes to the commit hooks
+        with that batch's tokens, as a stored message's would: after the
+        COMMIT, and never if it fails. Nothing is stored, nothing counts
+        against a quota or in :attr:`stored`."""
+        self._covers.append(len(self._pending))
+        self._pending.append((bytes(key), bytes(message), self.clock.seconds()))
+        self._tokens.append(token)
+        if len(self._pending) >= self.commit_batch:
+            self.flush()
+        else:
+            self._arm()
 
     def _arm(self):
         if self._timer is None:
@@ -271,9 +287,8 @@ class MailboxStore:
         self._timer = None
         batch, self._pending = self._pending, []
         tokens, self._tokens = self._tokens, []
-        riders, self._riders = self._riders, []
+        covers, self._covers = self._covers, []
         if not batch:
-            self._run_hooks(riders)
             return 0
         self.commit_acks()
         try:
@@ -281,20 +296,39 @@ class MailboxStore:
             self.db.executemany(
                 "INSERT INTO messages (client_key, body, received_at) VALUES (?, ?, ?)",
                 batch)
+            if covers:
+                self._delete_covers(batch, covers)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
-            for key, body, _ in batch:
-                usage = self._usage[key]
-                usage[0] -= 1
-                usage[1] -= len(body)
-            self.lost += len(batch)
-            # the riders stored nothing and depend on nothing that failed
-            self._run_hooks(riders)
-            raise StoreError(f"cannot store {len(batch)} messages: {e}") from e
-        self.stored += len(batch)
-        self._run_hooks([t for t in tokens if t is not None] + riders)
-        return len(batch)
+            cover = set(covers)
+            for i, (key, body, _) in enumerate(batch):
+                if i not in cover:
+                    usage = self._usage[key]
+                    usage[0] -= 1
+                    usage[1] -= len(body)
+            self.lost += len(batch) - len(covers)
+            # drop cover's tokens are lost with the batch, as the messages'
+            # are: a failed commit must not tell them apart either
+            raise StoreError(f"cannot store {len(batch) - len(covers)} messages: {e}") from e
+        self.stored += len(batch) - len(covers)
+        self._run_hooks([t for t in tokens if t is not None])
+        return len(batch) - len(covers)
+
+    def _delete_covers(self, batch, covers):
+        """Delete, inside the open transaction, the rows of *batch* at the
+        positions *covers*. With AUTOINCREMENT one transaction's rows get
+        consecutive ids, the last being last_insert_rowid(); the key and the
+        count are checked too, so a surprise rolls the batch back rather
+        than deleting a message."""
+        (last,) = self.db.execute("SELECT last_insert_rowid()").fetchone()
+        first = last - len(batch) + 1
+        deleted = self.db.executemany(
+            "DELETE FROM messages WHERE id=? AND client_key=?",
+            [(first + i, batch[i][0]) for i in covers]).rowcount
+        if deleted != len(covers):
+            raise sqlite3.DatabaseError(
+                f"{len(covers)} drop cover rows inserted, {deleted} found again")
 
     def _rollback(self):
         try:

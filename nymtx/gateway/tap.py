@@ -72,6 +72,7 @@ def makeService(options, reactor=None):
         directory=directory,
         quota_messages=config.quota_messages, quota_bytes=config.quota_bytes,
         commit_interval=config.commit_interval_ms / 1000, commit_batch=config.commit_batch,
+        ack_hold=config.ack_delay_ms / 1000,
         max_pull=config.message_retrieval_limit, max_clients=config.max_clients,
         presence_interval=config.presence_sending_delay_ms / 1000,
         mix_max_connections=config.mix_max_connections,

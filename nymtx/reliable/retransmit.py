@@ -33,6 +33,11 @@ FAILED = "failed"
 DEFAULT_MULTIPLIER = 1.5
 DEFAULT_ADDITION = 1.5
 DEFAULT_MAX_RETRANSMISSIONS = 5
+#: seconds: the mean of the exponential hold a gateway puts on every ack
+#: before it leaves (docs/surb.md §2.5), the default of its ``[gateway]
+#: ack_delay_ms``. The directory does not announce a gateway's setting, so a
+#: client's ack wait assumes this default for the recipient's gateway.
+GATEWAY_ACK_HOLD = 0.05
 
 
 @attrs.frozen
