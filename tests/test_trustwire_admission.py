@@ -6,7 +6,7 @@ through). The address-based admission is tested on its own first."""
 
 import attrs
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -148,10 +148,42 @@ class MixPortTests(TestCase):
         return Deferred.fromCoroutine(self._scenario())
 
     async def listen(self, registry):
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            make_site(registry))
+        site = make_site(registry)
+        served = []
+        build = site.buildProtocol
+
+        def recording(addr):
+            protocol = build(addr)
+            served.append(protocol)
+            return protocol
+
+        site.buildProtocol = recording
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
+        # runs before stopListening: a node's directory client may still hold
+        # a kept-alive connection when the test ends (seen on a loaded
+        # machine); closing the server's side ends both before the janitor looks
+        self.addCleanup(self.close_served, served)
         return f"http://127.0.0.1:{port.getHost().port}"
+
+    @staticmethod
+    def close_served(served):
+        waits = []
+        for protocol in served:
+            transport = getattr(protocol, "transport", None)
+            if transport is None or not getattr(transport, "connected", False):
+                continue
+            lost = Deferred()
+            original = protocol.connectionLost
+
+            def on_lost(reason, original=original, lost=lost):
+                original(reason)
+                lost.callback(None)
+
+            protocol.connectionLost = on_lost
+            transport.abortConnection()
+            waits.append(lost)
+        return DeferredList(waits)
 
     async def _scenario(self):
         keys = [IdentityKey.generate() for _ in range(2)]
