@@ -91,6 +91,14 @@ def makeService(options, reactor=None):
     from nymtx.trust.wiring import OnStop
     service.handler.replay_cache = options["replays"]
     OnStop(options["replays"].close).setServiceParent(service)
+    if config.rotation_interval:  # trust hook: rotating Sphinx keys
+        from nymtx.trust.keyring import KeyringError, enable_rotation
+        try:
+            keyring = enable_rotation(service, options["data_dir"], reactor,
+                                      config.rotation_interval)
+        except KeyringError as e:
+            raise Unusable(f"gateway {config.id!r}: {e}")
+        OnStop(keyring.close).setServiceParent(service)
     if config.directory_keys and directory is not None:
         from nymtx.trust.admission import guard_mix_port
         guard_mix_port(service, directory, reactor)

@@ -114,14 +114,22 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
     for signed in chosen.values():
         p = signed.presence
         key = p.sphinx_key_at(now)
+        # the next key, while it is still ahead: the topology switches to
+        # it at its start (Topology.at), and reply blocks expire then
+        ahead = p.next_sphinx_key is not None and now < p.next_key_from
+        rotation = dict(next_key=p.next_sphinx_key, next_key_from=p.next_key_from) \
+            if ahead else {}
         if p.kind == "mixnode":
             mixnodes.append(MixNodeInfo(p.host, key, p.layer, p.timestamp, p.version,
-                                        identity_key=signed.identity_key))
+                                        identity_key=signed.identity_key, **rotation))
         else:
             clients = tuple(c for c in signed.clients or () if c not in ambiguous)
-            gateways.append(GatewayInfo(p.host, p.client_listener, key, clients,
+            # a gateway keeps its name (pubKey); its Sphinx key rotates beside it
+            gateways.append(GatewayInfo(p.host, p.client_listener, p.sphinx_key, clients,
                                         p.timestamp, p.version,
-                                        identity_key=signed.identity_key))
+                                        identity_key=signed.identity_key,
+                                        sphinx_key=key if key != p.sphinx_key else None,
+                                        **rotation))
     # raw key bytes break ties: base58 of thousands of keys is slow
     mixnodes.sort(key=lambda n: (n.layer, str(n.address), n.public_key))
     gateways.sort(key=lambda n: (str(n.address), n.public_key))

@@ -60,7 +60,7 @@ class SphinxKeyring:
 
     def __init__(self, clock, folder, first, first_replays, interval=DEFAULT_INTERVAL,
                  lead=DEFAULT_LEAD, overlap=DEFAULT_OVERLAP, capacity=1 << 20,
-                 generate=KeyPair.generate):
+                 generate=KeyPair.generate, keep_first=False):
         if not 0 < lead < interval:
             raise ValueError("the lead must be positive and shorter than the interval")
         if overlap >= interval:
@@ -74,6 +74,12 @@ class SphinxKeyring:
         self._replays = {first.public_key: first_replays}
         self._starts = {first.public_key: 0}
         self._first = first.public_key
+        #: a gateway's original key is its name, and the only key a seed
+        #: reader of the topology knows (pubKey): it is never retired
+        self.keep_first = keep_first
+        #: called with (public key, start) of each key added, and with the
+        #: public key of each retired (worker processes follow them)
+        self.on_added = self.on_retired = None
         periods = [KeyPeriod(first.public_key, 0)]
         self._load(periods)
         self.schedule = RotationSchedule(periods, overlap)
@@ -124,6 +130,8 @@ class SphinxKeyring:
             base = last.start if last.start else now  # the first key: from now
             self._make(max(base + self.interval, now + self.lead))
         for retired in self.schedule.retired(now):
+            if retired == self._first and self.keep_first:
+                continue
             self._retire(retired)
         return self.schedule.in_use(now)
 
@@ -134,6 +142,8 @@ class SphinxKeyring:
         keys.save(self.folder, stem + ".private", stem + ".public")
         self._add(keys, start, stem)
         self.schedule = self.schedule.rotate(keys.public_key, start)
+        if self.on_added is not None:
+            self.on_added(keys, start)
         self.log.info("next Sphinx key {key}, used from {start} ns (announced ahead)",
                       key=keys.public_text, start=start)
 
@@ -143,6 +153,8 @@ class SphinxKeyring:
         start = self._starts.pop(public_key)
         self._keys.pop(public_key)
         replays = self._replays.pop(public_key)
+        if self.on_retired is not None:
+            self.on_retired(public_key)
         if public_key == self._first:
             # the original key's files are the node's own (its config names
             # them): it is no longer accepted, they stay
@@ -167,17 +179,28 @@ class SphinxKeyring:
 
     def accepted(self, now=None):
         now = self._now() if now is None else now
-        return [k for k in self.schedule.accepted(now) if k in self._keys]
+        keys = [k for k in self.schedule.accepted(now) if k in self._keys]
+        if self.keep_first and self._first not in keys:
+            keys.append(self._first)  # last: only seed readers still use it
+        return keys
+
+    def keys(self):
+        """Every key held (accepted or not yet retired): public -> KeyPair."""
+        return dict(self._keys)
+
+    def replay_cache(self, public_key):
+        """The replay cache of *public_key*, or None once it is retired."""
+        return self._replays.get(public_key)
 
     # -- packets ----------------------------------------------------------
 
-    def process(self, packet):
-        """process_packet with each accepted key; the last HeaderMacError if none fits."""
+    def process(self, packet, unwrap=process_packet):
+        """*unwrap* (process_packet, or the gateway's process_gateway_packet)
+        with each accepted key; the last HeaderMacError if none fits."""
         error = None
         for public in self.accepted():
             try:
-                return process_packet(self._keys[public].private_key, packet,
-                                      self._replays[public])
+                return unwrap(self._keys[public].private_key, packet, self._replays[public])
             except HeaderMacError as e:
                 error = e
         raise error if error is not None else HeaderMacError("no Sphinx key is accepted")
@@ -193,18 +216,28 @@ class SphinxKeyring:
 KEYRING_FOLDER = "sphinx_keys"
 
 
+def rotation_timing(interval):
+    """(lead, overlap) for keys used *interval* ns each: an hour's notice
+    and 30 min of overlap, less for intervals too short to hold them."""
+    return min(DEFAULT_LEAD, interval // 4), min(DEFAULT_OVERLAP, interval // 2)
+
+
 def enable_rotation(service, data_dir, clock, interval, lead=None):
-    """Rotate *service*'s (a MixnodeService's) Sphinx key every *interval*
-    ns: its node decrypts with the keyring, and its SigningDirectoryClient
-    announces the keyring's keys. Returns the keyring; KeyringError if the
-    folder is unusable."""
+    """Rotate *service*'s (a MixnodeService's or a Gateway's) Sphinx key
+    every *interval* ns: its node (or final-hop handler) decrypts with the
+    keyring, and its SigningDirectoryClient announces the keyring's keys.
+    A gateway's original key stays accepted (it is its name, and seed
+    readers' only key). Returns the keyring; KeyringError if the folder is
+    unusable."""
+    default_lead, overlap = rotation_timing(interval)
     if lead is None:
-        lead = min(DEFAULT_LEAD, interval // 4)
-    overlap = min(DEFAULT_OVERLAP, interval // 2)
+        lead = default_lead
+    gateway = getattr(service, "handler", None)
+    target = gateway if gateway is not None else service.node
     keyring = SphinxKeyring(clock, os.path.join(str(data_dir), KEYRING_FOLDER),
-                            service.keys, service.node.replay_cache, interval=interval,
-                            lead=lead, overlap=overlap)
-    service.node.keyring = keyring
+                            service.keys, target.replay_cache, interval=interval,
+                            lead=lead, overlap=overlap, keep_first=gateway is not None)
+    target.keyring = keyring
     directory = service.directory
     if directory is not None and hasattr(directory, "schedule"):
         directory.schedule = keyring
