@@ -77,9 +77,10 @@ class SphinxKeyring:
         #: a gateway's original key is its name, and the only key a seed
         #: reader of the topology knows (pubKey): it is never retired
         self.keep_first = keep_first
-        #: called with (public key, start) of each key added, and with the
-        #: public key of each retired (worker processes follow them)
-        self.on_added = self.on_retired = None
+        #: called with held() whenever a key is added or retired or the key
+        #: in use changes: a mixnode's worker processes follow its keys
+        self.on_change = None
+        self._told = None
         periods = [KeyPeriod(first.public_key, 0)]
         self._load(periods)
         self.schedule = RotationSchedule(periods, overlap)
@@ -133,7 +134,13 @@ class SphinxKeyring:
             if retired == self._first and self.keep_first:
                 continue
             self._retire(retired)
-        return self.schedule.in_use(now)
+        in_use = self.schedule.in_use(now)
+        if self.on_change is not None:
+            state = (in_use, frozenset(self._keys))
+            if state != self._told:
+                self._told = state
+                self.on_change(self.held(now))
+        return in_use
 
     def _make(self, start):
         keys = self._generate()
@@ -142,8 +149,6 @@ class SphinxKeyring:
         keys.save(self.folder, stem + ".private", stem + ".public")
         self._add(keys, start, stem)
         self.schedule = self.schedule.rotate(keys.public_key, start)
-        if self.on_added is not None:
-            self.on_added(keys, start)
         self.log.info("next Sphinx key {key}, used from {start} ns (announced ahead)",
                       key=keys.public_text, start=start)
 
@@ -153,8 +158,6 @@ class SphinxKeyring:
         start = self._starts.pop(public_key)
         self._keys.pop(public_key)
         replays = self._replays.pop(public_key)
-        if self.on_retired is not None:
-            self.on_retired(public_key)
         if public_key == self._first:
             # the original key's files are the node's own (its config names
             # them): it is no longer accepted, they stay
@@ -184,9 +187,12 @@ class SphinxKeyring:
             keys.append(self._first)  # last: only seed readers still use it
         return keys
 
-    def keys(self):
-        """Every key held (accepted or not yet retired): public -> KeyPair."""
-        return dict(self._keys)
+    def held(self, now=None):
+        """``[(public, private), ...]`` of every key held, the accepted ones
+        first in the order they are tried (what worker processes are told)."""
+        order = self.accepted(now)
+        order += [k for k in self._keys if k not in order]
+        return [(k, self._keys[k].private_key) for k in order]
 
     def replay_cache(self, public_key):
         """The replay cache of *public_key*, or None once it is retired."""
