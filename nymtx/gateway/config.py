@@ -37,7 +37,8 @@ class GatewayConfig:
     message_retrieval_limit: int = 100
     max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
-    sphinx_key_rotation_hours: int = 0
+    #: docs/decisions.md, "Sphinx key rotation": a day, as nym's epochs
+    sphinx_key_rotation_hours: int = 24
     sphinx_key_rotation_ms: int = 0
     more_directories: tuple = ()
     directory_keys: tuple = ()
