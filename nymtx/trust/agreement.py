@@ -144,8 +144,13 @@ class TrustedDirectories:
     threshold: int
     skew: int = MAX_CLOCK_SKEW
     max_lifetime: int = MAX_DOCUMENT_LIFETIME
+    #: a nymtx.trust.serials.SerialFile: the serials of the documents held
+    #: survive a restart, so an older one is refused after it too
+    store: object = None
     _held: dict = attrs.field(factory=dict, init=False)
     _cache: PresenceCache = attrs.field(factory=PresenceCache, init=False)
+    # directory key -> the serial held before the restart (store.load())
+    _floors: dict = attrs.field(factory=dict, init=False)
 
     log = Logger()
 
@@ -153,6 +158,8 @@ class TrustedDirectories:
         if not 1 <= self.threshold <= len(self.pinned):
             raise ValueError(f"the threshold must be in 1..{len(self.pinned)} "
                              f"(the pinned directories), not {self.threshold}")
+        if self.store is not None:
+            self._floors = {k: v for k, v in self.store.load().items() if k in self.pinned}
 
     @classmethod
     def from_config(cls, keys, threshold=None, field="directory_keys"):
@@ -207,6 +214,10 @@ class TrustedDirectories:
             raise DocumentError(f"directory {name}'s topology is valid for longer than "
                                 f"{self.max_lifetime / NS:.0f} s, or not at all")
         held = self._held.get(d.directory_key)
+        floor = self._floors.get(d.directory_key)
+        if held is None and floor is not None and d.serial < floor:
+            raise DocumentError(f"directory {name}'s topology has serial {d.serial}, older"
+                                f" than the one held before the restart ({floor})")
         if held is not None:
             if d.serial < held.document.serial:
                 raise DocumentError(f"directory {name}'s topology has serial {d.serial}, "
@@ -221,6 +232,9 @@ class TrustedDirectories:
                           "does not verify; not using it", name=name, list=list_name,
                           index=index)
         self._held[d.directory_key] = signed
+        if self.store is not None:
+            self.store.save({**self._floors, **{k: h.document.serial
+                                                for k, h in self._held.items()}})
         return signed
 
     def current(self, now):
