@@ -111,7 +111,12 @@ class GatewayInfo:
         """The Sphinx key a packet to this gateway is built with."""
         return self.sphinx_key or self.public_key
 
-    key_until = MixNodeInfo.key_until
+    @property
+    def key_until(self):
+        """As MixNodeInfo.key_until, but 0 while the name key is in use: a
+        gateway accepts its name key for good (docs/trust.md, "On the
+        gateway"), so a reply block built with it need not expire here."""
+        return self.next_key_from if self.next_key is not None and self.sphinx_key else 0
 
     def switched(self):
         return attrs.evolve(self, sphinx_key=self.next_key, next_key=None, next_key_from=0)
@@ -156,7 +161,8 @@ class Topology:
         nodes = self.mixnodes + self.gateways
         object.__setattr__(self, "_until", {
             node.route_key: node.key_until for node in nodes if node.key_until})
-        object.__setattr__(self, "switch_at", min(self._until.values(), default=0))
+        object.__setattr__(self, "switch_at", min(
+            (node.next_key_from for node in nodes if node.next_key is not None), default=0))
 
     def at(self, now):
         """This topology at *now* (Unix ns): every node whose announced next

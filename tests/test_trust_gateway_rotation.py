@@ -196,7 +196,8 @@ class AnnouncedTests(SynchronousTestCase):
         [gateway] = topology.gateways
         self.assertEqual(gateway.public_key, gw.name.public_key)
         self.assertEqual(gateway.route_key, gw.name.public_key)
-        self.assertEqual((gateway.next_key, gateway.key_until), (second, start))
+        self.assertEqual((gateway.next_key, gateway.next_key_from), (second, start))
+        self.assertEqual(gateway.key_until, 0)  # the name key is never retired
         self.assertIs(topology.gateway_for(gw.bob.public_key), gateway)
         # the topology switches at the start, even without a refresh
         self.assertIs(topology.at(start - 1), topology)
@@ -204,7 +205,7 @@ class AnnouncedTests(SynchronousTestCase):
         [switched] = later.gateways
         self.assertEqual(switched.public_key, gw.name.public_key)
         self.assertEqual(switched.route_key, second)
-        self.assertEqual(switched.key_until, 0)
+        self.assertEqual(switched.key_until, 0)  # no successor announced in this one
         route = later.route(switched, random.Random(1))
         self.assertEqual(route[-1].public_key, second)
         self.assertIs(later.gateway_by_key(gw.name.public_key), switched)
@@ -219,13 +220,19 @@ class AnnouncedTests(SynchronousTestCase):
         _, start = gw.keyring.announced(gw.now())
         topology = self.topology(self.announce(), gw.now())
         route = topology.route(topology.gateways[0], random.Random(2))
-        self.assertEqual(topology.key_until(route), start)
+        # the name key is in use, which the gateway accepts for good: no bound
+        self.assertEqual(topology.key_until(route), 0)
+        # a rotated key in use is bounded by its successor's start
+        [gateway] = topology.gateways
+        rotated = attrs_evolve(gateway, sphinx_key=KeyPair.generate().public_key)
+        other = Topology(topology.mixnodes, [rotated])
+        self.assertEqual(other.key_until(other.route(rotated, random.Random(2))), start)
         # a mixnode announcing a sooner successor bounds it instead
         [mix1, mix2, mix3] = topology.mixnodes
         soon = MixNodeInfo(mix1.address, mix1.public_key, 1,
                            next_key=KeyPair.generate().public_key, next_key_from=start - HOUR)
-        other = Topology([soon, mix2, mix3], topology.gateways)
-        self.assertEqual(other.key_until(other.route(other.gateways[0], random.Random(3))),
+        other = Topology([soon, mix2, mix3], [rotated])
+        self.assertEqual(other.key_until(other.route(rotated, random.Random(3))),
                          start - HOUR)
         # nothing announced: no bound (the lifetime alone applies)
         plain = Topology([mix2, mix3, MixNodeInfo(mix1.address, mix1.public_key, 1)],

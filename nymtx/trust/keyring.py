@@ -1,5 +1,7 @@
-"""A mixnode's rotating Sphinx keys: the RotationSchedule wired to the
-keys it decrypts with, one persisted replay cache per key.
+"""A node's rotating Sphinx keys: the RotationSchedule wired to the keys
+it decrypts with, one persisted replay cache per key (a mixnode's, and a
+gateway's final-hop keys: ``keep_first`` keeps a gateway's original key,
+its name, accepted for good).
 
 ``SphinxKeyring(clock, folder, first, first_replays, interval, lead)``:
 
@@ -16,10 +18,12 @@ keys it decrypts with, one persisted replay cache per key.
   after its start, and at least *lead* from now), and retires keys whose
   overlap has passed (their files go: nothing can decrypt for them any
   more);
-- ``process(packet)`` tries each accepted key, the one in use first: a
-  header MAC that fails is "not this key", anything else is the packet's
-  fault. Each key has its own replay cache, so the same packet under two
-  keys is two different shared secrets anyway.
+- ``process(packet, unwrap)`` tries each accepted key, the one in use
+  first: a header MAC that fails is "not this key", anything else is the
+  packet's fault. Each key has its own replay cache, so the same packet
+  under two keys is two different shared secrets anyway;
+- ``on_change(held())`` is called when a key is added or retired or the
+  key in use changes: a mixnode's worker processes are told their keys.
 
 docs/trust.md, "Key rotation", specifies the files and the timing.
 """
