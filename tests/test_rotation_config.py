@@ -57,10 +57,11 @@ class TapTests(SynchronousTestCase):
 
     def test_a_mixnode_from_its_config_rotates(self):
         home = self.mktemp()
-        init_mixnode("M1", 2, port=1791, directory="", root=home)
+        init_mixnode("M1", 2, port=1791, directory="http://127.0.0.1:1", root=home)
         options = mixnode_tap.Options()
         options.parseOptions(["--id", "M1", "--home", home])
         service = mixnode_tap.makeService(options, Clock())
+        self.addCleanup(service.directory.close)
         keyring = service.node.keyring
         self.addCleanup(keyring.close)
         self.addCleanup(options.replays.close)
@@ -74,22 +75,35 @@ class TapTests(SynchronousTestCase):
         home = self.mktemp()
         code, _, err = run(gateway_cli.main, "init", "--id", "G1", "--home", home,
                            "--mix-port", "1792", "--clients-port", "1793",
-                           "--host", "127.0.0.1", "--directory", "")
+                           "--host", "127.0.0.1", "--directory", "http://127.0.0.1:1")
         self.assertEqual(code, 0, err)
         options = gateway_tap.Options()
         options.parseOptions(["--id", "G1", "--home", home])
         gateway = gateway_tap.makeService(options, Clock())
         self.addCleanup(gateway.store.close)
+        self.addCleanup(gateway.directory.close)
         keyring = gateway.handler.keyring
         self.addCleanup(keyring.close)
         self.assertTrue(keyring.keep_first)
         self.assertEqual(keyring.interval, 24 * HOUR)
         self.assertEqual(keyring.accepted()[0], gateway.keys.public_key)
-        # off: no keyring, as before
+        # off, or no directory to announce keys to: no keyring, as before
         config = G.load("G1", home)
-        G.save(attrs.evolve(config, sphinx_key_rotation_hours=0), home)
-        options = gateway_tap.Options()
-        options.parseOptions(["--id", "G1", "--home", home])
-        gateway = gateway_tap.makeService(options, Clock())
-        self.addCleanup(gateway.store.close)
-        self.assertIsNone(gateway.handler.keyring)
+        for changes in ({"sphinx_key_rotation_hours": 0}, {"directory": ""}):
+            G.save(attrs.evolve(config, **changes), home)
+            options = gateway_tap.Options()
+            options.parseOptions(["--id", "G1", "--home", home])
+            gateway = gateway_tap.makeService(options, Clock())
+            self.addCleanup(gateway.store.close)
+            if gateway.directory is not None:
+                self.addCleanup(gateway.directory.close)
+            self.assertIsNone(gateway.handler.keyring)
+
+    def test_a_mixnode_announcing_nowhere_keeps_its_key(self):
+        home = self.mktemp()
+        init_mixnode("M1", 1, port=1794, directory="", root=home)
+        options = mixnode_tap.Options()
+        options.parseOptions(["--id", "M1", "--home", home])
+        service = mixnode_tap.makeService(options, Clock())
+        self.addCleanup(options.replays.close)
+        self.assertIsNone(service.node.keyring)

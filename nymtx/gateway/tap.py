@@ -91,7 +91,9 @@ def makeService(options, reactor=None):
     from nymtx.trust.wiring import OnStop
     service.handler.replay_cache = options["replays"]
     OnStop(options["replays"].close).setServiceParent(service)
-    if config.rotation_interval:  # trust hook: rotating Sphinx keys
+    # trust hook: rotating Sphinx keys, announced to the directories (a
+    # gateway announcing nowhere is known by its name key alone)
+    if config.rotation_interval and directory is not None:
         from nymtx.trust.keyring import KeyringError, enable_rotation
         try:
             keyring = enable_rotation(service, options["data_dir"], reactor,

@@ -91,7 +91,10 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
         # as the gateway's: the log's file is closed with the node
         from nymtx.trust.wiring import OnStop
         OnStop(replays.close).setServiceParent(service)
-    if config.rotation_interval:  # trust hook: rotating Sphinx keys
+    # trust hook: rotating Sphinx keys. Only with a directory to announce
+    # them to: a node announcing nowhere is known by its key file alone,
+    # which must then stay its key
+    if config.rotation_interval and directory is not None:
         from nymtx.trust.keyring import KeyringError, enable_rotation
         from nymtx.trust.wiring import OnStop
         try:
