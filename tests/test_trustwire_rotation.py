@@ -176,3 +176,17 @@ class GatewayRotationTests(TestCase):
         self.assertEqual(gateway.handler.dropped.get("replay"), 5)
         gateway.store.flush()
         self.assertEqual(gateway.store.usage(carol)[0], 5)
+        # and mail flows again, under the key the restarted gateway read back
+        ring = gateway.handler.keyring
+
+        def rotated_tags():
+            # (the second key, or the third should a slow machine reach its start)
+            return sum(len(ring.replay_cache(k)) for k in ring.accepted() if k != name)
+        before = rotated_tags()
+        after = [f"after the restart {i}".encode() for i in range(3)]
+        for text in after:
+            await alice.send(bob.address, text)
+        self.assertTrue(await until(
+            lambda: received.extend(bob.fetch()) or set(after) <= set(received), 60),
+            "the mail sent after the restart did not arrive")
+        self.assertGreater(rotated_tags(), before)
