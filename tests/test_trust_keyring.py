@@ -248,6 +248,12 @@ class NodeTests(SynchronousTestCase):
             self.assertEqual(frames[-1][0], keyring.held()[0][1])
             self.assertNotIn(ring.first.private_key, frames[-1])
         self.assertEqual(keyring.in_use(ring.now()), second)
+        # a worker started again is told the keys right after its start key
+        spawner.processes[0].signalProcess("KILL")
+        ring.clock.advance(1)
+        restarted = spawner.processes[-1]
+        self.assertEqual(len(spawner.processes), 3)
+        self.assertEqual(told(restarted), [k for _, k in keyring.held()])
 
     def test_announced_keys_and_the_clients_switch_at_the_start(self):
         ring = Ring(self)
