@@ -862,7 +862,7 @@ class ClientCore:
 
         def expires(route):
             # no later than the first key of its route stops being used
-            # (docs/surb.md 5.1): a block past it would fail at that node
+            # (docs/surb.md 5.6): a block past it would fail at that node
             until = topology.key_until(route) // 1_000_000_000
             return min(lifetime, until) if until else lifetime
         mean = self.config.average_packet_delay / 1000

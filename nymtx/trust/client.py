@@ -231,7 +231,8 @@ class SigningDirectoryClient:
     out signed by *identity* at the time of *clock*; reads pass through.
 
     *schedule*, a RotationSchedule, when given, chooses the Sphinx key
-    announced as in use and the next one announced ahead.
+    announced as in use (a mixnode's pubKey; a gateway's sphinxKey, its
+    pubKey staying its name) and the next one announced ahead.
     """
 
     directory: object
