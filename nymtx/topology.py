@@ -62,6 +62,25 @@ class MixNodeInfo:
     #: threshold merge sets it; a seed topology has none): mix links prove
     #: it (nymtx.trust.mixlink). Not compared: the same node either way.
     identity_key: bytes = attrs.field(default=None, eq=False, repr=False)
+    #: the Sphinx key the node announced next (``nextPubKey``) and the Unix
+    #: ns from which senders use it (``nextPubKeyFrom``); ``Topology.at``
+    #: switches to it then. Not compared, as identity_key.
+    next_key: bytes = attrs.field(default=None, eq=False, repr=False)
+    next_key_from: int = attrs.field(default=0, eq=False, repr=False)
+
+    @property
+    def route_key(self):
+        """The Sphinx key a packet through this node is built with."""
+        return self.public_key
+
+    @property
+    def key_until(self):
+        """Unix ns from which senders stop using ``route_key`` (its
+        successor's start), or 0 if the node announced none."""
+        return self.next_key_from if self.next_key is not None else 0
+
+    def switched(self):
+        return attrs.evolve(self, public_key=self.next_key, next_key=None, next_key_from=0)
 
 
 @attrs.frozen
@@ -78,6 +97,29 @@ class GatewayInfo:
     version: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
     #: as MixNodeInfo.identity_key
     identity_key: bytes = attrs.field(default=None, eq=False, repr=False)
+    #: the Sphinx key in use when the gateway rotates (``sphinxKey``):
+    #: ``public_key`` stays its name (addresses name it, clients' Noise
+    #: handshakes prove it), this is what the route's last hop is built
+    #: with. None: the public_key, as in the seed.
+    sphinx_key: bytes = attrs.field(default=None, eq=False, repr=False)
+    #: as MixNodeInfo.next_key, next_key_from: the gateway's next Sphinx key
+    next_key: bytes = attrs.field(default=None, eq=False, repr=False)
+    next_key_from: int = attrs.field(default=0, eq=False, repr=False)
+
+    @property
+    def route_key(self):
+        """The Sphinx key a packet to this gateway is built with."""
+        return self.sphinx_key or self.public_key
+
+    @property
+    def key_until(self):
+        """As MixNodeInfo.key_until, but 0 while the name key is in use: a
+        gateway accepts its name key for good (docs/trust.md, "On the
+        gateway"), so a reply block built with it need not expire here."""
+        return self.next_key_from if self.next_key is not None and self.sphinx_key else 0
+
+    def switched(self):
+        return attrs.evolve(self, sphinx_key=self.next_key, next_key=None, next_key_from=0)
 
 
 @attrs.frozen
@@ -90,6 +132,10 @@ class Topology:
     gateways: tuple = attrs.field(default=(), converter=tuple)
     # Built once: route() runs for every packet a client sends.
     _layers: dict = attrs.field(init=False, eq=False, repr=False)
+    #: route key -> key_until of its node (for key_until(route))
+    _until: dict = attrs.field(init=False, eq=False, repr=False)
+    #: the earliest next_key_from of any node, 0 if none: at() is free before it
+    switch_at: int = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
         seen = set()
@@ -112,6 +158,36 @@ class Topology:
             layer: tuple(Hop(address=node.address.to_bytes(), public_key=node.public_key)
                          for node in nodes)
             for layer, nodes in layers.items()})
+        nodes = self.mixnodes + self.gateways
+        object.__setattr__(self, "_until", {
+            node.route_key: node.key_until for node in nodes if node.key_until})
+        object.__setattr__(self, "switch_at", min(
+            (node.next_key_from for node in nodes if node.next_key is not None), default=0))
+
+    def at(self, now):
+        """This topology at *now* (Unix ns): every node whose announced next
+        key's start has come routes with that key. Mixnodes change their
+        ``public_key`` (the key names a mixnode nowhere else), gateways
+        their ``sphinx_key`` (their ``public_key`` is their name)."""
+        if not self.switch_at or now < self.switch_at:
+            return self
+
+        def advance(node):
+            if node.next_key is not None and now >= node.next_key_from:
+                return node.switched()
+            return node
+        return Topology([advance(n) for n in self.mixnodes],
+                        [advance(g) for g in self.gateways])
+
+    def key_until(self, route):
+        """The earliest Unix ns at which a key of *route* (Hops) stops being
+        the one its node's senders use, or 0 if none of them announced a
+        successor: a reply block built on *route* expires then (the node
+        accepts the old key a while longer, the overlap, but how long is
+        its own choice)."""
+        times = [self._until[hop.public_key] for hop in route
+                 if hop.public_key in self._until]
+        return min(times, default=0)
 
     @classmethod
     def from_json(cls, data):
@@ -150,7 +226,7 @@ class Topology:
             "MixNodes": [
                 {"host": str(node.address), "pubKey": encode_key(node.public_key),
                  "layer": node.layer, "lastSeen": node.last_seen,
-                 "version": node.version}
+                 "version": node.version, **_rotation_json(node)}
                 for node in self.mixnodes],
             "MixProviderNodes": [
                 {"host": str(node.address), "pubKey": encode_key(node.public_key),
@@ -158,7 +234,9 @@ class Topology:
                  "clientListener": str(node.client_listener),
                  "registeredClients": [
                      {"pubKey": encode_key(key)} for key in node.registered_clients],
-                 "lastSeen": node.last_seen, "version": node.version}
+                 "lastSeen": node.last_seen, "version": node.version,
+                 **({"sphinxKey": encode_key(node.sphinx_key)} if node.sphinx_key else {}),
+                 **_rotation_json(node)}
                 for node in self.gateways],
         }
 
@@ -196,8 +274,33 @@ class Topology:
             if avoid:
                 candidates = [h for h in candidates if h.public_key not in avoid] or candidates
             hops.append(rng.choice(candidates))
-        hops.append(Hop(address=gateway.address.to_bytes(), public_key=gateway.public_key))
+        hops.append(Hop(address=gateway.address.to_bytes(), public_key=gateway.route_key))
         return hops
+
+
+def _rotation_json(node):
+    if node.next_key is None:
+        return {}
+    return {"nextPubKey": encode_key(node.next_key), "nextPubKeyFrom": node.next_key_from}
+
+
+def _next_key(entry, current, log, index):
+    """(nextPubKey, nextPubKeyFrom) of an entry, or (None, 0); a bad pair is
+    left out (logged) and the entry kept: the key in use still routes."""
+    key, start = entry.get("nextPubKey"), entry.get("nextPubKeyFrom")
+    if key is None and start is None:
+        return None, 0
+    try:
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 < start < 2 ** 64:
+            raise _BadEntry(f"nextPubKeyFrom must be a Unix time in ns, not {start!r:.40}")
+        key = _key(key, "nextPubKey")
+        if key == current:
+            raise _BadEntry("nextPubKey is the key in use")
+    except _BadEntry as e:
+        log.warn("entry {index}: ignoring its next key: {reason}", index=index,
+                 reason=str(e))
+        return None, 0
+    return key, start
 
 
 def _json_type(value):
@@ -301,8 +404,10 @@ def _parse_mixnode(entry, log, index):
         raise _BadEntry(f"layer must be an integer, not {_json_type(layer)}")
     if not 1 <= layer <= LAYERS:
         raise _BadEntry(f"layer {layer} is not in 1..{LAYERS}")
+    next_key, next_from = _next_key(entry, public_key, log, index)
     return MixNodeInfo(address, public_key, layer,
-                       _optional_int(entry, "lastSeen"), _optional_str(entry, "version"))
+                       _optional_int(entry, "lastSeen"), _optional_str(entry, "version"),
+                       next_key=next_key, next_key_from=next_from)
 
 
 def _parse_gateway(entry, log, index):
@@ -337,5 +442,11 @@ def _parse_gateway(entry, log, index):
         except _BadEntry as e:
             log.warn("gateway entry {index}: dropping registered client {client_index}: "
                      "{reason}", index=index, client_index=client_index, reason=str(e))
+    sphinx_key = None
+    if entry.get("sphinxKey") is not None:
+        sphinx_key = _key(entry.get("sphinxKey"), "sphinxKey")
+    next_key, next_from = _next_key(entry, sphinx_key or public_key, log, index)
     return GatewayInfo(address, client_listener, public_key, tuple(keys),
-                       _optional_int(entry, "lastSeen"), _optional_str(entry, "version"))
+                       _optional_int(entry, "lastSeen"), _optional_str(entry, "version"),
+                       sphinx_key=sphinx_key if sphinx_key != public_key else None,
+                       next_key=next_key, next_key_from=next_from)

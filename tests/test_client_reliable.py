@@ -681,6 +681,31 @@ class AnonymousReplyTests(SynchronousTestCase):
         e = self.assertRaises(SendError, again.core.reply, tag, "too late")
         self.assertIn("0 are held", str(e))
 
+    def test_blocks_expire_with_the_first_key_of_their_route_to_be_replaced(self):
+        """The layer-2 node announces its next key from t = 1 h: every block
+        (each route passes it) is dropped then, not used (docs/surb.md 5.6)."""
+        import attrs
+        network = self.alice.network
+        soon = KeyPair.generate().public_key
+        network.mixnodes[1] = attrs.evolve(network.mixnodes[1], next_key=soon,
+                                           next_key_from=3600 * 10 ** 9)
+        alice, bob = self.alice.core, self.bob.core
+        alice.refresh_topology()
+        bob.refresh_topology()
+        got = []
+        bob.on_received(got.append)
+        alice.send_anonymous(bob.address, "answer within the hour", reply_surbs=5)
+        self.go(15)
+        tag = got[0].sender_tag
+        self.assertEqual(bob.reply_blocks(tag), 5)
+        self.clock.advance(3600 - self.clock.seconds() - 1)
+        self.assertEqual(bob.reply_blocks(tag), 5)
+        self.clock.advance(1)
+        self.assertEqual(bob.reply_blocks(tag), 0)
+        self.assertRaises(SendError, bob.reply, tag, "too late")
+        # and the builder forgot their keys at the same time
+        self.assertEqual(alice.replies.expire(), 5)
+
     def test_the_reply_api(self):
         alice, bob = self.alice.core, self.bob.core
         written = []

@@ -25,7 +25,8 @@ class Config(SynchronousTestCase):
             pass
 
     @given(st.sampled_from(["quota_messages", "commit_interval_ms", "max_clients",
-                            "presence_sending_delay", "port"]),
+                            "presence_sending_delay", "port", "sphinx_key_rotation_hours",
+                            "sphinx_key_rotation"]),
            st.one_of(st.integers(), st.floats(), st.text(max_size=10), st.booleans()))
     def test_any_value_of_a_key_is_a_config_or_a_config_error(self, key, value):
         import re

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymtx.addressing import NodeAddress
+from nymtx.keys import KeyPair
 from nymtx.mixnode import tap, worker
 from nymtx.mixnode.config import ConfigError, config_path, init_mixnode, load_config, parse_config
 from nymtx.mixnode.node import Mixnode, MixnodeFactory
@@ -94,7 +95,7 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(frame, b"\x00\x00\x00\x01" + b"\x00" + tag + hop.next_address
                          + (123_456_789).to_bytes(8, "big") + hop.packet)
         self.assertEqual(worker.ResultParser().feed(frame),
-                         [(worker.FORWARD, tag, hop.next_address, 123_456_789, hop.packet)])
+                         [(worker.FORWARD, tag, hop.next_address, 123_456_789, hop.packet, 0)])
 
     def test_drops_with_and_without_a_tag(self):
         bad_mac = bytearray(make_packet())
@@ -111,9 +112,9 @@ class FrameTests(SynchronousTestCase):
                          + bytes((worker.DROP,
                                   worker.REASONS.index("InvalidGroupElementError"))))
         self.assertEqual(worker.ResultParser().feed(frame), [
-            (worker.DROP, None, "HeaderMacError"),
-            (worker.DROP_TAGGED, tag, worker.FINAL_HOP),
-            (worker.DROP, None, "InvalidGroupElementError")])
+            (worker.DROP, None, "HeaderMacError", 0),
+            (worker.DROP_TAGGED, tag, worker.FINAL_HOP, 0),
+            (worker.DROP, None, "InvalidGroupElementError", 0)])
 
     def test_batch_frame(self):
         self.assertEqual(worker.encode_batch([b"a" * PACKET_SIZE, b"b" * PACKET_SIZE]),
@@ -141,8 +142,47 @@ class FrameTests(SynchronousTestCase):
 
     def test_worker_stops_on_a_bad_batch_count(self):
         out = io.BytesIO()
-        self.assertEqual(worker.main(io.BytesIO(bytes(32) + bytes(4)), out), 2)
+        self.assertEqual(worker.main(io.BytesIO(bytes(32) + (1025).to_bytes(4, "big")), out),
+                         2)
         self.assertEqual(out.getvalue(), b"")
+
+    def test_key_frame_byte_by_byte(self):
+        """The vector in docs/mixnode.md, "Worker processes"."""
+        frame = worker.encode_keys([(1, bytes([0xAA]) * 32), (0, bytes([0xBB]) * 32)])
+        self.assertEqual(frame.hex(), "00000000" "02" "01" + "aa" * 32 + "00" + "bb" * 32)
+        self.assertEqual(worker.decode_keys(2, frame[5:]),
+                         [(1, bytes([0xAA]) * 32), (0, bytes([0xBB]) * 32)])
+        for keys in ([], [(16, bytes(32))], [(0, bytes(31))]):
+            self.assertRaises(ValueError, worker.encode_keys, keys)
+
+    def test_a_worker_tries_each_key_and_names_it(self):
+        packet = make_packet()  # for KEYS[0]
+        other = KeyPair.generate()
+        keys = [(3, other.private_key), (5, KEYS[0].private_key)]
+        frame = worker.process_batch(keys, packet, 1)
+        hop = process_packet(KEYS[0].private_key, packet)
+        tag = replay_tag(x25519(KEYS[0].private_key, packet[:32]))
+        self.assertEqual(frame[4], worker.FORWARD | 5 << 4)
+        self.assertEqual(worker.ResultParser().feed(frame),
+                         [(worker.FORWARD, tag, hop.next_address, 0, hop.packet, 5)])
+        # through main: the key frame replaces the start key
+        out = io.BytesIO()
+        stdin = other.private_key + worker.encode_keys(keys) + worker.encode_batch([packet])
+        self.assertEqual(worker.main(io.BytesIO(stdin), out), 0)
+        self.assertEqual(out.getvalue(), frame)
+        # none of the keys: an untagged HeaderMacError, slot 0
+        frame = worker.process_batch([(3, other.private_key)], packet, 1)
+        self.assertEqual(worker.ResultParser().feed(frame),
+                         [(worker.DROP, None, "HeaderMacError", 0)])
+
+    @given(st.binary(max_size=600))
+    def test_a_bad_key_frame_stops_the_worker(self, body):
+        out = io.BytesIO()
+        stdin = bytes(32) + bytes(4) + body
+        status = worker.main(io.BytesIO(stdin), out)
+        self.assertIn(status, (0, 2))  # EOF, or a frame it refused, never a crash
+        if body and (body[0] == 0 or body[0] > worker.MAX_KEYS):
+            self.assertEqual(status, 2)
 
 
 class PoolTests(SynchronousTestCase):
@@ -481,6 +521,67 @@ class RealWorkersTests(TestCase):
         self.assertEqual(len(received), 60)
         a.transport.loseConnection()
         b.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def test_two_workers_across_a_key_switch(self):
+        """Rotation with real workers: the parent tells them each key added
+        and retired (its own Clock here, so the switch comes on demand),
+        and every key's replay cache, in the parent, catches replays
+        whichever worker unwrapped them."""
+        from nymtx.trust.keyring import enable_rotation
+        hour = 3600 * 10 ** 9
+        received = []
+        factory = Factory.forProtocol(lambda: Sink(received))
+        sink = yield serverFromString(global_reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        self.addCleanup(sink.stopListening)
+        sink_address = NodeAddress.parse(f"127.0.0.1:{sink.getHost().port}")
+        first = KeyPair.generate()
+        service = MixnodeService(global_reactor, first, 1, "tcp:0:interface=127.0.0.1",
+                                 "127.0.0.1", workers=2)
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        home = self.mktemp()
+        keyring = enable_rotation(service, home, clock, 24 * hour)
+        self.addCleanup(keyring.close)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = yield service.whenListening()
+        second, start = keyring.announced(int(clock.seconds() * 10 ** 9))
+
+        def packets(key, n, first_seed):
+            hops = [Hop(ADDRS[0].to_bytes(), key),
+                    Hop(sink_address.to_bytes(), KEYS[1].public_key)]
+            return [build_packet(hops, bytes(32), bytes(16), b"%d" % i, [0, 0],
+                                 randbytes=random.Random(i).randbytes)
+                    for i in range(first_seed, first_seed + n)]
+
+        endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port.getHost().port)
+        a = yield connectProtocol(endpoint, Protocol())
+        b = yield connectProtocol(endpoint, Protocol())
+        self.addCleanup(a.transport.loseConnection)
+        self.addCleanup(b.transport.loseConnection)
+        old, new = packets(first.public_key, 20, 0), packets(second, 20, 100)
+        a.transport.write(b"".join(old + new))
+        yield self.wait(lambda: len(received) >= 40)
+        b.transport.write(b"".join(old[:5] + new[:5]))
+        yield self.wait(lambda: service.node.dropped.get("ReplayError") == 10)
+        self.assertEqual(len(keyring.replay_cache(first.public_key)), 20)
+        self.assertEqual(len(keyring.replay_cache(second)), 20)
+        # the switch, then the overlap: the workers drop the first key
+        clock.advance(start / 10 ** 9 - clock.seconds() + 1)
+        self.assertEqual(keyring.in_use(int(clock.seconds() * 10 ** 9)), second)
+        clock.advance(3600)
+        keyring.announced(int(clock.seconds() * 10 ** 9))
+        self.assertNotIn(first.public_key, keyring.accepted())
+        third, _ = keyring.announced(int(clock.seconds() * 10 ** 9))
+        later = packets(first.public_key, 5, 200) + packets(third, 5, 300)
+        a.transport.write(b"".join(later + new[5:10]))
+        yield self.wait(lambda: len(received) >= 45 and service.node.dropped.get(
+            "HeaderMacError", 0) + service.node.dropped.get("ReplayError", 0) >= 20)
+        self.assertEqual(len(received), 45)
+        self.assertEqual(service.node.dropped.get("HeaderMacError"), 5)
+        self.assertEqual(service.node.dropped.get("ReplayError"), 15)
+        self.assertEqual(len(keyring.replay_cache(third)), 5)
 
     @defer.inlineCallbacks
     def wait(self, condition, seconds=20):

@@ -218,11 +218,42 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(len(links.out), 2)
         self.assertEqual(node.dropped, {"HeaderMacError": 1})
 
-    def test_workers_refuse_a_keyring(self):
+    def test_workers_are_told_the_keys(self):
+        from tests.test_mixnode_workers import FakeSpawner
+        from nymtx.mixnode import worker
         ring = Ring(self)
+        keyring = ring.open()
+        spawner = FakeSpawner()
         node = Mixnode(ring.clock, ring.first.private_key, _Links(), ReplayCache(10),
-                       keyring=ring.open(), workers=2)
-        self.assertRaises(ValueError, node.start)
+                       keyring=keyring, workers=2, spawn=spawner)
+        node.start()
+        second, start = keyring.announced(ring.now())
+
+        def told(process):
+            head = bytes(process.written[:5])
+            self.assertEqual(head[:4], bytes(4))
+            keys = worker.decode_keys(head[4], bytes(process.written[5:5 + head[4] * 33]))
+            del process.written[:5 + head[4] * 33]
+            return [k for _, k in keys]
+        for process in spawner.processes:
+            self.assertEqual(process.key, ring.first.private_key)
+            self.assertEqual(told(process), [ring.first.private_key,
+                                             keyring.held()[1][1]])
+        # the switch: the key in use goes first; after the overlap the old one goes
+        ring.step(start - ring.now() + HOUR, keyring)
+        for process in spawner.processes:
+            frames = []
+            while process.written:
+                frames.append(told(process))
+            self.assertEqual(frames[-1][0], keyring.held()[0][1])
+            self.assertNotIn(ring.first.private_key, frames[-1])
+        self.assertEqual(keyring.in_use(ring.now()), second)
+        # a worker started again is told the keys right after its start key
+        spawner.processes[0].signalProcess("KILL")
+        ring.clock.advance(1)
+        restarted = spawner.processes[-1]
+        self.assertEqual(len(spawner.processes), 3)
+        self.assertEqual(told(restarted), [k for _, k in keyring.held()])
 
     def test_announced_keys_and_the_clients_switch_at_the_start(self):
         ring = Ring(self)

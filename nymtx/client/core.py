@@ -698,6 +698,7 @@ class ClientCore:
         self._directory_down = False
         self._expired = None
         self.topology = topology
+        self._advance_topology()
         # A mixnode that left the topology is never the first hop again:
         # its link must not redial it for as long as packets wait there.
         self.links.retain(m.address for m in topology.mixnodes)
@@ -714,6 +715,16 @@ class ClientCore:
             else:
                 self.gateway_link = self.connect_gateway(gateway)
                 self.gateway_link.start()
+
+    def _advance_topology(self):
+        """Route with the keys in use now: a node's announced next key from
+        its start on (Topology.at), even between two refreshes."""
+        topology = self.topology
+        switch_at = getattr(topology, "switch_at", 0)
+        if switch_at:
+            now = int(self.reactor.seconds() * 1e9)
+            if now >= switch_at:
+                self.topology = topology.at(now)
 
     def _no_topology(self, failure):
         from nymtx.trust.client import TopologyExpired
@@ -844,16 +855,25 @@ class ClientCore:
         if own is None:
             raise SendError("reply blocks need a route to this client's own gateway, which"
                             " the topology does not list (yet)")
-        expires = int(self.reactor.seconds() + REPLY_SURB_LIFETIME)
+        self._advance_topology()
+        topology = self.topology
+        own = topology.gateway_by_key(self.config.gateway_key) or own
+        lifetime = int(self.reactor.seconds() + REPLY_SURB_LIFETIME)
+
+        def expires(route):
+            # no later than the first key of its route stops being used
+            # (docs/surb.md 5.6): a block past it would fail at that node
+            until = topology.key_until(route) // 1_000_000_000
+            return min(lifetime, until) if until else lifetime
         mean = self.config.average_packet_delay / 1000
         try:
             made = reply_layer.build_reply_surbs(
-                n, lambda: self.topology.route(own, self.rng), self.keys.public_key, expires,
+                n, lambda: topology.route(own, self.rng), self.keys.public_key, expires,
                 lambda k: sample_delays(k, mean, self.rng))
         except (TopologyError, SphinxError, SurbError) as e:
             raise SendError(f"cannot build reply blocks: {e}")
         for block, keys in made:
-            self.replies.remember(keys, tag, expires)
+            self.replies.remember(keys, tag, block.expires_at)
         return [block for block, _ in made]
 
     def _submit_reply(self, tag, framed, id, delivered=False, check_blocks=True):
@@ -1140,6 +1160,7 @@ class ClientCore:
     def _send_reply_fragment(self, tracked, index, attempt):
         """Fragment *index* of a reply through a fresh reply block (single
         use), with our own SURB-ACK inside; False without a block or route."""
+        self._advance_topology()
         own = None
         if self.topology is not None and self.config.gateway_key is not None:
             own = self.topology.gateway_by_key(self.config.gateway_key)
@@ -1208,6 +1229,9 @@ class ClientCore:
         Cover (number COVER) carries a real SURB-ACK too, with a random index
         and attempt: its ack comes back like any other, and its identifier is
         as fresh as a real one's to the gateway that sees it."""
+        # (a *gateway* taken from the topology before a switch still routes:
+        # its old key is accepted for the overlap)
+        self._advance_topology()
         own = None
         if self.config.gateway_key is not None:
             own = self.topology.gateway_by_key(self.config.gateway_key)

@@ -12,6 +12,7 @@
     await client.stop()
 """
 
+import os
 import random
 
 import attrs
@@ -37,8 +38,11 @@ def _default_directory(config, reactor):
     from nymtx.trust.wiring import client_directory
     # its reactor times requests out: tests with a Clock see no stray timers;
     # with keys pinned, a TrustedDirectoryClient over every directory
+    from nymtx.trust.serials import SERIALS_NAME
+    # the last serials survive a restart: an older topology is refused after it
     return client_directory(reactor, config.directory_urls, config.directory_keys,
-                            config.directory_threshold)
+                            config.directory_threshold,
+                            serials=os.path.join(str(config.data_dir), SERIALS_NAME))
 
 
 def _default_links(reactor):

@@ -37,6 +37,9 @@ class GatewayConfig:
     message_retrieval_limit: int = 100
     max_clients: int = 1000
     presence_sending_delay_ms: int = 1500
+    #: docs/decisions.md, "Sphinx key rotation": a day, as nym's epochs
+    sphinx_key_rotation_hours: int = 24
+    sphinx_key_rotation_ms: int = 0
     more_directories: tuple = ()
     directory_keys: tuple = ()
     directory_threshold: int = 0
@@ -56,6 +59,11 @@ class GatewayConfig:
         # every construction is checked, not only a file read through parse()
         for field, (where, check) in _KEYS.items():
             check(getattr(self, field), where)
+
+    @property
+    def rotation_interval(self):
+        """Nanoseconds each Sphinx key is used; 0: it never rotates."""
+        return rotation_interval(self.sphinx_key_rotation_hours, self.sphinx_key_rotation_ms)
 
     def mix_endpoint(self):
         return _endpoint(self.mix_port, self.listening_host)
@@ -93,6 +101,16 @@ _MAX_BURST = 1_000_000
 _MAX_ACK_DELAY_MS = 60_000
 
 
+def _rotation_hours(value, name):
+    return shared.whole_number(value, name, low=0, high=_MAX_IDLE_HOURS,
+                               what="a whole number of hours")
+
+
+def rotation_interval(hours, debug_ms):
+    """Nanoseconds each Sphinx key is used: *debug_ms* if set, else *hours*; 0: off."""
+    return debug_ms * 1_000_000 if debug_ms else hours * 3600 * 1_000_000_000
+
+
 def _idle_hours(value, name):
     return shared.delay(value, name, unit="hours", high=_MAX_IDLE_HOURS)
 
@@ -119,6 +137,10 @@ LAYOUT = (
         Key("id", shared.identifier, required=True,
             comment="The id names this gateway's directory under <root>/gateways/."),
         Key("location", _location, comment="Free text announced to the directory."),
+        Key("sphinx_key_rotation_hours", _rotation_hours, comment=(
+            "Hours each Sphinx key is used before the next, announced ahead (docs/trust.md,\n"
+            "\"Key rotation\"); 0: the key never rotates. The gateway's first key stays\n"
+            "its name (clients' addresses, their connections) and stays accepted.")),
     ]),
     Section("mixnet_endpoint", keys=[
         Key("listening_address", shared.ip_host, field="listening_host", comment=(
@@ -204,6 +226,10 @@ LAYOUT = (
             comment="How many of directory_keys must agree; 0: a majority."),
         Key("presence_sending_delay", shared.delay, field="presence_sending_delay_ms",
             comment="Milliseconds between two announcements."),
+        Key("sphinx_key_rotation", lambda v, n: shared.delay(v, n, low=0),
+            field="sphinx_key_rotation_ms", comment=(
+                "Milliseconds each Sphinx key is used, for tests; 0: as\n"
+                "[gateway] sphinx_key_rotation_hours says.")),
     ]),
 )
 

@@ -91,6 +91,10 @@ class FinalHopHandler:
     #: observer could predict hides nothing; tests pass a seeded Random
     rng: random.Random = attrs.field(default=None,
                                      converter=lambda r: r or random.SystemRandom())
+    #: a nymtx.trust.keyring.SphinxKeyring: the gateway's rotating Sphinx
+    #: keys, each with its own replay cache (private_key and replay_cache
+    #: are then its first, the gateway's name key, which it keeps)
+    keyring: object = None
 
     received: int = attrs.field(default=0, init=False)
     #: ack packets handed to the links
@@ -125,7 +129,10 @@ class FinalHopHandler:
     def packet_received(self, packet):
         self.received += 1
         try:
-            hop = process_gateway_packet(self.private_key, packet, self.replay_cache)
+            if self.keyring is not None:
+                hop = self.keyring.process(packet, process_gateway_packet)
+            else:
+                hop = process_gateway_packet(self.private_key, packet, self.replay_cache)
         except SphinxError as e:
             reason = REPLAY if isinstance(e, ReplayError) else MALFORMED
             self.dropped[reason] += 1

@@ -91,6 +91,16 @@ def makeService(options, reactor=None):
     from nymtx.trust.wiring import OnStop
     service.handler.replay_cache = options["replays"]
     OnStop(options["replays"].close).setServiceParent(service)
+    # trust hook: rotating Sphinx keys, announced to the directories (a
+    # gateway announcing nowhere is known by its name key alone)
+    if config.rotation_interval and directory is not None:
+        from nymtx.trust.keyring import KeyringError, enable_rotation
+        try:
+            keyring = enable_rotation(service, options["data_dir"], reactor,
+                                      config.rotation_interval)
+        except KeyringError as e:
+            raise Unusable(f"gateway {config.id!r}: {e}")
+        OnStop(keyring.close).setServiceParent(service)
     if config.directory_keys and directory is not None:
         from nymtx.trust.admission import guard_mix_port
         guard_mix_port(service, directory, reactor)

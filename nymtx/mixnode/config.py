@@ -54,8 +54,8 @@ DEBUG = {
         "How many of directory_keys must agree; 0: a majority."),
     "sphinx_key_rotation": (
         0, _ms(low=0),
-        "Milliseconds each Sphinx key is used before the next (announced ahead,\n"
-        "docs/trust.md, \"Key rotation\"); 0: the key never rotates, as in nym v0.5."),
+        "Milliseconds each Sphinx key is used before the next, for tests (docs/trust.md,\n"
+        "\"Key rotation\"); 0: as [mixnode] sphinx_key_rotation_hours says."),
     "presence_sending_delay": (
         1500, _ms(), "How often the node announces itself (ms). nym: 1500."),
     "metrics_sending_delay": (
@@ -141,6 +141,10 @@ LAYOUT = (
             comment="The sphinx key pair (base58 text files)."),
         Key("public_sphinx_key_file", _path, required=True),
         Key("nym_root_directory", _path, required=True),
+        Key("sphinx_key_rotation_hours", lambda v, n: shared.whole_number(
+            v, n, low=0, high=24 * 366, what="a whole number of hours"), comment=(
+            "Hours each Sphinx key is used before the next, announced an hour ahead and\n"
+            "accepted 30 min after (docs/trust.md, \"Key rotation\"); 0: never rotates.")),
     ]),
     shared.logging_section(),
     Section("debug", comment="Times are in milliseconds, as in nym.", keys=[
@@ -160,6 +164,15 @@ class MixnodeConfig:
     location: str = "unknown"
     debug: dict = attrs.field(factory=lambda: {k: v[0] for k, v in DEBUG.items()})
     log_level: str = attrs.field(default=shared.DEFAULT_LOG_LEVEL, converter=shared.log_level)
+    #: docs/decisions.md, "Sphinx key rotation": a day, as nym's epochs
+    sphinx_key_rotation_hours: int = 24
+
+    @property
+    def rotation_interval(self):
+        """Nanoseconds each Sphinx key is used (the debug key, in ms, wins
+        when set); 0: it never rotates."""
+        ms = self.debug["sphinx_key_rotation"]
+        return ms * 1_000_000 if ms else self.sphinx_key_rotation_hours * 3600 * 10 ** 9
 
     def __attrs_post_init__(self):
         # every construction is checked with the checks the file is read with

@@ -128,6 +128,7 @@ class Mixnode:
         if self._stopped:
             return
         replay_cache = self.replay_cache
+        keyring = self.keyring
         forward = self._forward
         for received_at, results in runs:
             for result in results:
@@ -135,6 +136,13 @@ class Mixnode:
                     self._drop(WORKER_LOST)
                     continue
                 tag = result[1]
+                if tag is not None and keyring is not None:
+                    # the key's own replay cache: the result names its slot
+                    replay_cache = keyring.replay_cache(self._pool.slot_key(result[-1]))
+                    if replay_cache is None:
+                        # retired while the packet was at the worker
+                        self._drop("HeaderMacError")
+                        continue
                 if tag is not None and not replay_cache.insert(tag):
                     self._drop("ReplayError")
                     continue
@@ -227,14 +235,17 @@ class Mixnode:
     def start(self):
         """Take packets again (after a stop); starts the workers, if any."""
         self._stopped = False
-        if self.workers > 1 and self.keyring is not None:
-            # the workers hold one private key; rotation is not wired there
-            raise ValueError("Sphinx key rotation needs workers = 1")
         if self.workers > 1:
             if self._pool is None:
                 kwargs = {} if self.spawn is None else {"spawn": self.spawn}
                 self._pool = WorkerPool(self.clock, self.private_key, self.workers,
                                         self.processed, **kwargs)
+                if self.keyring is not None:
+                    # the parent tells the workers each change of its keys
+                    # (docs/mixnode.md, "Worker processes"); the replay
+                    # caches, one per key, stay here
+                    self.keyring.on_change = self._pool.set_keys
+                    self._pool.set_keys(self.keyring.held())
             self._pool.start()
 
     @property

@@ -91,10 +91,18 @@ def service_from_config(config, keys, reactor, identity=None, replays=None):
         # as the gateway's: the log's file is closed with the node
         from nymtx.trust.wiring import OnStop
         OnStop(replays.close).setServiceParent(service)
-    if debug.get("sphinx_key_rotation"):  # trust hook: rotating Sphinx keys
-        from nymtx.trust.keyring import enable_rotation
-        enable_rotation(service, os.path.dirname(config.private_sphinx_key_file), reactor,
-                        debug["sphinx_key_rotation"] * 1_000_000)
+    # trust hook: rotating Sphinx keys. Only with a directory to announce
+    # them to: a node announcing nowhere is known by its key file alone,
+    # which must then stay its key
+    if config.rotation_interval and directory is not None:
+        from nymtx.trust.keyring import KeyringError, enable_rotation
+        from nymtx.trust.wiring import OnStop
+        try:
+            keyring = enable_rotation(service, os.path.dirname(config.private_sphinx_key_file),
+                                      reactor, config.rotation_interval)
+        except KeyringError as e:
+            raise ConfigError(str(e))
+        OnStop(keyring.close).setServiceParent(service)
     if debug["directory_keys"] and directory is not None:
         from nymtx.trust.admission import guard_mixnode
         guard_mixnode(service, directory, reactor)

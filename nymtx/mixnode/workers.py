@@ -27,7 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 import nymtx
-from nymtx.mixnode.worker import MAX_BATCH, ProtocolError, ResultParser
+from nymtx.mixnode.worker import MAX_BATCH, MAX_KEYS, ProtocolError, ResultParser, encode_keys
 from nymtx.sphinx import PACKET_SIZE
 
 #: A result standing for a packet lost with its worker.
@@ -187,6 +187,39 @@ class WorkerPool:
         self._delivered = 0
         self._stopping = False
         self._stopped = None
+        # rotating keys (set_keys): slot -> public key, and the frame that
+        # tells a worker the keys (sent to each, and to each one started)
+        self._slots = {0: None}
+        self._keys_frame = None
+        self._next_slot = 1
+
+    def set_keys(self, keys):
+        """The workers try *keys*, ``[(public, private), ...]``, in that
+        order from now on (a keyring's keys: added, retired, or the one in
+        use changed). A key keeps its slot while it is held; a new key
+        takes the next free one after the last given, so a slot is reused
+        only after the other 15 (results in flight name a slot)."""
+        held = {public: slot for slot, public in self._slots.items() if public is not None}
+        slots = {}
+        for public, _ in keys:
+            slot = held.get(public)
+            if slot is None:
+                free = [n for n in range(MAX_KEYS)
+                        if n not in held.values() and n not in slots.values()]
+                if not free:
+                    raise ValueError(f"workers hold at most {MAX_KEYS} keys")
+                slot = min(free, key=lambda n: (n - self._next_slot) % MAX_KEYS)
+                self._next_slot = (slot + 1) % MAX_KEYS
+            slots[public] = slot
+        self._slots = {slot: public for public, slot in slots.items()}
+        self._keys_frame = encode_keys([(slots[public], private) for public, private in keys])
+        for worker in self.workers:
+            if worker is not None and not worker.ended:
+                worker.transport.write(self._keys_frame)
+
+    def slot_key(self, slot):
+        """The public key a result's slot names (None: the pool's one key)."""
+        return self._slots.get(slot)
 
     @property
     def backlog(self):
@@ -212,6 +245,8 @@ class WorkerPool:
             return
         self.workers[index] = protocol
         protocol.transport.write(self._key)
+        if self._keys_frame is not None:
+            protocol.transport.write(self._keys_frame)
 
     def submit(self, packets, token=None):
         """Queue *packets*: one packet, or whole packets laid end to end."""

@@ -217,15 +217,18 @@ def build_reply_surbs(count, route_for, own_key, expires_at, delays_for,
     """*count* fresh reply blocks to *own_key*: a list of (ReplySurb to hand
     out, SurbKeys to keep). *route_for()* gives a route (three mixnodes and
     the builder's gateway), *delays_for(n)* its n delays in nanoseconds;
-    each block has its own route, delays and random identifier."""
+    each block has its own route, delays and random identifier.
+    *expires_at* is Unix seconds, or a callable giving them for a route
+    (a block expires with the first key of its route to retire)."""
     out = []
     for _ in range(count):
         route = route_for()
+        expires = expires_at(route) if callable(expires_at) else expires_at
         identifier = bytes(IDENTIFIER_SIZE)
         while not any(identifier):
             identifier = randbytes(IDENTIFIER_SIZE)
         surb, keys = build_surb(route, own_key, identifier, delays_for(len(route)), randbytes)
-        out.append((ReplySurb(int(expires_at), surb), keys))
+        out.append((ReplySurb(int(expires), surb), keys))
     return out
 
 

@@ -114,14 +114,22 @@ def merge(documents, threshold, now, skew=MAX_CLOCK_SKEW):
     for signed in chosen.values():
         p = signed.presence
         key = p.sphinx_key_at(now)
+        # the next key, while it is still ahead: the topology switches to
+        # it at its start (Topology.at), and reply blocks expire then
+        ahead = p.next_sphinx_key is not None and now < p.next_key_from
+        rotation = dict(next_key=p.next_sphinx_key, next_key_from=p.next_key_from) \
+            if ahead else {}
         if p.kind == "mixnode":
             mixnodes.append(MixNodeInfo(p.host, key, p.layer, p.timestamp, p.version,
-                                        identity_key=signed.identity_key))
+                                        identity_key=signed.identity_key, **rotation))
         else:
             clients = tuple(c for c in signed.clients or () if c not in ambiguous)
-            gateways.append(GatewayInfo(p.host, p.client_listener, key, clients,
+            # a gateway keeps its name (pubKey); its Sphinx key rotates beside it
+            gateways.append(GatewayInfo(p.host, p.client_listener, p.sphinx_key, clients,
                                         p.timestamp, p.version,
-                                        identity_key=signed.identity_key))
+                                        identity_key=signed.identity_key,
+                                        sphinx_key=key if key != p.sphinx_key else None,
+                                        **rotation))
     # raw key bytes break ties: base58 of thousands of keys is slow
     mixnodes.sort(key=lambda n: (n.layer, str(n.address), n.public_key))
     gateways.sort(key=lambda n: (str(n.address), n.public_key))
@@ -136,8 +144,13 @@ class TrustedDirectories:
     threshold: int
     skew: int = MAX_CLOCK_SKEW
     max_lifetime: int = MAX_DOCUMENT_LIFETIME
+    #: a nymtx.trust.serials.SerialFile: the serials of the documents held
+    #: survive a restart, so an older one is refused after it too
+    store: object = None
     _held: dict = attrs.field(factory=dict, init=False)
     _cache: PresenceCache = attrs.field(factory=PresenceCache, init=False)
+    # directory key -> the serial held before the restart (store.load())
+    _floors: dict = attrs.field(factory=dict, init=False)
 
     log = Logger()
 
@@ -145,6 +158,8 @@ class TrustedDirectories:
         if not 1 <= self.threshold <= len(self.pinned):
             raise ValueError(f"the threshold must be in 1..{len(self.pinned)} "
                              f"(the pinned directories), not {self.threshold}")
+        if self.store is not None:
+            self._floors = {k: v for k, v in self.store.load().items() if k in self.pinned}
 
     @classmethod
     def from_config(cls, keys, threshold=None, field="directory_keys"):
@@ -199,6 +214,10 @@ class TrustedDirectories:
             raise DocumentError(f"directory {name}'s topology is valid for longer than "
                                 f"{self.max_lifetime / NS:.0f} s, or not at all")
         held = self._held.get(d.directory_key)
+        floor = self._floors.get(d.directory_key)
+        if held is None and floor is not None and d.serial < floor:
+            raise DocumentError(f"directory {name}'s topology has serial {d.serial}, older"
+                                f" than the one held before the restart ({floor})")
         if held is not None:
             if d.serial < held.document.serial:
                 raise DocumentError(f"directory {name}'s topology has serial {d.serial}, "
@@ -213,6 +232,9 @@ class TrustedDirectories:
                           "does not verify; not using it", name=name, list=list_name,
                           index=index)
         self._held[d.directory_key] = signed
+        if self.store is not None:
+            self.store.save({**self._floors, **{k: h.document.serial
+                                                for k, h in self._held.items()}})
         return signed
 
     def current(self, now):

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from nymtx.directory.client import DirectoryError
 from nymtx.interfaces import IDirectoryClient
-from nymtx.keys import decode_key, encode_key
+from nymtx.keys import KeyFormatError, decode_key, encode_key
 from nymtx.trust.agreement import NoAgreement
 from nymtx.trust.document import DocumentError
 from nymtx.trust.metrics import sign_metrics
@@ -231,7 +231,8 @@ class SigningDirectoryClient:
     out signed by *identity* at the time of *clock*; reads pass through.
 
     *schedule*, a RotationSchedule, when given, chooses the Sphinx key
-    announced as in use and the next one announced ahead.
+    announced as in use (a mixnode's pubKey; a gateway's sphinxKey, its
+    pubKey staying its name) and the next one announced ahead.
     """
 
     directory: object
@@ -248,9 +249,19 @@ class SigningDirectoryClient:
         rotation = {}
         if self.schedule is not None:
             key, start = self.schedule.announced(now)
-            presence = dict(presence, pubKey=encode_key(self.schedule.in_use(now)))
+            in_use = self.schedule.in_use(now)
+            if role == ROLE_GATEWAY:
+                # a gateway's pubKey is its name: the key in use goes beside it
+                try:
+                    name = decode_key(presence.get("pubKey"))
+                except (KeyFormatError, TypeError):
+                    name = None  # refused below, by sign_seed_presence's checks
+                if in_use != name:
+                    rotation["gateway_sphinx_key"] = in_use
+            else:
+                presence = dict(presence, pubKey=encode_key(in_use))
             if key is not None:
-                rotation = {"next_sphinx_key": key, "next_key_from": start}
+                rotation.update(next_sphinx_key=key, next_key_from=start)
         try:
             return sign_seed_presence(self.identity, role, presence, now,
                                       lifetime=self.lifetime, **rotation).to_json()

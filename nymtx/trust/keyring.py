@@ -1,5 +1,7 @@
-"""A mixnode's rotating Sphinx keys: the RotationSchedule wired to the
-keys it decrypts with, one persisted replay cache per key.
+"""A node's rotating Sphinx keys: the RotationSchedule wired to the keys
+it decrypts with, one persisted replay cache per key (a mixnode's, and a
+gateway's final-hop keys: ``keep_first`` keeps a gateway's original key,
+its name, accepted for good).
 
 ``SphinxKeyring(clock, folder, first, first_replays, interval, lead)``:
 
@@ -16,10 +18,12 @@ keys it decrypts with, one persisted replay cache per key.
   after its start, and at least *lead* from now), and retires keys whose
   overlap has passed (their files go: nothing can decrypt for them any
   more);
-- ``process(packet)`` tries each accepted key, the one in use first: a
-  header MAC that fails is "not this key", anything else is the packet's
-  fault. Each key has its own replay cache, so the same packet under two
-  keys is two different shared secrets anyway.
+- ``process(packet, unwrap)`` tries each accepted key, the one in use
+  first: a header MAC that fails is "not this key", anything else is the
+  packet's fault. Each key has its own replay cache, so the same packet
+  under two keys is two different shared secrets anyway;
+- ``on_change(held())`` is called when a key is added or retired or the
+  key in use changes: a mixnode's worker processes are told their keys.
 
 docs/trust.md, "Key rotation", specifies the files and the timing.
 """
@@ -60,7 +64,7 @@ class SphinxKeyring:
 
     def __init__(self, clock, folder, first, first_replays, interval=DEFAULT_INTERVAL,
                  lead=DEFAULT_LEAD, overlap=DEFAULT_OVERLAP, capacity=1 << 20,
-                 generate=KeyPair.generate):
+                 generate=KeyPair.generate, keep_first=False):
         if not 0 < lead < interval:
             raise ValueError("the lead must be positive and shorter than the interval")
         if overlap >= interval:
@@ -74,6 +78,13 @@ class SphinxKeyring:
         self._replays = {first.public_key: first_replays}
         self._starts = {first.public_key: 0}
         self._first = first.public_key
+        #: a gateway's original key is its name, and the only key a seed
+        #: reader of the topology knows (pubKey): it is never retired
+        self.keep_first = keep_first
+        #: called with held() whenever a key is added or retired or the key
+        #: in use changes: a mixnode's worker processes follow its keys
+        self.on_change = None
+        self._told = None
         periods = [KeyPeriod(first.public_key, 0)]
         self._load(periods)
         self.schedule = RotationSchedule(periods, overlap)
@@ -124,8 +135,16 @@ class SphinxKeyring:
             base = last.start if last.start else now  # the first key: from now
             self._make(max(base + self.interval, now + self.lead))
         for retired in self.schedule.retired(now):
+            if retired == self._first and self.keep_first:
+                continue
             self._retire(retired)
-        return self.schedule.in_use(now)
+        in_use = self.schedule.in_use(now)
+        if self.on_change is not None:
+            state = (in_use, frozenset(self._keys))
+            if state != self._told:
+                self._told = state
+                self.on_change(self.held(now))
+        return in_use
 
     def _make(self, start):
         keys = self._generate()
@@ -167,17 +186,31 @@ class SphinxKeyring:
 
     def accepted(self, now=None):
         now = self._now() if now is None else now
-        return [k for k in self.schedule.accepted(now) if k in self._keys]
+        keys = [k for k in self.schedule.accepted(now) if k in self._keys]
+        if self.keep_first and self._first not in keys:
+            keys.append(self._first)  # last: only seed readers still use it
+        return keys
+
+    def held(self, now=None):
+        """``[(public, private), ...]`` of every key held, the accepted ones
+        first in the order they are tried (what worker processes are told)."""
+        order = self.accepted(now)
+        order += [k for k in self._keys if k not in order]
+        return [(k, self._keys[k].private_key) for k in order]
+
+    def replay_cache(self, public_key):
+        """The replay cache of *public_key*, or None once it is retired."""
+        return self._replays.get(public_key)
 
     # -- packets ----------------------------------------------------------
 
-    def process(self, packet):
-        """process_packet with each accepted key; the last HeaderMacError if none fits."""
+    def process(self, packet, unwrap=process_packet):
+        """*unwrap* (process_packet, or the gateway's process_gateway_packet)
+        with each accepted key; the last HeaderMacError if none fits."""
         error = None
         for public in self.accepted():
             try:
-                return process_packet(self._keys[public].private_key, packet,
-                                      self._replays[public])
+                return unwrap(self._keys[public].private_key, packet, self._replays[public])
             except HeaderMacError as e:
                 error = e
         raise error if error is not None else HeaderMacError("no Sphinx key is accepted")
@@ -193,18 +226,28 @@ class SphinxKeyring:
 KEYRING_FOLDER = "sphinx_keys"
 
 
+def rotation_timing(interval):
+    """(lead, overlap) for keys used *interval* ns each: an hour's notice
+    and 30 min of overlap, less for intervals too short to hold them."""
+    return min(DEFAULT_LEAD, interval // 4), min(DEFAULT_OVERLAP, interval // 2)
+
+
 def enable_rotation(service, data_dir, clock, interval, lead=None):
-    """Rotate *service*'s (a MixnodeService's) Sphinx key every *interval*
-    ns: its node decrypts with the keyring, and its SigningDirectoryClient
-    announces the keyring's keys. Returns the keyring; KeyringError if the
-    folder is unusable."""
+    """Rotate *service*'s (a MixnodeService's or a Gateway's) Sphinx key
+    every *interval* ns: its node (or final-hop handler) decrypts with the
+    keyring, and its SigningDirectoryClient announces the keyring's keys.
+    A gateway's original key stays accepted (it is its name, and seed
+    readers' only key). Returns the keyring; KeyringError if the folder is
+    unusable."""
+    default_lead, overlap = rotation_timing(interval)
     if lead is None:
-        lead = min(DEFAULT_LEAD, interval // 4)
-    overlap = min(DEFAULT_OVERLAP, interval // 2)
+        lead = default_lead
+    gateway = getattr(service, "handler", None)
+    target = gateway if gateway is not None else service.node
     keyring = SphinxKeyring(clock, os.path.join(str(data_dir), KEYRING_FOLDER),
-                            service.keys, service.node.replay_cache, interval=interval,
-                            lead=lead, overlap=overlap)
-    service.node.keyring = keyring
+                            service.keys, target.replay_cache, interval=interval,
+                            lead=lead, overlap=overlap, keep_first=gateway is not None)
+    target.keyring = keyring
     directory = service.directory
     if directory is not None and hasattr(directory, "schedule"):
         directory.schedule = keyring

@@ -86,6 +86,10 @@ class Presence:
     clients_count: int = attrs.field(default=0)
     next_sphinx_key: bytes | None = attrs.field(default=None)
     next_key_from: int = attrs.field(default=0, validator=_u64)
+    #: a gateway's Sphinx key in use when it is not ``sphinx_key``: a
+    #: gateway's ``pubKey`` stays its name (its clients' addresses, its
+    #: Noise key), and the keys it rotates are announced beside it
+    gateway_sphinx_key: bytes | None = attrs.field(default=None)
     # signed_bytes(), built once: documents and merges ask for it often
     _bytes: bytes = attrs.field(init=False, eq=False, repr=False, default=b"")
 
@@ -101,7 +105,16 @@ class Presence:
             raise ValueError("clients_count out of range")
         if (self.next_sphinx_key is None) != (self.next_key_from == 0):
             raise ValueError("next_sphinx_key and next_key_from go together")
-        if self.next_sphinx_key == self.sphinx_key:
+        if self.gateway_sphinx_key is not None:
+            if not gateway:
+                raise ValueError("only a gateway announces a Sphinx key beside its pubKey")
+            if not isinstance(self.gateway_sphinx_key, bytes) \
+                    or len(self.gateway_sphinx_key) != KEY_SIZE:
+                raise ValueError("gateway_sphinx_key must be 32 bytes")
+            if self.gateway_sphinx_key == self.sphinx_key:
+                raise ValueError("gateway_sphinx_key is the pubKey: leave it out")
+        if self.next_sphinx_key is not None and self.next_sphinx_key in (
+                self.sphinx_key, self.gateway_sphinx_key):
             raise ValueError("the next Sphinx key must differ from the current one")
         for text in (self.version, self.location):
             if len(text.encode("utf-8")) > 0xFFFF:
@@ -133,6 +146,9 @@ class Presence:
             struct.pack(">I", self.clients_count),
             struct.pack(">H", len(version)), version,
             struct.pack(">H", len(location)), location,
+            # a gateway's rotated key in use, only when it has one: every
+            # presence without it keeps the bytes it always had
+            self.gateway_sphinx_key or b"",
         ])
 
     def content(self):
@@ -148,11 +164,19 @@ class Presence:
         directories held its new list.
         """
         b = self._bytes
-        return b[16:146] + b[162:202]
+        return b[16:146] + b[162:202] + (self.gateway_sphinx_key or b"")
+
+    @property
+    def key_in_use(self):
+        """The Sphinx key packets for this node are built with until
+        ``next_key_from``: ``sphinx_key``, or a gateway's rotated key."""
+        return self.gateway_sphinx_key or self.sphinx_key
 
     def sphinx_keys(self):
-        """The Sphinx keys this presence claims: current, and next if announced."""
-        return (self.sphinx_key,) + ((self.next_sphinx_key,) if self.next_sphinx_key else ())
+        """The Sphinx keys this presence claims: pubKey, a gateway's key in
+        use, and the next if announced."""
+        return (self.sphinx_key,) + tuple(
+            k for k in (self.gateway_sphinx_key, self.next_sphinx_key) if k)
 
     def addresses(self):
         """The listeners this presence claims."""
@@ -164,7 +188,7 @@ class Presence:
         """The key a sender uses at *now*: the next one once its time has come."""
         if self.next_sphinx_key is not None and now >= self.next_key_from:
             return self.next_sphinx_key
-        return self.sphinx_key
+        return self.key_in_use
 
     def sign(self, identity, clients=None):
         """This presence signed by *identity* (whose public key it must name)."""
@@ -176,7 +200,7 @@ class Presence:
 def make_presence(identity, role, sphinx_key, host, timestamp, version, *, layer=0,
                   client_listener=None, clients=None, location="",
                   lifetime=DEFAULT_PRESENCE_LIFETIME, next_sphinx_key=None,
-                  next_key_from=0):
+                  next_key_from=0, gateway_sphinx_key=None):
     """A node's SignedPresence (what a mixnode or gateway announces)."""
     if isinstance(host, str):
         host = NodeAddress.parse(host)
@@ -193,12 +217,12 @@ def make_presence(identity, role, sphinx_key, host, timestamp, version, *, layer
         host=host, timestamp=timestamp, expires=timestamp + lifetime, version=version,
         location=location, client_listener=client_listener, clients_digest=digest,
         clients_count=count or 0, next_sphinx_key=next_sphinx_key,
-        next_key_from=next_key_from)
+        next_key_from=next_key_from, gateway_sphinx_key=gateway_sphinx_key)
     return presence.sign(identity, clients)
 
 
 def sign_seed_presence(identity, role, entry, now, *, lifetime=DEFAULT_PRESENCE_LIFETIME,
-                       next_sphinx_key=None, next_key_from=0):
+                       next_sphinx_key=None, next_key_from=0, gateway_sphinx_key=None):
     """A node's seed presence dict (what MixNode/Gateway ``presence()``
     build) signed by *identity* at *now* (Unix ns): what it then announces
     is ``sign_seed_presence(...).to_json()``.
@@ -216,6 +240,7 @@ def sign_seed_presence(identity, role, entry, now, *, lifetime=DEFAULT_PRESENCE_
     else:
         extra["client_listener"] = fields["clientListener"]
         extra["clients"] = [decode_key(c["pubKey"]) for c in fields["registeredClients"]]
+        extra["gateway_sphinx_key"] = gateway_sphinx_key
     return make_presence(identity, role, decode_key(fields["pubKey"]), fields["host"], now,
                          fields["version"], location=fields.get("location", ""),
                          lifetime=lifetime, next_sphinx_key=next_sphinx_key,
@@ -272,6 +297,8 @@ class SignedPresence:
         out["identityKey"] = encode_b58(p.identity_key)
         out["timestamp"] = p.timestamp
         out["expires"] = p.expires
+        if p.gateway_sphinx_key is not None:
+            out["sphinxKey"] = encode_key(p.gateway_sphinx_key)
         if p.next_sphinx_key is not None:
             out["nextPubKey"] = encode_key(p.next_sphinx_key)
             out["nextPubKeyFrom"] = p.next_key_from
@@ -322,13 +349,15 @@ def _parse(data, role, verify=True):
                             f"{MAX_PRESENCE_LIFETIME // NS} s after it")
     next_key, next_from = _next_key(data)
     sphinx_key = decode_key(entry["pubKey"])
-    if next_key == sphinx_key:
-        raise PresenceError("nextPubKey", "is the current pubKey")
+    gateway_key = _gateway_sphinx_key(data, role, sphinx_key)
+    if next_key is not None and next_key in (sphinx_key, gateway_key):
+        raise PresenceError("nextPubKey", "is the current pubKey"
+                            if next_key == sphinx_key else "is the current sphinxKey")
     fields = dict(
         role=role, identity_key=identity, sphinx_key=sphinx_key,
         host=NodeAddress.parse(entry["host"]), timestamp=timestamp, expires=expires,
         version=entry["version"], location=entry.get("location", ""),
-        next_sphinx_key=next_key, next_key_from=next_from)
+        next_sphinx_key=next_key, next_key_from=next_from, gateway_sphinx_key=gateway_key)
     clients = None
     if role == ROLE_MIXNODE:
         fields["layer"] = entry["layer"]
@@ -387,6 +416,25 @@ def _u64_field(data, field):
     if not 0 <= value <= MAX_U64:
         raise PresenceError(field, f"{value} is out of range 0..2**64-1")
     return value
+
+
+def _gateway_sphinx_key(data, role, pub_key):
+    """A gateway's ``sphinxKey`` (its rotated Sphinx key in use), or None."""
+    value = data.get("sphinxKey")
+    if value is None:
+        return None
+    if role != ROLE_GATEWAY:
+        raise PresenceError("sphinxKey", "only a gateway announces a Sphinx key beside its"
+                            " pubKey")
+    if not isinstance(value, str):
+        raise PresenceError("sphinxKey", "must be a string")
+    try:
+        raw = decode_key(value)
+    except KeyFormatError as e:
+        raise PresenceError("sphinxKey", str(e))
+    if raw == pub_key:
+        raise PresenceError("sphinxKey", "is the pubKey: a gateway leaves it out then")
+    return raw
 
 
 def _next_key(data):

@@ -59,7 +59,23 @@ def build():
         ("topology signature", document.signature.hex()),
         ("metrics signed bytes", metrics().metrics.signed_bytes().hex()),
         ("metrics signature", metrics().signature.hex()),
+        ("rotated gateway sphinxKey", rotated_gateway().to_json()["sphinxKey"]),
+        ("rotated gateway presence signed bytes",
+         rotated_gateway().presence.signed_bytes().hex()),
+        ("rotated gateway presence signature", rotated_gateway().signature.hex()),
     ]
+
+
+def rotated_gateway():
+    """The gateway after its first rotation: pubKey stays its name, the key
+    in use (sphinxKey) and the next are announced beside it."""
+    return make_presence(IdentityKey.from_seed(_seed(2)), ROLE_GATEWAY,
+                         KeyPair.from_private(_seed(5)).public_key, "[::1]:1790", T0 + 4,
+                         "0.5.0", client_listener="[::1]:9000",
+                         clients=[KeyPair.from_private(_seed(7)).public_key],
+                         gateway_sphinx_key=KeyPair.from_private(_seed(8)).public_key,
+                         next_sphinx_key=KeyPair.from_private(_seed(9)).public_key,
+                         next_key_from=T0 + 86400 * 10 ** 9)
 
 
 def metrics():

@@ -151,15 +151,17 @@ def node_directory(reactor, urls, identity, keys=(), threshold=0):
     return SigningDirectoryClient(inner, identity, reactor)
 
 
-def client_directory(reactor, urls, keys=(), threshold=0, treq=None):
+def client_directory(reactor, urls, keys=(), threshold=0, treq=None, serials=None):
     """The client's IDirectoryClient: a DirectoryClient for one unpinned
-    directory, else a TrustedDirectoryClient over all of *urls*."""
+    directory, else a TrustedDirectoryClient over all of *urls*; with
+    *serials* (a file path) the serials of the documents it held survive
+    a restart (nymtx.trust.serials)."""
     if not keys:
         if len(urls) != 1:
             raise ConfigError("several directories need their keys pinned (directory_keys):"
                               " a client cannot tell which of them to believe otherwise")
         return _plain(urls[0], reactor, treq)
-    return _trusted(reactor, urls, keys, threshold, treq)
+    return _trusted(reactor, urls, keys, threshold, treq, serials)
 
 
 class _FirstAnswers:
@@ -180,7 +182,7 @@ def _plain(url, reactor, treq=None):
     return DirectoryClient(url, reactor=reactor, **extra)
 
 
-def _trusted(reactor, urls, keys, threshold, treq=None):
+def _trusted(reactor, urls, keys, threshold, treq=None, serials=None):
     from nymtx.trust.agreement import TrustedDirectories
     from nymtx.trust.client import TrustedDirectoryClient
     if keys:
@@ -188,6 +190,10 @@ def _trusted(reactor, urls, keys, threshold, treq=None):
             trust = TrustedDirectories.from_config(list(keys), threshold or None)
         except ValueError as e:
             raise ConfigError(str(e))
+        if serials is not None:
+            from nymtx.trust.serials import SerialFile
+            trust = TrustedDirectories(trust.pinned, trust.threshold,
+                                       store=SerialFile(serials))
         if trust.threshold > len(urls):
             raise ConfigError(f"directory_threshold {trust.threshold} needs at least as many"
                               f" directories; {len(urls)} given")
