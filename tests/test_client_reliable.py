@@ -773,7 +773,11 @@ class OnALocalNetwork(TestCase):
 
         fast = dict(average_packet_delay=5, loop_cover_traffic_average_delay=100,
                     message_sending_average_delay=10, fetch_message_delay=50,
-                    average_ack_delay=5, ack_wait_addition=100, maximum_retransmissions=2)
+                    average_ack_delay=5, maximum_retransmissions=2,
+                    # nym's addition (1.5 s): with 100 ms a loaded machine
+                    # let the last retry time out while its acks were on
+                    # the way, and the message "failed" though it arrived
+                    ack_wait_addition=1500)
 
         async def run():
             home = self.mktemp()
@@ -800,12 +804,8 @@ class OnALocalNetwork(TestCase):
             self.assertEqual(got, [b"once " * 300])
             [r] = result
             fragments = 3  # 1501 bytes: 3 fragments of 548
-            if r == DELIVERED:
-                self.assertLessEqual(alice.core.sent_retries, 2 * fragments)
-            else:
-                r.trap(DeliveryFailed)
-                self.assertEqual(alice.core.acks_received, 0)
-                # every fragment went 1 + 2 times, no more
-                self.assertEqual(alice.core.sent_retries, 2 * fragments)
+            self.assertEqual(r, DELIVERED)
+            # retries are capped: every fragment went at most 1 + 2 times
+            self.assertLessEqual(alice.core.sent_retries, 2 * fragments)
             self.assertEqual(alice.core.unacknowledged, 0)
         return Deferred.fromCoroutine(run())
