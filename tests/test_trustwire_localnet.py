@@ -6,6 +6,8 @@ the real nodes only and mail flows. Real sockets throughout."""
 import json
 import sys
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -56,12 +58,31 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(options["directories"], 3)
         for argv, why in [(["--directories", "0"], "1 to 9"),
                           (["--directories", "x"], "whole number"),
-                          (["--directories", "3", "--netns"], "not with --netns"),
                           (["--directories", "3", "--node", "directory-4", "--base-port",
                             "36500"], "not a node")]:
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
                                   argv + ["--home", self.mktemp()])
             self.assertIn(why, str(e))
+
+    def test_with_netns_and_plain_links(self):
+        options = tap.Options()
+        options.parseOptions(["--directories", "3", "--netns", "--home", self.mktemp()])
+        self.assertEqual((options["directories"], options["insecure-links"]), (3, False))
+        options = tap.Options()
+        options.parseOptions(["--insecure-links", "--home", self.mktemp()])
+        self.assertTrue(options["insecure-links"])
+
+    def test_a_netns_plan_lists_its_directories_already(self):
+        from nymtx.localnet.netns import encode_plan
+        nodes = [attrs.evolve(n, host=f"10.231.7.{10 + i}")
+                 for i, n in enumerate(more_directories(plan(1, 1, 0), 3))]
+        options = tap.Options()
+        options.parseOptions(["--netns-plan", encode_plan(nodes, Timing()), "--node",
+                              "directory-3", "--directories", "3", "--home", self.mktemp()])
+        self.assertEqual(options["directories"], 3)
+        # and the network of that node does not add them again
+        self.assertEqual(more_directories(options["plan"], 3), nodes)
+        self.assertRaises(LocalNetError, more_directories, nodes, 2)
 
     def test_a_child_of_processes_may_be_an_extra_directory(self):
         options = tap.Options()

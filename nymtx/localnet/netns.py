@@ -365,9 +365,11 @@ class NetnsNetwork(ProcessNetwork):
     there and announces its namespace's address.
     """
 
-    def __init__(self, reactor, home, nodes, clients=(), timing=Timing(), log_level=None):
+    def __init__(self, reactor, home, nodes, clients=(), timing=Timing(), log_level=None,
+                 directories=1, secure=True):
         super().__init__(reactor, {"plan": list(nodes), "home": str(home),
-                                   "log-level": log_level})
+                                   "log-level": log_level, "directories": directories,
+                                   "insecure-links": not secure})
         self.clients = list(clients)
         self.timing = timing
         self.run = None
@@ -384,7 +386,8 @@ class NetnsNetwork(ProcessNetwork):
         return self.run.exec_args(node.name) + [
             sys.executable, "-m", "nymtx.localnet", "--node", node.name,
             "--home", self.options["home"],
-            "--netns-plan", encode_plan(self.nodes, self.timing)] + self._log_level()
+            "--netns-plan", encode_plan(self.nodes, self.timing),
+            "--directories", str(self.directories)] + self._flags()
 
     def _in_thread(self, f, *args):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -395,6 +398,8 @@ class NetnsNetwork(ProcessNetwork):
         self.nodes = place(self.nodes, self.run)
         directory = self.nodes[0]
         self.directory_url = f"http://{directory.host}:{directory.port}"
+        self.directory_urls = {n.name: f"http://{n.host}:{n.port}" for n in self.nodes
+                               if n.kind == "directory"}
         return await super().start()
 
     def stopService(self):
