@@ -275,3 +275,33 @@ async def main(reactor, home):
 
 react(lambda reactor: Deferred.fromCoroutine(main(reactor, sys.argv[1])))
 """
+
+
+class OneNodeTests(TestCase):
+    """A node of --processes restarted while another node is down never
+    holds a topology listing every node: it runs all the same (no READY
+    line for a parent no longer waiting), instead of exiting."""
+
+    timeout = 60
+
+    def test_a_node_whose_peers_are_down_still_runs(self):
+        return Deferred.fromCoroutine(self._scenario())
+
+    async def _scenario(self):
+        home = self.mktemp()
+        nodes = plan(1, 1, free_ports(7))
+        directory = LocalNetwork(reactor, home, nodes, TIMING, only="directory")
+        directory.startService()
+        self.addCleanup(directory.stopService)
+        await directory.whenReady()
+        self.assertIsNone(directory.links_ready)  # a directory has no links
+        node = LocalNetwork(reactor, home, nodes, TIMING, only="mix-2-1")
+        node.links_timeout = 1.0
+        node.startService()
+        self.addCleanup(node.stopService)
+        await node.whenReady()
+        self.assertIs(node.links_ready, False)
+        self.assertTrue(node.node_services["mix-2-1"].running)
+        # it knows itself, once its own presence is signed, and no one else
+        self.assertLessEqual(set(node.authorities["mix-2-1"].peers),
+                             {NodeAddress("127.0.0.1", nodes[2].port)})

@@ -82,6 +82,10 @@ class LocalNetwork(MultiService):
         self.signed = secure or directories > 1
         #: node name -> its LinkAuthority (mix links on)
         self.authorities = {}
+        #: with *only* a mixnode or gateway and mix links on: whether it came
+        #: to know every node of the plan at start
+        self.links_ready = None
+        self.links_timeout = 60.0
         self.directory_urls = {}
         self.timing = timing
         self.only = only
@@ -181,8 +185,15 @@ class LocalNetwork(MultiService):
                 self.log.info("local network ready: {line}", line=line)
         elif self.secure and self.nodes[self.only].kind != "directory":
             # a node of --processes or --netns: ready once it knows every
-            # node of the plan (the parent waits for each to say so)
-            await self.wait_for_links(timeout=60.0)
+            # node of the plan (the parent waits for each to say so). A node
+            # restarted while another is down never will: it runs on all
+            # the same (its parent is not waiting any more), and says so
+            try:
+                await self.wait_for_links(timeout=self.links_timeout)
+                self.links_ready = True
+            except LocalNetError as e:
+                self.log.warn("{node} runs, but: {why}", node=self.only, why=str(e))
+                self.links_ready = False
         return self.directory_url
 
     def whenReady(self):

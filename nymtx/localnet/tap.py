@@ -220,7 +220,7 @@ def main(argv=None):
                                secure=not options["insecure-links"])
 
         def ready(_):
-            if network.secure and network.nodes[options["node"]].kind != "directory":
+            if network.links_ready:
                 # the parent's cue (taken, not shown): this node knows every other
                 print(READY_LINE, flush=True)
 
