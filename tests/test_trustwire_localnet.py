@@ -72,6 +72,19 @@ class OptionTests(SynchronousTestCase):
         options.parseOptions(["--insecure-links", "--home", self.mktemp()])
         self.assertTrue(options["insecure-links"])
 
+    def test_insecure_links_reach_every_runner(self):
+        from nymtx.localnet.processes import ProcessNetwork
+        for argv, secure in ((["--insecure-links"], False), ([], True)):
+            options = tap.Options()
+            options.parseOptions(argv + ["--base-port", "36500", "--home", self.mktemp()])
+            network = tap.makeService(options, reactor=reactor, exit_with=lambda code: None)
+            self.assertEqual((network.secure, network.signed), (secure, secure))
+            children = ProcessNetwork(reactor, options)
+            self.assertEqual(children.secure, secure)
+            command = children._command(children.nodes[1])
+            self.assertEqual("--insecure-links" in command, not secure)
+            self.assertEqual(command[command.index("--directories") + 1], "1")
+
     def test_a_netns_plan_lists_its_directories_already(self):
         from nymtx.localnet.netns import encode_plan
         nodes = [attrs.evolve(n, host=f"10.231.7.{10 + i}")
