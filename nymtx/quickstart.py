@@ -33,16 +33,23 @@ def say(text=""):
     print(text, flush=True)
 
 
-async def client_config(reactor, root, name, directory_url, port, say=say):
+async def client_config(reactor, root, name, directory_url, port, say=say, network=None):
+    # the client pins the network's directory keys (a signed network)
+    trust = {}
+    if network is not None and network.signed:
+        from nymtx.trust.localnet import client_settings
+        trust = client_settings(network)
+        directory_url = trust.pop("directory_url")
     if not is_initialised(root, name):
         say(f"Initialising {name}: keys, and registration at the gateway …")
         config = await init_client(reactor, root, name, directory_url,
-                                   socket_type="websocket", port=port)
+                                   socket_type="websocket", port=port, **trust)
     else:
         config = ClientConfig.load(root, name)
-    # The network's directory may have moved since the client was made.
+    # The network's directory may have moved since the client was made (and
+    # a client made before the network signed pins its key from now on).
     return config.evolve(directory_server=directory_url, socket_type="WebSocket",
-                         listening_port=port)
+                         listening_port=port, **trust)
 
 
 class QuickStart(MultiService):
@@ -72,7 +79,8 @@ class QuickStart(MultiService):
 
         configs = {}
         for name, port in (("Alice", args.alice_port), ("Bob", args.bob_port)):
-            config = await client_config(reactor, args.home, name, directory_url, port, say)
+            config = await client_config(reactor, args.home, name, directory_url, port, say,
+                                         self.network)
             configs[name] = config.evolve(**self.client_settings)
         await self.network.wait_for_clients(
             [c.load_keys().public_key for c in configs.values()])

@@ -122,9 +122,9 @@ class NetnsNetworkTests(TestCase):
     skip = UNAVAILABLE
     timeout = 120
 
-    async def _network(self, nodes, clients=()):
+    async def _network(self, nodes, clients=(), **options):
         home = os.path.abspath(self.mktemp())
-        network = NetnsNetwork(reactor, home, nodes, clients=clients, timing=TIMING)
+        network = NetnsNetwork(reactor, home, nodes, clients=clients, timing=TIMING, **options)
         network.startService()
         self.addCleanup(self._gone, network)
         self.addCleanup(network.stopService)
@@ -173,6 +173,14 @@ class NetnsNetworkTests(TestCase):
             "--announce-host", address["mix-cli"], "--directory", network.directory_url,
             "--home", home], "mix-cli init")
         self.assertEqual(await init.ended, 0, init.err.decode())
+        # the network's nodes speak mix links: this one pins the directory's
+        # key too, as its operator would in config.toml (docs/mix-link.md)
+        from nymtx.mixnode.config import config_path, load_config
+        from nymtx.trust.localnet import directory_keys
+        config = load_config("cli", home)
+        config = attrs.evolve(config, debug=dict(config.debug,
+                                                 directory_keys=tuple(directory_keys(network))))
+        config.save(config_path("cli", home))
         spawn(self, run.exec_args("mix-cli") + python + [
             "nymtx.mixnode.cli", "run", "--id", "cli", "--home", home], "mix-cli")
 
@@ -224,6 +232,64 @@ class NetnsNetworkTests(TestCase):
         # the client API is the one thing on 127.0.0.1, in its own namespace
         self.assertEqual(listening(run, "alice"), ["127.0.0.1:9001"])
         self.assertEqual(listening(run, "bob"), ["127.0.0.1:9001"])
+
+    @coroutine
+    async def test_three_directories_one_stopped(self):
+        from nymtx.trust.document import parse_document
+        from nymtx.trust.localnet import client_settings, directory_identity
+        home, network, topology = await self._network(plan(1, 1, 0), ["alice", "bob"],
+                                                      directories=3)
+        run = network.run
+        # each directory on its own host, signing with its own key, listing every node
+        names = ["directory", "directory-2", "directory-3"]
+        self.assertEqual(list(network.directory_urls), names)
+        for name in names:
+            address = run.hosts[name].address
+            self.assertEqual(network.directory_urls[name], f"http://{address}:8080")
+            self.assertEqual(listening(run, name), [f"{address}:8080"])
+            reader = DirectoryClient(network.directory_urls[name], reactor=reactor)
+            self.addCleanup(reader.close)
+            for _ in range(100):
+                document = parse_document(await reader.get_topology_json(compact=True))
+                d = document.document
+                if (len(d.mixnodes), len(d.gateways)) == (3, 1):
+                    break
+                await sleep(0.1)
+            self.assertEqual((len(d.mixnodes), len(d.gateways)), (3, 1), name)
+            self.assertEqual(d.directory_key, directory_identity(network, name).public_key)
+        self.assertEqual(await network.kill("directory-3"), "signal 9")
+
+        # Alice and Bob pin all three, two of which answer
+        trust = client_settings(network)
+        pins = ["--directory", trust["directory_url"],
+                "--directories", ",".join(trust["more_directories"]),
+                "--directory-keys", ",".join(trust["directory_keys"])]
+        python = [sys.executable, "-m"]
+        for name in ("Alice", "Bob"):
+            init = spawn(self, run.exec_args(name.lower()) + python + [
+                "nymtx.client.cli", "init", "--id", name, "--home", home, *pins,
+                "--socket-type", "websocket", "--port", "9001"] + FAST, f"{name} init")
+            self.assertEqual(await init.ended, 0, init.err.decode())
+        keys = {name: ClientConfig.load(home, name).load_keys().public_key
+                for name in ("Alice", "Bob")}
+        self.assertEqual(list(ClientConfig.load(home, "Alice").directory_keys),
+                         trust["directory_keys"])
+        client_address = {name: encode_client_address(key) for name, key in keys.items()}
+        for name in keys:
+            spawn(self, run.exec_args(name.lower()) + python + [
+                "nymtx.client.cli", "run", "--id", name, "--home", home], name)
+        drivers = {}
+        for name, peer in (("Alice", "Bob"), ("Bob", "Alice")):
+            drivers[name] = spawn(self, run.exec_args(name.lower()) + python + [
+                "tests.netns_driver", "ws://127.0.0.1:9001/mix", client_address[peer], "5",
+                name], f"{name} driver")
+        results = {}
+        for name, child in drivers.items():
+            self.assertEqual(await child.ended, 0, child.err.decode())
+            results[name] = json.loads(child.out.decode().strip().splitlines()[-1])
+        for name, peer in (("Alice", "Bob"), ("Bob", "Alice")):
+            self.assertEqual(results[name]["errors"], [])
+            self.assertEqual(sorted(results[name]["received"]), sorted(results[peer]["sent"]))
 
     async def _command(self):
         """nym-localnet --netns as a command, once it has printed its JSON line."""

@@ -6,6 +6,8 @@ the real nodes only and mail flows. Real sockets throughout."""
 import json
 import sys
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -56,12 +58,44 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(options["directories"], 3)
         for argv, why in [(["--directories", "0"], "1 to 9"),
                           (["--directories", "x"], "whole number"),
-                          (["--directories", "3", "--netns"], "not with --netns"),
                           (["--directories", "3", "--node", "directory-4", "--base-port",
                             "36500"], "not a node")]:
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
                                   argv + ["--home", self.mktemp()])
             self.assertIn(why, str(e))
+
+    def test_with_netns_and_plain_links(self):
+        options = tap.Options()
+        options.parseOptions(["--directories", "3", "--netns", "--home", self.mktemp()])
+        self.assertEqual((options["directories"], options["insecure-links"]), (3, False))
+        options = tap.Options()
+        options.parseOptions(["--insecure-links", "--home", self.mktemp()])
+        self.assertTrue(options["insecure-links"])
+
+    def test_insecure_links_reach_every_runner(self):
+        from nymtx.localnet.processes import ProcessNetwork
+        for argv, secure in ((["--insecure-links"], False), ([], True)):
+            options = tap.Options()
+            options.parseOptions(argv + ["--base-port", "36500", "--home", self.mktemp()])
+            network = tap.makeService(options, reactor=reactor, exit_with=lambda code: None)
+            self.assertEqual((network.secure, network.signed), (secure, secure))
+            children = ProcessNetwork(reactor, options)
+            self.assertEqual(children.secure, secure)
+            command = children._command(children.nodes[1])
+            self.assertEqual("--insecure-links" in command, not secure)
+            self.assertEqual(command[command.index("--directories") + 1], "1")
+
+    def test_a_netns_plan_lists_its_directories_already(self):
+        from nymtx.localnet.netns import encode_plan
+        nodes = [attrs.evolve(n, host=f"10.231.7.{10 + i}")
+                 for i, n in enumerate(more_directories(plan(1, 1, 0), 3))]
+        options = tap.Options()
+        options.parseOptions(["--netns-plan", encode_plan(nodes, Timing()), "--node",
+                              "directory-3", "--directories", "3", "--home", self.mktemp()])
+        self.assertEqual(options["directories"], 3)
+        # and the network of that node does not add them again
+        self.assertEqual(more_directories(options["plan"], 3), nodes)
+        self.assertRaises(LocalNetError, more_directories, nodes, 2)
 
     def test_a_child_of_processes_may_be_an_extra_directory(self):
         options = tap.Options()

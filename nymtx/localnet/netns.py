@@ -6,8 +6,8 @@ on a /24 of 10.231.0.0/16 that no route of this machine uses yet:
 
 - the bridge ``nymtx<N>b`` holds ``10.231.<N>.1`` (so that this process can
   reach the hosts) and is the only link between them;
-- host *i* (the directory first, then the mixnodes, the gateways, the
-  clients) is the namespace ``nymtx-<N>-<name>`` with ``eth0`` at
+- host *i* (the directory first, then any further directories of
+  ``--directories N``, the mixnodes, the gateways, the clients) is the namespace ``nymtx-<N>-<name>`` with ``eth0`` at
   ``10.231.<N>.<10+i>`` and its own loopback, up;
 - no namespace has a default route, nothing is forwarded or NATed, and
   IPv6 is off on the bridge and every veth: IPv4 packets only go between
@@ -362,12 +362,16 @@ class NetnsNetwork(ProcessNetwork):
     stops the nodes and removes every namespace, veth and the bridge.
     *clients* names extra hosts with no node, for clients (``hosts``,
     ``exec_args``). A node's ``bind`` (e.g. ``0.0.0.0``) is kept: it listens
-    there and announces its namespace's address.
+    there and announces its namespace's address. *directories* and *secure*
+    are LocalNetwork's: N signing directories, each a host of its own, and
+    mix links unless *secure* is false (``--insecure-links``).
     """
 
-    def __init__(self, reactor, home, nodes, clients=(), timing=Timing(), log_level=None):
+    def __init__(self, reactor, home, nodes, clients=(), timing=Timing(), log_level=None,
+                 directories=1, secure=True):
         super().__init__(reactor, {"plan": list(nodes), "home": str(home),
-                                   "log-level": log_level})
+                                   "log-level": log_level, "directories": directories,
+                                   "insecure-links": not secure})
         self.clients = list(clients)
         self.timing = timing
         self.run = None
@@ -384,7 +388,8 @@ class NetnsNetwork(ProcessNetwork):
         return self.run.exec_args(node.name) + [
             sys.executable, "-m", "nymtx.localnet", "--node", node.name,
             "--home", self.options["home"],
-            "--netns-plan", encode_plan(self.nodes, self.timing)] + self._log_level()
+            "--netns-plan", encode_plan(self.nodes, self.timing),
+            "--directories", str(self.directories)] + self._flags()
 
     def _in_thread(self, f, *args):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -395,6 +400,8 @@ class NetnsNetwork(ProcessNetwork):
         self.nodes = place(self.nodes, self.run)
         directory = self.nodes[0]
         self.directory_url = f"http://{directory.host}:{directory.port}"
+        self.directory_urls = {n.name: f"http://{n.host}:{n.port}" for n in self.nodes
+                               if n.kind == "directory"}
         return await super().start()
 
     def stopService(self):

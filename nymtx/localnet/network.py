@@ -56,21 +56,36 @@ class LocalNetwork(MultiService):
     """The nodes of *plan* in this process.
 
     ``whenReady()`` fires with the directory's URL once the directory lists
-    every mixnode and gateway; it fails with LocalNetError if a node cannot
-    listen. ``stop_node(name)`` / ``start_node(name)`` stop and restart one
-    node, for tests of failures.
+    every mixnode and gateway (and, with mix links, once every node holds a
+    topology listing every other); it fails with LocalNetError if a node
+    cannot listen. ``stop_node(name)`` / ``start_node(name)`` stop and
+    restart one node, for tests of failures.
+
+    *secure* (the default): every directory signs (also a single one), every
+    node pins the directories' keys and speaks authenticated mix links
+    (docs/mix-link.md). ``secure=False`` is the network as it was before
+    them (``--insecure-links``): plain links, and with one directory the
+    seed's unsigned one.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, home, nodes, timing=Timing(), only=None, directories=1):
+    def __init__(self, reactor, home, nodes, timing=Timing(), only=None, directories=1,
+                 secure=True):
         super().__init__()
         self.reactor = reactor
         self.home = str(home)
         from nymtx.trust.localnet import more_directories
         self.nodes = {n.name: n for n in more_directories(nodes, directories)}
-        # several directories sign, and the nodes announce to each (issue 15)
-        self.signed = directories > 1
+        self.secure = secure
+        # the directories sign, and the nodes announce to each (issue 15)
+        self.signed = secure or directories > 1
+        #: node name -> its LinkAuthority (mix links on)
+        self.authorities = {}
+        #: with *only* a mixnode or gateway and mix links on: whether it came
+        #: to know every node of the plan at start
+        self.links_ready = None
+        self.links_timeout = 60.0
         self.directory_urls = {}
         self.timing = timing
         self.only = only
@@ -164,9 +179,21 @@ class LocalNetwork(MultiService):
             raise LocalNetError("; ".join(problems))
         if self.only is None:
             topology = await self.wait_for_topology()
+            await self.wait_for_links()
             # under twistd nobody reads whenReady(): the log is the announcement
             for line in describe(topology, self.directory_url):
                 self.log.info("local network ready: {line}", line=line)
+        elif self.secure and self.nodes[self.only].kind != "directory":
+            # a node of --processes or --netns: ready once it knows every
+            # node of the plan (the parent waits for each to say so). A node
+            # restarted while another is down never will: it runs on all
+            # the same (its parent is not waiting any more), and says so
+            try:
+                await self.wait_for_links(timeout=self.links_timeout)
+                self.links_ready = True
+            except LocalNetError as e:
+                self.log.warn("{node} runs, but: {why}", node=self.only, why=str(e))
+                self.links_ready = False
         return self.directory_url
 
     def whenReady(self):
@@ -196,6 +223,20 @@ class LocalNetwork(MultiService):
                     f" {count(len(want_mix - have_mix), 'mixnode')} and"
                     f" {count(len(want_gw - have_gw), 'gateway')} not announced yet")
         return await poll_topology(self.reactor, directory, missing, timeout, poll)
+
+    async def wait_for_links(self, timeout=30.0, poll=0.1):
+        """With mix links: until every running node's LinkAuthority knows
+        every running node (nymtx.trust.localnet.wait_for_links)."""
+        if not self.secure:
+            return
+        from nymtx.trust.localnet import peer_addresses, wait_for_links
+        running = {n for n, s in self.node_services.items() if s.running}
+        if self.only is not None:
+            # this process runs one node; the plan's fixed ports name the rest
+            names, peers = [self.only], peer_addresses(self).values()
+        else:
+            names, peers = sorted(running), peer_addresses(self, running).values()
+        await wait_for_links(self, names, peers, timeout, poll)
 
     async def wait_for_clients(self, client_keys, timeout=30.0, poll=0.1):
         """The topology once the gateways list every key in *client_keys*."""

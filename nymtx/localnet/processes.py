@@ -2,7 +2,10 @@
 
 Each child is ``python -m nymtx.localnet --node NAME`` with the parent's
 flags: it runs the one node of the same plan in a LocalNetwork, and stops
-when its parent goes away.
+when its parent goes away. With mix links (the default), a mixnode's or
+gateway's child prints the line ``READY_LINE`` once its node holds a
+topology that lists every node of the plan; the parent takes that line
+(it is not passed on) and the network is up once every node has said it.
 """
 
 import os
@@ -15,6 +18,9 @@ from twisted.logger import Logger
 from nymtx.directory.client import DirectoryClient
 from nymtx.localnet.model import LocalNetError, count, poll_topology
 
+#: what a node's process prints when its node knows every other node (mix links)
+READY_LINE = "nym-localnet-node: ready"
+
 
 class _ChildOutput(protocol.ProcessProtocol):
     """Passes a node process's output through, each line prefixed by its name."""
@@ -22,6 +28,7 @@ class _ChildOutput(protocol.ProcessProtocol):
     def __init__(self, name, network):
         self.name = name
         self.network = network
+        self._out = b""  # a line of stdout not yet ended
 
     def _lines(self, data, stream):
         for line in data.decode("utf-8", "replace").splitlines():
@@ -29,12 +36,23 @@ class _ChildOutput(protocol.ProcessProtocol):
         stream.flush()
 
     def outReceived(self, data):
-        self._lines(data, sys.stdout)
+        # whole lines only: READY_LINE may come in two reads
+        self._out += data
+        *lines, self._out = self._out.split(b"\n")
+        ready = READY_LINE.encode()
+        if ready in lines:
+            self.network.child_ready(self.name)
+        lines = [line for line in lines if line != ready]
+        if lines:
+            self._lines(b"\n".join(lines), sys.stdout)
 
     def errReceived(self, data):
         self._lines(data, sys.stderr)
 
     def processEnded(self, reason):
+        if self._out:
+            self._lines(self._out, sys.stdout)
+            self._out = b""
         code = reason.value.exitCode
         if code is None:
             # killed: say by which signal rather than "code None"
@@ -46,8 +64,10 @@ class ProcessNetwork(MultiService):
     """One OS process per node (``--processes``), each running ``--node NAME``.
 
     ``start()`` spawns the directory, waits until it answers, spawns the
-    other nodes and waits until the topology is complete; a node that exits
-    before then fails it at once, naming the node.
+    other nodes and waits until the topology is complete (and, with mix
+    links, until every node has printed READY_LINE); a node that exits
+    before then fails it at once, naming the node. *options* ``insecure-links``
+    true: plain links (as LocalNetwork's ``secure=False``).
     """
 
     log = Logger()
@@ -60,8 +80,10 @@ class ProcessNetwork(MultiService):
         from nymtx.trust.localnet import more_directories
         self.directories = options.get("directories", 1)
         self.nodes = more_directories(options["plan"], self.directories)
-        self.signed = self.directories > 1
+        self.secure = not options.get("insecure-links", False)
+        self.signed = self.secure or self.directories > 1
         self.home = options.get("home")
+        self.ready = set()  # nodes whose process printed READY_LINE
         self.directory_urls = {n.name: f"http://{n.host}:{n.port}" for n in self.nodes
                                if n.kind == "directory"}
         self.directory_url = f"http://{self.nodes[0].host}:{self.nodes[0].port}"
@@ -77,11 +99,15 @@ class ProcessNetwork(MultiService):
                 "--base-port", str(self.options["base-port"]),
                 "--mixnodes-per-layer", str(self.options["mixnodes-per-layer"]),
                 "--gateways", str(self.options["gateways"]),
-                "--directories", str(self.directories)] + self._log_level()
+                "--directories", str(self.directories)] + self._flags()
 
-    def _log_level(self):
+    def _flags(self):
         level = self.options.get("log-level")
-        return ["--log-level", level] if level else []
+        return (["--log-level", level] if level else []) + (
+            [] if self.secure else ["--insecure-links"])
+
+    def child_ready(self, name):
+        self.ready.add(name)
 
     def _spawn(self, node):
         args = self._command(node)
@@ -90,6 +116,7 @@ class ProcessNetwork(MultiService):
 
     def child_ended(self, name, code):
         self.exit_codes[name] = code
+        self.ready.discard(name)
         self.children.pop(name, None)
         for waiter in self._ended_waiters.pop(name, []):
             waiter.callback(code)
@@ -102,6 +129,10 @@ class ProcessNetwork(MultiService):
             raise LocalNetError(f"{name} {how} before the network was up (its output is above)")
 
     async def start(self):
+        if self.signed:
+            # made here, before any node: each pins them
+            from nymtx.trust.localnet import prepare_keys
+            prepare_keys(self)
         directory = DirectoryClient(self.directory_url, reactor=self.reactor)
         try:
             # the directories first: the other nodes announce to their URLs
@@ -127,10 +158,26 @@ class ProcessNetwork(MultiService):
                 return (f"the topology is still incomplete: {len(t.mixnodes)} of"
                         f" {count(mixnodes, 'mixnode')}, {len(t.gateways)} of"
                         f" {count(gateways, 'gateway')}")
-            return await poll_topology(self.reactor, directory, missing, 60.0,
-                                       check=self._check_children)
+            topology = await poll_topology(self.reactor, directory, missing, 60.0,
+                                           check=self._check_children)
+            if self.secure:
+                await self._wait_for_ready()
+            return topology
         finally:
             await directory.close()
+
+    async def _wait_for_ready(self, timeout=60.0, poll=0.05):
+        """Until every mixnode's and gateway's process has printed READY_LINE."""
+        from twisted.internet.task import deferLater
+        names = {n.name for n in self.nodes if n.kind != "directory"}
+        deadline = self.reactor.seconds() + timeout
+        while not names <= self.ready:
+            self._check_children()
+            if self.reactor.seconds() > deadline:
+                raise LocalNetError(f"{', '.join(sorted(names - self.ready))} still not"
+                                    " holding a topology with every node after"
+                                    f" {timeout:.0f} s")
+            await deferLater(self.reactor, poll, lambda: None)
 
     def node(self, name):
         for node in self.nodes:
@@ -158,6 +205,7 @@ class ProcessNetwork(MultiService):
         if name in self.children:
             raise LocalNetError(f"{name} is still running")
         self.exit_codes.pop(name, None)
+        self.ready.discard(name)
         self._spawn(node)
 
     def stopService(self):

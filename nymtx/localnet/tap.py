@@ -11,7 +11,7 @@ from nymtx.exitstatus import exit_with
 from nymtx.localnet.model import (
     MAX_GATEWAYS, MAX_PER_LAYER, LocalNetError, Timing, describe, plan)
 from nymtx.localnet.network import LocalNetwork
-from nymtx.localnet.processes import ProcessNetwork, ParentWatch
+from nymtx.localnet.processes import READY_LINE, ProcessNetwork, ParentWatch
 from nymtx.logfilter import LEVELS
 from nymtx.paths import nym_root
 
@@ -65,7 +65,8 @@ def _port(text):
 
 class Options(usage.Options):
     synopsis = ("[--mixnodes-per-layer N] [--gateways N] [--base-port PORT] [--home DIR]"
-                " [--processes | --netns [--clients N]] [--log-level LEVEL]")
+                " [--directories N] [--processes | --netns [--clients N]] [--insecure-links]"
+                " [--log-level LEVEL]")
 
     def getSynopsis(self):
         # --help's first line, as the other nym-* commands print it
@@ -77,13 +78,16 @@ class Options(usage.Options):
         ["processes", None, "run one OS process per node (not under twistd)"],
         ["netns", None, "every node in its own network namespace, on its own address"
          " (root or CAP_NET_ADMIN; one process per node; not under twistd)"],
+        ["insecure-links", None, "plain links between the nodes and, with one directory,"
+         " an unsigned one: the network before mix links, for seed (nym v0.5) nodes or"
+         " tools that read packets on the links (docs/localnet.md)"],
     ]
     optParameters = [
         ["mixnodes-per-layer", None, 1, "mixnodes in each of the 3 layers",
          _count("--mixnodes-per-layer", MAX_PER_LAYER)],
         ["gateways", None, 1, "number of gateways", _count("--gateways", MAX_GATEWAYS)],
-        ["directories", None, 1, "directories; more than 1 sign, the nodes announce to each"
-         " and a client needs a majority (docs/trust.md)", _count("--directories", 9)],
+        ["directories", None, 1, "signing directories; the nodes announce to each and"
+         " a client needs a majority (docs/trust.md)", _count("--directories", 9)],
         ["base-port", None, 8080, "the directory's port; the nodes take the ports after it"
          " (0: any free ports, in one process only)", _port],
         ["home", None, None, "where node keys and mailboxes live (default: $NYM_HOME or ~/.nym)"],
@@ -105,9 +109,6 @@ class Options(usage.Options):
                                    " --processes")
         if self["processes"] and self["base-port"] == 0:
             raise usage.UsageError("--processes needs a fixed --base-port, not 0")
-        if self["directories"] > 1 and self["netns"]:
-            raise usage.UsageError("--directories runs in one process or with --processes:"
-                                   " not with --netns")
         self["timing"] = Timing()
         if self["netns-plan"] is not None:
             # imported here: ``python -m nymtx.localnet.netns`` must find it not yet imported
@@ -116,6 +117,8 @@ class Options(usage.Options):
                 self["plan"], self["timing"] = decode_plan(self["netns-plan"])
             except ValueError as e:
                 raise usage.UsageError(f"--netns-plan: {e}")
+            # the plan lists every directory already
+            self["directories"] = sum(1 for n in self["plan"] if n.kind == "directory")
         else:
             try:
                 self["plan"] = plan(self["mixnodes-per-layer"], self["gateways"],
@@ -147,7 +150,8 @@ def makeService(options, reactor=None, exit_with=exit_with):
         from twisted.internet import reactor
     network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"],
                            timing=options["timing"],
-                           directories=options["directories"])
+                           directories=options["directories"],
+                           secure=not options["insecure-links"])
     for flag in ("processes", "netns"):
         if options[flag]:
             network.log.warn("--{flag} is for the nym-localnet command; under twistd the"
@@ -173,8 +177,14 @@ def netns_lines(network):
         lines.append(f"host       {host.address:<15} {host.namespace}  ({name})")
     for name in network.clients[:1]:
         namespace = network.hosts[name].namespace
-        lines.append(f"a client:  ip netns exec {namespace} nym-client run --id Alice"
-                     f" --directory {network.directory_url}")
+        if network.signed:
+            from nymtx.trust.localnet import init_line
+            lines.append(f"a client:  ip netns exec {namespace} nym-client init --id Alice"
+                         f" {init_line(network)}")
+            lines.append(f"           ip netns exec {namespace} nym-client run --id Alice")
+        else:
+            lines.append(f"a client:  ip netns exec {namespace} nym-client run --id Alice"
+                         f" --directory {network.directory_url}")
     return lines
 
 
@@ -206,11 +216,17 @@ def main(argv=None):
         reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
         stdio.StandardIO(ParentWatch(reactor), reactor=reactor)
         network = LocalNetwork(reactor, options["home"], options["plan"], only=options["node"],
-                               timing=options["timing"], directories=options["directories"])
+                               timing=options["timing"], directories=options["directories"],
+                               secure=not options["insecure-links"])
+
+        def ready(_):
+            if network.links_ready:
+                # the parent's cue (taken, not shown): this node knows every other
+                print(READY_LINE, flush=True)
 
         def start_one():
             network.startService()
-            network.whenReady().addErrback(fail)
+            network.whenReady().addCallbacks(ready, fail)
         reactor.callWhenRunning(start_one)
     else:
         if options["netns"]:
@@ -218,12 +234,14 @@ def main(argv=None):
             network = NetnsNetwork(
                 reactor, options["home"], options["plan"],
                 clients=[f"client-{i}" for i in range(1, options["clients"] + 1)],
-                log_level=options["log-level"])
+                log_level=options["log-level"], directories=options["directories"],
+                secure=not options["insecure-links"])
         elif options["processes"]:
             network = ProcessNetwork(reactor, options)
         else:
             network = LocalNetwork(reactor, options["home"], options["plan"],
-                                   directories=options["directories"])
+                                   directories=options["directories"],
+                                   secure=not options["insecure-links"])
 
         async def announce():
             if options["processes"] or options["netns"]:
@@ -240,14 +258,15 @@ def main(argv=None):
                     print("  " + line, flush=True)
                 announcement["hosts"] = {name: {"namespace": h.namespace, "address": h.address}
                                          for name, h in network.hosts.items()}
-            if getattr(network, "signed", False):
-                from nymtx.trust.localnet import client_settings
+            if network.signed:
+                from nymtx.trust.localnet import client_settings, init_line
                 trust = client_settings(network)
-                print("  clients pin: nym-client init --directory " + trust["directory_url"]
-                      + " --directories " + ",".join(trust["more_directories"])
-                      + " --directory-keys " + ",".join(trust["directory_keys"]), flush=True)
+                print("  clients pin: nym-client init --id NAME " + init_line(network),
+                      flush=True)
                 announcement.update(directories=list(network.directory_urls.values()),
                                     directory_keys=trust["directory_keys"])
+            print("  mix links: " + ("on (authenticated, docs/mix-link.md)" if network.secure
+                                     else "plain (--insecure-links)"), flush=True)
             print(json.dumps(announcement), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
 

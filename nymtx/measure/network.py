@@ -291,7 +291,8 @@ class TappedNetwork(LocalNetwork):
     whose mixnodes connect from addresses of their own."""
 
     def __init__(self, reactor, home, nodes, recorder, clients, timing=Timing(), only=None):
-        super().__init__(reactor, home, nodes, timing=timing, only=only)
+        # plain links, unsigned directory: the taps read packets on the links
+        super().__init__(reactor, home, nodes, timing=timing, only=only, secure=False)
         self.recorder = recorder
         mixnodes = [n for n in nodes if n.kind == "mixnode"]
         self.mixnode_names = [n.name for n in sorted(mixnodes, key=lambda n: (n.layer, n.name))]

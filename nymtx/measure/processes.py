@@ -262,7 +262,8 @@ class ProcessNodes:
         os.makedirs(self.tap_dir, exist_ok=True)
         self.children = _Children(reactor, {
             "plan": nodes, "home": home, "base-port": base,
-            "mixnodes-per-layer": settings.mixnodes_per_layer, "gateways": settings.gateways},
+            "mixnodes-per-layer": settings.mixnodes_per_layer, "gateways": settings.gateways,
+            "insecure-links": True},
             timing, self.tap_dir)
         self.directory_url = self.children.directory_url
         self._ready = None
@@ -368,7 +369,8 @@ def child_main(argv=None):
         # written whole once the node has stopped (its last packets included)
         reactor.addSystemEventTrigger("after", "shutdown", taps.close)
     else:
-        network = LocalNetwork(reactor, args.home, nodes, timing=timing, only=args.node)
+        network = LocalNetwork(reactor, args.home, nodes, timing=timing, only=args.node,
+                               secure=False)
 
     def fail(failure):
         print(f"{args.node}: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
