@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from nymtx.measure import replies
 from nymtx.measure.trace import ACK, DROP, FORWARD, KIND_NAMES, LOOP, REAL
 
 
@@ -248,4 +249,5 @@ def run_all(trace, settings):
             "exponential": exponential_checks(trace, settings),
             "rates": rate_independence(trace),
             "gateway_link": gateway_link(trace),
-            "ack_stream": ack_stream(trace)}
+            "ack_stream": ack_stream(trace),
+            "replies": replies.run(trace, settings)}

@@ -9,7 +9,7 @@ import numpy as np
 from nymtx.measure.attacks import ATTACKS
 
 _PHASE_COLOURS = {"idle": "#eeeeee", "conversations": "#dbeafe", "flood": "#fde2e2",
-                  "bursts": "#fef3c7"}
+                  "bursts": "#fef3c7", "anonymous": "#e0f2e9", "replies": "#ede0f7"}
 
 
 def _pyplot():
