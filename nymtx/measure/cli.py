@@ -422,6 +422,8 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                    for k, s in scores.items()}
         if comparison is not None:
             printed["comparison"] = comparison
+        if result.get("replies") is not None:
+            printed["replies"] = result["replies"]
         print(json.dumps(printed, indent=1), file=out)
     else:
         print(f"report: {summary}", file=out)
@@ -432,4 +434,11 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                       f" {s['messages']} messages (chance {100 * s['chance']:.1f}%),"
                       f" entropy {s['mean_entropy_bits']:.2f} of {s['max_entropy_bits']:.2f}"
                       " bits", file=out)
+        r = result.get("replies")
+        if r is not None:
+            a = r["reply or ack"]
+            auc = "–" if a["auc"] is None else f"{a['auc']:.3f}"
+            print(f"  replies   {r['replies']}; at the builder's gateway, reply or ack by"
+                  f" timing: AUC {auc} (base rate of replies"
+                  f" {a['base rate'] or 0:.4f}); the rest in the report", file=out)
     return 1 if problems else 0

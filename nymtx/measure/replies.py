@@ -226,9 +226,13 @@ def repliers(trace, settings):
     origin = trace.packet_origin
     out = []
     for b in sorted(set(int(x) for x in trace.reply_sender)):
-        answering = _answered_phases(trace, trace.reply_sender == b)
+        # within [horizon, duration − horizon]: the first acks may be of
+        # packets sent before the workload, the last ones' acks after the end
+        lo, hi = horizon, trace.duration - horizon
+        answering = [(max(s, lo), min(e, hi)) for s, e in
+                     _answered_phases(trace, trace.reply_sender == b) if min(e, hi) > max(s, lo)]
         seconds_in = sum(e - s for s, e in answering)
-        seconds_out = trace.duration - seconds_in
+        seconds_out = max(hi - lo - seconds_in, 0.0)
         sends = _sends(trace, b)
         sizes = sorted(set(int(x) for x in trace.hop_size[trace.hop_src == b]))
         entry = {"client": trace.topology.clients[b],
@@ -237,6 +241,7 @@ def repliers(trace, settings):
                  "seconds not replying": seconds_out}
         mine = client == b
         for name, times in (("sent", sends), ("surb deliveries at its gateway", t[mine])):
+            times = times[(times >= lo) & (times < hi)]
             inside = _in_phases(times, answering)
             k_in, k_out = int(inside.sum()), int((~inside).sum())
             entry[name] = {"replying per minute": 60 * k_in / seconds_in if seconds_in else None,
