@@ -123,6 +123,11 @@ class RealReplies(TestCase):
         self.assertTrue(0.0 <= timing["auc"] <= 1.0)
         self.assertAlmostEqual(timing["base rate"],
                                timing["replies"] / timing["deliveries"])
+        unacked = result["sends with no ack"]
+        self.assertEqual(unacked["reply acks"], int(
+            np.sum(of_reply & (trace.packet_sent > 4 * (7 * 0.02 + 0.05))
+                   & (trace.packet_sent < trace.duration - 4 * (7 * 0.02 + 0.05)))))
+        self.assertTrue(unacked["auc"] is None or 0.0 <= unacked["auc"] <= 1.0)
         replier = next(r for r in result["repliers"] if r["client"] == topo.clients[1])
         self.assertEqual(replier["replies sent"], n_replies)
         self.assertEqual(replier["sizes"], [1372])
@@ -145,6 +150,32 @@ class RealReplies(TestCase):
         _, problems, _ = network.to_trace(attrs.evolve(cap, packets=kept))
         self.assertTrue(any(f"reply {trace.packet_message[first_reply]} " in p
                             and "never seen" in p for p in problems), problems[:5])
+
+
+class RealRepliesOneProcessPerNode(TestCase):
+    """The same workload with every node in a process of its own
+    (``--processes``): the clients, and so the replies, stay in this one."""
+    timeout = 90
+
+    def test_replies_with_one_process_per_node(self):
+        return Deferred.fromCoroutine(self._measure())
+
+    async def _measure(self):
+        workload = [sim.Phase(0.0, 0.5, "idle"),
+                    sim.Phase(0.5, 2.5, "replies", (sim.Conversation(
+                        0, 1, 2.0, anonymous=True, reply_surbs=3, replies=1.0),))]
+        cap = await network.capture(reactor, FAST, workload, 2.5, seed=4,
+                                    home=self.mktemp(), timing=TIMING, processes=True)
+        trace, problems, stats = network.to_trace(cap)
+        self.assertEqual(problems, [])
+        self.assertEqual(trace.check_complete(), [])
+        self.assertGreater(stats["replies"], 0)
+        self.assertEqual(stats["replies found"], stats["replies"])
+        self.assertEqual(stats["replies their builder's application received"],
+                         stats["replies"])
+        self.assertEqual(sorted(trace.reply_to), list(range(len(trace.message_sender))))
+        self.assertEqual(int(np.sum((trace.packet_kind == REPLY) & (trace.packet_message >= 0))),
+                         stats["replies"])
 
 
 class ReplyChecksOnTheModel(SynchronousTestCase):

@@ -34,6 +34,11 @@ encrypted payloads, opened with the clients' keys, when it is there) or drop
 cover. Every such packet's SURB-ACK names the ack its gateway then sends
 into layer 1 (docs/surb.md §2): acks are peeled hop by hop too, tied to the
 packet they acknowledge, and told from replies by the client's ack key.
+A reply is opened with the keys of the reply block it came through (noted
+as the builder's client made them); the replier's SURB-ACK inside names
+the ack the builder's client then sends on (docs/surb.md §5.4). Messages
+of several fragments (an anonymous message's reply blocks take 420 bytes
+each) are gathered by set id until whole.
 The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
 and a list of problems: every packet the truth cannot explain is named
 there, none is dropped silently.

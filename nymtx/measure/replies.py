@@ -25,6 +25,11 @@ client's packets into layer 1, and the **replier's** gateway:
   low score says "reply". AUC against the truth (0.5: no better than a
   coin), and how many of the lowest-scored deliveries, as many as there
   were replies, are replies, against the base rate.
+- ``sends with no ack`` (the same gateway, send by send): the dual. Each
+  of its client's sends is scored by the density of the ack lag summed
+  over the SURB deliveries that follow; the sends that come back as
+  nothing are the acks of replies the client sent on, so a low score
+  says "this send was a reply's ack, so a reply came shortly before".
 - ``repliers`` (the replier's side): its packets into layer 1 per minute
   while it replies and while it does not, their sizes, the SURB deliveries
   for it at its gateway (the acks of its packets: a reply's ack comes from
@@ -109,7 +114,9 @@ def _mean_ci(values, seconds):
     v = np.asarray(values, dtype=float) * 60.0 / seconds
     if len(v) == 0:
         return {"windows": 0, "per_minute": None, "ci95": None}
-    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("inf")
+    if len(v) < 2:
+        return {"windows": int(len(v)), "per_minute": float(v.mean()), "ci95": None}
+    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v))
     return {"windows": int(len(v)), "per_minute": float(v.mean()),
             "ci95": [float(v.mean() - half), float(v.mean() + half)]}
 
@@ -200,6 +207,32 @@ def reply_or_ack(trace, settings):
     return _classification(scores, labels, "reply")
 
 
+def unacked_sends(trace, settings):
+    """The dual of :func:`reply_or_ack`: each of a builder's sends, scored by
+    the summed density of the ack lag over the SURB deliveries for it that
+    follow. Every packet the client sends comes back as an ack except the
+    acks of replies it sends on: a send nothing comes back for is one."""
+    lag, kernel = _round_trip(settings)
+    horizon = 4 * lag
+    t, client, _, _ = _surb_deliveries(trace)
+    scores, labels = [], []
+    for c in sorted(set(int(x) for x in trace.reply_recipient)):
+        mine = trace.hop_src == c
+        sends = trace.hop_time[mine]
+        kinds = trace.packet_kind[trace.hop_packet[mine]]
+        keep = (sends > horizon) & (sends < trace.duration - horizon)
+        arrivals = np.sort(t[client == c])
+        out = np.empty(int(keep.sum()))
+        for i, s in enumerate(sends[keep]):
+            lo, hi = np.searchsorted(arrivals, [s, s + horizon])
+            out[i] = kernel(arrivals[lo:hi] - s).sum()
+        scores.append(out)
+        labels.append(kinds[keep] == ACK)
+    got = _classification(scores, labels, "reply ack")
+    got["sends"] = got.pop("deliveries")
+    return got
+
+
 def _classification(scores, labels, what):
     scores = np.concatenate(scores) if scores else np.zeros(0)
     labels = np.concatenate(labels) if labels else np.zeros(0, dtype=bool)
@@ -276,4 +309,5 @@ def run(trace, settings, window=20.0):
     return {"replies": int(len(trace.reply_sender)),
             "builders": builders(trace, settings, window),
             "reply or ack": reply_or_ack(trace, settings),
+            "sends with no ack": unacked_sends(trace, settings),
             "repliers": repliers(trace, settings)}

@@ -229,8 +229,18 @@ def _reply_lines(result):
               " 0.5 is a coin); of the lowest-scored deliveries, as many as there were"
               " replies, a share"
               f" {f(r.get('precision of the lowest-scored, as many as the positives'), '.3f')}"
-              " were replies.", "",
-              "**The replier's side**: its packets into layer 1 and the SURB deliveries for it"
+              " were replies.", ""]
+    u = result.get("sends with no ack")
+    if u is not None:
+        lines += [f"**Sends with no ack** (the dual: a send of the builder that no delivery"
+                  " follows one round trip later is taken for a reply's ack, which comes back"
+                  f" as nothing): {u['sends']} sends, {u['reply acks']} acks of replies (base"
+                  f" rate {f(u['base rate'], '.4f')}); AUC {f(u['auc'], '.3f')} (95%"
+                  f" {f(u['ci95'] and u['ci95'][0], '.3f')}–"
+                  f"{f(u['ci95'] and u['ci95'][1], '.3f')}); precision"
+                  f" {f(u.get('precision of the lowest-scored, as many as the positives'), '.3f')}.",
+                  ""]
+    lines += ["**The replier's side**: its packets into layer 1 and the SURB deliveries for it"
               " at its gateway, per minute, in the phases whose messages it answered and in"
               " the others; the sizes of its packets; whether an ack at its gateway is a"
               " reply's (sent on by the builder after its pull), by the same timing score.", "",
