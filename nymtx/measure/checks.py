@@ -10,7 +10,9 @@
   layer 1 per packet that ends at it, whatever the packet was, so its
   outgoing rate follows its incoming one and its delay does not tell real
   from cover; and the acks arriving for a client do not rise with its real
-  traffic.
+  traffic;
+- anonymous replies (:mod:`nymtx.measure.replies`): what the builder's and
+  the replier's gateways can tell of them, in a run that has them.
 """
 
 import math
