@@ -10,13 +10,16 @@
   layer 1 per packet that ends at it, whatever the packet was, so its
   outgoing rate follows its incoming one and its delay does not tell real
   from cover; and the acks arriving for a client do not rise with its real
-  traffic.
+  traffic;
+- anonymous replies (:mod:`nymtx.measure.replies`): what the builder's and
+  the replier's gateways can tell of them, in a run that has them.
 """
 
 import math
 
 import numpy as np
 
+from nymtx.measure import replies
 from nymtx.measure.trace import ACK, DROP, FORWARD, KIND_NAMES, LOOP, REAL
 
 
@@ -248,4 +251,5 @@ def run_all(trace, settings):
             "exponential": exponential_checks(trace, settings),
             "rates": rate_independence(trace),
             "gateway_link": gateway_link(trace),
-            "ack_stream": ack_stream(trace)}
+            "ack_stream": ack_stream(trace),
+            "replies": replies.run(trace, settings)}

@@ -22,46 +22,102 @@ class WorkloadError(ValueError):
     """A workload file that cannot be used; the message says where and why."""
 
 
+def _whole(value, what):
+    """*value* as an int, refusing bools and non-integral numbers (JSON's 5.5)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not (math.isfinite(value) and value == int(value))):
+        raise WorkloadError(f"{what} must be a whole number, not {value!r}")
+    return int(value)
+
+
+def _number(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WorkloadError(f"{what} must be a number, not {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise WorkloadError(f"{what} is too large") from None
+    if not math.isfinite(value):
+        raise WorkloadError(f"{what} must be finite, not {value!r}")
+    return value
+
+
+def _conversation(c, where, clients):
+    if not isinstance(c, dict):
+        raise WorkloadError(f"{where}: a conversation is an object, not {type(c).__name__}")
+    pattern = c.get("pattern", "poisson")
+    if pattern not in ("poisson", "flood"):
+        raise WorkloadError(f"{where}: pattern must be 'poisson' or 'flood', not {pattern!r}")
+    for key in ("sender", "recipient"):
+        if key not in c:
+            raise WorkloadError(f"{where}: no {key!r}")
+    sender = _whole(c["sender"], f"{where}.sender")
+    recipient = _whole(c["recipient"], f"{where}.recipient")
+    rate = _number(c.get("rate", 0.0), f"{where}.rate")
+    if not (0 <= sender < clients and 0 <= recipient < clients):
+        raise WorkloadError(f"{where}: clients are numbered 0..{clients - 1}")
+    if pattern == "poisson" and not rate > 0:
+        raise WorkloadError(f"{where}: rate must be a positive number of messages per second")
+    anonymous = c.get("anonymous", False)
+    if not isinstance(anonymous, bool):
+        raise WorkloadError(f"{where}.anonymous must be true or false, not {anonymous!r}")
+    surbs = _whole(c.get("reply_surbs", 5), f"{where}.reply_surbs")
+    replies = _number(c.get("replies", 0.0), f"{where}.replies")
+    if not 0 <= replies <= 1:
+        raise WorkloadError(f"{where}.replies is the share of messages answered, 0 to 1,"
+                            f" not {replies!r}")
+    if not anonymous and ("reply_surbs" in c or replies > 0):
+        raise WorkloadError(f"{where}: reply_surbs and replies need \"anonymous\": true"
+                            " (a plain send carries no reply blocks)")
+    if anonymous and not (1 if replies > 0 else 0) <= surbs <= 500:
+        raise WorkloadError(f"{where}.reply_surbs must be 0 to 500 (at least 1 to be"
+                            f" answered), not {surbs}")
+    if sender == recipient and anonymous:
+        raise WorkloadError(f"{where}: an anonymous conversation of a client with itself")
+    return sim.Conversation(sender, recipient, rate, pattern, anonymous=anonymous,
+                            reply_surbs=surbs, replies=replies)
+
+
 def load_workload(path, clients):
     """Phases from a JSON workload file (format in docs/anonymity.md)."""
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise WorkloadError(f"cannot read workload {path}: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("phases"), list):
         raise WorkloadError(f"{path}: expected an object with a list 'phases'")
     phases = []
     for i, p in enumerate(data["phases"]):
         where = f"{path}: phases[{i}]"
-        try:
-            start, end = float(p["start"]), float(p["end"])
-            label = str(p.get("label", f"phase {i}"))
-            convs = []
-            for j, c in enumerate(p.get("conversations", [])):
-                pattern = c.get("pattern", "poisson")
-                if pattern not in ("poisson", "flood"):
-                    raise WorkloadError(f"{where}.conversations[{j}]: pattern must be"
-                                        f" 'poisson' or 'flood', not {pattern!r}")
-                sender, recipient = int(c["sender"]), int(c["recipient"])
-                rate = float(c.get("rate", 0.0))
-                if not (0 <= sender < clients and 0 <= recipient < clients):
-                    raise WorkloadError(f"{where}.conversations[{j}]: clients are numbered"
-                                        f" 0..{clients - 1}")
-                if pattern == "poisson" and not (math.isfinite(rate) and rate > 0):
-                    raise WorkloadError(f"{where}.conversations[{j}]: rate must be a"
-                                        " positive number of messages per second")
-                convs.append(sim.Conversation(sender, recipient, rate, pattern))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            if isinstance(e, WorkloadError):
-                raise
-            raise WorkloadError(f"{where}: {e!r}") from e
-        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        if not isinstance(p, dict):
+            raise WorkloadError(f"{where}: a phase is an object, not {type(p).__name__}")
+        for key in ("start", "end"):
+            if key not in p:
+                raise WorkloadError(f"{where}: no {key!r}")
+        start, end = _number(p["start"], f"{where}.start"), _number(p["end"], f"{where}.end")
+        label = p.get("label", f"phase {i}")
+        if not isinstance(label, str):
+            raise WorkloadError(f"{where}.label must be a string, not {label!r}")
+        conversations = p.get("conversations", [])
+        if not isinstance(conversations, list):
+            raise WorkloadError(f"{where}.conversations must be a list")
+        convs = [_conversation(c, f"{where}.conversations[{j}]", clients)
+                 for j, c in enumerate(conversations)]
+        if not 0 <= start < end:
             raise WorkloadError(f"{where}: needs 0 <= start < end")
         phases.append(sim.Phase(start, end, label, tuple(convs)))
     if not phases:
         raise WorkloadError(f"{path}: no phases")
     return phases
+
+
+def workload(name, clients, minutes):
+    """The phases of ``--workload NAME``: a file, or else a preset by that
+    name (:data:`nymtx.measure.sim.PRESETS`)."""
+    if not os.path.exists(name) and name in sim.PRESETS:
+        return sim.PRESETS[name](clients, minutes)
+    return load_workload(name, clients)
 
 
 class Options(usage.Options):
@@ -77,8 +133,9 @@ class Options(usage.Options):
         ["minutes", None, 10.0, "length of the workload", float],
         ["out", "o", "nym-measure-report", "folder for the report"],
         ["seed", None, 0, "random seed", int],
-        ["workload", None, None, "a JSON workload file (default: idle, conversations,"
-                                 " a flood, bursts, idle)"],
+        ["workload", None, None, "a JSON workload file, or a preset: default (idle,"
+                                 " conversations, a flood, bursts, idle) or replies"
+                                 " (anonymous conversations, unanswered then answered)"],
         ["cover", None, None, "the model's cover design: loopix (the default) or legacy"
                               " (the previous release, to show its weakness); a real"
                               " network's is its code's"],
@@ -307,8 +364,13 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
     duration = options["minutes"] * 60.0
     try:
         if options["workload"]:
-            phases = load_workload(options["workload"], options["clients"])
+            phases = workload(options["workload"], options["clients"], options["minutes"])
             duration = max(duration, max(p.end for p in phases))
+            if sim.has_anonymous(phases) and (options.mode == "simulated"
+                                               or options["compare"]):
+                raise WorkloadError("the model has no reply blocks, fragments or acks: a"
+                                    " workload with anonymous conversations runs on the real"
+                                    " network only (not with --simulate or --compare)")
         else:
             phases = sim.default_workload(options["clients"], options["minutes"])
         started = time.monotonic()
@@ -360,6 +422,8 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                    for k, s in scores.items()}
         if comparison is not None:
             printed["comparison"] = comparison
+        if result.get("replies") is not None:
+            printed["replies"] = result["replies"]
         print(json.dumps(printed, indent=1), file=out)
     else:
         print(f"report: {summary}", file=out)
@@ -370,4 +434,11 @@ def main(argv=None, out=sys.stdout, err=sys.stderr):
                       f" {s['messages']} messages (chance {100 * s['chance']:.1f}%),"
                       f" entropy {s['mean_entropy_bits']:.2f} of {s['max_entropy_bits']:.2f}"
                       " bits", file=out)
+        r = result.get("replies")
+        if r is not None:
+            a = r["reply or ack"]
+            auc = "–" if a["auc"] is None else f"{a['auc']:.3f}"
+            print(f"  replies   {r['replies']}; at the builder's gateway, reply or ack by"
+                  f" timing: AUC {auc} (base rate of replies"
+                  f" {a['base rate'] or 0:.4f}); the rest in the report", file=out)
     return 1 if problems else 0

@@ -34,6 +34,11 @@ encrypted payloads, opened with the clients' keys, when it is there) or drop
 cover. Every such packet's SURB-ACK names the ack its gateway then sends
 into layer 1 (docs/surb.md §2): acks are peeled hop by hop too, tied to the
 packet they acknowledge, and told from replies by the client's ack key.
+A reply is opened with the keys of the reply block it came through (noted
+as the builder's client made them); the replier's SURB-ACK inside names
+the ack the builder's client then sends on (docs/surb.md §5.4). Messages
+of several fragments (an anonymous message's reply blocks take 420 bytes
+each) are gathered by set id until whole.
 The result is a :class:`~nymtx.measure.trace.Trace` like the model's,
 and a list of problems: every packet the truth cannot explain is named
 there, none is dropped silently.
@@ -56,11 +61,13 @@ from nymtx.keys import KeyPair
 from nymtx.localnet.model import count as _count_words
 from nymtx.localnet import HOST, LocalNetwork, Timing, plan
 from nymtx.measure.sim import _poisson_times
-from nymtx.measure.trace import ACK, DROP, LOOP, REAL, REPLY, Topology, Trace
+from nymtx.measure.trace import ACK, DROP, LOOP, PROTOCOL, REAL, REPLY, Topology, Trace
+from nymtx.reliable import replies as reply_layer
 from nymtx.reliable.ack import COMPACT_ADDRESS_SIZE, SURB_ACK_SIZE
 from nymtx.sphinx import ForwardHop, SphinxError, process_packet
 from nymtx.sphinx.constants import ADDRESS_SIZE, HEADER_SIZE, MAX_MESSAGE_SIZE
-from nymtx.sphinx.surb import SurbDelivery, process_gateway_packet
+from nymtx.sphinx.surb import (SurbDelivery, SurbError, SurbKeys, open_surb_delivery,
+                               process_gateway_packet)
 
 try:   # the end-to-end message layer (issue 11), when it is merged
     from nymtx import message as _message_layer
@@ -69,6 +76,8 @@ except ImportError:   # pragma: no cover - depends on what main holds
 
 #: the directions of a client–gateway chunk
 UP, DOWN = 0, 1
+#: p_message of a fragment whose set is not yet whole (to_trace, internal)
+PENDING = -3
 #: seconds past its due time after which a packet that never reached its next
 #: hop, though the recording went on, is lost (a problem), not in flight
 LOST_AFTER = 2.0
@@ -185,6 +194,26 @@ class Capture:
     message_body: list = attrs.Factory(list)
     #: per message: None (left its client), or why it did not
     message_unsent: list = attrs.Factory(list)
+    #: anonymous replies (a workload with ``replies``): the replier, the
+    #: builder it answers, the message it answers, when it was queued
+    #: (relative), its body, None or why it did not leave, and when the
+    #: builder's application got it (relative; None: not by the end)
+    reply_sender: list = attrs.Factory(list)
+    reply_recipient: list = attrs.Factory(list)
+    reply_to: list = attrs.Factory(list)
+    reply_queued: list = attrs.Factory(list)
+    reply_body: list = attrs.Factory(list)
+    reply_unsent: list = attrs.Factory(list)
+    reply_received: list = attrs.Factory(list)
+    #: per message, when its recipient's application got it (relative), for
+    #: a workload with anonymous messages (None: not received, or not noted)
+    message_received: list = attrs.Factory(list)
+    #: whether the workload sent anonymous messages at all
+    anonymous: bool = False
+    #: the keys of every reply block a client built (identifier -> the
+    #: SurbKeys' bytes), noted as the client remembered them: the client
+    #: deletes them when it opens a reply, so the truth keeps its own copy
+    reply_keys: dict = attrs.Factory(dict)
     problems: list = attrs.Factory(list)
     #: the directory's topology document when the workload started: the
     #: public knowledge of who listens where (what a pcap reader is given)
@@ -208,6 +237,11 @@ class Recorder:
         # be taken before the first answer is written
         self._pending = collections.defaultdict(collections.deque)
         self.problems = []
+        self.reply_keys = {}     # reply block identifier -> SurbKeys bytes
+
+    def reply_store_tap(self, store):
+        """A client's reply store, with the keys of each block it builds noted."""
+        return _KeysNoted(store, self.reply_keys)
 
     def source(self, host):
         return self.sources.get(host, -1)
@@ -286,6 +320,22 @@ class _PullNoted:
         return getattr(self._store, name)
 
 
+class _KeysNoted:
+    """A client's ReplyStore whose ``remember`` notes the keys of each reply
+    block (the truth of the replies through it); everything else is the store's."""
+
+    def __init__(self, store, keys):
+        self._store = store
+        self._keys = keys
+
+    def remember(self, keys, tag, expires_at):
+        self._keys[bytes(keys.identifier)] = keys.to_bytes()
+        return self._store.remember(keys, tag, expires_at)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
 class TappedNetwork(LocalNetwork):
     """A LocalNetwork whose listeners record through a :class:`Recorder`, and
     whose mixnodes connect from addresses of their own."""
@@ -335,9 +385,10 @@ class TappedNetwork(LocalNetwork):
         return -1
 
 
-def message_schedule(phases, clients, send_gap, rng):
+def message_schedule(phases, clients, send_gap, rng, conversations=False):
     """(queued time, sender, recipient) of every message of *phases*, in time
-    order; the same script as the model's (:func:`nymtx.measure.sim.simulate`)."""
+    order; the same script as the model's (:func:`nymtx.measure.sim.simulate`).
+    With *conversations*, each tuple ends with its Conversation too."""
     out = []
     for phase in phases:
         for conv in phase.conversations:
@@ -349,7 +400,8 @@ def message_schedule(phases, clients, send_gap, rng):
                                     endpoint=False)
             else:
                 times = _poisson_times(rng, 1.0 / conv.rate, phase.start, phase.end)
-            out += [(float(t), conv.sender, conv.recipient) for t in times]
+            out += [(float(t), conv.sender, conv.recipient) + ((conv,) if conversations else ())
+                    for t in times]
     out.sort(key=lambda m: m[0])
     return out
 
@@ -403,6 +455,8 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
                 SourceBoundReactor(reactor, source_host("client", i)), home, name, url,
                 gateway=gateway_keys[i % len(gateway_keys)], maximum_retransmissions=0,
                 average_ack_delay=debug_ms(s)["average_packet_delay"], **debug_ms(s))
+            # the keys of the reply blocks it builds, for the truth of replies
+            client.core.replies = recorder.reply_store_tap(client.core.replies)
             clients.append(client)
             recorder.client_keys[client.core.keys.public_key] = i
             recorder.key_of[i] = client.core.keys.public_key
@@ -414,7 +468,12 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             node_address[NodeAddress(HOST, port).to_bytes()] = net.node_number(name)
         say(f"{s.clients} clients running; the workload starts ({duration:g} s)")
 
-        schedule = message_schedule(phases, s.clients, s.send_gap, np.random.default_rng(seed))
+        schedule = message_schedule(phases, s.clients, s.send_gap, np.random.default_rng(seed),
+                                    conversations=True)
+        # which messages their recipient answers: drawn apart, so that the
+        # schedule stays the model's
+        answered = np.random.default_rng([seed, 1]).random(len(schedule)) < [
+            conv.replies for *_, conv in schedule]
         start = reactor.seconds()
         cap = Capture(
             home=home, clients=names, mixnodes=list(net.mixnode_names),
@@ -424,11 +483,18 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             node_address=node_address, start=start, end=start, phase_end=duration,
             phases=[(p.start, p.end, p.label) for p in phases],
             packets=recorder.packets, chunks=recorder.chunks, pulls=recorder.pulls,
-            problems=recorder.problems, topology=public.to_json())
+            problems=recorder.problems, topology=public.to_json(),
+            anonymous=any(conv.anonymous for *_, conv in schedule),
+            reply_keys=recorder.reply_keys)
         sends = []
+        replies = []
+        replying = [True]
 
-        def send(index, sender, recipient, body):
-            d = clients[sender].send(addresses[recipient], body)
+        def send(index, sender, recipient, body, conv):
+            if conv.anonymous:
+                d = clients[sender].send_anonymous(addresses[recipient], body, conv.reply_surbs)
+            else:
+                d = clients[sender].send(addresses[recipient], body)
 
             def failed(f):
                 cap.message_unsent[index] = f"{type(f.value).__name__}: {f.getErrorMessage()}"
@@ -437,18 +503,67 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
                 cap.message_unsent[index] = None
             return d.addCallbacks(left, failed)
 
-        for index, (t, sender, recipient) in enumerate(schedule):
+        def reply(replier, message, tag):
+            r = len(cap.reply_sender)
+            body = b"nym-measure reply to %d" % message
+            cap.reply_sender.append(replier)
+            cap.reply_recipient.append(cap.message_sender[message])
+            cap.reply_to.append(message)
+            cap.reply_queued.append(reactor.seconds() - start)
+            cap.reply_body.append(body)
+            cap.reply_unsent.append("still queued at the end")
+            cap.reply_received.append(None)
+
+            def failed(f):
+                cap.reply_unsent[r] = f"{type(f.value).__name__}: {f.getErrorMessage()}"
+
+            def left(_):
+                cap.reply_unsent[r] = None
+            replies.append(clients[replier].reply(tag, body).addCallbacks(left, failed))
+
+        def received(client, message):
+            # what each application does with what it gets: a message of the
+            # workload that came with a sender tag is answered if drawn so;
+            # a reply is noted (its builder's application has it)
+            if message.sender_tag is None:
+                return
+            data = bytes(message.data)
+            for prefix, answer in ((b"nym-measure message ", True),
+                                   (b"nym-measure reply to ", False)):
+                if data.startswith(prefix) and data[len(prefix):].isdigit():
+                    number = int(data[len(prefix):])
+                    break
+            else:
+                return
+            if answer and number < len(cap.message_received) \
+                    and cap.message_received[number] is None:
+                cap.message_received[number] = reactor.seconds() - start
+            if not answer:
+                if number in cap.reply_to:
+                    r = cap.reply_to.index(number)
+                    if cap.reply_received[r] is None:
+                        cap.reply_received[r] = reactor.seconds() - start
+            elif number < len(answered) and answered[number] and replying[0] \
+                    and cap.message_recipient[number] == client and number not in cap.reply_to:
+                reply(client, number, message.sender_tag)
+
+        if cap.anonymous:
+            for i, client in enumerate(clients):
+                client.on_received(lambda message, i=i: received(i, message))
+
+        for index, (t, sender, recipient, conv) in enumerate(schedule):
             body = b"nym-measure message %d" % index
             cap.message_sender.append(sender)
             cap.message_recipient.append(recipient)
             cap.message_queued.append(t)
             cap.message_body.append(body)
             cap.message_unsent.append("still queued at the end")
+            cap.message_received.append(None)
             sends.append(Deferred())
             # a DelayedCall fires the send; the Deferred says it left (or not)
             reactor.callLater(max(0.0, start + t - reactor.seconds()),
-                              lambda i=index, a=sender, b=recipient, m=body, w=sends[-1]:
-                              send(i, a, b, m).chainDeferred(w))
+                              lambda i=index, a=sender, b=recipient, m=body, c=conv, w=sends[-1]:
+                              send(i, a, b, m, c).chainDeferred(w))
         while reactor.seconds() < start + duration:
             await _sleep(reactor, min(60.0, start + duration - reactor.seconds()))
             if reactor.seconds() < start + duration:
@@ -462,6 +577,25 @@ async def capture(reactor, settings, phases, duration, seed=0, home=None,
             pass   # what is still queued is named per message
         # long enough for the last message to cross four delays and be pulled
         await _sleep(reactor, (s.layers + 1) * s.hop_delay * 5 + 3 * s.fetch_gap)
+        if cap.anonymous:
+            # every message to be answered that left is received (or the
+            # timeout passes); then no new replies, and those queued leave,
+            # cross four delays, are pulled by their builder, whose stream
+            # then sends their acks
+            due = reactor.seconds() + drain_timeout
+            while reactor.seconds() < due and any(
+                    answered[i] and cap.message_unsent[i] is None
+                    and cap.message_received[i] is None for i in range(len(schedule))):
+                await _sleep(reactor, 0.1)
+            replying[0] = False
+            waiting = DeferredList(list(replies), consumeErrors=True)
+            waiting.addTimeout(drain_timeout, reactor)
+            try:
+                await waiting
+            except Exception:
+                pass
+            await _sleep(reactor, 2 * (s.layers + 1) * s.hop_delay * 5 + 3 * s.fetch_gap
+                         + 3 * s.send_gap)
         cap.end = reactor.seconds()
     finally:
         for client in clients:
@@ -555,6 +689,48 @@ def ack_identifier_opens(ack_key, identifier):
     return plain[14:] == b"\x00\x00"
 
 
+@attrs.frozen
+class Piece:
+    """One fragment of a message of several (an anonymous message, with its
+    reply blocks, or a top-up of blocks): its message is known once the set
+    is whole. *key* names the set: (forward or reply, client, set id)."""
+
+    key: tuple
+    index: int
+    count: int
+    data: bytes
+
+
+class FragmentSets:
+    """The pieces of multi-fragment messages, gathered until each set is whole."""
+
+    def __init__(self):
+        self._sets = {}
+
+    def add(self, piece, packet):
+        """Note *piece* of *packet*; (the set's data, its packets) when it is
+        whole, else None. A piece seen twice, or of a set whose count it
+        contradicts, raises ValueError (retransmissions are off: neither
+        should happen)."""
+        count, got = self._sets.setdefault(piece.key, (piece.count, {}))
+        if piece.count != count or not 0 <= piece.index < count:
+            raise ValueError(f"a fragment {piece.index} of {piece.count} in a set of {count}")
+        if piece.index in got:
+            raise ValueError(f"fragment {piece.index} of {count} seen twice")
+        got[piece.index] = (piece.data, packet)
+        if len(got) < count:
+            return None
+        del self._sets[piece.key]
+        return (b"".join(got[i][0] for i in range(count)), [got[i][1] for i in range(count)])
+
+    def incomplete(self):
+        """(key, pieces seen, count, their packets, the data of its first
+        piece or None) of each set still open."""
+        return [(key, len(got), count, [p for _, p in got.values()],
+                 got[0][0] if 0 in got else None)
+                for key, (count, got) in self._sets.items()]
+
+
 class Classifier:
     """Reads a final hop's destination and payload: (kind, recipient, message number).
 
@@ -562,14 +738,17 @@ class Classifier:
     sealed to the recipient with a type byte inside, opened here with the
     clients' (or, for drop cover, the gateways') keys; a workload body sent
     as plaintext (a capture of the previous release) is matched as it is.
-    ``None`` for a payload nothing explains.
+    ``None`` for a payload nothing explains. A fragment of a message of
+    several gives a :class:`Piece` in place of the message number
+    (:class:`FragmentSets` joins them; :meth:`resolve` reads the whole).
     """
 
-    def __init__(self, client_keys, gateway_keys, bodies):
+    def __init__(self, client_keys, gateway_keys, bodies, reply_bodies=()):
         self.clients = {k.public_key: i for i, k in enumerate(client_keys)}
         self.client_keys = client_keys
         self.gateways = {k.public_key: k for k in gateway_keys}
         self.bodies = {b: i for i, b in enumerate(bodies)}
+        self.reply_bodies = {b: i for i, b in enumerate(reply_bodies)}
 
     def classify(self, destination, payload):
         c = self.clients.get(destination)
@@ -580,8 +759,10 @@ class Classifier:
             if opened is not None:
                 kind, data = opened
                 if kind == REAL:
-                    # a workload message is one fragment: its kind byte, then the body
-                    m = self.bodies.get(data[1:], self.bodies.get(data))
+                    if data.count > 1:
+                        return REAL, c, Piece(("forward", c, bytes(data.set_id)), data.index,
+                                              data.count, bytes(data.data))
+                    m = self.resolve(bytes(data.data))
                     return (REAL, c, m) if m is not None else None
                 return kind, c, -1
         # drop cover may be sealed to the gateway that discards it
@@ -590,6 +771,33 @@ class Classifier:
             if opened is not None and opened[0] == DROP:
                 return DROP, -1, -1
         return None
+
+    def resolve(self, framed):
+        """The workload message of a whole message's ``kind || data``:
+        its number, PROTOCOL for a top-up of reply blocks, None if unknown."""
+        m = self.bodies.get(framed[1:], self.bodies.get(framed))
+        if m is not None:
+            return m
+        if framed[:1] in (bytes((reply_layer.REPLIABLE,)), bytes((reply_layer.TOP_UP,))):
+            try:
+                got = reply_layer.decode_forward(framed)
+            except reply_layer.ReplyError:
+                return None
+            if isinstance(got, reply_layer.TopUp):
+                return PROTOCOL
+            return self.bodies.get(bytes(got.body))
+        return None
+
+    def resolve_reply(self, data):
+        """The reply number of a whole reply's data, PROTOCOL for a request
+        for more blocks, None if unknown."""
+        try:
+            got = reply_layer.decode_reply(data)
+        except reply_layer.ReplyError:
+            return None
+        if isinstance(got, reply_layer.SurbRequest):
+            return PROTOCOL
+        return self.reply_bodies.get(bytes(got.body))
 
     def _open(self, keys, payload):
         layer = _message_layer
@@ -604,12 +812,26 @@ class Classifier:
         except Exception:
             return None
         if isinstance(value, layer.Fragment):
-            return REAL, value.data
+            return REAL, value
         if isinstance(value, layer.LoopCover):
             return LOOP, None
         if isinstance(value, layer.DropCover):
             return DROP, None
         return None
+
+
+def open_reply(keys, block):
+    """(the replier's SURB-ACK, the reply's Fragment) of a reply's 1024-byte
+    *block* opened with its reply block's *keys* (SurbKeys bytes), or a
+    ValueError saying why not."""
+    from nymtx.message import PlaintextError
+    from nymtx.message.payload import decode_reply_fragment
+    try:
+        opened = open_surb_delivery(SurbKeys.from_bytes(keys), block)
+        their_ack, body = reply_layer.split_reply(opened)
+        return their_ack, decode_reply_fragment(body)
+    except (SurbError, reply_layer.ReplyError, PlaintextError, ValueError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
 
 
 def observed_count(data):
@@ -653,7 +875,9 @@ def to_trace(cap):
     node_keys, client_keys = _load_keys(cap)
     ack_keys = _load_ack_keys(cap)
     classifier = Classifier(client_keys, [node_keys[first_gateway + k]
-                                          for k in range(len(cap.gateways))], cap.message_body)
+                                          for k in range(len(cap.gateways))], cap.message_body,
+                            cap.reply_body)
+    sets = FragmentSets()
 
     def name(node):
         return topology.node_name(node) if node >= 0 else "an unknown address"
@@ -668,6 +892,60 @@ def to_trace(cap):
     # the SURB-ACK header of every packet that reached its gateway -> (that
     # packet, its gateway, the ack's first hop, when the ack was due to leave)
     acks_due = {}
+    # the same for every reply opened at its builder's gateway: the header of
+    # the replier's SURB-ACK inside it, which the builder's client sends on
+    # (docs/surb.md §5.4) -> (the reply, its builder, the ack's first hop)
+    reply_acks_due = {}
+
+    def take(piece, index, where, reply=False):
+        """Note a fragment of a message (or reply) of several; once its set is
+        whole, every packet of it names the message."""
+        p_message[index] = PENDING
+        try:
+            whole = sets.add(piece, index)
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+            p_message[index] = -1
+            return
+        if whole is None:
+            return
+        data, packets = whole
+        m = classifier.resolve_reply(data) if reply else classifier.resolve(data)
+        if m is None:
+            problems.append(f"{where}: a {'reply' if reply else 'message'} of {len(packets)}"
+                            " fragment(s) that is none of the workload's")
+            m = -1
+        for i in packets:
+            p_message[i] = m
+            if m < 0:
+                continue
+            sender = cap.reply_sender[m] if reply else cap.message_sender[m]
+            if p_sender[i] != sender:
+                problems.append(f"{where}: {'reply' if reply else 'message'} {m} of"
+                                f" {name(sender)} came from {name(p_sender[i])}")
+            if reply and p_recipient[i] != cap.reply_recipient[m]:
+                problems.append(f"{where}: reply {m} to {name(cap.reply_recipient[m])}"
+                                f" came to {name(p_recipient[i])}")
+
+    def note_reply(hop, index, c, where):
+        """A reply at its builder's gateway: opened with its block's keys."""
+        keys = cap.reply_keys.get(bytes(hop.identifier))
+        if keys is None:
+            problems.append(f"{where}: a SURB packet for {name(c)} whose identifier is neither"
+                            " an ack's nor a reply block's")
+            return
+        try:
+            their_ack, fragment = open_reply(keys, hop.block)
+        except ValueError as e:
+            problems.append(f"{where}: a reply that does not open with its block's keys: {e}")
+            return
+        first_hop = cap.node_address.get(
+            bytes(their_ack[:COMPACT_ADDRESS_SIZE])
+            + bytes(ADDRESS_SIZE - COMPACT_ADDRESS_SIZE), -1)
+        reply_acks_due[bytes(their_ack[COMPACT_ADDRESS_SIZE:SURB_ACK_SIZE])] = (
+            index, c, first_hop)
+        take(Piece(("reply", c, bytes(fragment.set_id)), fragment.index, fragment.count,
+                   bytes(fragment.data)), index, where, reply=True)
 
     def peel(node, packet):
         # a gateway's last hop may be a SURB's packet (an ack, a reply), which
@@ -696,6 +974,8 @@ def to_trace(cap):
                                 f" came back to {name(c)}")
             if cap.client_gateway[c] != node - first_gateway:
                 problems.append(f"{where}: a SURB packet of {name(c)} at another gateway")
+            if kind == REPLY:
+                note_reply(hop, index, c, where)
             return False
         if isinstance(hop, ForwardHop):
             nxt = cap.node_address.get(hop.next_address, -1)
@@ -714,11 +994,16 @@ def to_trace(cap):
             problems.append(f"{where}: its payload is neither a workload message nor"
                             f" cover (destination {hop.destination.hex()[:16]}…)")
             kind = (-1, -1, -1)
-        p_kind[index], p_recipient[index], p_message[index] = kind
+        if isinstance(kind[2], Piece):
+            p_kind[index], p_recipient[index] = kind[:2]
+            take(kind[2], index, where)
+        else:
+            p_kind[index], p_recipient[index], p_message[index] = kind
         sender = p_sender[index]
         if kind[0] == LOOP and kind[1] != sender:
             problems.append(f"{where}: loop cover of {name(kind[1])} came from {name(sender)}")
-        if kind[0] == REAL and cap.message_sender[kind[2]] != sender:
+        if kind[0] == REAL and isinstance(kind[2], int) and kind[2] >= 0 \
+                and cap.message_sender[kind[2]] != sender:
             problems.append(f"{where}: message {kind[2]} of"
                             f" {name(cap.message_sender[kind[2]])} came from {name(sender)}")
         message = hop.message
@@ -757,6 +1042,15 @@ def to_trace(cap):
                     problems.append(f"{where}: the ack of a packet that ended at {name(gateway)}")
                 if first_hop != dst:
                     problems.append(f"{where}: its SURB-ACK named {name(first_hop)}")
+        if earlier is None and 0 <= src < n and reply_acks_due:
+            # a builder's client sends the ack of each reply it got
+            due = reply_acks_due.pop(bytes(packet[:HEADER_SIZE]), None)
+            if due is not None:
+                origin, builder, first_hop = due
+                if builder != src:
+                    problems.append(f"{where}: the ack of a reply to {name(builder)}")
+                if first_hop != dst:
+                    problems.append(f"{where}: its reply's SURB-ACK named {name(first_hop)}")
         if earlier is None:
             if origin == -1 and not 0 <= src < n:
                 problems.append(f"{where}: no earlier hop forwarded it, and it does not"
@@ -816,6 +1110,21 @@ def to_trace(cap):
             packet, position, node = hop.packet, position + 1, \
                 cap.node_address.get(hop.next_address, -1)
 
+    # Sets still open: a top-up of reply blocks the client had not finished
+    # sending when the network stopped (its first fragment says what it is);
+    # anything else is a message the truth lost
+    cut_short = 0
+    for key, seen, count, packets, head in sets.incomplete():
+        if key[0] == "forward" and head is not None and head[:1] == bytes((reply_layer.TOP_UP,)):
+            cut_short += 1
+            label = PROTOCOL
+        else:
+            problems.append(f"a {'reply' if key[0] == 'reply' else 'message'} of {count}"
+                            f" fragments for {name(key[1])} of which only {seen} were seen")
+            label = -1
+        for p in packets:
+            p_message[p] = label
+
     # ---- the capture window: packets sent in [start, end]
     p_sent = np.asarray(p_sent, dtype=float) - cap.start
     end = cap.end - cap.start
@@ -853,6 +1162,22 @@ def to_trace(cap):
             problems.append(f"message {i} ({name(cap.message_sender[i])} to"
                             f" {name(cap.message_recipient[i])}) left its client but was"
                             " never seen at its gateway")
+    # and every reply that left its replier, at its builder's gateway
+    r_count = len(cap.reply_sender)
+    r_found = np.zeros(r_count, dtype=bool)
+    r_found[message[(kind == REPLY) & (message >= 0)]] = True
+    for r in range(r_count):
+        if cap.reply_unsent[r] is None and not r_found[r]:
+            problems.append(f"reply {r} ({name(cap.reply_sender[r])} to"
+                            f" {name(cap.reply_recipient[r])}, answering message"
+                            f" {cap.reply_to[r]}) left its client but was never seen at its"
+                            " builder's gateway")
+    replies_kept = (kind == REPLY)
+    reply_acks = (kind == ACK) & (origin >= 0)
+    reply_acks &= replies_kept[np.maximum(origin, 0)] if len(origin) else reply_acks
+    # a reply's ack leaves its builder after a pull and a slot of its stream:
+    # those not sent by the end of the recording (counted, not a problem)
+    reply_unacked = int(replies_kept.sum()) - len(set(origin[reply_acks].tolist()))
 
     # ---- pulls
     pulls = [p for p in cap.pulls if cap.start <= p[0] <= cap.end and p[1] >= 0]
@@ -878,7 +1203,12 @@ def to_trace(cap):
         message_queued=np.asarray(cap.message_queued, dtype=float),
         pull_time=pull_time, pull_client=pull_client, pull_count=pull_count,
         pull_true_count=pull_true,
-        phases=list(cap.phases), packet_origin=origin)
+        phases=list(cap.phases), packet_origin=origin,
+        **({} if not cap.anonymous else dict(
+            reply_sender=np.asarray(cap.reply_sender, dtype=np.int64),
+            reply_recipient=np.asarray(cap.reply_recipient, dtype=np.int64),
+            reply_to=np.asarray(cap.reply_to, dtype=np.int64),
+            reply_queued=np.asarray(cap.reply_queued, dtype=float))))
     stats = {"messages": m_count, "messages found": int(found.sum()),
              "messages not sent by the end": len(unsent),
              "packets tapped": len(cap.packets),
@@ -886,6 +1216,21 @@ def to_trace(cap):
              "ack packets": int(np.sum(kind == ACK)),
              "reply packets": int(np.sum(kind == REPLY)),
              "packets that reached their gateway whose ack never left it": unacked}
+    if cap.anonymous:
+        stats.update({
+            "replies": r_count, "replies found": int(r_found.sum()),
+            "replies not sent by the end": sum(1 for why in cap.reply_unsent if why is not None),
+            "replies their builder's application received": sum(
+                1 for t in cap.reply_received if t is not None),
+            "reply packets carrying a workload reply": int(np.sum((kind == REPLY)
+                                                                  & (message >= 0))),
+            "reply packets asking for more reply blocks": int(np.sum((kind == REPLY)
+                                                                     & (message == PROTOCOL))),
+            "acks of replies (sent by their builders' clients)": int(reply_acks.sum()),
+            "replies whose builder had not sent their ack by the end": reply_unacked,
+            "real packets carrying reply blocks asked for (top-ups)": int(
+                np.sum((kind == REAL) & (message == PROTOCOL))),
+            "top-ups cut short by the end": cut_short})
     return trace, problems, stats
 
 

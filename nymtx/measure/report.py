@@ -9,7 +9,7 @@ import numpy as np
 from nymtx.measure.attacks import ATTACKS
 
 _PHASE_COLOURS = {"idle": "#eeeeee", "conversations": "#dbeafe", "flood": "#fde2e2",
-                  "bursts": "#fef3c7"}
+                  "bursts": "#fef3c7", "anonymous": "#e0f2e9", "replies": "#ede0f7"}
 
 
 def _pyplot():
@@ -144,6 +144,7 @@ def write(folder, trace, settings, scores, checks, meta):
             f" {s['idle']['per_minute']:.1f} | {s['z']:+.2f} | {g['busy']['per_minute']:.1f} |"
             f" {g['idle']['per_minute']:.1f} | {g['z']:+.2f} |")
     lines += _ack_lines(checks.get("ack_stream"))
+    lines += _reply_lines(checks.get("replies"))
     lines += ["", "![rates](rates.png)", "", "![delays](delays.png)", ""]
     summary = os.path.join(folder, "summary.md")
     with open(summary, "w") as f:
@@ -184,6 +185,78 @@ def _ack_lines(stream):
     for a in stream["arrivals"]:
         lines.append(f"| {a['client']} | {a['busy']['per_minute']:.1f} |"
                      f" {a['idle']['per_minute']:.1f} | {a['z']:+.2f} |")
+    return lines
+
+
+def _reply_lines(result):
+    """The anonymous replies' section of the summary (nymtx.measure.replies),
+    or none for a run without them."""
+    if result is None:
+        return []
+
+    def f(x, fmt):
+        return "–" if x is None else format(x, fmt)
+
+    def rate(r):
+        return (f"{f(r['per_minute'], '.1f')} ({f(r['ci95'] and r['ci95'][0], '.1f')} to"
+                f" {f(r['ci95'] and r['ci95'][1], '.1f')}, {r['windows']} windows)")
+    lines = ["", "### Anonymous replies", "",
+             f"{result['replies']} replies. **The builder's gateway counting**: per window,"
+             " the SURB deliveries for its client (acks and replies: it tells them from"
+             " forward packets, docs/surb.md §1.7) minus its client's sends one round trip"
+             " earlier, per minute, in windows inside the phases whose messages were"
+             " answered and in windows touching none (95% intervals over the windows);"
+             " z of the difference; its correlation with the true replies per window.", "",
+             "| builder | window | with replies: deliveries − sends | true replies |"
+             " without: deliveries − sends | z | correlation | estimated / true replies |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in result["builders"]:
+        w, wo = b["with replies"], b["without replies"]
+        lines.append(
+            f"| {b['client']} | {b['window s']:g} s | {rate(w['deliveries minus sends'])} |"
+            f" {f(w['true replies']['per_minute'], '.1f')} |"
+            f" {rate(wo['deliveries minus sends'])} |"
+            f" {f(b['z, deliveries minus sends, with against without'], '+.2f')} |"
+            f" {f(b['correlation with the true replies per window'], '.2f')} |"
+            f" {b['estimated replies (sum of the differences)']} /"
+            f" {b['true replies (in the same windows)']} |")
+    r = result["reply or ack"]
+    lines += ["", "**Reply or ack, at the builder's gateway, by timing** (a delivery no send"
+              " of its client explains, one round trip earlier, is taken for a reply):"
+              f" {r['deliveries']} deliveries, {r['replies']} replies (base rate"
+              f" {f(r['base rate'], '.4f')}); AUC {f(r['auc'], '.3f')} (95%"
+              f" {f(r['ci95'] and r['ci95'][0], '.3f')}–{f(r['ci95'] and r['ci95'][1], '.3f')};"
+              " 0.5 is a coin); of the lowest-scored deliveries, as many as there were"
+              " replies, a share"
+              f" {f(r.get('precision of the lowest-scored, as many as the positives'), '.3f')}"
+              " were replies.", ""]
+    u = result.get("sends with no ack")
+    if u is not None:
+        lines += [f"**Sends with no ack** (the dual: a send of the builder that no delivery"
+                  " follows one round trip later is taken for a reply's ack, which comes back"
+                  f" as nothing): {u['sends']} sends, {u['reply acks']} acks of replies (base"
+                  f" rate {f(u['base rate'], '.4f')}); AUC {f(u['auc'], '.3f')} (95%"
+                  f" {f(u['ci95'] and u['ci95'][0], '.3f')}–"
+                  f"{f(u['ci95'] and u['ci95'][1], '.3f')}); precision"
+                  f" {f(u.get('precision of the lowest-scored, as many as the positives'), '.3f')}.",
+                  ""]
+    lines += ["**The replier's side**: its packets into layer 1 and the SURB deliveries for it"
+              " at its gateway, per minute, in the phases whose messages it answered and in"
+              " the others; the sizes of its packets; whether an ack at its gateway is a"
+              " reply's (sent on by the builder after its pull), by the same timing score.", "",
+              "| replier | replies | sizes | sent replying / not / z |"
+              " deliveries replying / not / z | reply's ack by timing: AUC (95%), base rate |",
+              "|---|---|---|---|---|---|"]
+    for p in result["repliers"]:
+        s, d = p["sent"], p["surb deliveries at its gateway"]
+        a = p["ack of a reply or of another packet"]
+        lines.append(
+            f"| {p['client']} | {p['replies sent']} | {p['sizes']} |"
+            f" {f(s['replying per minute'], '.1f')} / {f(s['not replying per minute'], '.1f')}"
+            f" / {f(s['z'], '+.2f')} | {f(d['replying per minute'], '.1f')} /"
+            f" {f(d['not replying per minute'], '.1f')} / {f(d['z'], '+.2f')} |"
+            f" {f(a['auc'], '.3f')} ({f(a['ci95'] and a['ci95'][0], '.3f')}–"
+            f"{f(a['ci95'] and a['ci95'][1], '.3f')}), {f(a['base rate'], '.4f')} |")
     return lines
 
 

@@ -33,6 +33,15 @@ class Conversation:
     rate: float            # messages per second handed to the sender's client
     #: "poisson" (a conversation) or "flood" (the queue never runs dry)
     pattern: str = "poisson"
+    #: sent with ``sendAnonymous`` (reply blocks and the sender's tag, not its
+    #: address) instead of ``send``: the real network only (the model has
+    #: no fragments, reply blocks or acks; docs/anonymity.md "Anonymous replies")
+    anonymous: bool = False
+    #: with *anonymous*: the reply blocks each message carries (1 to 500)
+    reply_surbs: int = 5
+    #: with *anonymous*: the share of its messages (0 to 1) the recipient
+    #: answers, each with one ``reply`` by the sender tag, when it receives it
+    replies: float = 0.0
 
 
 @attrs.frozen
@@ -93,6 +102,40 @@ def default_workload(clients, minutes):
     ]
 
 
+def replies_workload(clients, minutes):
+    """The ``replies`` preset: anonymous conversations, first unanswered,
+    then answered.
+
+    Idle, then 0→1 and 2→3 (…) with ``sendAnonymous`` (5 reply blocks each)
+    and no replies, then the same with every message answered by ``reply``,
+    then idle: the builders (senders) receive replies only in the third
+    phase, and the repliers get the same messages in the second and third,
+    so each compares like with like.
+    """
+    d = minutes * 60.0
+
+    def pairs(replies):
+        return tuple(Conversation(i, (i + 1) % clients, 0.2, anonymous=True, reply_surbs=5,
+                                  replies=replies) for i in range(0, clients - 1, 2))
+    cuts = [0.0, 0.15 * d, 0.45 * d, 0.75 * d, d]
+    return [
+        Phase(cuts[0], cuts[1], "idle"),
+        Phase(cuts[1], cuts[2], "anonymous", pairs(0.0)),
+        Phase(cuts[2], cuts[3], "replies", pairs(1.0)),
+        Phase(cuts[3], cuts[4], "idle"),
+    ]
+
+
+#: workloads by name (``nym-measure --workload NAME``); a file of that name
+#: is read instead when there is one
+PRESETS = {"default": default_workload, "replies": replies_workload}
+
+
+def has_anonymous(phases):
+    """Whether any conversation of *phases* uses ``sendAnonymous``."""
+    return any(c.anonymous for p in phases for c in p.conversations)
+
+
 def _poisson_times(rng, gap, start, end):
     """Times of a Poisson process of mean gap *gap* on [start, end)."""
     n = rng.poisson((end - start) / gap * 1.2 + 20)
@@ -106,6 +149,12 @@ def _poisson_times(rng, gap, start, end):
 def simulate(settings, phases, duration, seed=0):
     """Run the model; returns a :class:`Trace`."""
     s = settings
+    if has_anonymous(phases):
+        # honest or nothing: an anonymous message is several fragments (its
+        # reply blocks take 420 bytes each), every packet has an ack, and a
+        # reply waits for its builder's pull; the model has none of these
+        raise ValueError("the model has no reply blocks, fragments or acks: a workload with"
+                         " anonymous conversations runs on the real network only")
     rng = np.random.default_rng(seed)
     n = s.clients
     layers = [layer for layer in range(1, s.layers + 1) for _ in range(s.mixnodes_per_layer)]

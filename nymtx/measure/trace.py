@@ -23,6 +23,10 @@ REAL, LOOP, DROP, ACK, REPLY = 0, 1, 2, 3, 4
 KIND_NAMES = {REAL: "real", LOOP: "loop", DROP: "drop", ACK: "ack", REPLY: "reply"}
 #: the kinds a client sends into layer 1 itself
 FORWARD = (REAL, LOOP, DROP)
+#: ``packet_message`` of a real packet or a reply that carries no workload
+#: message but one the clients made themselves: reply blocks sent on request
+#: (a top-up), a request for more (docs/surb.md §5.6)
+PROTOCOL = -2
 
 
 @attrs.define
@@ -111,6 +115,14 @@ class Trace:
     #: is outside the trace); -1 for every other packet. None: a trace
     #: without acks (the model, a release before them)
     packet_origin: np.ndarray = None
+    #: anonymous replies (the real network, a workload with replies; None
+    #: otherwise): per reply its replier, the builder it went to, the message
+    #: it answers and when the replier's application queued it. A REPLY
+    #: packet's ``packet_message`` is its reply's number (or PROTOCOL)
+    reply_sender: np.ndarray = None
+    reply_recipient: np.ndarray = None
+    reply_to: np.ndarray = None
+    reply_queued: np.ndarray = None
 
     def exits(self):
         """Per real message, the index of its hop into the gateway (-1 if it never got there)."""
@@ -118,7 +130,7 @@ class Trace:
         into_gateway = self.hop_dst >= self.topology.first_gateway
         for hop in np.nonzero(into_gateway)[0]:
             packet = self.hop_packet[hop]
-            if self.packet_kind[packet] == REAL:
+            if self.packet_kind[packet] == REAL and self.packet_message[packet] >= 0:
                 out[self.packet_message[packet]] = hop
         return out
 
@@ -151,8 +163,16 @@ class Trace:
         if np.any(self.packet_sender < 0):
             problems.append("a packet has no sender")
         real = self.packet_kind == REAL
-        if np.any(self.packet_message[real] < 0):
+        if np.any((self.packet_message[real] < 0) & (self.packet_message[real] != PROTOCOL)):
             problems.append("a real packet names no message")
+        if np.any(self.packet_message[real] >= len(self.message_sender)):
+            problems.append("a real packet names a message that is not in the workload")
+        replies = self.packet_kind == REPLY
+        if replies.any():
+            known = -1 if self.reply_sender is None else len(self.reply_sender)
+            got = self.packet_message[replies]
+            if np.any(((got < 0) & (got != PROTOCOL)) | (got >= known)):
+                problems.append("a reply packet names no reply")
         if np.any(~np.isin(self.packet_kind, list(KIND_NAMES))):
             problems.append("a packet of unknown kind")
         return problems
