@@ -426,15 +426,20 @@ def _gateway_sphinx_key(data, role, pub_key):
     if role != ROLE_GATEWAY:
         raise PresenceError("sphinxKey", "only a gateway announces a Sphinx key beside its"
                             " pubKey")
-    if not isinstance(value, str):
-        raise PresenceError("sphinxKey", "must be a string")
-    try:
-        raw = decode_key(value)
-    except KeyFormatError as e:
-        raise PresenceError("sphinxKey", str(e))
+    raw = _key_field("sphinxKey", value)
     if raw == pub_key:
         raise PresenceError("sphinxKey", "is the pubKey: a gateway leaves it out then")
     return raw
+
+
+def _key_field(name, value):
+    """The 32 bytes of a base58 key field *name*, or PresenceError naming it."""
+    if not isinstance(value, str):
+        raise PresenceError(name, "must be a string")
+    try:
+        return decode_key(value)
+    except KeyFormatError as e:
+        raise PresenceError(name, str(e))
 
 
 def _next_key(data):
@@ -443,12 +448,7 @@ def _next_key(data):
         return None, 0
     if key is None or start is None:
         raise PresenceError("nextPubKey", "nextPubKey and nextPubKeyFrom go together")
-    if not isinstance(key, str):
-        raise PresenceError("nextPubKey", "must be a string")
-    try:
-        raw = decode_key(key)
-    except KeyFormatError as e:
-        raise PresenceError("nextPubKey", str(e))
+    raw = _key_field("nextPubKey", key)
     start = _u64_field(data, "nextPubKeyFrom")
     if start == 0:
         raise PresenceError("nextPubKeyFrom", "must be a time after 0")
