@@ -120,6 +120,25 @@ def twistd_argv(unit, name):
     return argv
 
 
+#: the allow list the directory unit names (docs/deployment.md)
+ALLOW_LIST = "/etc/nymtx/allow-list"
+
+
+def _local(arg, home):
+    """*arg* of an ExecStart with the unit's paths moved under *home*: the
+    state directory itself, and the allow list (made there, empty but for a
+    comment, as an operator's before the first node is admitted)."""
+    if arg == ALLOW_LIST:
+        os.makedirs(home, exist_ok=True)
+        path = os.path.join(home, "allow-list")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("# nymtx allow list: one node identity key (base58) a line, then a label\n")
+        return path
+    if arg == "/var/lib/nymtx" or arg.startswith("/var/lib/nymtx/"):
+        return home + arg[len("/var/lib/nymtx"):]
+    return arg
+
+
 def unit_text(name):
     with open(os.path.join(UNITS, name), encoding="utf-8") as f:
         return f.read()
@@ -144,7 +163,7 @@ class UnitFileTests(SynchronousTestCase):
     def _parse_exec_start(self, name, home):
         from twisted.scripts._twistd_unix import ServerOptions
         argv = twistd_argv(parse_unit(unit_text(name), name), name)
-        argv = [home if a == "/var/lib/nymtx" else a.replace("%i", "node1") for a in argv]
+        argv = [_local(a, home).replace("%i", "node1") for a in argv]
         options = ServerOptions()
         options.parseOptions(argv[1:])
         return options
@@ -172,8 +191,10 @@ class UnitFileTests(SynchronousTestCase):
             raise SkipTest("no twistd installed here")
         argv = twistd_argv(parse_unit(unit_text("nym-directory.service"),
                                       "nym-directory.service"), "nym-directory.service")
+        home = os.path.abspath(self.mktemp())
         argv = [twistd if a == INSTALLED_TWISTD else
-                "tcp:0:interface=127.0.0.1" if a.startswith("tcp:8080") else a for a in argv]
+                "tcp:0:interface=127.0.0.1" if a.startswith("tcp:8080") else _local(a, home)
+                for a in argv]
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -192,6 +213,8 @@ class UnitFileTests(SynchronousTestCase):
             if "the directory listening on" in line:
                 break
         self.assertTrue(seen and "host='127.0.0.1'" in seen[-1], "".join(seen))
+        # it signs: its identity key was made where the unit says
+        self.assertTrue(os.path.exists(os.path.join(home, "directory", "public_identity.key")))
         port = int(re.search(r"port=(\d+)", seen[-1]).group(1))
         # it answers: the reactor runs (and has its SIGTERM handler: the
         # port may be bound before, in privilegedStartService)
