@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nymtx.config import ConfigError
 from nymtx.trust.replaylog import MAGIC, TAG_SIZE, PersistentReplayCache, ReplayLogError
-from nymtx.trust.wiring import directory_keys, directory_list, directory_threshold
+from nymtx.trust.wiring import (directory_keys, directory_list, directory_threshold,
+                                 pinned_keys)
 
 toml_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60),
@@ -47,3 +48,19 @@ class FuzzTests(SynchronousTestCase):
                 check(value, "[x] y")
             except ConfigError as e:
                 self.assertIn("[x] y", str(e))
+
+
+class PinnedKeysFlagFuzz(SynchronousTestCase):
+    """``--directory-keys`` text (nym-mixnode / nym-gateway init): pins or a
+    ConfigError, nothing else."""
+
+    @given(st.text(max_size=300) | st.lists(st.sampled_from(
+        ["5Hd9wdUptAsXDSBdXVVUVmhpg6VTqh6vC2sydrQM5Xbp", "nope", "", " ", ","]),
+        max_size=12).map(",".join))
+    def test_any_text(self, text):
+        try:
+            keys = pinned_keys(text, "--directory-keys")
+        except ConfigError as e:
+            self.assertIn("--directory-keys", str(e))
+        else:
+            self.assertEqual(keys, directory_keys(list(keys), "k"))

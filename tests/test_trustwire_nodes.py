@@ -87,6 +87,44 @@ class IdentityAtInitTests(SynchronousTestCase):
         self.assertNotIn("Traceback", err)
 
 
+class PinsAtInitTests(SynchronousTestCase):
+    """``--directory-keys`` at init writes the pins an operator would
+    otherwise type into [debug] directory_keys (docs/deployment.md)."""
+
+    def setUp(self):
+        self.home = self.mktemp()
+        self.keys = [IdentityKey.generate().public_text for _ in range(2)]
+
+    def test_a_mixnode_pins_the_keys_given(self):
+        code, out, err = run(mixnode_cli.main, "init", "--id", "M1", "--layer", "2",
+                             "--home", self.home, "--directory-keys", " , ".join(self.keys))
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(load_config("M1", self.home).debug["directory_keys"], tuple(self.keys))
+
+    def test_a_gateway_pins_the_keys_given(self):
+        code, out, err = run(gateway_cli.main, "init", "--id", "G1", "--home", self.home,
+                             "--directory", "", "--directory-keys", self.keys[0])
+        self.assertEqual((code, err), (0, ""))
+        config = G.parse(G.config_path("G1", self.home).read_text())
+        self.assertEqual(config.directory_keys, (self.keys[0],))
+
+    def test_without_the_flag_nothing_is_pinned(self):
+        run(mixnode_cli.main, "init", "--id", "M1", "--layer", "2", "--home", self.home)
+        self.assertEqual(load_config("M1", self.home).debug["directory_keys"], ())
+
+    def test_a_bad_key_is_a_usage_error_and_writes_nothing(self):
+        for main, argv, name in (
+                (mixnode_cli.main, ["--layer", "1"], "mixnodes"),
+                (gateway_cli.main, ["--directory", ""], "gateways")):
+            for bad, why in (("nope", "--directory-keys[0]"),
+                             (f"{self.keys[0]},{self.keys[0]}", "listed twice")):
+                code, out, err = run(main, "init", "--id", "X1", "--home", self.home,
+                                     *argv, "--directory-keys", bad)
+                self.assertEqual(code, 2)
+                self.assertIn(why, err)
+                self.assertFalse(os.path.exists(os.path.join(self.home, name, "X1")))
+
+
 class DirectoryListTests(SynchronousTestCase):
 
     def test_lists_are_checked_entry_by_entry(self):

@@ -9,11 +9,13 @@ from nymtx import config as shared
 from nymtx.gateway import config as C, tap
 from nymtx.keys import KeyPair
 from nymtx.runner import run_service
+from nymtx.trust.wiring import pinned_keys
 
 
 class InitOptions(usage.Options):
     synopsis = "--id ID [--host IP] [--announce-host IP] [--mix-port P]" \
-        " [--clients-port P] [--directory URL] [--location TEXT] [--home DIR]"
+        " [--clients-port P] [--directory URL] [--directory-keys K1,K2] [--location TEXT]" \
+        " [--home DIR]"
     optParameters = [
         ["id", None, None, "The id of the new gateway.", cli.coerce(shared.identifier, "--id")],
         ["home", None, None, "The config root (default $NYM_HOME or ~/.nym)."],
@@ -33,6 +35,10 @@ class InitOptions(usage.Options):
         ["location", None, "unknown", "Free text announced to the directory."],
         ["log-level", None, shared.DEFAULT_LOG_LEVEL,
          "[logging] level written to config.toml.", cli.coerce(shared.log_level, "--log-level")],
+        ["directory-keys", None, None,
+         "The directories' public keys (base58, comma-separated) to pin ([debug]"
+         " directory_keys): signed topologies only, and mix links (docs/deployment.md).",
+         cli.coerce(pinned_keys, "--directory-keys")],
     ]
 
     def postOptions(self):
@@ -45,7 +51,7 @@ class InitOptions(usage.Options):
             id=self["id"], listening_host=host, announce_host=announce,
             mix_port=self["mix-port"], clients_port=self["clients-port"],
             directory=self["directory"], location=self["location"],
-            log_level=self["log-level"])
+            log_level=self["log-level"], directory_keys=self["directory-keys"] or ())
 
 
 class RunOptions(tap.Options):

@@ -12,13 +12,14 @@ from nymtx.mixnode.config import (
     DEFAULT_DIRECTORY, DEFAULT_HOST, DEFAULT_PORT, LAYERS, check_layer, config_path,
     init_mixnode)
 from nymtx.runner import run_service
+from nymtx.trust.wiring import pinned_keys
 
 _port = partial(shared.port, allow_zero=False)
 
 
 class InitOptions(usage.Options):
     synopsis = "--id ID --layer N [--host H] [--port P] [--announce-host H]" \
-        " [--announce-port P] [--directory URL] [--home DIR] [--force]"
+        " [--announce-port P] [--directory URL] [--directory-keys K1,K2] [--home DIR] [--force]"
     optFlags = [["force", None, "Rewrite the config of an existing id (its keys are kept)."]]
     optParameters = [
         ["id", None, None, "The id of the new mixnode.", cli.coerce(shared.identifier, "--id")],
@@ -37,6 +38,10 @@ class InitOptions(usage.Options):
         ["home", None, None, "The config root (default: $NYM_HOME or ~/.nym)."],
         ["log-level", None, shared.DEFAULT_LOG_LEVEL,
          "[logging] level written to config.toml.", cli.coerce(shared.log_level, "--log-level")],
+        ["directory-keys", None, None,
+         "The directories' public keys (base58, comma-separated) to pin ([debug]"
+         " directory_keys): signed topologies only, and mix links (docs/deployment.md).",
+         cli.coerce(pinned_keys, "--directory-keys")],
     ]
 
     def postOptions(self):
@@ -67,7 +72,7 @@ def init(sub):
     config = init_mixnode(
         sub["id"], sub["layer"], sub["host"], sub["port"], sub["announce-host"],
         sub["announce-port"], sub["directory"], sub["location"], sub["home"],
-        sub["force"], sub["log-level"])
+        sub["force"], sub["log-level"], directory_keys=sub["directory-keys"] or ())
     keys = config.load_keys()
     identity = config.load_identity()
     print(f"Initialised mixnode {config.id} (layer {config.layer})\n"

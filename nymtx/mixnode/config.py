@@ -229,7 +229,8 @@ def mixnode_dir(node_id, root=None):
 
 def init_mixnode(node_id, layer, host=DEFAULT_HOST, port=DEFAULT_PORT,
                  announce_host=None, announce_port=None, directory=DEFAULT_DIRECTORY,
-                 location="unknown", root=None, force=False, log_level="info"):
+                 location="unknown", root=None, force=False, log_level="info",
+                 directory_keys=()):
     """Write keys and config.toml for a new mixnode; return its config.
 
     An existing id is refused unless *force*; with *force* the config is
@@ -259,6 +260,7 @@ def init_mixnode(node_id, layer, host=DEFAULT_HOST, port=DEFAULT_PORT,
     private = data / PRIVATE_KEY_FILE
     debug = {k: v[0] for k, v in DEBUG.items()}
     debug["presence_directory_server"] = shared.url(directory, "directory", empty=True)
+    debug["directory_keys"] = _trust("directory_keys", tuple(directory_keys), "directory_keys")
     config = MixnodeConfig(
         node_id, layer, listening, announce, str(private), str(data / PUBLIC_KEY_FILE),
         str(nym_root(root)), shared.text(location, "location"), debug, log_level)

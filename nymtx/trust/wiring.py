@@ -66,6 +66,14 @@ def directory_keys(value, name):
     return tuple(keys)
 
 
+def pinned_keys(text, name):
+    """Directory keys from a flag's text, comma-separated (``--directory-keys``)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{name} must be directory keys (base58), comma-separated,"
+                          f" not {text!r:.80}")
+    return directory_keys([item.strip() for item in text.split(",") if item.strip()], name)
+
+
 def directory_threshold(value, name):
     """0 (a majority of the pinned keys) or how many must agree."""
     return shared.whole_number(value, name, low=0, high=MAX_DIRECTORIES)
