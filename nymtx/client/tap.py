@@ -72,12 +72,12 @@ def overrides_from(options):
         overrides["listening_port"] = parse_port(options["port"], "--port")
     if options["directory"] is not None:
         overrides["directory_server"] = parse_directory(options["directory"], "--directory")
-    from nymtx.trust.wiring import directory_keys, directory_list, directory_threshold
+    from nymtx.trust.wiring import (comma_separated, directory_keys, directory_list,
+                                    directory_threshold)
     for flag, name, check in (("directories", "more_directories", directory_list),
                               ("directory-keys", "directory_keys", directory_keys)):
         if options[flag] is not None:
-            items = [item.strip() for item in options[flag].split(",") if item.strip()]
-            overrides[name] = check(items, f"--{flag}")
+            overrides[name] = comma_separated(check, options[flag], f"--{flag}")
     if options["directory-threshold"] is not None:
         overrides["directory_threshold"] = directory_threshold(
             parse_whole(options["directory-threshold"], "--directory-threshold"),

@@ -13,6 +13,7 @@ from nymtx import config as shared
 from nymtx.config import ConfigError, ConfigFileError, Key, Section
 from nymtx.paths import node_dir, write_atomically
 from nymtx.reliable.retransmit import GATEWAY_ACK_HOLD
+from nymtx.trust.rotation import rotation_interval
 
 __all__ = ["ConfigError", "GatewayConfig", "load", "parse", "save", "validate"]
 
@@ -104,11 +105,6 @@ _MAX_ACK_DELAY_MS = 60_000
 def _rotation_hours(value, name):
     return shared.whole_number(value, name, low=0, high=_MAX_IDLE_HOURS,
                                what="a whole number of hours")
-
-
-def rotation_interval(hours, debug_ms):
-    """Nanoseconds each Sphinx key is used: *debug_ms* if set, else *hours*; 0: off."""
-    return debug_ms * 1_000_000 if debug_ms else hours * 3600 * 1_000_000_000
 
 
 def _idle_hours(value, name):

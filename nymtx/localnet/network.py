@@ -48,6 +48,14 @@ def _endpoint(reactor, host, port):
 LOCAL_REGISTRATIONS = 100_000
 
 
+def local_admission(reactor):
+    """A local gateway's registration limits: every local client registers
+    from one loopback address, many at once, and the limits against floods
+    from outside would keep all but the first few out for minutes."""
+    return RegistrationLimit(reactor, per_source_burst=LOCAL_REGISTRATIONS,
+                             total_burst=LOCAL_REGISTRATIONS)
+
+
 def _strport(host, port):
     return f"tcp:{port}:interface={host}"
 
@@ -119,11 +127,7 @@ class LocalNetwork(MultiService):
             _strport(node.listen_host, node.port), _strport(node.listen_host, node.client_port),
             node.host, self.directory_url,
             presence_interval=self.timing.presence_interval,
-            # every local client registers from one loopback address, many
-            # at once: the registration rate limits (against floods from
-            # outside) would keep all but the first few out for minutes
-            admission=RegistrationLimit(self.reactor, per_source_burst=LOCAL_REGISTRATIONS,
-                                        total_burst=LOCAL_REGISTRATIONS))
+            admission=local_admission(self.reactor))
 
     async def _start_node(self, node):
         service = self._make(node)

@@ -16,6 +16,7 @@ from nymtx.addressing import AddressError, NodeAddress
 from nymtx.config import ConfigError, ConfigFileError, Key, Section
 from nymtx.keys import KeyFormatError, KeyPair, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from nymtx.paths import node_dir, nym_root, write_atomically
+from nymtx.trust.rotation import rotation_interval
 
 __all__ = ["ConfigError", "MixnodeConfig", "init_mixnode", "load_config", "parse_config"]
 
@@ -171,8 +172,8 @@ class MixnodeConfig:
     def rotation_interval(self):
         """Nanoseconds each Sphinx key is used (the debug key, in ms, wins
         when set); 0: it never rotates."""
-        ms = self.debug["sphinx_key_rotation"]
-        return ms * 1_000_000 if ms else self.sphinx_key_rotation_hours * 3600 * 10 ** 9
+        return rotation_interval(self.sphinx_key_rotation_hours,
+                                 self.debug["sphinx_key_rotation"])
 
     def __attrs_post_init__(self):
         # every construction is checked with the checks the file is read with

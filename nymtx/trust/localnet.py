@@ -89,8 +89,7 @@ def make_signed(network, node):
     from nymtx.directory.service import DirectoryService
     from nymtx.directory.signed import SignedRegistry
     from nymtx.gateway.service import GatewayService
-    from nymtx.gateway.private_server import RegistrationLimit
-    from nymtx.localnet.network import LOCAL_REGISTRATIONS, _endpoint, _strport, node_keys
+    from nymtx.localnet.network import _endpoint, _strport, local_admission, node_keys
     from nymtx.mixnode.service import MixnodeService
     from nymtx.trust.wiring import hand_over, node_directory, node_identity
     reactor, timing = network.reactor, network.timing
@@ -123,10 +122,7 @@ def make_signed(network, node):
             _strport(node.listen_host, node.port), _strport(node.listen_host, node.client_port),
             node.host, directory=directory,
             presence_interval=timing.presence_interval,
-            # every local client registers from one loopback address, many at
-            # once (as in nymtx.localnet.network)
-            admission=RegistrationLimit(reactor, per_source_burst=LOCAL_REGISTRATIONS,
-                                        total_burst=LOCAL_REGISTRATIONS))
+            admission=local_admission(reactor))
     hand_over(service, directory)
     if network.secure:
         from nymtx.trust.admission import guard_mix_port, guard_mixnode

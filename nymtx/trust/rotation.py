@@ -12,6 +12,13 @@ half and its replay cache can go. docs/trust.md, "Key rotation".
 
 import attrs
 
+def rotation_interval(hours, debug_ms):
+    """Nanoseconds each Sphinx key of a node is used, from its config:
+    *debug_ms* (``[debug] sphinx_key_rotation``, for tests) if set, else
+    *hours*; 0: it never rotates."""
+    return debug_ms * 1_000_000 if debug_ms else hours * 3600 * 1_000_000_000
+
+
 #: How long a key is still accepted after its successor took over: a
 #: client's topology may be a few minutes old and a packet may wait 300 s
 #: at each of four hops.

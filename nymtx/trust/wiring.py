@@ -66,12 +66,17 @@ def directory_keys(value, name):
     return tuple(keys)
 
 
+def comma_separated(check, text, name):
+    """*check* (directory_keys, directory_list) on a flag's text, its items
+    separated by commas (``--directory-keys K1,K2``, ``--directories U2,U3``)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{name} must be comma-separated text, not {text!r:.80}")
+    return check([item.strip() for item in text.split(",") if item.strip()], name)
+
+
 def pinned_keys(text, name):
     """Directory keys from a flag's text, comma-separated (``--directory-keys``)."""
-    if not isinstance(text, str):
-        raise ConfigError(f"{name} must be directory keys (base58), comma-separated,"
-                          f" not {text!r:.80}")
-    return directory_keys([item.strip() for item in text.split(",") if item.strip()], name)
+    return comma_separated(directory_keys, text, name)
 
 
 def directory_threshold(value, name):
